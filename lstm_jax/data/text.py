@@ -302,10 +302,11 @@ def load_tiny_shakespeare(data_dir=None, manual_dir=None, *, quiet: bool = True)
       Each split is a single TFDS example holding the whole split text
       (train 1,003,854 chars; validation and test 55,770 each).
     """
-    tf, tfds = _import_tfds_quietly()
+    _, tfds = _import_tfds_quietly()
     manual_dir = Path(manual_dir).expanduser() if manual_dir is not None else default_tiny_shakespeare_manual_dir()
     builder = tfds.builder("tiny_shakespeare", data_dir=None if data_dir is None else os.fspath(data_dir))
-    if not builder.is_prepared():
+    # (checking existence first avoids a TFDS warning about a missing variant folder)
+    if not (builder.data_path.exists() and builder.is_prepared()):
         source = manual_dir / TINY_SHAKESPEARE_FILE
         if not source.is_file():
             raise FileNotFoundError(
@@ -523,3 +524,25 @@ def eval_windows(ids, batch_size: int, seq_len: int) -> list[tuple[np.ndarray, n
         )
     return batches
 
+
+
+def main(argv=None) -> None:
+    """``python -m lstm_jax.data.text [zen|tiny_shakespeare|file] [--text-file P]``: corpus summary."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("name", nargs="?", default="zen", choices=DATASETS)
+    parser.add_argument("--text-file", default=None)
+    parser.add_argument("--data-dir", default=None, help="TFDS data dir (default: TFDS default)")
+    parser.add_argument("--manual-dir", default=None, help="folder with tiny_shakespeare input.txt")
+    args = parser.parse_args(argv)
+    s = load_text(args.name, text_file=args.text_file, data_dir=args.data_dir, manual_dir=args.manual_dir)
+    print(f"dataset {s.name}: vocab size {s.vocab.size}")
+    for split in ("train", "validation", "test"):
+        ids = getattr(s, split)
+        print(f"  {split:<10} {len(ids):>9,} chars  starts {s.vocab.decode(ids[:40])!r}")
+    print(f"  vocab {s.vocab.chars!r}")
+
+
+if __name__ == "__main__":
+    main()
