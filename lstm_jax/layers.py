@@ -154,13 +154,23 @@ def _reference_layer(cell: Cell, params, xs, carry, *, reverse=False, lengths=No
     return scan_layer(step, params, xs, carry, reverse=reverse, lengths=lengths, unroll=unroll)
 
 
+def _manual_layer(cell: Cell, params, xs, carry, *, reverse=False, lengths=None, unroll=1, compute_dtype=None):
+    from .bptt import manual_layer  # lazy: bptt imports this module
+
+    return manual_layer(
+        cell, params, xs, carry, reverse=reverse, lengths=lengths, unroll=unroll, compute_dtype=compute_dtype
+    )
+
+
 def layer_impl(name: str) -> Callable:
     """The layer implementation called ``name``.
 
     ``"scan"``: the reference, :func:`scan_layer` over the cell's readable step
     function, differentiated by JAX autodiff.
+    ``"manual"``: same forward, but ``jax.grad`` uses the hand-derived BPTT of
+    :mod:`lstm_jax.bptt` (a ``jax.custom_vjp``).
     """
-    impls = {"scan": _reference_layer}
+    impls = {"scan": _reference_layer, "manual": _manual_layer}
     try:
         return impls[name]
     except KeyError:
