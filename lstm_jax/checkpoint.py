@@ -194,6 +194,12 @@ class Checkpointer:
                 args=ocp.args.Composite(state=state_args, metadata=ocp.args.JsonRestore()),
             )
         except Exception as e:  # Orbax/tensorstore raise many types for damaged files
+            if "Structure mismatch" in str(e) or "not found in metadata" in str(e):
+                raise CheckpointError(
+                    f"checkpoint step {step} at {step_dir} holds a different state structure than "
+                    "the current model/optimizer (was the model or optimizer configuration changed "
+                    f"since it was saved?): {str(e).splitlines()[0][:300]}"
+                ) from e
             raise CheckpointError(
                 f"checkpoint step {step} at {step_dir} is corrupted or incomplete and cannot be "
                 f"restored ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "

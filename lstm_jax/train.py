@@ -24,6 +24,7 @@ batch goes onto devices; pass ``put_batch=`` to shard it) and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -140,37 +141,54 @@ def _decay_mask(params):
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """Global-norm gradient clipping, then AdamW on the warmup-cosine schedule."""
-    parts = []
-    if config.clip_norm is not None:
-        parts.append(optax.clip_by_global_norm(config.clip_norm))
-    parts.append(
-        optax.adamw(make_schedule(config), weight_decay=config.weight_decay, mask=_decay_mask)
+    # clip_norm=None still adds the (no-op) transform, so the optimizer state
+    # has one structure and checkpoints stay interchangeable.
+    clip = math.inf if config.clip_norm is None else config.clip_norm
+    return optax.chain(
+        optax.clip_by_global_norm(clip),
+        optax.adamw(make_schedule(config), weight_decay=config.weight_decay, mask=_decay_mask),
     )
-    return optax.chain(*parts)
 
 
 # ---------------------------------------------------------------------------
 # The step
 
 
-def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, seed: int) -> Callable:
+_FINITE = "params_finite"
+_OPTIMIZER_FIELDS = ("steps", "learning_rate", "warmup_steps", "end_lr_ratio", "weight_decay", "clip_norm")
+
+
+def _optimizer_key(config: TrainConfig) -> tuple:
+    return tuple((f, getattr(config, f)) for f in _OPTIMIZER_FIELDS)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "opt_key", "seed"))
+def _train_step(params, opt_state, model_state, batch, step, *, loss_fn, opt_key, seed):
+    optimizer = make_optimizer(TrainConfig(**dict(opt_key)))
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), step)
+    (loss, (new_model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, batch, key, model_state
+    )
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    stats = {"loss": loss, "grad_norm": optax.tree.norm(grads), **(metrics or {})}
+    # Cheap divergence check on the *updated* params (the loss above is of the old ones).
+    stats[_FINITE] = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(params)]))
+    return params, opt_state, new_model_state, stats
+
+
+def make_train_step(loss_fn: Callable, config: TrainConfig) -> Callable:
     """Jitted ``step_fn(params, opt_state, model_state, batch, step) -> (params, opt_state, model_state, stats)``.
 
-    ``stats`` holds ``loss``, ``grad_norm`` (before clipping) and the task's metrics.
+    One optimisation step with :func:`make_optimizer` ``(config)`` and the
+    dropout/noise key ``fold_in(PRNGKey(config.seed), step)``. ``stats`` holds
+    ``loss``, ``grad_norm`` (before clipping) and the task's metrics.
+
+    The compiled step is cached on ``(loss_fn, optimizer settings, seed)``, so
+    calling :func:`fit` again with the same ``loss_fn`` (e.g. to resume) does
+    not recompile.
     """
-    base_key = jax.random.PRNGKey(seed)
-
-    def step_fn(params, opt_state, model_state, batch, step):
-        key = jax.random.fold_in(base_key, step)
-        (loss, (new_model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, batch, key, model_state
-        )
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        stats = {"loss": loss, "grad_norm": optax.global_norm(grads), **(metrics or {})}
-        return params, opt_state, new_model_state, stats
-
-    return jax.jit(step_fn)
+    return functools.partial(_train_step, loss_fn=loss_fn, opt_key=_optimizer_key(config), seed=config.seed)
 
 
 def put_batch(batch):
@@ -254,10 +272,6 @@ def plot_history(records: list[dict], path: str | Path, *, title: str | None = N
     plt.close(fig)
 
 
-def _all_finite(tree) -> bool:
-    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(tree))
-
-
 # ---------------------------------------------------------------------------
 # fit
 
@@ -292,7 +306,11 @@ def fit(
             model config) and in ``metadata.json``.
         items_per_batch: items (e.g. characters) per batch, for the throughput
             shown in the progress bar and logged as ``<item_name>_per_s``.
-        put_batch / make_step: hooks for data-parallel training.
+            put_batch: ``put_batch(host_batch) -> device batch``; replace to shard
+            the batch over devices (data parallelism).
+        make_step: ``make_step(loss_fn, config) -> step_fn`` (see
+            :func:`make_train_step`); replace to wrap the step (e.g. pmean of
+            gradients, explicit shardings).
 
     Raises:
         TrainingDiverged: loss or gradient norm became NaN/inf. Nothing is
@@ -345,7 +363,7 @@ def fit(
         if bs is not None and ckpt.metrics(bs):
             best = {"step": bs, **ckpt.metrics(bs)}
 
-    step_fn = make_step(loss_fn, optimizer, config.seed)
+    step_fn = make_step(loss_fn, config)
     t_start = time.perf_counter()
     deadline = None if config.max_minutes is None else t_start + 60.0 * config.max_minutes
     last_saved = start_step if resume else None
@@ -385,12 +403,16 @@ def fit(
                 params, opt_state, model_state, batch, step
             )
             stats = {k: float(v) for k, v in jax.device_get(stats).items()}
-            if not (math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])):
+            params_finite = bool(stats.pop(_FINITE, True))
+            if not (math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"]) and params_finite):
                 last = ckpt.latest_step() if ckpt is not None else None
                 where = f"last good checkpoint: step {last} in {ckpt.directory}" if last is not None else "no checkpoint was written"
+                what = f"loss={stats['loss']}, grad_norm={stats['grad_norm']}"
+                if not params_finite:
+                    what += ", parameters NaN/inf after the update"
                 raise TrainingDiverged(
-                    f"training diverged at step {step}: loss={stats['loss']}, grad_norm={stats['grad_norm']} "
-                    f"(learning rate {float(schedule(step)):.3g}). Nothing was saved for this step; {where}. "
+                    f"training diverged at step {step}: {what} (learning rate {float(schedule(step)):.3g}). "
+                    f"Nothing was saved for this step; {where}. "
                     "Try a lower --lr, a smaller --clip-norm, or a longer warmup."
                 )
             params, opt_state, model_state = new_params, new_opt_state, new_model_state
@@ -427,8 +449,6 @@ def fit(
             if metrics is not None and bar is not None:
                 bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
             if metrics is not None or step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
-                if not _all_finite(params):
-                    raise TrainingDiverged(f"parameters became NaN/inf at step {step}; not saved")
                 save(step, metrics)
                 if out is not None and metrics is not None:
                     plot_history(log.records, out / "loss_curve.png")
