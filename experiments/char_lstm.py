@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("mode", nargs="?", default="train", choices=("train", "sample"), help="train a model, or sample from a checkpoint")
+    p.add_argument("mode", nargs="?", default="train", choices=("train", "sample", "eval"), help="train a model, sample from a checkpoint, or evaluate one on val/test")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="zen", help=f"one of {', '.join(DATASETS)} ('file' is implied by --text-file)")
     d.add_argument("--text-file", default=None, help="train on this UTF-8 text file (split 90/5/5)")
@@ -77,13 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=500)
     t.add_argument("--keep", type=int, default=3, help="latest checkpoints to keep (the best is kept too)")
     t.add_argument("--eval-batch-size", type=int, default=64)
+    t.add_argument("--eval-seq-len", type=int, default=None, help="evaluation window length (default: --seq-len); each window starts from a zero state")
     t.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget; stops with a checkpoint")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default=None, help="run directory (default: runs/char_lstm/<dataset>-<time>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     s = p.add_argument_group("sampling")
-    s.add_argument("--checkpoint", default=None, help="run directory to sample from (sample mode)")
+    s.add_argument("--checkpoint", default=None, help="run directory to sample from or evaluate (sample/eval modes)")
     s.add_argument("--which", default="best", help="'best', 'last' or a step number")
     s.add_argument("--prompt", default=None, help="text to condition on (default: the corpus' first line)")
     s.add_argument("--length", type=int, default=300)
@@ -93,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args) -> None:
-    for name in ("seq_len", "batch_size", "steps", "hidden", "layers", "eval_batch_size"):
+    if args.eval_seq_len is None:
+        args.eval_seq_len = args.seq_len
+    for name in ("seq_len", "batch_size", "steps", "hidden", "layers", "eval_batch_size", "eval_seq_len"):
         v = getattr(args, name)
         if v < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {v}")
@@ -182,7 +185,7 @@ def train(args) -> dict:
         model_state = None
 
     def eval_fn(p):
-        r = eval_split(p, splits.validation, args.eval_batch_size, args.seq_len, args.impl)
+        r = eval_split(p, splits.validation, args.eval_batch_size, args.eval_seq_len, args.impl)
         return {"val_loss": r["nats_per_char"], "val_bpc": r["bits_per_char"]}
 
     config = TrainConfig(
@@ -227,8 +230,8 @@ def train(args) -> dict:
     # Final params, and the best-by-validation checkpoint (model selection), on val and test.
     final = {
         "step": result.step,
-        "val": eval_split(result.params, splits.validation, args.eval_batch_size, args.seq_len, args.impl),
-        "test": eval_split(result.params, splits.test, args.eval_batch_size, args.seq_len, args.impl),
+        "val": eval_split(result.params, splits.validation, args.eval_batch_size, args.eval_seq_len, args.impl),
+        "test": eval_split(result.params, splits.test, args.eval_batch_size, args.eval_seq_len, args.impl),
     }
     best_params, best_meta = load_checkpoint(out, "best", like=result.params)
     if best_meta["step"] == result.step:
@@ -236,8 +239,8 @@ def train(args) -> dict:
     else:
         best = {
             "step": best_meta["step"],
-            "val": eval_split(best_params, splits.validation, args.eval_batch_size, args.seq_len, args.impl),
-            "test": eval_split(best_params, splits.test, args.eval_batch_size, args.seq_len, args.impl),
+            "val": eval_split(best_params, splits.validation, args.eval_batch_size, args.eval_seq_len, args.impl),
+            "test": eval_split(best_params, splits.test, args.eval_batch_size, args.eval_seq_len, args.impl),
         }
     prompt = args.prompt or default_prompt(splits.train, vocab)
     text = cm.sample(result.params, vocab, prompt, args.length, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
@@ -287,11 +290,35 @@ def sample_mode(args) -> str:
     return text
 
 
+def eval_mode(args) -> dict:
+    """Evaluate a saved checkpoint on the validation and test splits of its dataset."""
+    if not args.checkpoint:
+        raise SystemExit("error: eval mode needs --checkpoint RUN_DIR (the --out of a training run)")
+    which = int(args.which) if str(args.which).isdigit() else args.which
+    params, meta = load_checkpoint(args.checkpoint, which)
+    saved = meta.get("args", {})
+    dataset = "file" if saved.get("text_file") else saved.get("dataset", args.dataset)
+    splits = load_text(dataset, text_file=saved.get("text_file"), data_dir=args.data_dir or saved.get("data_dir"))
+    if splits.vocab != Vocab.from_json(meta["vocab"]):
+        raise SystemExit(f"error: the vocabulary of {splits.name} differs from the checkpoint's")
+    seq_len = args.eval_seq_len or saved.get("seq_len", args.seq_len)
+    out = {"step": meta["step"], "eval_seq_len": seq_len}
+    for split, ids in (("val", splits.validation), ("test", splits.test)):
+        out[split] = eval_split(params, ids, args.eval_batch_size, seq_len)
+        print(
+            f"{split}: {out[split]['nats_per_char']:.4f} nats/char = {out[split]['bits_per_char']:.4f} bits/char "
+            f"(step {meta['step']}, windows of {seq_len} chars from a zero state)"
+        )
+    return out
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         if args.mode == "sample":
             return sample_mode(args)
+        if args.mode == "eval":
+            return eval_mode(args)
         return train(args)
     except (CheckpointError, TrainingDiverged, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
