@@ -15,10 +15,17 @@ time carries backwards:
 
 * ``dL/dh_t`` (every cell): the *total* derivative with respect to the hidden
   state -- through the output ``y_t`` and through every later step.
-* ``dL/dc_t`` (LSTM): the derivative with respect to the cell carry ``c_t`` as
-  it is passed on to step ``t + 1`` (``h_t`` held fixed); this is the memory
-  path, ``dL/dc_t = f_{t+1} * (dL/dc_{t+1} + dL/dh_{t+1} o_{t+1} tanh'(c_{t+1}))``.
-  The total derivative adds ``dL/dh_t * o_t * tanh'(c_t)``.
+* for the LSTM, the offset on ``c_t`` gives the derivative with respect to the
+  cell carry as it is passed on to step ``t + 1`` (``h_t`` already computed,
+  held fixed): ``f_{t+1} * delta_c_{t+1}``. The *total* derivative, the
+  ``delta_c_t`` of the BPTT recursion ::
+
+      delta_c_t = dL/dh_t * o_t * (1 - tanh(c_t)^2) + f_{t+1} * delta_c_{t+1}
+
+  adds the route through ``h_t = o_t tanh(c_t)``;
+  :func:`lstm_total_cell_gradient` assembles it from the offset gradients and
+  the gate trace, and the plotted ``dL/dc`` curves are this total derivative
+  (the carry part is 0 at the last step, where ``c_T`` feeds nothing further).
 
 :func:`gradient_norm_by_distance` turns those into the curve the plots show:
 the batch-mean of ``||dL/dstate_t||_2`` indexed by the distance ``T - 1 - t``
@@ -165,15 +172,30 @@ def gradient_norm_by_distance(grad: Array) -> Array:
 
 
 def state_gradient_profile(cell, params, xs, loss_fn, *, layer: int = -1) -> dict:
-    """Norm-vs-distance curves for one layer: ``{"h": (T,)}`` plus ``{"c": (T,)}`` for the LSTM.
+    """Norm-vs-distance curves for one layer: ``{"h": (T,)}`` plus ``{"c": (T,)}`` for the LSTM
+    (the total derivative, :func:`lstm_total_cell_gradient`).
 
     A thin composition of :func:`carry_gradients` and :func:`gradient_norm_by_distance`.
     """
     _, grads = carry_gradients(cell, params, xs, loss_fn)
     g = grads[layer]
     if isinstance(g, LSTMCarry):
-        return {"h": gradient_norm_by_distance(g.hidden), "c": gradient_norm_by_distance(g.cell)}
+        trace = lstm_gate_trace(params, xs)[layer]
+        total_c = lstm_total_cell_gradient(g, trace)
+        return {"h": gradient_norm_by_distance(g.hidden), "c": gradient_norm_by_distance(total_c)}
     return {"h": gradient_norm_by_distance(g)}
+
+
+def lstm_total_cell_gradient(grads: LSTMCarry, trace: dict) -> Array:
+    """Total ``dL/dc_t`` (BPTT's ``delta_c_t``), ``(B, T, H)``, for one LSTM layer.
+
+    ``grads`` is that layer's entry of :func:`carry_gradients` (offset
+    gradients: total ``dL/dh_t`` and the carry part of ``dL/dc_t``), ``trace``
+    its entry of :func:`lstm_gate_trace` on the same inputs. Adds the route
+    through ``h_t = o_t * tanh(c_t)``: ``dL/dh_t * o_t * (1 - tanh(c_t)^2)``.
+    """
+    tanh_c = jnp.tanh(trace["cell"])
+    return grads.cell + grads.hidden * trace["output"] * (1.0 - tanh_c**2)
 
 
 def recurrent_grad_norms(grads_stack: Sequence) -> list:

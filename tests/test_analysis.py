@@ -143,3 +143,22 @@ def test_lstm_gate_trace_consistent_with_apply_stack():
     np.testing.assert_allclose(single[0]["forget"], trace[0]["forget"][0], atol=1e-6)
     with pytest.raises(ValueError, match="LSTM"):
         lstm_gate_trace(init_stack(jax.random.key(0), "gru", 5, 6), xs)
+
+
+def test_lstm_total_cell_gradient_identity(x64):
+    """c_{t-1} enters step t only through c_t = f_t c_{t-1} + i_t g_t, so the carry
+    gradient of c_{t-1} must equal f_t * (total dL/dc_t): checks the assembled total."""
+    from lstm_jax.analysis import lstm_total_cell_gradient
+
+    B, T, F, H = 2, 8, 3, 4
+    params = init_stack(jax.random.key(3), "lstm", F, H, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(4), (B, T, F), jnp.float64)
+    w = jax.random.normal(jax.random.key(5), (T, H), jnp.float64)
+    _, grads = carry_gradients("lstm", params, xs, lambda ys: jnp.sum(jnp.sin(ys) * w))
+    trace = lstm_gate_trace(params, xs)[0]
+    total = lstm_total_cell_gradient(grads[0], trace)
+    np.testing.assert_allclose(grads[0].cell[:, :-1], trace["forget"][:, 1:] * total[:, 1:], rtol=1e-10, atol=1e-14)
+    # at the last step nothing follows: the total is just the route through h_T
+    assert np.all(grads[0].cell[:, -1] == 0)
+    prof = state_gradient_profile("lstm", params, xs, lambda ys: jnp.sum(jnp.sin(ys) * w))
+    np.testing.assert_allclose(prof["c"], gradient_norm_by_distance(total), rtol=1e-12)
