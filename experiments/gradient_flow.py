@@ -73,7 +73,7 @@ def make_step_with_recurrent_norm(loss_fn, optimizer, seed):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         w_h = jnp.sqrt(sum(n**2 for n in recurrent_grad_norms(grads["stack"])))
-        stats = {"loss": loss, "grad_norm": optax.global_norm(grads), "w_h_grad_norm": w_h, **metrics}
+        stats = {"loss": loss, "grad_norm": optax.tree.norm(grads), "w_h_grad_norm": w_h, **metrics}
         return params, opt_state, new_state, stats
 
     return jax.jit(step_fn)
@@ -118,9 +118,10 @@ def plot_weight_norms(path, results, baseline):
         steps = np.array(r["steps"])
         g = np.array(r["w_h_grad_norm"])
         loss = np.array(r["train_loss"])
-        a1.plot(steps, g, color=colors[cell], alpha=0.25, lw=0.6)
-        a2.plot(steps, loss, color=colors[cell], alpha=0.25, lw=0.6)
         w = 25
+        raw_label = None if len(g) > w else cell
+        a1.plot(steps, g, color=colors[cell], alpha=0.25, lw=0.6, label=raw_label)
+        a2.plot(steps, loss, color=colors[cell], alpha=0.25, lw=0.6, label=raw_label)
         if len(g) > w:
             kern = np.ones(w) / w
             a1.plot(steps[w - 1 :], np.convolve(g, kern, "valid"), color=colors[cell], label=cell)
@@ -129,6 +130,7 @@ def plot_weight_norms(path, results, baseline):
     a1.set_yscale("log")
     a2.set_yscale("log")
     a1.set_ylabel("||dL/dw_h||_F per step")
+    a1.set_title("recurrent-weight gradient per training step (faint) and 25-step mean", fontsize=9)
     a2.set_ylabel("train MSE")
     a2.set_xlabel("training step")
     a1.legend(fontsize=8)

@@ -162,3 +162,22 @@ def test_lstm_total_cell_gradient_identity(x64):
     assert np.all(grads[0].cell[:, -1] == 0)
     prof = state_gradient_profile("lstm", params, xs, lambda ys: jnp.sum(jnp.sin(ys) * w))
     np.testing.assert_allclose(prof["c"], gradient_norm_by_distance(total), rtol=1e-12)
+
+
+def test_gradient_flow_script_smoke(tmp_path):
+    """experiments/gradient_flow.py end to end, tiny: profiles at init/trained and per-step ||dL/dw_h||."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "gradient_flow.py"
+    spec = importlib.util.spec_from_file_location("gradient_flow_script", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--T", "6", "--cells", "lstm", "--hidden", "4", "--batch", "8", "--probe", "8", "--steps", "5",
+              "--out", str(tmp_path)])
+    r = json.loads((tmp_path / "gradient_flow.json").read_text())["results"]["lstm"]
+    assert len(r["init"]["h"]) == len(r["init"]["c"]) == len(r["trained"]["h"]) == 6
+    assert r["steps"] == [1, 2, 3, 4, 5] and len(r["w_h_grad_norm"]) == 5
+    assert all(g > 0 for g in r["w_h_grad_norm"])
+    assert (tmp_path / "gradient_flow.png").exists() and (tmp_path / "recurrent_grad_norm.png").exists()

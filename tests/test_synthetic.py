@@ -170,3 +170,23 @@ def test_lstm_learns_adding_T10():
     test = adding_problem(jax.random.key(123), 1000, 10)
     mse, _ = task.model_loss("lstm", params, test)
     assert float(mse) < 0.05, float(mse)
+
+
+def test_long_range_script_smoke(tmp_path):
+    """experiments/long_range.py end to end on a tiny sweep: JSON, table and PNG written."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "long_range.py"
+    spec = importlib.util.spec_from_file_location("long_range_script", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--lengths", "4", "--cells", "rnn", "lstm", "--hidden", "4", "--batch", "8", "--steps", "6",
+              "--eval-every", "3", "--warmup", "2", "--test-size", "16", "--out", str(tmp_path)])
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["cell"], r["T"], r["steps"]) for r in record["runs"]] == [("rnn", 4, 6), ("lstm", 4, 6)]
+    assert all(np.isfinite(r["final_test"]) for r in record["runs"])
+    assert "shared machine" in record["machine"]["note"]
+    assert "| lstm |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "long_range.png").stat().st_size > 0
