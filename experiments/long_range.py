@@ -9,6 +9,7 @@ Outputs (in ``--out``):
     results.json   every run: final / best test error, steps, seconds, curve
     results.md     markdown table: final test error per cell x T, with the baseline
     long_range.png final test error vs T per cell, trivial baseline dashed
+    curves.png     test error vs training step, one panel per T
 
 Example (the README numbers)::
 
@@ -145,6 +146,14 @@ def write_table(path: Path, task, runs: list[dict], args) -> None:
                 v = f"**{v}**"
             row.append(f"{v} ({r['steps']}, {r['seconds']:.0f}s)")
         lines.append(f"| {c} | " + " | ".join(row) + " |")
+    lines += ["", f"First evaluation step with test error <= {args.solved_threshold} (— = never within the budget):", "",
+              "| cell | " + " | ".join(f"T={T}" for T in lengths) + " |", "|---|" + "---|" * len(lengths)]
+    for c in cells:
+        row = []
+        for T in lengths:
+            r = next((r for r in runs if r["cell"] == c and r["T"] == T), None)
+            row.append("—" if r is None or r["solved_at_step"] is None else str(r["solved_at_step"]))
+        lines.append(f"| {c} | " + " | ".join(row) + " |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -179,6 +188,34 @@ def plot(path: Path, task, runs: list[dict], args) -> None:
     plt.close(fig)
 
 
+def plot_curves(path: Path, task, runs: list[dict], args) -> None:
+    """Test error vs training step, one panel per T, one line per cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = sorted({r["T"] for r in runs})
+    fig, axes = plt.subplots(1, len(lengths), figsize=(2.6 * len(lengths) + 0.6, 2.8), dpi=100,
+                             sharey=True, squeeze=False)
+    for ax, T in zip(axes[0], lengths):
+        for c in args.cells:
+            r = next((r for r in runs if r["cell"] == c and r["T"] == T), None)
+            if r and r["curve"]:
+                ax.plot(*zip(*r["curve"]), label=c)
+        ax.axhline(task.baseline, color="k", ls="--", lw=1)
+        ax.set_yscale("log")
+        ax.set_title(f"T={T}", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test MSE" if task.name == "adding" else "test xent", fontsize=8)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=["adding", "copy"], default="adding")
@@ -200,6 +237,9 @@ def main(argv=None):
                    help="error counted as solved (default 0.01 for adding, 0.05 nats for copy)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/long_range")
+    p.add_argument("--append", action="store_true",
+                   help="add to an existing results.json in --out (runs already there are kept, "
+                        "a (cell, T) pair present is replaced by the new run)")
     p.add_argument("--figure", default=None, help="also copy the PNG here (e.g. docs/figures/long_range_adding.png)")
     args = p.parse_args(argv)
     if args.solved_threshold is None:
@@ -208,6 +248,15 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record = {"args": vars(args), "machine": machine_info(), "runs": []}
+    if args.append and (out / "results.json").exists():
+        old = json.loads((out / "results.json").read_text())
+        if old["args"]["task"] != args.task:
+            raise SystemExit(f"--append: {out} holds a {old['args']['task']} sweep, not {args.task}")
+        new_pairs = {(c, T) for c in args.cells for T in args.lengths}
+        record["runs"] = [r for r in old["runs"] if (r["cell"], r["T"]) not in new_pairs]
+        record["earlier_invocations"] = old.get("earlier_invocations", []) + [
+            {"args": old["args"], "machine": old["machine"]}]
+        args.cells = [c for c in ["rnn", "gru", "lstm"] if c in args.cells or any(r["cell"] == c for r in record["runs"])]
     for T in args.lengths:
         task = make_task(args.task, T, num_symbols=args.num_symbols, length=args.copy_length)
         record.setdefault("baseline", task.baseline)
@@ -218,15 +267,19 @@ def main(argv=None):
                   f"(best {r['best_test']:.4f}) after {r['steps']} steps, {r['seconds']:.0f}s "
                   f"[{r['stop_reason']}]", flush=True)
             record["runs"].append(r)
+            record["runs"].sort(key=lambda r: (r["T"], ["rnn", "gru", "lstm"].index(r["cell"])))
             # rewrite after every run, so a partial sweep is still a result
             (out / "results.json").write_text(json.dumps(record, indent=1))
             write_table(out / "results.md", task, record["runs"], args)
             plot(out / "long_range.png", task, record["runs"], args)
+            plot_curves(out / "curves.png", task, record["runs"], args)
     record["machine"]["load_average_at_end"] = os.getloadavg()
     (out / "results.json").write_text(json.dumps(record, indent=1))
     if args.figure:
-        Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.figure).write_bytes((out / "long_range.png").read_bytes())
+        fig = Path(args.figure)
+        fig.parent.mkdir(parents=True, exist_ok=True)
+        fig.write_bytes((out / "long_range.png").read_bytes())
+        fig.with_name(fig.stem + "_curves.png").write_bytes((out / "curves.png").read_bytes())
     print((out / "results.md").read_text())
 
 
