@@ -179,8 +179,8 @@ def plot(path: Path, task, runs: list[dict], args) -> None:
     ax.minorticks_off()
     ax.set_xlabel("T (sequence length)" if task.name == "adding" else "T (delay)")
     ax.set_ylabel("final test MSE" if task.name == "adding" else "final test xent (nats)")
-    ax.set_title(f"{task.name}: H={args.hidden}, batch {args.batch}, <= {args.steps} steps per run "
-                 "(and a wall-clock cap; steps run in results.md)", fontsize=8)
+    ax.set_title(f"{task.name}: H={args.hidden}, batch {args.batch}, <= {args.steps} steps\n"
+                 "+ wall-clock cap per run (steps run: results.md)", fontsize=8)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
