@@ -1,0 +1,272 @@
+"""LSTM gate activity on text: heatmaps of chosen units' gates and cell state, characters on the axis.
+
+Loads a character model trained by ``experiments/char_lstm.py`` (``--checkpoint``:
+its ``--out`` directory; params and vocabulary come from
+:func:`lstm_jax.checkpoint.load_checkpoint`), runs it over a stretch of text
+and records every step's gates with :func:`lstm_jax.analysis.lstm_gate_trace`.
+
+The model first reads ``--warmup`` characters before the displayed stretch,
+so the state is a "running" state, not the zero state.
+
+Figures (in ``--out``):
+
+* ``gate_activity.png``: for each chosen unit, four rows over the stretch --
+  input gate i, forget gate f, output gate o (0..1) and tanh(c), the squashed
+  cell state (-1..1) -- with the characters along the x axis.
+* ``cell_text.png``: Karpathy-style view of one unit: the text laid out in
+  lines, each character's background colored by that unit's tanh(c).
+
+Units (``--units``): explicit indices, or ``auto``: over the ``--text-length``
+stretch, the unit whose tanh(c) correlates most with the position in the line,
+the one that correlates most with "this line is a speaker name" (e.g.
+``VINCENTIO:``), the one that correlates most with spaces, and the
+slowest-forgetting unit whose cell state still moves (see :func:`choose_units`;
+the reasons are written to ``gate_activity.json``).
+
+Example::
+
+    python experiments/char_lstm.py train --text-file ../shared/data/tinyshakespeare/input.txt \\
+        --hidden 128 --seq-len 100 --steps 3000 --max-minutes 9 --out runs/char_lstm_gates
+    python experiments/gate_activity.py --checkpoint runs/char_lstm_gates --out runs/gate_activity
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lstm_jax.analysis import lstm_gate_trace  # noqa: E402
+from lstm_jax.checkpoint import load_checkpoint  # noqa: E402
+from lstm_jax.data.text import Vocab, shared_data_dir  # noqa: E402
+from lstm_jax.models.char_model import infer_cell  # noqa: E402
+
+GATE_ROWS = (("input", "i"), ("forget", "f"), ("output", "o"))
+
+
+def encode_inputs(params: dict, ids: np.ndarray) -> jax.Array:
+    """Character ids -> the stack's input features (learned embedding or one-hot), as char_model does."""
+    ids = jnp.asarray(ids)
+    if "embed" in params:
+        return jnp.take(params["embed"], ids, axis=0)
+    return jax.nn.one_hot(ids, params["readout"]["b"].shape[0], dtype=params["readout"]["w"].dtype)
+
+
+def text_features(text: str) -> dict[str, np.ndarray]:
+    """Simple per-character properties of the text a unit's cell state may track."""
+    pos, in_name, cur = [], [], 0
+    lines = text.split("\n")
+    for li, line in enumerate(lines):
+        name_line = line.strip().endswith(":") and line.strip()[:-1].replace(" ", "").isupper()
+        chars = line + ("\n" if li < len(lines) - 1 else "")
+        for k, _ in enumerate(chars):
+            pos.append(k)
+            in_name.append(1.0 if name_line else 0.0)
+    return {
+        "position in line": np.array(pos[: len(text)], float),
+        "speaker-name line": np.array(in_name[: len(text)], float),
+        "space": np.array([c == " " for c in text], float),
+    }
+
+
+def correlations(values: np.ndarray, feature: np.ndarray) -> np.ndarray:
+    """Pearson correlation of every unit's values ``(T, H)`` with a feature ``(T,)``."""
+    v = values - values.mean(axis=0)
+    f = feature - feature.mean()
+    denom = np.sqrt((v**2).sum(axis=0) * (f**2).sum()) + 1e-12
+    return (v * f[:, None]).sum(axis=0) / denom
+
+
+def choose_units(layer: dict, text: str, k: int = 4) -> tuple[list[int], dict]:
+    """``auto`` units: for each :func:`text_features` feature the unit whose tanh(c)
+    correlates most (in absolute value) with it, then fill up to ``k`` with the
+    highest-mean-forget-gate units among those whose tanh(c) actually varies
+    (std > 0.1), i.e. slow "memory" units that are not stuck at saturation."""
+    tc = np.tanh(np.asarray(layer["cell"]))
+    feats = text_features(text)
+    units, why = [], {}
+    for name, f in feats.items():
+        r = correlations(tc, f)
+        order = np.argsort(-np.abs(r))
+        u = int(next(u for u in order if u not in units))
+        units.append(u)
+        why[u] = f"tanh(c) vs {name}: r = {r[u]:+.2f}"
+    f_mean = np.asarray(layer["forget"]).mean(axis=0)
+    moving = tc.std(axis=0) > 0.1
+    for u in np.argsort(-f_mean):
+        if len(units) >= k:
+            break
+        if moving[u] and int(u) not in units:
+            units.append(int(u))
+            why[int(u)] = f"slow memory unit: mean f = {f_mean[u]:.2f}, std tanh(c) = {tc[:, u].std():.2f}"
+    return units[:k], why
+
+
+def show_char(ch: str) -> str:
+    return {"\n": "⏎", " ": "␣", "\t": "⇥"}.get(ch, ch)
+
+
+def plot_heatmap(path: Path, text: str, layer: dict, units: list[int], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(text)
+    rows, labels, kinds = [], [], []
+    for u in units:
+        for key, short in GATE_ROWS:
+            rows.append(np.asarray(layer[key][:, u]))
+            labels.append(f"unit {u}: {short}")
+            kinds.append("gate")
+        rows.append(np.tanh(np.asarray(layer["cell"][:, u])))
+        labels.append(f"unit {u}: tanh c")
+        kinds.append("cell")
+    fig_h = 0.9 + 0.28 * len(rows)
+    fig, ax = plt.subplots(figsize=(max(8, 0.13 * n + 1.5), fig_h), dpi=90)
+    gate_img = np.ma.masked_array(np.array(rows), mask=np.array([[k != "gate"] * n for k in kinds]))
+    cell_img = np.ma.masked_array(np.array(rows), mask=np.array([[k != "cell"] * n for k in kinds]))
+    im_g = ax.imshow(gate_img, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    im_c = ax.imshow(cell_img, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(labels, fontsize=7)
+    for k in range(4, len(rows), 4):
+        ax.axhline(k - 0.5, color="white", lw=1.5)
+    ax.set_xticks(range(n))
+    ax.set_xticklabels([show_char(c) for c in text], fontsize=7, family="monospace")
+    ax.tick_params(axis="x", length=0, labeltop=True)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.93, 1))
+    cax_g = fig.add_axes((0.935, 0.15, 0.008, 0.7))
+    cax_c = fig.add_axes((0.965, 0.15, 0.008, 0.7))
+    fig.colorbar(im_g, cax=cax_g).set_label("gate i / f / o", fontsize=7)
+    fig.colorbar(im_c, cax=cax_c).set_label("tanh(c)", fontsize=7)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_cell_text(path: Path, text: str, values: np.ndarray, title: str, width: int = 80) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
+
+    # lay out by the text's own lines, wrapping long ones
+    lines, line, vals, cur = [], "", [], []
+    for ch, v in zip(text, values):
+        if ch == "\n" or len(line) >= width:
+            lines.append(line + ("⏎" if ch == "\n" else ""))
+            vals.append(cur + ([v] if ch == "\n" else []))
+            line, cur = "", []
+            if ch == "\n":
+                continue
+        line += ch
+        cur.append(v)
+    if line:
+        lines.append(line)
+        vals.append(cur)
+    cols = max(len(l) for l in lines)
+    fig, ax = plt.subplots(figsize=(0.105 * cols + 0.6, 0.22 * len(lines) + 0.7), dpi=90)
+    cmap, norm = plt.get_cmap("RdBu_r"), Normalize(-1, 1)
+    for r, (l, vs) in enumerate(zip(lines, vals)):
+        for c, (ch, v) in enumerate(zip(l, vs)):
+            ax.add_patch(plt.Rectangle((c, -r - 1), 1, 1, color=cmap(norm(v)), lw=0))
+            ax.text(c + 0.5, -r - 0.5, ch, ha="center", va="center", fontsize=7, family="monospace")
+    ax.set_xlim(0, cols)
+    ax.set_ylim(-len(lines), 0)
+    ax.axis("off")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="run directory of experiments/char_lstm.py (its --out)")
+    p.add_argument("--which", default="best", help="best | last | a step number")
+    p.add_argument("--text-file", default=None,
+                   help="text to run over (default: tinyshakespeare/input.txt under the shared data root, $LSTM_JAX_DATA or <repo>/../shared/data)")
+    p.add_argument("--offset", type=float, default=0.96,
+                   help="where the stretch starts: a fraction of the file (moved to the next line start) "
+                        "or an absolute character index if >= 1; the default lies in the held-out tail")
+    p.add_argument("--length", type=int, default=110, help="characters in the gate heatmap")
+    p.add_argument("--text-length", type=int, default=600, help="characters in the cell_text figure")
+    p.add_argument("--warmup", type=int, default=300, help="characters read before the stretch")
+    p.add_argument("--layer", type=int, default=-1)
+    p.add_argument("--units", nargs="+", default=["auto"])
+    p.add_argument("--text-unit", type=int, default=None,
+                   help="unit shown in cell_text.png (default: the first chosen unit)")
+    p.add_argument("--out", default="runs/gate_activity")
+    p.add_argument("--figure-dir", default=None, help="also copy the PNGs here")
+    args = p.parse_args(argv)
+
+    params, meta = load_checkpoint(args.checkpoint, args.which)
+    if "vocab" not in meta:
+        raise SystemExit(f"error: {args.checkpoint} has no vocabulary in its metadata (not written by char_lstm.py?)")
+    if infer_cell(params) != "lstm":
+        raise SystemExit(f"error: the checkpoint holds a {infer_cell(params)} model; gates exist only for an LSTM")
+    vocab = Vocab.from_json(meta["vocab"])
+    stack = list(params["stack"])
+    if args.text_file is None:
+        args.text_file = str(shared_data_dir() / "tinyshakespeare" / "input.txt")
+    text = Path(args.text_file).read_text(encoding="utf-8")
+    start = int(args.offset) if args.offset >= 1 else int(args.offset * len(text))
+    start = text.index("\n", start) + 1 if "\n" in text[start:] else start
+    span = max(args.length, args.text_length)
+    if start - args.warmup < 0 or start + span > len(text):
+        raise SystemExit("error: the stretch (with warmup) does not fit in the text; change --offset")
+    chunk = text[start - args.warmup : start + span]
+    ids = vocab.encode(chunk)
+    trace = lstm_gate_trace(stack, encode_inputs(params, ids))  # single sequence: (T, H) arrays
+    layer = {k: np.asarray(v)[args.warmup :] for k, v in trace[args.layer].items()}
+    shown = chunk[args.warmup :]
+
+    heat = {k: v[: args.length] for k, v in layer.items()}
+    long = {k: v[: args.text_length] for k, v in layer.items()}
+    if args.units == ["auto"]:
+        units, why = choose_units(long, shown[: args.text_length])
+    else:
+        units, why = [int(u) for u in args.units], {}
+    H = layer["cell"].shape[1]
+    if any(not 0 <= u < H for u in units):
+        raise SystemExit(f"error: units must lie in [0, {H})")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    step = meta.get("step")
+    desc = f"{len(stack)}x LSTM H={H}, checkpoint step {step}, layer {args.layer % len(stack)}"
+    plot_heatmap(out / "gate_activity.png", shown[: args.length], heat, units,
+                 f"gates and cell state of units {units} ({desc}); held-out text of {Path(args.text_file).parent.name}")
+    # text figure: the most active unit of the heatmap set over the long stretch
+    c_all = np.tanh(long["cell"])
+    text_unit = units[0] if args.text_unit is None else args.text_unit
+    plot_cell_text(out / "cell_text.png", shown[: args.text_length], c_all[:, text_unit],
+                   f"tanh(c) of unit {text_unit} (red > 0, blue < 0); {desc}")
+    summary = {
+        "checkpoint": str(args.checkpoint), "step": step, "units": units, "text_unit": text_unit,
+        "start": start, "why": {int(u): w for u, w in why.items()}, "mean_forget": {int(u): float(heat["forget"][:, u].mean()) for u in units},
+        "mean_forget_all_units": float(heat["forget"].mean()),
+        "mean_input_all_units": float(heat["input"].mean()),
+        "mean_output_all_units": float(heat["output"].mean()),
+        "val_metrics": {k: v for k, v in meta.items() if k.startswith("val")},
+    }
+    (out / "gate_activity.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+    if args.figure_dir:
+        fd = Path(args.figure_dir)
+        fd.mkdir(parents=True, exist_ok=True)
+        for name in ("gate_activity.png", "cell_text.png"):
+            (fd / name).write_bytes((out / name).read_bytes())
+
+
+if __name__ == "__main__":
+    main()

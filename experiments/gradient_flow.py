@@ -1,0 +1,212 @@
+"""Gradient flow through time: ||dL/dh_t|| (and ||dL/dc_t|| for the LSTM) vs distance T - t.
+
+For each cell (rnn, gru, lstm) on the adding problem:
+
+1. at initialisation, measure the per-step state gradients of the task loss
+   on a fixed probe batch (:func:`lstm_jax.analysis.carry_gradients`: zero
+   offsets added to the carry after every step, differentiated with
+   ``jax.grad``), batch-averaged norms vs distance from the last step;
+2. train with the shared loop :func:`lstm_jax.train.fit` (same budget for
+   every cell), logging the Frobenius norm of the gradient of the loss with
+   respect to the recurrent weights ``w_h`` at every training step;
+3. measure the state gradients again on the same probe batch.
+
+Outputs (in ``--out``): ``gradient_flow.json``, ``gradient_flow.png`` (log
+scale, one curve per cell and state, at init and after training),
+``recurrent_grad_norm.png`` (||dL/dw_h|| and training loss per step).
+
+Example (the README figures)::
+
+    python experiments/gradient_flow.py --T 100 --steps 3000 --minutes-per-cell 3 \\
+        --out runs/gradient_flow --figure-dir docs/figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from lstm_jax.analysis import recurrent_grad_norms, state_gradient_profile  # noqa: E402
+from lstm_jax.models.sequence_regressor import init_sequence_model, make_task  # noqa: E402
+from lstm_jax.train import TrainConfig, fit  # noqa: E402
+
+
+def head_loss(task, head, targets_batch):
+    """``loss(ys)`` from the top layer's outputs: the task loss through the linear head."""
+
+    def loss(ys):
+        if task.readout == "last":
+            ys = ys[:, -1]
+        out = ys @ head["w"] + head["b"]
+        return task.loss(out, targets_batch)[0]
+
+    return loss
+
+
+def profile(task, cell, params, probe) -> dict:
+    inputs, _ = probe
+    prof = state_gradient_profile(cell, params["stack"], task.prepare(inputs), head_loss(task, params["head"], probe))
+    return {k: np.asarray(v).tolist() for k, v in prof.items()}
+
+
+def make_step_with_recurrent_norm(loss_fn, optimizer, seed):
+    """The shared loop's train step, plus ``w_h_grad_norm`` (all layers' ``||dL/dw_h||_F``
+    combined) in the logged stats. Plugs into ``fit(make_step=...)``."""
+    base_key = jax.random.PRNGKey(seed)
+
+    def step_fn(params, opt_state, model_state, batch, step):
+        key = jax.random.fold_in(base_key, step)
+        (loss, (new_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, batch, key, model_state
+        )
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        w_h = jnp.sqrt(sum(n**2 for n in recurrent_grad_norms(grads["stack"])))
+        stats = {"loss": loss, "grad_norm": optax.tree.norm(grads), "w_h_grad_norm": w_h, **metrics}
+        return params, opt_state, new_state, stats
+
+    return jax.jit(step_fn)
+
+
+def plot_profiles(path, results, T):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"rnn": "C0", "gru": "C1", "lstm": "C2"}
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=100, sharey=True)
+    for ax, when in zip(axes, ("init", "trained")):
+        for cell, r in results.items():
+            prof = r[when]
+            k = np.arange(len(prof["h"]))
+            ax.plot(k, prof["h"], color=colors[cell], label=f"{cell}: dL/dh")
+            if "c" in prof:
+                ax.plot(k, prof["c"], color=colors[cell], ls="--", label=f"{cell}: dL/dc")
+        ax.set_yscale("log")
+        ax.set_xlabel("distance from the last step, T - t")
+        title = "at initialisation" if when == "init" else "after training"
+        ax.set_title(f"{title} (adding, T={T})", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("batch-mean ||dL/d state_t||")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_weight_norms(path, results, baseline):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"rnn": "C0", "gru": "C1", "lstm": "C2"}
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(6, 5), dpi=100, sharex=True)
+    for cell, r in results.items():
+        steps = np.array(r["steps"])
+        g = np.array(r["w_h_grad_norm"])
+        loss = np.array(r["train_loss"])
+        w = 25
+        raw_label = None if len(g) > w else cell
+        a1.plot(steps, g, color=colors[cell], alpha=0.25, lw=0.6, label=raw_label)
+        a2.plot(steps, loss, color=colors[cell], alpha=0.25, lw=0.6, label=raw_label)
+        if len(g) > w:
+            kern = np.ones(w) / w
+            a1.plot(steps[w - 1 :], np.convolve(g, kern, "valid"), color=colors[cell], label=cell)
+            a2.plot(steps[w - 1 :], np.convolve(loss, kern, "valid"), color=colors[cell], label=cell)
+    a2.axhline(baseline, color="k", ls="--", lw=1, label=f"baseline {baseline:.3f}")
+    a1.set_yscale("log")
+    a2.set_yscale("log")
+    a1.set_ylabel("||dL/dw_h||_F per step")
+    a1.set_title("recurrent-weight gradient per training step (faint) and 25-step mean", fontsize=9)
+    a2.set_ylabel("train MSE")
+    a2.set_xlabel("training step")
+    a1.legend(fontsize=8)
+    a2.legend(fontsize=8)
+    a1.grid(alpha=0.3)
+    a2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--T", type=int, default=100)
+    p.add_argument("--cells", nargs="+", default=["rnn", "gru", "lstm"], choices=["rnn", "gru", "lstm"])
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--probe", type=int, default=256, help="probe batch for the state gradients")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--minutes-per-cell", type=float, default=3.0)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/gradient_flow")
+    p.add_argument("--figure-dir", default=None, help="also copy the PNGs here")
+    args = p.parse_args(argv)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    task = make_task("adding", args.T)
+    probe = task.batch_fn(jax.random.key(20_000 + args.seed), args.probe)(0)
+    results = {}
+    record = {
+        "args": vars(args),
+        "machine": {"cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg(),
+                    "note": "shared machine (2 cores, several agents); wall times are noisy"},
+        "results": results,
+    }
+    for cell in args.cells:
+        k_init, k_data = jax.random.split(jax.random.key(args.seed))
+        params = init_sequence_model(k_init, cell, task.input_size, args.hidden, task.output_size)
+        r = {"init": profile(task, cell, params, probe)}
+
+        def loss_fn(params, batch, key, model_state, cell=cell):
+            loss, metrics = task.model_loss(cell, params, batch)
+            return loss, (model_state, metrics)
+
+        config = TrainConfig(steps=args.steps, learning_rate=args.lr, weight_decay=0.0, log_every=1,
+                             eval_every=args.steps, checkpoint_every=args.steps,
+                             max_minutes=args.minutes_per_cell, seed=args.seed, progress=False)
+        t0 = time.perf_counter()
+        res = fit(loss_fn, params, task.batch_fn(k_data, args.batch), config,
+                  make_step=make_step_with_recurrent_norm)
+        train = [h for h in res.history if h.get("kind") == "train"]
+        r["steps"] = [h["step"] for h in train]
+        r["w_h_grad_norm"] = [h["w_h_grad_norm"] for h in train]
+        r["train_loss"] = [h["loss"] for h in train]
+        r["trained"] = profile(task, cell, res.params, probe)
+        probe_loss, _ = task.model_loss(cell, res.params, probe)
+        r["probe_mse_trained"] = float(probe_loss)
+        r["train_seconds"] = round(time.perf_counter() - t0, 1)
+        r["steps_run"] = res.step
+        results[cell] = r
+        h_init, h_tr = r["init"]["h"], r["trained"]["h"]
+        print(f"{cell}: probe MSE after {res.step} steps {r['probe_mse_trained']:.4f}; "
+              f"||dL/dh|| at distance 0 / {args.T - 1}: init {h_init[0]:.2e} / {h_init[-1]:.2e}, "
+              f"trained {h_tr[0]:.2e} / {h_tr[-1]:.2e}", flush=True)
+        (out / "gradient_flow.json").write_text(json.dumps(record))
+
+    plot_profiles(out / "gradient_flow.png", results, args.T)
+    plot_weight_norms(out / "recurrent_grad_norm.png", results, task.baseline)
+    if args.figure_dir:
+        fd = Path(args.figure_dir)
+        fd.mkdir(parents=True, exist_ok=True)
+        for name in ("gradient_flow.png", "recurrent_grad_norm.png"):
+            (fd / name).write_bytes((out / name).read_bytes())
+
+
+if __name__ == "__main__":
+    main()

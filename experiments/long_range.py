@@ -1,0 +1,308 @@
+"""Long-range memory sweep: rnn vs gru vs lstm on the adding (or copy) task over T.
+
+Every (cell, T) pair gets the same hidden size, batch size, optimiser, step
+budget and wall-clock budget, and is trained with the shared loop
+:func:`lstm_jax.train.fit` on batches generated on the fly. The test error is
+measured on a fixed held-out set (its own key) every ``--eval-every`` steps.
+
+Outputs (in ``--out``):
+    results.json   every run: final / best test error, steps, seconds, curve
+    results.md     markdown table: final test error per cell x T, with the baseline
+    long_range.png final test error vs T per cell, trivial baseline dashed
+    curves.png     test error vs training step, one panel per T
+
+Example (the README numbers)::
+
+    python experiments/long_range.py --task adding --lengths 50 100 200 400 \\
+        --steps 4000 --minutes-per-run 2.5 --out runs/long_range_adding
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lstm_jax.models.sequence_regressor import init_sequence_model, make_task  # noqa: E402
+from lstm_jax.train import TrainConfig, fit  # noqa: E402
+
+
+def machine_info() -> dict:
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "jax_backend": jax.default_backend(),
+        "load_average_at_start": os.getloadavg(),
+        "note": "shared machine: 2 cores used concurrently by several agents; wall times are noisy and pessimistic",
+    }
+
+
+def make_eval(task, cell, test_batch, chunk: int = 500):
+    """Mean test loss and metrics over the fixed test set, in chunks (jitted)."""
+    inputs, targets = test_batch
+    n = inputs.shape[0]
+
+    @jax.jit
+    def chunk_metrics(params, batch):
+        _, metrics = task.model_loss(cell, params, batch)
+        return metrics
+
+    def eval_fn(params):
+        sums, count = {}, 0
+        for s in range(0, n, chunk):
+            b = (inputs[s : s + chunk], targets[s : s + chunk])
+            m = jax.device_get(chunk_metrics(params, b))
+            k = b[0].shape[0]
+            for name, v in m.items():
+                sums[name] = sums.get(name, 0.0) + float(v) * k
+            count += k
+        out = {f"test_{name}": v / count for name, v in sums.items()}
+        out["val_loss"] = out[f"test_{task.metric}"]
+        return out
+
+    return eval_fn
+
+
+def run_one(task, cell: str, args, test_batch) -> dict:
+    key = jax.random.key(args.seed)
+    k_init, k_data = jax.random.split(key)
+    params = init_sequence_model(k_init, cell, task.input_size, args.hidden, task.output_size)
+
+    def loss_fn(params, batch, key, model_state):
+        loss, metrics = task.model_loss(cell, params, batch)
+        return loss, (model_state, metrics)
+
+    config = TrainConfig(
+        steps=args.steps,
+        learning_rate=args.lr,
+        warmup_steps=args.warmup,
+        weight_decay=args.weight_decay,
+        clip_norm=args.clip_norm,
+        log_every=args.eval_every,
+        eval_every=args.eval_every,
+        checkpoint_every=max(args.steps, 1),
+        max_minutes=args.minutes_per_run,
+        seed=args.seed,
+        progress=False,
+    )
+    eval_fn = make_eval(task, cell, test_batch)
+    t0 = time.perf_counter()
+    result = fit(loss_fn, params, task.batch_fn(k_data, args.batch), config, eval_fn=eval_fn)
+    seconds = time.perf_counter() - t0
+    evals = [r for r in result.history if r.get("kind") == "eval"]
+    trains = [r for r in result.history if r.get("kind") == "train"]
+    metric = f"test_{task.metric}"
+    curve = [(r["step"], r[metric]) for r in evals]
+    final = evals[-1][metric] if evals else float("nan")
+    best = min((v for _, v in curve), default=float("nan"))
+    solved_at = next((s for s, v in curve if v <= args.solved_threshold), None)
+    out = {
+        "cell": cell,
+        "T": task.T,
+        "final_test": final,
+        "best_test": best,
+        "steps": result.step,
+        "seconds": round(seconds, 1),
+        "stop_reason": getattr(result, "stop_reason", None),
+        "solved_at_step": solved_at,
+        "curve": curve,
+        "train_loss_curve": [(r["step"], r["loss"]) for r in trains],
+    }
+    if task.name == "copy" and evals:
+        out["final_test_accuracy"] = evals[-1].get("test_accuracy")
+    return out
+
+
+def write_table(path: Path, task, runs: list[dict], args) -> None:
+    lengths = sorted({r["T"] for r in runs})
+    cells = [c for c in args.cells if any(r["cell"] == c for r in runs)]
+    what = "test MSE" if task.name == "adding" else "test cross-entropy on the recall steps (nats)"
+    lines = [
+        f"Task: {task.name}; {what}, final (after the budget); trivial baseline {task.baseline:.3f}; "
+        f"**bold** = at most {args.solved_threshold}. Cell entries: final error (steps run, seconds).",
+        "",
+        "| cell | " + " | ".join(f"T={T}" for T in lengths) + " |",
+        "|---|" + "---|" * len(lengths),
+    ]
+    for c in cells:
+        row = []
+        for T in lengths:
+            r = next((r for r in runs if r["cell"] == c and r["T"] == T), None)
+            if r is None:
+                row.append("—")
+                continue
+            v = f"{r['final_test']:.4f}"
+            if r["final_test"] <= args.solved_threshold:
+                v = f"**{v}**"
+            row.append(f"{v} ({r['steps']}, {r['seconds']:.0f}s)")
+        lines.append(f"| {c} | " + " | ".join(row) + " |")
+    lines += ["", f"First evaluation step with test error <= {args.solved_threshold} (— = never within the budget):", "",
+              "| cell | " + " | ".join(f"T={T}" for T in lengths) + " |", "|---|" + "---|" * len(lengths)]
+    for c in cells:
+        row = []
+        for T in lengths:
+            r = next((r for r in runs if r["cell"] == c and r["T"] == T), None)
+            row.append("—" if r is None or r["solved_at_step"] is None else str(r["solved_at_step"]))
+        lines.append(f"| {c} | " + " | ".join(row) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot(path: Path, task, runs: list[dict], args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=110)
+    markers = {"rnn": "o", "gru": "s", "lstm": "^"}
+    for c in args.cells:
+        pts = sorted((r["T"], r["final_test"]) for r in runs if r["cell"] == c)
+        if pts:
+            ax.plot(*zip(*pts), marker=markers.get(c, "o"), label=c)
+    ax.axhline(task.baseline, color="k", ls="--", lw=1,
+               label=f"trivial baseline ({task.baseline:.3f})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    lengths = sorted({r["T"] for r in runs})
+    ax.set_xticks(lengths)
+    ax.set_xticklabels([str(t) for t in lengths])
+    ax.minorticks_off()
+    ax.set_xlabel("T (sequence length)" if task.name == "adding" else "T (delay)")
+    ax.set_ylabel("final test MSE" if task.name == "adding" else "final test xent (nats)")
+    ax.set_title(f"{task.name}: H={args.hidden}, batch {args.batch}, <= {args.steps} steps\n"
+                 "+ wall-clock cap per run (steps run: results.md)", fontsize=8)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_curves(path: Path, task, runs: list[dict], args) -> None:
+    """Test error vs training step, one panel per T, one line per cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = sorted({r["T"] for r in runs})
+    fig, axes = plt.subplots(1, len(lengths), figsize=(2.6 * len(lengths) + 0.6, 2.8), dpi=100,
+                             sharey=True, squeeze=False)
+    for ax, T in zip(axes[0], lengths):
+        for c in args.cells:
+            r = next((r for r in runs if r["cell"] == c and r["T"] == T), None)
+            if r and r["curve"]:
+                ax.plot(*zip(*r["curve"]), label=c)
+        ax.axhline(task.baseline, color="k", ls="--", lw=1)
+        ax.set_yscale("log")
+        ax.set_title(f"T={T}", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test MSE" if task.name == "adding" else "test xent", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _copy_figures(args, out: Path) -> None:
+    if args.figure:
+        fig = Path(args.figure)
+        fig.parent.mkdir(parents=True, exist_ok=True)
+        fig.write_bytes((out / "long_range.png").read_bytes())
+        fig.with_name(fig.stem + "_curves.png").write_bytes((out / "curves.png").read_bytes())
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=["adding", "copy"], default="adding")
+    p.add_argument("--lengths", type=int, nargs="+", default=[50, 100, 200, 400])
+    p.add_argument("--cells", nargs="+", default=["rnn", "gru", "lstm"], choices=["rnn", "gru", "lstm"])
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--minutes-per-run", type=float, default=2.5, help="wall-clock budget of each (cell, T) run")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--clip-norm", type=float, default=1.0)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--test-size", type=int, default=1000)
+    p.add_argument("--num-symbols", type=int, default=8, help="copy task: K symbols")
+    p.add_argument("--copy-length", type=int, default=10, help="copy task: L symbols to remember")
+    p.add_argument("--solved-threshold", type=float, default=None,
+                   help="error counted as solved (default 0.01 for adding, 0.05 nats for copy)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/long_range")
+    p.add_argument("--append", action="store_true",
+                   help="add to an existing results.json in --out (runs already there are kept, "
+                        "a (cell, T) pair present is replaced by the new run)")
+    p.add_argument("--replot", action="store_true",
+                   help="only rewrite results.md and the PNGs from --out/results.json (no training)")
+    p.add_argument("--figure", default=None, help="also copy the PNG here (e.g. docs/figures/long_range_adding.png)")
+    args = p.parse_args(argv)
+    if args.solved_threshold is None:
+        args.solved_threshold = 0.01 if args.task == "adding" else 0.05
+
+    out = Path(args.out)
+    if args.replot:
+        record = json.loads((out / "results.json").read_text())
+        saved = record["args"]
+        for k in ("task", "hidden", "batch", "steps", "minutes_per_run", "num_symbols", "copy_length", "solved_threshold"):
+            setattr(args, k, saved[k])
+        args.cells = [c for c in ["rnn", "gru", "lstm"] if any(r["cell"] == c for r in record["runs"])]
+        T0 = min(r["T"] for r in record["runs"])
+        task = make_task(args.task, T0, num_symbols=args.num_symbols, length=args.copy_length)
+        write_table(out / "results.md", task, record["runs"], args)
+        plot(out / "long_range.png", task, record["runs"], args)
+        plot_curves(out / "curves.png", task, record["runs"], args)
+        _copy_figures(args, out)
+        print((out / "results.md").read_text())
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"args": vars(args), "machine": machine_info(), "runs": []}
+    if args.append and (out / "results.json").exists():
+        old = json.loads((out / "results.json").read_text())
+        if old["args"]["task"] != args.task:
+            raise SystemExit(f"--append: {out} holds a {old['args']['task']} sweep, not {args.task}")
+        new_pairs = {(c, T) for c in args.cells for T in args.lengths}
+        record["runs"] = [r for r in old["runs"] if (r["cell"], r["T"]) not in new_pairs]
+        record["earlier_invocations"] = old.get("earlier_invocations", []) + [
+            {"args": old["args"], "machine": old["machine"]}]
+    run_cells = list(args.cells)  # what this invocation trains; args.cells: what the table and plots show
+    args.cells = [c for c in ["rnn", "gru", "lstm"] if c in run_cells or any(r["cell"] == c for r in record["runs"])]
+    for T in args.lengths:
+        task = make_task(args.task, T, num_symbols=args.num_symbols, length=args.copy_length)
+        record.setdefault("baseline", task.baseline)
+        test_batch = task.batch_fn(jax.random.key(10_000 + args.seed), args.test_size)(0)
+        for cell in run_cells:
+            r = run_one(task, cell, args, test_batch)
+            print(f"{args.task} T={T:4d} {cell:5s}: final test {task.metric} {r['final_test']:.4f} "
+                  f"(best {r['best_test']:.4f}) after {r['steps']} steps, {r['seconds']:.0f}s "
+                  f"[{r['stop_reason']}]", flush=True)
+            record["runs"] = [x for x in record["runs"] if (x["cell"], x["T"]) != (cell, T)] + [r]
+            record["runs"].sort(key=lambda r: (r["T"], ["rnn", "gru", "lstm"].index(r["cell"])))
+            # rewrite after every run, so a partial sweep is still a result
+            (out / "results.json").write_text(json.dumps(record, indent=1))
+            write_table(out / "results.md", task, record["runs"], args)
+            plot(out / "long_range.png", task, record["runs"], args)
+            plot_curves(out / "curves.png", task, record["runs"], args)
+    record["machine"]["load_average_at_end"] = os.getloadavg()
+    (out / "results.json").write_text(json.dumps(record, indent=1))
+    _copy_figures(args, out)
+    print((out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""A recurrent stack with a linear head, for the synthetic long-range tasks.
+
+``xs (B, T, F) -> apply_stack -> ys (B, T, H) -> linear head``, read out either
+at the last step (the adding problem: one number per sequence) or at every step
+(the copy task: a distribution over tokens per step). The stack is the library's
+:func:`~lstm_jax.layers.apply_stack`, so every cell (``rnn``, ``gru``,
+``lstm``) and every layer implementation runs unchanged.
+
+:func:`make_task` bundles what training needs for one task at one length:
+input/output sizes, a deterministic ``get_batch(step)``, the loss, and the
+trivial baseline the loss is compared against (:class:`Task`).
+
+Params::
+
+    {"stack": [layer params, ...],           # from init_stack
+     "head":  {"w": (H, out), "b": (out,)}}  # w Glorot-uniform, b zeros
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ..cells import Cell, get_cell, glorot_uniform
+from ..data import synthetic
+from ..layers import apply_stack, init_stack
+
+Array = jax.Array
+
+READOUTS = ("last", "all")
+
+
+def init_sequence_model(
+    key: Array,
+    cell: str | Cell,
+    input_size: int,
+    hidden_size: int,
+    output_size: int,
+    *,
+    num_layers: int = 1,
+    dtype=jnp.float32,
+) -> dict:
+    """Params ``{"stack": ..., "head": {"w", "b"}}`` for :func:`apply_sequence_model`."""
+    if not isinstance(output_size, int) or output_size < 1:
+        raise ValueError(f"output_size must be a positive int, got {output_size!r}")
+    k_stack, k_head = jax.random.split(key)
+    stack = init_stack(k_stack, cell, input_size, hidden_size, num_layers=num_layers, dtype=dtype)
+    head = {
+        "w": glorot_uniform(k_head, hidden_size, output_size, dtype),
+        "b": jnp.zeros((output_size,), dtype),
+    }
+    return {"stack": stack, "head": head}
+
+
+def apply_sequence_model(
+    cell: str | Cell, params: dict, xs: Array, *, readout: str = "last", impl: str = "scan", unroll: int = 1
+) -> Array:
+    """Run the model; ``readout="last"`` -> ``(B, out)``, ``"all"`` -> ``(B, T, out)``."""
+    if readout not in READOUTS:
+        raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+    ys, _ = apply_stack(get_cell(cell), params["stack"], xs, impl=impl, unroll=unroll)
+    if readout == "last":
+        ys = ys[..., -1, :]
+    return ys @ params["head"]["w"] + params["head"]["b"]
+
+
+# ---------------------------------------------------------------------------
+# Tasks
+
+
+class Task(NamedTuple):
+    """One synthetic task at one length, ready for :func:`lstm_jax.train.fit`.
+
+    name:        ``"adding"`` or ``"copy"``.
+    T:           the length parameter (sequence length / delay).
+    input_size:  features per step fed to the stack.
+    output_size: head outputs (1 for adding, vocabulary size for copy).
+    readout:     ``"last"`` or ``"all"``.
+    batch_fn:    ``batch_fn(key, batch) -> get_batch(step)``, deterministic in step.
+    loss:        ``loss(outputs, batch) -> (scalar loss, metrics dict)``.
+    baseline:    loss of the trivial memoryless predictor (adding: MSE 1/6;
+                 copy: cross-entropy log K on the recall steps).
+    metric:      name of the loss in the metrics dict (``"mse"`` / ``"xent"``).
+    """
+
+    name: str
+    T: int
+    input_size: int
+    output_size: int
+    readout: str
+    batch_fn: Callable
+    loss: Callable
+    baseline: float
+    metric: str
+
+    def model_loss(self, cell, params, batch, *, impl: str = "scan"):
+        """Forward the model on ``batch = (inputs, targets)`` and score it."""
+        inputs, _ = batch
+        out = apply_sequence_model(cell, params, self.prepare(inputs), readout=self.readout, impl=impl)
+        return self.loss(out, batch)
+
+    def prepare(self, inputs: Array) -> Array:
+        """Turn the generator's inputs into the float features the stack reads."""
+        if self.name == "copy":
+            return jax.nn.one_hot(inputs, self.input_size, dtype=jnp.float32)
+        return inputs
+
+
+def _adding_loss(outputs, batch):
+    _, targets = batch
+    mse = jnp.mean((outputs[..., 0] - targets) ** 2)
+    return mse, {"mse": mse}
+
+
+def make_task(name: str, T: int, *, num_symbols: int = 8, length: int = 10) -> Task:
+    """The :class:`Task` ``"adding"`` (sequence length ``T``) or ``"copy"`` (delay ``T``)."""
+    if name == "adding":
+        synthetic.adding_problem(jax.random.key(0), 1, T)  # validate T now
+        return Task(
+            "adding", T, 2, 1, "last",
+            lambda key, batch: synthetic.adding_batch_fn(key, batch, T),
+            _adding_loss, synthetic.ADDING_BASELINE_MSE, "mse",
+        )
+    if name == "copy":
+        synthetic.copy_task(jax.random.key(0), 1, T, num_symbols=num_symbols, length=length)
+        vocab = synthetic.copy_vocab_size(num_symbols)
+        recall = synthetic.copy_recall_slice(T, length)
+
+        def copy_loss(outputs, batch):
+            _, targets = batch
+            logits, tgt = outputs[:, recall], targets[:, recall]
+            logp = jax.nn.log_softmax(logits, axis=-1)
+            xent = -jnp.mean(jnp.take_along_axis(logp, tgt[..., None], axis=-1))
+            acc = jnp.mean(jnp.argmax(logits, axis=-1) == tgt)
+            return xent, {"xent": xent, "accuracy": acc}
+
+        return Task(
+            "copy", T, vocab, vocab, "all",
+            lambda key, batch: synthetic.copy_batch_fn(key, batch, T, num_symbols=num_symbols, length=length),
+            copy_loss, math.log(num_symbols), "xent",
+        )
+    raise ValueError(f"unknown task {name!r}; choose 'adding' or 'copy'")
