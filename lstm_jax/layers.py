@@ -154,13 +154,31 @@ def _reference_layer(cell: Cell, params, xs, carry, *, reverse=False, lengths=No
     return scan_layer(step, params, xs, carry, reverse=reverse, lengths=lengths, unroll=unroll)
 
 
+def _lazy_impl(module: str, attr: str) -> Callable:
+    """A layer impl living in another module, imported on first call (no import cycle)."""
+
+    def run(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(f"{__package__}.{module}"), attr)(*args, **kwargs)
+
+    run.__name__ = attr
+    return run
+
+
 def layer_impl(name: str) -> Callable:
     """The layer implementation called ``name``.
 
     ``"scan"``: the reference, :func:`scan_layer` over the cell's readable step
     function, differentiated by JAX autodiff.
+    ``"hoisted"``, ``"fused"``, ``"remat"``: see :mod:`lstm_jax.fast`.
     """
-    impls = {"scan": _reference_layer}
+    impls = {
+        "scan": _reference_layer,
+        "hoisted": _lazy_impl("fast", "hoisted_layer"),
+        "fused": _lazy_impl("fast", "fused_layer"),
+        "remat": _lazy_impl("fast", "remat_layer"),
+    }
     try:
         return impls[name]
     except KeyError:
