@@ -399,7 +399,21 @@ def main(argv=None):
     p.add_argument("--budget-minutes", type=float, default=None, help="stop starting new sizes after this")
     p.add_argument("--out", default=None, help="JSON path (default results/benchmark[_tag].json)")
     p.add_argument("--tag", default="", help="suffix for the default output name, e.g. hugetlb")
+    p.add_argument(
+        "--omp-wait-policy", default="PASSIVE",
+        help="OMP_WAIT_POLICY for PyTorch's OpenMP threads, set before torch is imported unless already "
+        "in the environment. PASSIVE (default) stops idle OpenMP threads spin-waiting, which on an "
+        "oversubscribed shared machine slows torch by 10x or more; use ACTIVE (GOMP's default "
+        "behaviour) on a dedicated machine. Recorded in the JSON.",
+    )
+    p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = p.parse_args(argv)
+    if args.omp_wait_policy and "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     if args.quick:
         args.repeats = min(args.repeats, 2)
         args.block_seconds = 0.0

@@ -38,7 +38,9 @@ PyTorch by ``experiments/benchmark.py``):
     each segment's internals are recomputed when its gradient is needed.
     Activation memory drops from ``O(T)`` per-step residuals to
     ``O(T/segment + segment)``, for about one extra forward pass of compute.
-    Use :func:`remat_layer` with ``segment=`` to choose the length.
+    Use :func:`remat_layer` with ``segment=`` to choose the length. Each
+    segment runs the ``"fused"`` layer by default (``inner="scan"`` for the
+    readable step under autodiff).
 
 Padded batches (``lengths``) and ``reverse`` follow the reference exactly:
 past its length a sequence's carry is frozen and its outputs are zero, and
@@ -261,10 +263,13 @@ def _fused_forward(cell_name, unroll, cd, params, xs_tm, carry, mask):
             a_t, m_t = inp
             (h, c), gates = _lstm_body(w_h, state, a_t, cd)
             new = LSTMCarry(_keep(m_t, h, state.hidden), _keep(m_t, c, state.cell))
-            y = h if m_t is None else h * m_t
-            return new, (y, new.hidden, new.cell, gates)
+            if m_t is None:  # y_t is the new hidden state: do not store it twice
+                return new, (h, new.cell, gates)
+            return new, (h * m_t, new.hidden, new.cell, gates)
 
-        final, (ys, hs, cs, gates) = jax.lax.scan(step, carry, (a, mask), unroll=unroll)
+        final, outs = jax.lax.scan(step, carry, (a, mask), unroll=unroll)
+        ys, cs, gates = outs[0], outs[-2], outs[-1]
+        hs = ys if mask is None else outs[1]
         res = (hs, cs, gates)
     elif cell_name == "gru":
 
@@ -272,10 +277,13 @@ def _fused_forward(cell_name, unroll, cd, params, xs_tm, carry, mask):
             a_t, m_t = inp
             h, acts = _gru_body(w_h, params["b_h"], h_prev, a_t, cd)
             new = _keep(m_t, h, h_prev)
-            y = h if m_t is None else h * m_t
-            return new, (y, new, acts)
+            if m_t is None:
+                return new, (h, acts)
+            return new, (h * m_t, new, acts)
 
-        final, (ys, hs, acts) = jax.lax.scan(step, carry, (a, mask), unroll=unroll)
+        final, outs = jax.lax.scan(step, carry, (a, mask), unroll=unroll)
+        ys, acts = outs[0], outs[-1]
+        hs = ys if mask is None else outs[1]
         res = (hs, acts)
     else:
 
@@ -283,10 +291,12 @@ def _fused_forward(cell_name, unroll, cd, params, xs_tm, carry, mask):
             a_t, m_t = inp
             h = _rnn_body(w_h, h_prev, a_t, cd)
             new = _keep(m_t, h, h_prev)
-            y = h if m_t is None else h * m_t
-            return new, (y, new)
+            if m_t is None:
+                return new, h
+            return new, (h * m_t, new)
 
-        final, (ys, hs) = jax.lax.scan(step, carry, (a, mask), unroll=unroll)
+        final, outs = jax.lax.scan(step, carry, (a, mask), unroll=unroll)
+        ys, hs = (outs, outs) if mask is None else outs
         res = (hs,)
     return (ys, final), (params, xs_tm, carry, mask, res)
 
@@ -441,14 +451,13 @@ def default_segment(seq_len: int) -> int:
     return max(root, 1)
 
 
-def _remat_core(segment):
+def _remat_core(segment, inner_impl):
     def core(cell, params, xs_tm, carry, mask, unroll, cd):
         seq_len, batch = xs_tm.shape[:2]
         seg = segment or default_segment(seq_len)
         seg = min(seg, seq_len)
         n_seg = -(-seq_len // seg)
         pad = n_seg * seg - seq_len
-        step = cell.step if cd is None else functools.partial(cell.step, compute_dtype=cd)
         if pad:
             dtype = jax.tree_util.tree_leaves(carry)[0].dtype
             if mask is None:
@@ -456,16 +465,27 @@ def _remat_core(segment):
             xs_tm = jnp.concatenate([xs_tm, jnp.zeros((pad,) + xs_tm.shape[1:], xs_tm.dtype)])
             mask = jnp.concatenate([mask, jnp.zeros((pad, batch, 1), mask.dtype)])
 
-        def inner(state, inp):
-            x_t, m_t = inp
-            new, y = step(params, state, x_t)
-            if m_t is None:
-                return new, y
-            return jax.tree_util.tree_map(lambda n, o: _keep(m_t, n, o), new, state), y * m_t
+        if inner_impl == "fused":
 
-        @functools.partial(jax.checkpoint, prevent_cse=False)
-        def run_segment(state, seg_inp):
-            return jax.lax.scan(inner, state, seg_inp, unroll=unroll)
+            def run_inner(state, seg_inp):
+                x_seg, m_seg = seg_inp
+                ys, final = _fused(cell.name, unroll, cd, params, x_seg, state, m_seg)
+                return final, ys
+
+        else:  # the readable reference step
+            step = cell.step if cd is None else functools.partial(cell.step, compute_dtype=cd)
+
+            def inner(state, inp):
+                x_t, m_t = inp
+                new, y = step(params, state, x_t)
+                if m_t is None:
+                    return new, y
+                return jax.tree_util.tree_map(lambda n, o: _keep(m_t, n, o), new, state), y * m_t
+
+            def run_inner(state, seg_inp):
+                return jax.lax.scan(inner, state, seg_inp, unroll=unroll)
+
+        run_segment = jax.checkpoint(run_inner, prevent_cse=False)
 
         def reshape(a):
             return None if a is None else a.reshape((n_seg, seg) + a.shape[1:])
@@ -478,16 +498,22 @@ def _remat_core(segment):
 
 
 def remat_layer(
-    cell, params, xs, carry, *, reverse=False, lengths=None, unroll=1, compute_dtype=None, segment=None
+    cell, params, xs, carry, *, reverse=False, lengths=None, unroll=1, compute_dtype=None, segment=None,
+    inner="fused",
 ):
-    """The reference cell step under a segmented, checkpointed scan (see the module docstring).
+    """A segmented, checkpointed scan (see the module docstring).
 
     ``segment``: steps per checkpointed segment; ``None`` picks :func:`default_segment`.
+    ``inner``: how each segment runs: ``"fused"`` (default; the fused layer with
+    its hand-written backward, recomputed per segment) or ``"scan"`` (the
+    readable cell step under autodiff).
     """
     if segment is not None and (not isinstance(segment, int) or segment < 1):
         raise ValueError(f"segment must be a positive int, got {segment!r}")
+    if inner not in ("fused", "scan"):
+        raise ValueError(f"inner must be 'fused' or 'scan', got {inner!r}")
     return _run(
-        _remat_core(segment), cell, params, xs, carry, reverse=reverse, lengths=lengths,
+        _remat_core(segment, inner), cell, params, xs, carry, reverse=reverse, lengths=lengths,
         unroll=unroll, compute_dtype=compute_dtype,
     )
 

@@ -90,15 +90,15 @@ def test_single_sequence_and_unroll(impl):
     np.testing.assert_allclose(fin.cell, fin_ref.cell, rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("segment", [3, 16])
-def test_remat_segment_lengths_including_padding(segment):
+@pytest.mark.parametrize("segment,inner", [(3, "fused"), (16, "scan"), (5, "scan")])
+def test_remat_segment_lengths_including_padding(segment, inner):
     cell = get_cell("gru")
     params, xs, carry = _setup("gru", (16, 2, 3, 5), seed=3)
     p, c = params[0], carry[0]
     lengths = jnp.array([16, 11])
 
     def loss(name, p, **kw):
-        impl = functools.partial(fast.remat_layer, segment=segment) if name == "remat" else layer_impl(name)
+        impl = functools.partial(fast.remat_layer, segment=segment, inner=inner) if name == "remat" else layer_impl(name)
         ys, fin = impl(cell, p, xs, c, lengths=lengths, reverse=True, **kw)
         return jnp.sum(ys**2) + jnp.sum(fin)
 
