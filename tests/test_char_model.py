@@ -1,0 +1,224 @@
+"""The character model (lstm_jax.models.char_model) and experiments/char_lstm.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lstm_jax.data.text import Vocab, eval_windows, load_text, random_windows
+from lstm_jax.models import char_model as cm
+from lstm_jax.train import TrainConfig, evaluate, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("char_lstm_script", ROOT / "experiments" / "char_lstm.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def script():
+    return _load_script()
+
+
+@pytest.fixture(scope="module")
+def zen():
+    return load_text("zen")
+
+
+# --------------------------------------------------------------------------- model
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("embed_dim", [None, 8])
+def test_shapes_cell_inference_and_carry_continuation(cell, embed_dim):
+    params = cm.init_char_model(jax.random.PRNGKey(0), 11, 6, 2, cell, embed_dim)
+    assert cm.infer_cell(params) == cell
+    assert cm.model_config(params) == {"cell": cell, "layers": 2, "hidden": 6, "vocab_size": 11, "embed_dim": embed_dim}
+    ids = jax.random.randint(jax.random.PRNGKey(1), (3, 10), 0, 11)
+    logits, carry = cm.char_logits(params, ids)
+    assert logits.shape == (3, 10, 11) and len(carry) == 2
+    # Truncated BPTT consistency: two halves with the carry passed on == one pass.
+    l1, c1 = cm.char_logits(params, ids[:, :4])
+    l2, c2 = cm.char_logits(params, ids[:, 4:], c1)
+    np.testing.assert_allclose(jnp.concatenate([l1, l2], axis=1), logits, atol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(c2), jax.tree_util.tree_leaves(carry)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # Unbatched input.
+    l_single, _ = cm.char_logits(params, ids[0])
+    np.testing.assert_allclose(l_single, logits[0], atol=1e-5)
+
+
+def test_loss_at_init_is_near_uniform_and_dropout_needs_key():
+    v = 30
+    params = cm.init_char_model(jax.random.PRNGKey(0), v, 16, 1)
+    ids = jnp.zeros((2, 5), jnp.int32)
+    loss, _ = cm.char_loss(params, ids, ids)
+    assert abs(float(loss) - math.log(v)) < 0.3  # nats/char of a near-uniform prediction
+    with pytest.raises(ValueError, match="dropout > 0 needs a jax.random key"):
+        cm.char_logits(params, ids, dropout=0.5)
+    a, _ = cm.char_logits(params, ids, dropout=0.5, key=jax.random.PRNGKey(0))
+    b, _ = cm.char_logits(params, ids, dropout=0.5, key=jax.random.PRNGKey(1))
+    assert not np.allclose(a, b)
+
+
+def test_bad_model_inputs():
+    with pytest.raises(ValueError, match="hidden"):
+        cm.init_char_model(jax.random.PRNGKey(0), 10, 0)
+    with pytest.raises(ValueError, match="unknown|cell"):
+        cm.init_char_model(jax.random.PRNGKey(0), 10, 4, cell="transformer")
+    params = cm.init_char_model(jax.random.PRNGKey(0), 10, 4)
+    with pytest.raises(ValueError, match="empty time axis"):
+        cm.char_logits(params, jnp.zeros((2, 0), jnp.int32))
+    with pytest.raises(TypeError, match="integer"):
+        cm.char_logits(params, jnp.zeros((2, 3), jnp.float32))
+
+
+# --------------------------------------------------------------------------- training on the embedded corpus
+
+
+@pytest.fixture(scope="module")
+def trained(zen, script):
+    """A few hundred steps of a small LSTM on the Zen of Python (the shared fixture of the tests below)."""
+    params = cm.init_char_model(jax.random.PRNGKey(0), zen.vocab.size, 64, 1, "lstm")
+    loss_fn = script.make_loss_fn(dropout=0.0, stateful=False, impl="scan", unroll=1)
+    cfg = TrainConfig(steps=300, learning_rate=1e-2, warmup_steps=20, log_every=25, eval_every=1000, progress=False)
+
+    def get_batch(step):
+        return random_windows(zen.train, 16, 32, seed=0, step=step)
+
+    initial_val = script.eval_split(params, zen.validation, 8, 32)
+    res = fit(loss_fn, params, get_batch, cfg, items_per_batch=16 * 32, item_name="chars")
+    return res, initial_val
+
+
+def test_short_training_lowers_loss_clearly(trained, zen):
+    res, _ = trained
+    losses = [r["loss"] for r in res.history if r["kind"] == "train"]
+    assert losses[0] > 3.0  # ~ln(43) at the start
+    assert losses[-1] < 1.2, losses  # memorising a 740-char corpus
+    assert losses[-1] < 0.4 * losses[0]
+    assert res.history[-1]["chars_per_s"] > 0
+
+
+def test_eval_on_held_out_split(trained, zen, script):
+    res, initial_val = trained
+    batches = eval_windows(zen.validation, 8, 32)
+    n_chars = sum(t.size for _, t in batches)
+    assert n_chars == len(zen.validation) - 1
+    nats = evaluate(cm.eval_step, res.params, batches)["nats"]
+    # Same number from the script helper, and bits = nats / ln 2.
+    r = script.eval_split(res.params, zen.validation, 8, 32)
+    assert r["nats_per_char"] == pytest.approx(nats)
+    assert r["bits_per_char"] == pytest.approx(nats / math.log(2))
+    # Held-out aphorisms are new text: the model does better than at init, not perfectly.
+    assert math.isfinite(nats) and nats < initial_val["nats_per_char"]
+    # Training text is (nearly) memorised: far lower loss than held-out text.
+    train_nats = script.eval_split(res.params, zen.train, 8, 32)["nats_per_char"]
+    assert train_nats < nats
+
+
+def test_sampling_reproducible_and_reproduces_corpus(trained, zen):
+    res, _ = trained
+    vocab = zen.vocab
+    a = cm.sample(res.params, vocab, "Beautiful is", 120, temperature=0.5, seed=3)
+    b = cm.sample(res.params, vocab, "Beautiful is", 120, temperature=0.5, seed=3)
+    c = cm.sample(res.params, vocab, "Beautiful is", 120, temperature=1.5, seed=4)
+    assert a == b and a != c
+    assert a.startswith("Beautiful is") and len(a) == len("Beautiful is") + 120
+    # Greedy decoding (temperature 0) == top_k=1, and follows the corpus.
+    g = cm.sample(res.params, vocab, "Beautiful is", 40, temperature=0.0)
+    assert g == cm.sample(res.params, vocab, "Beautiful is", 40, temperature=1.0, top_k=1, seed=9)
+    assert g.startswith("Beautiful is better than")
+    assert cm.sample(res.params, vocab, "Now", 0) == "Now"
+
+
+def test_sampling_bad_inputs(trained, zen):
+    res, _ = trained
+    with pytest.raises(ValueError, match="not in the vocabulary|unknown|outside"):
+        cm.sample(res.params, zen.vocab, "Zen ☃", 10)
+    with pytest.raises(ValueError, match="non-empty"):
+        cm.sample(res.params, zen.vocab, "", 10)
+    with pytest.raises(ValueError, match="temperature"):
+        cm.sample(res.params, zen.vocab, "a", 10, temperature=-1.0)
+    with pytest.raises(ValueError, match="top_k"):
+        cm.sample(res.params, zen.vocab, "a", 10, top_k=0)
+
+
+# --------------------------------------------------------------------------- the script
+
+
+def test_script_train_then_sample_from_checkpoint(tmp_path, script, capsys):
+    out = tmp_path / "run"
+    args = ["--steps", "30", "--hidden", "32", "--seq-len", "16", "--batch-size", "8", "--eval-every", "15",
+            "--checkpoint-every", "15", "--stateful", "--dropout", "0.1", "--layers", "2", "--out", str(out),
+            "--no-progress", "--length", "40"]
+    results = script.main(args)
+    assert results["steps_done"] == 30
+    for split in ("val", "test"):
+        r = results["final"][split]
+        assert math.isfinite(r["nats_per_char"]) and r["bits_per_char"] == pytest.approx(r["nats_per_char"] / math.log(2))
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["sample"]["text"] == results["sample"]["text"]
+    meta = json.loads((out / "metadata.json").read_text())
+    assert Vocab.from_json(meta["vocab"]) == load_text("zen").vocab
+    assert meta["model"]["cell"] == "lstm" and meta["model"]["layers"] == 2
+
+    ev = script.main(["eval", "--checkpoint", str(out), "--which", "last"])
+    assert ev["step"] == 30 and ev["eval_seq_len"] == 16
+    assert ev["test"]["nats_per_char"] == pytest.approx(results["final"]["test"]["nats_per_char"], abs=1e-5)
+
+    sample_args = ["sample", "--checkpoint", str(out), "--prompt", "Simple", "--length", "50", "--seed", "7", "--top-k", "5"]
+    s1 = script.main(sample_args)
+    s2 = script.main(sample_args)
+    assert s1 == s2 and s1.startswith("Simple") and len(s1) == 56
+    with pytest.raises(SystemExit, match="not in the vocabulary|unknown|outside"):
+        script.main(["sample", "--checkpoint", str(out), "--prompt", "Zen ☃"])
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        script.main(["sample", "--checkpoint", str(tmp_path / "missing")])
+    # The run directory is refused without --resume (never clobbers a run) ...
+    with pytest.raises(SystemExit, match="already holds checkpoints"):
+        script.main(args)
+    # ... and --resume of a finished run just re-evaluates.
+    again = script.main(args + ["--resume"])
+    assert again["steps_done"] == 30
+    assert again["final"]["val"]["nats_per_char"] == pytest.approx(results["final"]["val"]["nats_per_char"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--seq-len", "0"], "--seq-len must be >= 1"),
+        (["--dataset", "wikipedia"], "unknown dataset 'wikipedia'"),
+        (["--seq-len", "5000"], "too short for windows of --seq-len 5000"),
+        (["--stateful", "--batch-size", "64", "--seq-len", "64"], "too short for 64 streams"),
+        (["--dropout", "1.0"], "--dropout must lie in"),
+        (["--resume"], "--resume needs --out"),
+    ],
+)
+def test_script_bad_input(script, argv, message, tmp_path):
+    with pytest.raises(SystemExit, match=message):
+        script.main(argv + ["--no-progress"] + ([] if "--resume" in argv else ["--out", str(tmp_path / "r")]))
+
+
+def test_script_text_file_errors(script, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(SystemExit, match="empty"):
+        script.main(["--text-file", str(empty), "--no-progress", "--out", str(tmp_path / "a")])
+    short = tmp_path / "short.txt"
+    short.write_text("abcdefghij" * 5)
+    with pytest.raises(SystemExit, match="too short"):
+        script.main(["--text-file", str(short), "--seq-len", "64", "--no-progress", "--out", str(tmp_path / "b")])
+    with pytest.raises(SystemExit, match="not found"):
+        script.main(["--text-file", str(tmp_path / "nope.txt"), "--no-progress", "--out", str(tmp_path / "c")])

@@ -1,0 +1,300 @@
+"""The shared training loop and its Orbax checkpoints (lstm_jax.train, lstm_jax.checkpoint)."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lstm_jax.checkpoint import CheckpointError, Checkpointer, load_checkpoint
+from lstm_jax.data.text import StatefulWindows, load_text
+from lstm_jax.models import char_model as cm
+from lstm_jax.train import TrainConfig, TrainingDiverged, fit, make_schedule
+
+QUIET = dict(progress=False, log_every=1)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def linear_problem(seed=0, n=64, d=5):
+    """Least squares y = X w*: a loss the loop must drive to ~0."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    w_true = rng.normal(size=(d,)).astype(np.float32)
+    y = x @ w_true
+
+    def loss_fn(params, batch, key, state):
+        xb, yb = batch
+        loss = jnp.mean((xb @ params["w"] + params["b"] - yb) ** 2)
+        return loss, (state, {"rmse": jnp.sqrt(loss)})
+
+    def get_batch(step):
+        idx = np.random.default_rng([seed, step]).integers(0, n, 16)
+        return x[idx], y[idx]
+
+    params = {"w": jnp.zeros((d,)), "b": jnp.zeros(())}
+    return loss_fn, get_batch, params
+
+
+@pytest.fixture(scope="module")
+def zen():
+    return load_text("zen")
+
+
+@pytest.fixture(scope="module")
+def char_task(zen):
+    # One loss_fn object for the module: fit caches the compiled step on it.
+    return stateful_char_task(zen)
+
+
+def stateful_char_task(zen, *, dropout=0.2):
+    """A small stateful char model: exercises dropout keys and the model_state carry."""
+    windows = StatefulWindows(zen.train, 4, 8)
+    params = cm.init_char_model(jax.random.PRNGKey(1), zen.vocab.size, 16, 2, "lstm")
+
+    def loss_fn(p, batch, key, state):
+        x, y, reset = batch
+        carry = jax.tree_util.tree_map(lambda c: jnp.where(reset, 0.0, c), state)
+        loss, final = cm.char_loss(p, x, y, carry, dropout=dropout, key=key)
+        return loss, (jax.lax.stop_gradient(final), {})
+
+    def get_batch(step):
+        x, y = windows(step)
+        return x, y, np.bool_(windows.is_stream_start(step))
+
+    return loss_fn, get_batch, params, cm.zeros_carry(params, 4)
+
+
+def tree_max_diff(a, b):
+    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def file_hashes(directory):
+    return {
+        f: hashlib.sha256(Path(f).read_bytes()).hexdigest()
+        for f in sorted(glob.glob(str(directory) + "/**", recursive=True))
+        if os.path.isfile(f)
+    }
+
+
+# --------------------------------------------------------------------------- optimiser / config
+
+
+def test_schedule_warmup_then_cosine_to_end_ratio():
+    cfg = TrainConfig(steps=200, learning_rate=1e-2, warmup_steps=20, end_lr_ratio=0.1)
+    sched = make_schedule(cfg)
+    assert float(sched(0)) == 0.0
+    assert float(sched(20)) == pytest.approx(1e-2)
+    assert float(sched(10)) == pytest.approx(5e-3)
+    assert float(sched(200)) == pytest.approx(1e-3)
+    lrs = [float(sched(s)) for s in range(20, 201)]
+    assert all(a >= b - 1e-9 for a, b in zip(lrs, lrs[1:]))
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("steps", 0), ("learning_rate", 0.0), ("learning_rate", float("nan")), ("end_lr_ratio", 2.0), ("keep_checkpoints", 0), ("max_minutes", -1.0)],
+)
+def test_config_validation(field, value):
+    loss_fn, get_batch, params = linear_problem()
+    cfg = TrainConfig(**{"steps": 5, **QUIET, field: value})
+    with pytest.raises(ValueError, match=field):
+        fit(loss_fn, params, get_batch, cfg)
+
+
+def test_fit_minimises_and_writes_run_directory(tmp_path):
+    loss_fn, get_batch, params = linear_problem()
+    cfg = TrainConfig(steps=120, learning_rate=0.1, warmup_steps=5, log_every=10, eval_every=40, checkpoint_every=40, keep_checkpoints=2, progress=True)
+    eval_calls = []
+
+    def eval_fn(p):
+        eval_calls.append(1)
+        loss, _ = loss_fn(p, get_batch(10_000), None, None)
+        return {"val_loss": float(loss)}
+
+    res = fit(loss_fn, params, get_batch, cfg, out_dir=tmp_path, eval_fn=eval_fn, metadata={"note": "hi"}, items_per_batch=16)
+    train = [r for r in res.history if r["kind"] == "train"]
+    assert train[-1]["loss"] < 1e-2 * train[0]["loss"]
+    assert {"loss", "grad_norm", "rmse", "lr", "items_per_s", "steps_per_s"} <= set(train[-1])
+    assert len(eval_calls) == 3 and res.best is not None and res.best["step"] == 120
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == res.history
+    assert (tmp_path / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    meta = json.loads((tmp_path / "metadata.json").read_text())
+    assert meta["note"] == "hi" and meta["train_config"]["steps"] == 120
+    ck = Checkpointer(tmp_path, keep=2)
+    assert ck.all_steps() == [80, 120] and ck.best_step() == 120
+    ck.close()
+    p, m = load_checkpoint(tmp_path, "best", like=params)
+    assert m["step"] == 120 and m["note"] == "hi"
+    assert tree_max_diff(p, res.params) == 0.0
+
+
+def test_keeps_last_k_and_the_best(tmp_path):
+    loss_fn, get_batch, params = linear_problem()
+    # Validation gets *worse* after step 20, so the best (step 20) must survive
+    # although it is not among the last 2.
+    scores = iter([1.0, 2.0, 3.0, 4.0, 5.0])
+    cfg = TrainConfig(steps=50, eval_every=10, checkpoint_every=10, keep_checkpoints=2, **QUIET)
+    res = fit(loss_fn, params, get_batch, cfg, out_dir=tmp_path, eval_fn=lambda p: {"val_loss": next(scores)})
+    ck = Checkpointer(tmp_path, keep=2)
+    assert ck.all_steps() == [10, 40, 50] and ck.best_step() == 10
+    ck.close()
+    assert res.best["step"] == 10
+    _, meta = load_checkpoint(tmp_path, "best")
+    assert meta["step"] == 10
+    _, meta = load_checkpoint(tmp_path, "last")
+    assert meta["step"] == 50
+
+
+# --------------------------------------------------------------------------- exact resume
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_equals_continuous_run(tmp_path, zen, char_task):
+    """2N steps == N steps, crash, resume, N more steps (stateful carry, dropout, AdamW, schedule)."""
+    n = 8
+    cfg = TrainConfig(steps=2 * n, learning_rate=5e-3, warmup_steps=5, checkpoint_every=n, eval_every=1000, **QUIET)
+    loss_fn, get_batch, params, state0 = char_task
+    full = fit(loss_fn, params, get_batch, cfg, model_state=state0, out_dir=tmp_path / "full")
+
+    def crashing_batch(step):  # the process dies while fetching batch N
+        if step == n:
+            raise Interrupt
+        return get_batch(step)
+
+    run = tmp_path / "resumed"
+    with pytest.raises(Interrupt):
+        fit(loss_fn, params, crashing_batch, cfg, model_state=state0, out_dir=run)
+    assert Checkpointer(run).all_steps() == [n]
+    # Resume from a fresh start (fresh params/state only supply the structure).
+    _, _, params_b, state_b = stateful_char_task(zen)
+    params_b = jax.tree_util.tree_map(jnp.zeros_like, params_b)
+    resumed = fit(loss_fn, params_b, get_batch, cfg, model_state=state_b, out_dir=run, resume=True)
+    assert resumed.step == full.step == 2 * n
+    full_losses = [r["loss"] for r in full.history if r["kind"] == "train"]
+    res_losses = [r["loss"] for r in resumed.history if r["kind"] == "train"]
+    assert len(res_losses) == 2 * n  # metrics.jsonl kept the first N steps
+    assert abs(full_losses[-1] - res_losses[-1]) <= 1e-6
+    np.testing.assert_allclose(res_losses, full_losses, atol=1e-6, rtol=0)
+    assert tree_max_diff(full.params, resumed.params) <= 1e-6
+    assert tree_max_diff(full.model_state, resumed.model_state) <= 1e-6
+    assert tree_max_diff(full.opt_state, resumed.opt_state) <= 1e-6
+
+
+def test_time_budget_stops_with_checkpoint_and_resume_finishes(tmp_path):
+    loss_fn, get_batch, params = linear_problem()
+    cfg = TrainConfig(steps=100_000, max_minutes=0.02, checkpoint_every=10_000, eval_every=10_000, **{**QUIET, "log_every": 100})
+    res = fit(loss_fn, params, get_batch, cfg, out_dir=tmp_path)
+    assert res.stop_reason == "time budget" and 0 < res.step < 100_000
+    ck = Checkpointer(tmp_path)
+    assert ck.latest_step() == res.step
+    ck.close()
+    cfg2 = TrainConfig(steps=res.step + 5, **QUIET)
+    res2 = fit(loss_fn, params, get_batch, cfg2, out_dir=tmp_path, resume=True)
+    assert res2.step == res.step + 5 and res2.stop_reason == "completed"
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_nan_guard_keeps_last_good_checkpoint(tmp_path, char_task):
+    loss_fn, get_batch, params, state0 = char_task
+    good = TrainConfig(steps=16, learning_rate=5e-3, warmup_steps=5, checkpoint_every=8, eval_every=1000, **QUIET)
+    fit(loss_fn, params, get_batch, good, model_state=state0, out_dir=tmp_path)
+    before = file_hashes(tmp_path / "checkpoints")
+    # Continue the run with an absurd learning rate: the loss blows up to NaN/inf.
+    bad = TrainConfig(steps=400, learning_rate=1e12, warmup_steps=0, clip_norm=None, checkpoint_every=1, **QUIET)
+    with pytest.raises(TrainingDiverged, match=r"diverged at step \d+: loss=.*last good checkpoint: step \d+"):
+        fit(loss_fn, params, get_batch, bad, model_state=state0, out_dir=tmp_path, resume=True)
+    ck = Checkpointer(tmp_path)
+    steps = ck.all_steps()
+    ck.close()
+    # Steps saved before the blow-up are finite; nothing non-finite was written.
+    for s in steps:
+        p, _ = load_checkpoint(tmp_path, s)
+        assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(p))
+    after = file_hashes(tmp_path / "checkpoints")
+    for f, h in before.items():  # the earlier good steps are untouched (unless rotated out)
+        if f in after:
+            assert after[f] == h
+
+
+def test_nan_guard_without_checkpoints():
+    def loss_fn(p, batch, key, state):
+        return jnp.sum(p["w"] ** 2) * jnp.where(batch >= 3, jnp.nan, 1.0), (state, {})
+
+    cfg = TrainConfig(steps=10, **QUIET)
+    with pytest.raises(TrainingDiverged, match="diverged at step 3: loss=nan.*no checkpoint was written"):
+        fit(loss_fn, {"w": jnp.ones(3)}, lambda s: np.float32(s), cfg)
+
+
+def _corrupt_largest_data_file(step_dir: Path, mode: str):
+    files = [f for f in glob.glob(str(step_dir / "state" / "**"), recursive=True) if os.path.isfile(f)]
+    target = max(files, key=os.path.getsize)
+    data = bytearray(Path(target).read_bytes())
+    if mode == "truncate":
+        Path(target).write_bytes(bytes(data[: len(data) // 3]))
+    else:
+        for i in range(64, len(data), 5):
+            data[i] ^= 0xA5
+        Path(target).write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("mode", ["truncate", "garble", "delete_metadata"])
+def test_corrupted_checkpoint_clear_error_and_last_good_kept(tmp_path, mode):
+    loss_fn, get_batch, params = linear_problem(d=4000)  # big enough for a real data file
+    cfg = TrainConfig(steps=20, checkpoint_every=10, eval_every=1000, **QUIET)
+    fit(loss_fn, params, get_batch, cfg, out_dir=tmp_path)
+    good = file_hashes(tmp_path / "checkpoints" / "10")
+    step_dir = tmp_path / "checkpoints" / "20"
+    if mode == "delete_metadata":
+        (step_dir / "state" / "_METADATA").unlink()
+    else:
+        _corrupt_largest_data_file(step_dir, mode)
+    with pytest.raises(CheckpointError, match=r"step 20 .* corrupted or incomplete.*Other steps available: \[10\]"):
+        load_checkpoint(tmp_path, "last")
+    with pytest.raises(CheckpointError, match="corrupted or incomplete"):
+        fit(loss_fn, params, get_batch, TrainConfig(steps=30, checkpoint_every=10, **QUIET), out_dir=tmp_path, resume=True)
+    # The failed resume wrote nothing; step 10 is intact and still loads.
+    assert file_hashes(tmp_path / "checkpoints" / "10") == good
+    p, meta = load_checkpoint(tmp_path, 10, like=params)
+    assert meta["step"] == 10 and p["w"].shape == (4000,)
+
+
+def test_missing_checkpoint_errors(tmp_path):
+    loss_fn, get_batch, params = linear_problem()
+    with pytest.raises(CheckpointError, match="no checkpoint directory"):
+        load_checkpoint(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+        fit(loss_fn, params, get_batch, TrainConfig(steps=3, **QUIET), out_dir=tmp_path / "empty", resume=True)
+    fit(loss_fn, params, get_batch, TrainConfig(steps=3, **QUIET), out_dir=tmp_path / "run")
+    with pytest.raises(CheckpointError, match="no checkpoint for step 7"):
+        load_checkpoint(tmp_path / "run", 7)
+    with pytest.raises(CheckpointError, match="already holds checkpoints"):
+        fit(loss_fn, params, get_batch, TrainConfig(steps=3, **QUIET), out_dir=tmp_path / "run")
+
+
+def test_interrupted_save_is_ignored(tmp_path):
+    """A half-written step (Orbax tmp dir) is neither listed nor restored; the last finalized step is."""
+    loss_fn, get_batch, params = linear_problem()
+    fit(loss_fn, params, get_batch, TrainConfig(steps=10, checkpoint_every=5, **QUIET), out_dir=tmp_path)
+    tmp = tmp_path / "checkpoints" / "15.orbax-checkpoint-tmp-123456"
+    (tmp / "state").mkdir(parents=True)
+    (tmp / "state" / "_METADATA").write_text("{half")
+    ck = Checkpointer(tmp_path)
+    assert ck.all_steps() == [5, 10]
+    ck.close()
+    _, meta = load_checkpoint(tmp_path, "last")
+    assert meta["step"] == 10
