@@ -120,3 +120,46 @@ def test_single_device_helpers_in_process():
 def test_make_data_mesh_rejects_empty():
     with pytest.raises(ValueError):
         parallel.make_data_mesh([])
+
+
+FIT_WORKER = textwrap.dedent(
+    r"""
+    import jax, jax.numpy as jnp, numpy as np
+    from lstm_jax.layers import apply_stack, init_stack
+    from lstm_jax.train import TrainConfig, fit
+
+    assert jax.device_count() == 4
+    B, T, I, H = 8, 6, 3, 8
+    params = {"rnn": init_stack(jax.random.PRNGKey(0), "gru", I, H), "w": jnp.ones((H,)) * 0.1}
+
+    def get_batch(step):
+        k = jax.random.fold_in(jax.random.PRNGKey(1), step)
+        return {"x": np.asarray(jax.random.normal(k, (B, T, I))), "y": np.asarray(jax.random.normal(k, (B,)))}
+
+    def loss_fn(p, batch, key, model_state):
+        ys, _ = apply_stack("gru", p["rnn"], batch["x"], impl="fused")
+        loss = jnp.mean((ys[:, -1] @ p["w"] - batch["y"]) ** 2)
+        return loss, (model_state, {})
+
+    cfg = TrainConfig(steps=4, warmup_steps=1, log_every=1, eval_every=100, checkpoint_every=100, progress=False)
+    sharded = fit(loss_fn, params, get_batch, cfg)                       # default put_batch -> data parallel
+    single = fit(loss_fn, params, get_batch, cfg, put_batch=lambda b: jax.device_put(b, jax.devices()[0]))
+    assert len(sharded.params["w"].sharding.device_set) == 4
+    for a, b in zip(jax.tree_util.tree_leaves(sharded.params), jax.tree_util.tree_leaves(single.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    print("FIT-OK")
+    """
+)
+
+
+def test_fit_uses_data_parallel_on_four_devices():
+    pytest.importorskip("lstm_jax.train")
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-c", FIT_WORKER], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "FIT-OK" in proc.stdout
