@@ -154,12 +154,16 @@ def _reference_layer(cell: Cell, params, xs, carry, *, reverse=False, lengths=No
     return scan_layer(step, params, xs, carry, reverse=reverse, lengths=lengths, unroll=unroll)
 
 
-def _manual_layer(cell: Cell, params, xs, carry, *, reverse=False, lengths=None, unroll=1, compute_dtype=None):
-    from .bptt import manual_layer  # lazy: bptt imports this module
+def _lazy_impl(module: str, attr: str) -> Callable:
+    """A layer impl living in another module, imported on first call (no import cycle)."""
 
-    return manual_layer(
-        cell, params, xs, carry, reverse=reverse, lengths=lengths, unroll=unroll, compute_dtype=compute_dtype
-    )
+    def run(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(f"{__package__}.{module}"), attr)(*args, **kwargs)
+
+    run.__name__ = attr
+    return run
 
 
 def layer_impl(name: str) -> Callable:
@@ -169,8 +173,15 @@ def layer_impl(name: str) -> Callable:
     function, differentiated by JAX autodiff.
     ``"manual"``: same forward, but ``jax.grad`` uses the hand-derived BPTT of
     :mod:`lstm_jax.bptt` (a ``jax.custom_vjp``).
+    ``"hoisted"``, ``"fused"``, ``"remat"``: see :mod:`lstm_jax.fast`.
     """
-    impls = {"scan": _reference_layer, "manual": _manual_layer}
+    impls = {
+        "scan": _reference_layer,
+        "manual": _lazy_impl("bptt", "manual_layer"),
+        "hoisted": _lazy_impl("fast", "hoisted_layer"),
+        "fused": _lazy_impl("fast", "fused_layer"),
+        "remat": _lazy_impl("fast", "remat_layer"),
+    }
     try:
         return impls[name]
     except KeyError:

@@ -363,6 +363,19 @@ def fit(
         if bs is not None and ckpt.metrics(bs):
             best = {"step": bs, **ckpt.metrics(bs)}
 
+    if put_batch is globals()["put_batch"] and jax.device_count() > 1:
+        # Data parallelism (lstm_jax.parallel): batch (and a batch-major model_state) split over
+        # all devices, params/optimizer state replicated; XLA inserts the gradient all-reduce.
+        from . import parallel
+
+        mesh = parallel.make_data_mesh()
+        params, opt_state = parallel.replicate((params, opt_state), mesh)
+        if model_state is not None:
+            try:  # e.g. a truncated-BPTT carry with a leading batch axis
+                model_state = parallel.shard_batch(model_state, mesh)
+            except ValueError:  # no batch axis that splits evenly: keep a full copy everywhere
+                model_state = parallel.replicate(model_state, mesh)
+        put_batch = functools.partial(parallel.shard_batch, mesh=mesh)
     step_fn = make_step(loss_fn, config)
     t_start = time.perf_counter()
     deadline = None if config.max_minutes is None else t_start + 60.0 * config.max_minutes

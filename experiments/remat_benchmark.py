@@ -1,0 +1,181 @@
+"""Memory, time and compile time vs sequence length: plain scan vs rematerialised segments.
+
+For each T in ``--lengths`` (default 32, 64, ..., 8192) and each layer impl in
+``--impls`` (default ``scan``, ``fused``, ``remat``), compiles one LSTM training step
+(loss = mean of squared outputs, gradients w.r.t. the params) and records
+
+* compile time (``jit(...).lower(...).compile()``),
+* XLA's buffer assignment from ``compiled.memory_analysis()``: temp bytes
+  (activations saved for the backward pass + scratch; the quantity
+  rematerialisation reduces), argument and output bytes,
+* the median step time over ``--repeats`` runs (interleaved across impls),
+* optionally (``--rss-at``), peak resident memory of a fresh subprocess that
+  only compiles and runs that one step (``ru_maxrss``), as an end-to-end check.
+
+Writes ``results/remat_benchmark.json``, a markdown table, and
+``results/remat_benchmark.png`` (log-log: temp memory, step time and compile
+time vs T).
+
+    python experiments/remat_benchmark.py --budget-minutes 15
+    python experiments/remat_benchmark.py --lengths 32,512,8192 --batch 16 --hidden 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from lstm_jax.layers import apply_stack, init_stack  # noqa: E402
+
+
+def build(impl, T, B, I, H):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    params = init_stack(k1, "lstm", I, H)
+    xs = jax.random.normal(k2, (B, T, I))
+
+    def loss(p, x):
+        ys, _ = apply_stack("lstm", p, x, impl=impl)
+        return jnp.mean(ys**2)
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(jax.grad(loss)).lower(params, xs).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    info = {"compile_s": compile_s}
+    if mem is not None:
+        for field in ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes",
+                      "generated_code_size_in_bytes"):
+            info[field] = int(getattr(mem, field, -1))
+    return compiled, params, xs, info
+
+
+def rss_probe(impl, T, B, I, H):
+    """Peak RSS (MiB) of a fresh process that compiles and runs one step."""
+    code = (
+        "import sys, resource, jax; sys.path.insert(0, %r);"
+        "from experiments.remat_benchmark import build;"
+        "c, p, x, _ = build(%r, %d, %d, %d, %d); jax.block_until_ready(c(p, x));"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    ) % (str(ROOT), impl, T, B, I, H)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    if out.returncode:
+        return None
+    return int(out.stdout.strip().splitlines()[-1]) / 1024.0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--lengths", default=",".join(str(2**k) for k in range(5, 14)))
+    p.add_argument("--impls", default="scan,fused,remat")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--input", type=int, default=32)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rss-at", default="8192", help="lengths at which to also measure subprocess peak RSS ('' = none)")
+    p.add_argument("--budget-minutes", type=float, default=None)
+    p.add_argument("--out", default=str(ROOT / "results" / "remat_benchmark.json"))
+    args = p.parse_args(argv)
+    lengths = [int(v) for v in args.lengths.split(",")]
+    impls = args.impls.split(",")
+    rss_at = {int(v) for v in args.rss_at.split(",") if v}
+    B, I, H = args.batch, args.input, args.hidden
+    start = time.perf_counter()
+    rows = []
+    for T in lengths:
+        if args.budget_minutes and time.perf_counter() - start > 60 * args.budget_minutes:
+            print(f"budget reached; stopping before T={T}", flush=True)
+            break
+        built = {impl: build(impl, T, B, I, H) for impl in impls}
+        for impl, (c, params, xs, _) in built.items():
+            jax.block_until_ready(c(params, xs))  # warm-up
+        times = {impl: [] for impl in impls}
+        for r in range(args.repeats):
+            for impl in impls[r % len(impls):] + impls[: r % len(impls)]:
+                c, params, xs, _ = built[impl]
+                t0 = time.perf_counter()
+                jax.block_until_ready(c(params, xs))
+                times[impl].append(time.perf_counter() - t0)
+        for impl in impls:
+            info = dict(built[impl][3])
+            info.update(T=T, impl=impl, step_s=statistics.median(times[impl]), step_times_s=times[impl])
+            if T in rss_at:
+                info["peak_rss_mib"] = rss_probe(impl, T, B, I, H)
+            rows.append(info)
+            print(
+                f"T={T:5d} {impl:7s} compile {info['compile_s']:6.2f}s  temp "
+                f"{info.get('temp_size_in_bytes', -1) / 2**20:9.2f} MiB  step {1e3 * info['step_s']:9.1f} ms"
+                + (f"  peak RSS {info['peak_rss_mib']:.0f} MiB" if info.get("peak_rss_mib") else ""),
+                flush=True,
+            )
+        del built
+
+    # Markdown table
+    print(f"\nLSTM B={B}, I={I}, H={H}; shared machine (load average {os.getloadavg()}).\n")
+    header = "| T | " + " | ".join(
+        f"{i} temp MiB | {i} step ms | {i} compile s" for i in impls
+    ) + " |"
+    print(header)
+    print("|---:|" + "---:|" * (3 * len(impls)))
+    by = {(r["T"], r["impl"]): r for r in rows}
+    for T in sorted({r["T"] for r in rows}):
+        cells = []
+        for i in impls:
+            r = by.get((T, i))
+            cells += [f"{r.get('temp_size_in_bytes', -1) / 2**20:.2f}", f"{1e3 * r['step_s']:.1f}",
+                      f"{r['compile_s']:.2f}"] if r else ["-"] * 3
+        print(f"| {T} | " + " | ".join(cells) + " |")
+    rss = [r for r in rows if r.get("peak_rss_mib")]
+    if rss:
+        print("\nPeak RSS of a fresh process running one step: " +
+              ", ".join(f"{r['impl']} T={r['T']}: {r['peak_rss_mib']:.0f} MiB" for r in rss))
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "config": {"B": B, "I": I, "H": H, "repeats": args.repeats},
+        "shared_machine_note": "timed on a shared 2-core machine with other jobs running",
+        "load_average_end": os.getloadavg(),
+        "rows": rows,
+    }, indent=1))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+        for impl in impls:
+            rs = sorted((r for r in rows if r["impl"] == impl), key=lambda r: r["T"])
+            Ts = [r["T"] for r in rs]
+            axes[0].loglog(Ts, [max(r.get("temp_size_in_bytes", 1), 1) / 2**20 for r in rs], "o-", label=impl)
+            axes[1].loglog(Ts, [1e3 * r["step_s"] for r in rs], "o-", label=impl)
+            axes[2].semilogx(Ts, [r["compile_s"] for r in rs], "o-", label=impl)
+        for ax, title in zip(axes, ["XLA temp memory (MiB)", "step time (ms)", "compile time (s)"]):
+            ax.set_xlabel("sequence length T")
+            ax.set_title(title)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend()
+        fig.suptitle(f"LSTM training step, B={B}, I={I}, H={H} (shared CPU)")
+        fig.tight_layout()
+        fig.savefig(out.with_suffix(".png"), dpi=110)
+    except Exception as e:  # plotting is a convenience
+        print(f"plot skipped: {e}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

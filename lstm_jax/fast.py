@@ -1,0 +1,522 @@
+"""Fast layer implementations: the same maths as :func:`lstm_jax.layers.scan_layer`, arranged for speed.
+
+Every function here has the ``layer_impl`` signature::
+
+    fn(cell, params, xs, carry, *, reverse=False, lengths=None, unroll=1, compute_dtype=None)
+        -> (ys, final_carry)
+
+and is registered in :func:`lstm_jax.layers.layer_impl`, so a model selects it
+with ``apply_stack(..., impl="fused")``. Each one must agree with the reference
+``impl="scan"`` (the readable :func:`~lstm_jax.cells.lstm_step` under
+``lax.scan``) in outputs, final carry and gradients; ``tests/test_fast.py``
+checks that for every cell, with and without ``lengths`` and ``reverse``.
+
+The variants (measured against each other and against Flax / Equinox /
+PyTorch by ``experiments/benchmark.py``):
+
+``"hoisted"``
+    The input projection ``x_t @ w_x + b`` does not depend on the carry, so it
+    is computed for all time steps at once, as one large ``(T*B, I) @ (I, G*H)``
+    matmul, before the scan; the scan body then only does ``h @ w_h`` and the
+    gate non-linearities. Time-major inside. Differentiated by JAX autodiff.
+
+``"fused"``
+    The hoisted forward plus a hand-written backward (``jax.custom_vjp``). The
+    backward scan only carries ``(dh, dc)`` and emits the per-step pre-activation
+    gradient ``dz_t``; the weight gradients are then computed *outside* the
+    loop as single large matmuls (``dW_h = H_prev^T dZ``, ``dW_x = X^T dZ``,
+    ``dX = dZ W_x^T``). JAX autodiff of a scan instead accumulates ``dW_h`` with
+    a small ``(H, B) @ (B, G*H)`` product inside every backward step. This is
+    the arrangement cuDNN and oneDNN use. The forward saves only the gate
+    activations and the carries (LSTM: ``i, f, g, o, c, h``).
+
+``"remat"``
+    Rematerialisation for long sequences: the time axis is cut into segments
+    of ``segment`` steps (default about ``sqrt(T)``); an outer scan runs over
+    segments and each segment is an inner scan wrapped in ``jax.checkpoint``.
+    Only the carries at segment boundaries are saved for the backward pass;
+    each segment's internals are recomputed when its gradient is needed.
+    Activation memory drops from ``O(T)`` per-step residuals to
+    ``O(T/segment + segment)``, for about one extra forward pass of compute.
+    Use :func:`remat_layer` with ``segment=`` to choose the length. Each
+    segment runs the ``"fused"`` layer by default (``inner="scan"`` for the
+    readable step under autodiff).
+
+Padded batches (``lengths``) and ``reverse`` follow the reference exactly:
+past its length a sequence's carry is frozen and its outputs are zero, and
+the reverse direction reads each sequence from its own last real step.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .cells import Cell, LSTMCarry, get_cell
+from .layers import _check_lengths, _flip_within_lengths
+
+Array = jax.Array
+
+__all__ = [
+    "hoisted_layer",
+    "fused_layer",
+    "remat_layer",
+    "default_segment",
+    "FAST_IMPLS",
+]
+
+
+# ---------------------------------------------------------------------------
+# Shared plumbing: batch handling, reverse, lengths -> time-major core.
+
+
+def _mm(a: Array, w: Array, compute_dtype: Any, out_dtype: Any) -> Array:
+    """``a @ w`` over the last axis of ``a``, in ``compute_dtype`` if given, result in ``out_dtype``."""
+    if compute_dtype is not None:
+        a = a.astype(compute_dtype)
+        w = w.astype(compute_dtype)
+    return jnp.matmul(a, w, preferred_element_type=out_dtype).astype(out_dtype)
+
+
+def _mm_t(a: Array, w: Array, compute_dtype: Any, out_dtype: Any) -> Array:
+    """``a @ w.T`` (contract the last axes of both), without materialising ``w.T``."""
+    if compute_dtype is not None:
+        a = a.astype(compute_dtype)
+        w = w.astype(compute_dtype)
+    out = jax.lax.dot_general(
+        a, w, (((a.ndim - 1,), (1,)), ((), ())), preferred_element_type=out_dtype
+    )
+    return out.astype(out_dtype)
+
+
+def _outer_sum(a: Array, b: Array, compute_dtype: Any, out_dtype: Any) -> Array:
+    """``sum_{t,b} a[t,b,:]^T b[t,b,:]``: the weight gradient as one ``(K, T*B) @ (T*B, N)`` matmul."""
+    a2 = a.reshape(-1, a.shape[-1])
+    b2 = b.reshape(-1, b.shape[-1])
+    if compute_dtype is not None:
+        a2 = a2.astype(compute_dtype)
+        b2 = b2.astype(compute_dtype)
+    out = jax.lax.dot_general(a2, b2, (((0,), (0,)), ((), ())), preferred_element_type=out_dtype)
+    return out.astype(out_dtype)
+
+
+def _run(core, cell: Cell, params, xs, carry, *, reverse, lengths, unroll, compute_dtype):
+    """Batch-major API around a time-major ``core(cell, params, xs_tm, carry, mask, unroll, cd)``.
+
+    ``mask`` is ``None`` or a ``(T, B, 1)`` array of the carry dtype, 1 where
+    ``t < lengths[b]``.
+    """
+    cell = get_cell(cell)
+    xs = jnp.asarray(xs)
+    if xs.ndim == 2:
+        if lengths is not None:
+            lengths = jnp.reshape(jnp.asarray(lengths), (1,))
+        carry = jax.tree_util.tree_map(lambda c: c[None], carry)
+        ys, final = _run(
+            core, cell, params, xs[None], carry, reverse=reverse, lengths=lengths,
+            unroll=unroll, compute_dtype=compute_dtype,
+        )
+        return ys[0], jax.tree_util.tree_map(lambda c: c[0], final)
+    if xs.ndim != 3:
+        raise ValueError(
+            f"xs must have shape (batch, time, features) or (time, features); got shape {xs.shape}"
+        )
+    batch, seq_len, features = xs.shape
+    if seq_len == 0:
+        raise ValueError(f"xs has an empty time axis (shape {xs.shape})")
+    if features != params["w_x"].shape[0]:
+        raise ValueError(
+            f"xs has {features} features but w_x expects input_size={params['w_x'].shape[0]}"
+        )
+    hidden = params["w_h"].shape[0]
+    for leaf in jax.tree_util.tree_leaves(carry):
+        if leaf.shape != (batch, hidden):
+            raise ValueError(
+                f"carry leaves must have shape (batch, hidden) = ({batch}, {hidden}); got {leaf.shape}"
+            )
+    if cell.name == "lstm" and not isinstance(carry, LSTMCarry):
+        raise TypeError(f"lstm carry must be an LSTMCarry, got {type(carry).__name__}")
+    if lengths is not None:
+        lengths = _check_lengths(lengths, batch, seq_len)
+
+    if reverse:
+        flip = (lambda a: a[:, ::-1]) if lengths is None else (lambda a: _flip_within_lengths(a, lengths))
+        xs = flip(xs)
+    mask = None
+    if lengths is not None:
+        dtype = jax.tree_util.tree_leaves(carry)[0].dtype
+        mask = (jnp.arange(seq_len)[:, None] < lengths[None, :]).astype(dtype)[..., None]
+    ys_tm, final = core(cell, params, jnp.swapaxes(xs, 0, 1), carry, mask, unroll, compute_dtype)
+    ys = jnp.swapaxes(ys_tm, 0, 1)
+    if reverse:
+        ys = flip(ys)
+    return ys, final
+
+
+def _keep(mask_t, new, old):
+    return new if mask_t is None else jnp.where(mask_t > 0, new, old)
+
+
+def _input_projection(cell: Cell, params, xs_tm, compute_dtype, dtype):
+    """The carry-independent part of every pre-activation, for all steps at once: ``(T, B, G*H)``."""
+    bias = params["b_x"] if cell.name == "gru" else params["b"]
+    return _mm(xs_tm, params["w_x"], compute_dtype, dtype) + bias
+
+
+# ---------------------------------------------------------------------------
+# Step bodies on a precomputed input projection ``a_t`` (shared by hoisted and fused).
+
+
+def _lstm_body(w_h, carry, a_t, cd):
+    h, c = carry
+    z = a_t + _mm(h, w_h, cd, h.dtype)
+    z_i, z_f, z_g, z_o = jnp.split(z, 4, axis=-1)
+    i = jax.nn.sigmoid(z_i)
+    f = jax.nn.sigmoid(z_f)
+    g = jnp.tanh(z_g)
+    o = jax.nn.sigmoid(z_o)
+    c_new = f * c + i * g
+    h_new = o * jnp.tanh(c_new)
+    return (h_new, c_new), (i, f, g, o)
+
+
+def _gru_body(w_h, b_h, h, a_t, cd):
+    u = _mm(h, w_h, cd, h.dtype) + b_h
+    a_r, a_z, a_n = jnp.split(a_t, 3, axis=-1)
+    u_r, u_z, u_n = jnp.split(u, 3, axis=-1)
+    r = jax.nn.sigmoid(a_r + u_r)
+    z = jax.nn.sigmoid(a_z + u_z)
+    n = jnp.tanh(a_n + r * u_n)
+    h_new = (1.0 - z) * n + z * h
+    return h_new, (r, z, n, u_n)
+
+
+def _rnn_body(w_h, h, a_t, cd):
+    h_new = jnp.tanh(a_t + _mm(h, w_h, cd, h.dtype))
+    return h_new
+
+
+# ---------------------------------------------------------------------------
+# "hoisted": input projection out of the loop, autodiff backward.
+
+
+def _hoisted_core(cell, params, xs_tm, carry, mask, unroll, cd):
+    dtype = jax.tree_util.tree_leaves(carry)[0].dtype
+    a = _input_projection(cell, params, xs_tm, cd, dtype)
+    w_h = params["w_h"]
+
+    def step(state, inp):
+        a_t, m_t = inp
+        if cell.name == "lstm":
+            (h, c), _ = _lstm_body(w_h, state, a_t, cd)
+            new = LSTMCarry(_keep(m_t, h, state.hidden), _keep(m_t, c, state.cell))
+        elif cell.name == "gru":
+            h, _ = _gru_body(w_h, params["b_h"], state, a_t, cd)
+            new = _keep(m_t, h, state)
+        else:
+            h = _rnn_body(w_h, state, a_t, cd)
+            new = _keep(m_t, h, state)
+        y = h if m_t is None else h * m_t
+        return new, y
+
+    final, ys = jax.lax.scan(step, carry, (a, mask), unroll=unroll)
+    return ys, final
+
+
+def hoisted_layer(cell, params, xs, carry, *, reverse=False, lengths=None, unroll=1, compute_dtype=None):
+    """Input projection hoisted out of the scan; autodiff backward. See the module docstring."""
+    return _run(
+        _hoisted_core, cell, params, xs, carry, reverse=reverse, lengths=lengths,
+        unroll=unroll, compute_dtype=compute_dtype,
+    )
+
+
+# ---------------------------------------------------------------------------
+# "fused": hoisted forward + hand-written backward with the weight gradients out of the loop.
+#
+# Notation in the backward: for the carry after step t, ``dh``/``dc`` are the
+# cotangents flowing in from step t+1 (or from the final-carry cotangent);
+# ``dy_t`` is the output cotangent. With a mask m_t, the carry update is
+# ``h_t = m h_new + (1-m) h_{t-1}`` and ``y_t = m h_new``, so the new state
+# receives ``m (dy_t + dh)`` and the old state ``(1-m) dh`` passes straight
+# through.
+
+
+def _prev(first: Array, seq: Array) -> Array:
+    """``[first, seq[0], ..., seq[T-2]]``: the carry *entering* each step."""
+    return jnp.concatenate([first[None], seq[:-1]], axis=0)
+
+
+def _fused_forward(cell_name, unroll, cd, params, xs_tm, carry, mask):
+    cell = get_cell(cell_name)
+    dtype = jax.tree_util.tree_leaves(carry)[0].dtype
+    a = _input_projection(cell, params, xs_tm, cd, dtype)
+    w_h = params["w_h"]
+
+    if cell_name == "lstm":
+
+        def step(state, inp):
+            a_t, m_t = inp
+            (h, c), gates = _lstm_body(w_h, state, a_t, cd)
+            new = LSTMCarry(_keep(m_t, h, state.hidden), _keep(m_t, c, state.cell))
+            if m_t is None:  # y_t is the new hidden state: do not store it twice
+                return new, (h, new.cell, gates)
+            return new, (h * m_t, new.hidden, new.cell, gates)
+
+        final, outs = jax.lax.scan(step, carry, (a, mask), unroll=unroll)
+        ys, cs, gates = outs[0], outs[-2], outs[-1]
+        hs = ys if mask is None else outs[1]
+        res = (hs, cs, gates)
+    elif cell_name == "gru":
+
+        def step(h_prev, inp):
+            a_t, m_t = inp
+            h, acts = _gru_body(w_h, params["b_h"], h_prev, a_t, cd)
+            new = _keep(m_t, h, h_prev)
+            if m_t is None:
+                return new, (h, acts)
+            return new, (h * m_t, new, acts)
+
+        final, outs = jax.lax.scan(step, carry, (a, mask), unroll=unroll)
+        ys, acts = outs[0], outs[-1]
+        hs = ys if mask is None else outs[1]
+        res = (hs, acts)
+    else:
+
+        def step(h_prev, inp):
+            a_t, m_t = inp
+            h = _rnn_body(w_h, h_prev, a_t, cd)
+            new = _keep(m_t, h, h_prev)
+            if m_t is None:
+                return new, h
+            return new, (h * m_t, new)
+
+        final, outs = jax.lax.scan(step, carry, (a, mask), unroll=unroll)
+        ys, hs = (outs, outs) if mask is None else outs
+        res = (hs,)
+    return (ys, final), (params, xs_tm, carry, mask, res)
+
+
+def _fused_backward(cell_name, unroll, cd, saved, cotangents):
+    params, xs_tm, carry0, mask, res = saved
+    dys, dfinal = cotangents
+    w_h = params["w_h"]
+    dtype = dys.dtype
+
+    def split_mask(m_t, d_new, d_carry):
+        """(cotangent of the fresh state, cotangent passed through to the old state)."""
+        if m_t is None:
+            return d_new + d_carry, None
+        return m_t * (d_new + d_carry), (1.0 - m_t) * d_carry
+
+    def add(x, passthrough):
+        return x if passthrough is None else x + passthrough
+
+    if cell_name == "lstm":
+        hs, cs, (gi, gf, gg, go) = res
+        h_prev_seq = _prev(carry0.hidden, hs)
+        c_prev_seq = _prev(carry0.cell, cs)
+
+        def bstep(state, inp):
+            dh, dc = state
+            dy_t, m_t, i, f, g, o, c_new, c_prev = inp
+            dh_new, dh_pass = split_mask(m_t, dy_t, dh)
+            if m_t is None:
+                dc_new, dc_pass = dc, None
+            else:
+                dc_new, dc_pass = m_t * dc, (1.0 - m_t) * dc
+            tc = jnp.tanh(c_new)
+            d_o = dh_new * tc
+            dc_tot = dc_new + dh_new * o * (1.0 - tc * tc)
+            dz = jnp.concatenate(
+                [
+                    dc_tot * g * i * (1.0 - i),
+                    dc_tot * c_prev * f * (1.0 - f),
+                    dc_tot * i * (1.0 - g * g),
+                    d_o * o * (1.0 - o),
+                ],
+                axis=-1,
+            )
+            dh_prev = add(_mm_t(dz, w_h, cd, dtype), dh_pass)
+            dc_prev = add(dc_tot * f, dc_pass)
+            return (dh_prev, dc_prev), dz
+
+        (dh0, dc0), dzs = jax.lax.scan(
+            bstep,
+            (dfinal.hidden, dfinal.cell),
+            (dys, mask, gi, gf, gg, go, cs, c_prev_seq),
+            reverse=True,
+            unroll=unroll,
+        )
+        d_carry0 = LSTMCarry(dh0, dc0)
+        d_a = d_u = dzs
+    elif cell_name == "gru":
+        hs, (gr, gz, gn, gun) = res
+        h_prev_seq = _prev(carry0, hs)
+
+        def bstep(dh, inp):
+            dy_t, m_t, r, z, n, u_n, h_prev = inp
+            dh_new, dh_pass = split_mask(m_t, dy_t, dh)
+            dn = dh_new * (1.0 - z)
+            dz_ = dh_new * (h_prev - n)
+            d_an = dn * (1.0 - n * n)
+            d_ar = d_an * u_n * r * (1.0 - r)
+            d_az = dz_ * z * (1.0 - z)
+            d_a_t = jnp.concatenate([d_ar, d_az, d_an], axis=-1)
+            d_u_t = jnp.concatenate([d_ar, d_az, d_an * r], axis=-1)
+            dh_prev = add(_mm_t(d_u_t, w_h, cd, dtype) + dh_new * z, dh_pass)
+            return dh_prev, (d_a_t, d_u_t)
+
+        dh0, (d_a, d_u) = jax.lax.scan(
+            bstep, dfinal, (dys, mask, gr, gz, gn, gun, h_prev_seq), reverse=True, unroll=unroll
+        )
+        d_carry0 = dh0
+    else:
+        (hs,) = res
+        h_prev_seq = _prev(carry0, hs)
+
+        def bstep(dh, inp):
+            dy_t, m_t, h_t = inp
+            dh_new, dh_pass = split_mask(m_t, dy_t, dh)
+            # Where m_t = 0, h_t is the frozen old state, but dh_new = 0 there too.
+            da = dh_new * (1.0 - h_t * h_t)
+            return add(_mm_t(da, w_h, cd, dtype), dh_pass), da
+
+        dh0, d_a = jax.lax.scan(bstep, dfinal, (dys, mask, hs), reverse=True, unroll=unroll)
+        d_carry0 = dh0
+        d_u = d_a
+
+    w_x = params["w_x"]
+    grads = {
+        "w_x": _outer_sum(xs_tm, d_a, cd, w_x.dtype),
+        "w_h": _outer_sum(h_prev_seq, d_u, cd, w_h.dtype),
+    }
+    if cell_name == "gru":
+        grads["b_x"] = d_a.sum(axis=(0, 1)).astype(params["b_x"].dtype)
+        grads["b_h"] = d_u.sum(axis=(0, 1)).astype(params["b_h"].dtype)
+    else:
+        grads["b"] = d_a.sum(axis=(0, 1)).astype(params["b"].dtype)
+    grads = {k: grads[k] for k in params}  # same dict (key order) as params
+    d_xs = _mm_t(d_a, w_x, cd, xs_tm.dtype)
+    d_mask = None if mask is None else jnp.zeros_like(mask)
+    return grads, d_xs, d_carry0, d_mask
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _fused(cell_name, unroll, cd, params, xs_tm, carry, mask):
+    return _fused_forward(cell_name, unroll, cd, params, xs_tm, carry, mask)[0]
+
+
+_fused.defvjp(_fused_forward, _fused_backward)
+
+
+def _fused_core(cell, params, xs_tm, carry, mask, unroll, cd):
+    expected = {"w_x", "w_h", "b_x", "b_h"} if cell.name == "gru" else {"w_x", "w_h", "b"}
+    if set(params) != expected:
+        raise ValueError(f"fused {cell.name} layer: unexpected params keys {sorted(params)}")
+    return _fused(cell.name, unroll, cd, params, xs_tm, carry, mask)
+
+
+def fused_layer(cell, params, xs, carry, *, reverse=False, lengths=None, unroll=1, compute_dtype=None):
+    """Hoisted forward + hand-written backward with out-of-loop weight gradients (``jax.custom_vjp``)."""
+    return _run(
+        _fused_core, cell, params, xs, carry, reverse=reverse, lengths=lengths,
+        unroll=unroll, compute_dtype=compute_dtype,
+    )
+
+
+# ---------------------------------------------------------------------------
+# "remat": checkpointed segments.
+
+
+def default_segment(seq_len: int) -> int:
+    """Segment length for :func:`remat_layer`: a divisor of ``seq_len`` near ``sqrt(seq_len)``.
+
+    ``sqrt(T)`` balances the ``T/segment`` saved boundary carries against the
+    ``segment`` steps of residuals live while one segment is recomputed. If
+    ``seq_len`` has no divisor in ``[sqrt(T)/2, 2 sqrt(T)]`` the sequence is
+    padded instead (masked steps) and ``ceil(sqrt(T))`` is returned.
+    """
+    root = math.isqrt(seq_len)
+    if root * root < seq_len:
+        root += 1
+    for delta in range(0, root + 1):
+        for cand in (root - delta, root + delta):
+            if 1 <= cand <= seq_len and seq_len % cand == 0 and root / 2 <= cand <= 2 * root:
+                return cand
+    return max(root, 1)
+
+
+def _remat_core(segment, inner_impl):
+    def core(cell, params, xs_tm, carry, mask, unroll, cd):
+        seq_len, batch = xs_tm.shape[:2]
+        seg = segment or default_segment(seq_len)
+        seg = min(seg, seq_len)
+        n_seg = -(-seq_len // seg)
+        pad = n_seg * seg - seq_len
+        if pad:
+            dtype = jax.tree_util.tree_leaves(carry)[0].dtype
+            if mask is None:
+                mask = jnp.ones((seq_len, batch, 1), dtype)
+            xs_tm = jnp.concatenate([xs_tm, jnp.zeros((pad,) + xs_tm.shape[1:], xs_tm.dtype)])
+            mask = jnp.concatenate([mask, jnp.zeros((pad, batch, 1), mask.dtype)])
+
+        if inner_impl == "fused":
+
+            def run_inner(state, seg_inp):
+                x_seg, m_seg = seg_inp
+                ys, final = _fused(cell.name, unroll, cd, params, x_seg, state, m_seg)
+                return final, ys
+
+        else:  # the readable reference step
+            step = cell.step if cd is None else functools.partial(cell.step, compute_dtype=cd)
+
+            def inner(state, inp):
+                x_t, m_t = inp
+                new, y = step(params, state, x_t)
+                if m_t is None:
+                    return new, y
+                return jax.tree_util.tree_map(lambda n, o: _keep(m_t, n, o), new, state), y * m_t
+
+            def run_inner(state, seg_inp):
+                return jax.lax.scan(inner, state, seg_inp, unroll=unroll)
+
+        run_segment = jax.checkpoint(run_inner, prevent_cse=False)
+
+        def reshape(a):
+            return None if a is None else a.reshape((n_seg, seg) + a.shape[1:])
+
+        final, ys = jax.lax.scan(run_segment, carry, (reshape(xs_tm), reshape(mask)))
+        ys = ys.reshape((n_seg * seg,) + ys.shape[2:])[:seq_len]
+        return ys, final
+
+    return core
+
+
+def remat_layer(
+    cell, params, xs, carry, *, reverse=False, lengths=None, unroll=1, compute_dtype=None, segment=None,
+    inner="fused",
+):
+    """A segmented, checkpointed scan (see the module docstring).
+
+    ``segment``: steps per checkpointed segment; ``None`` picks :func:`default_segment`.
+    ``inner``: how each segment runs: ``"fused"`` (default; the fused layer with
+    its hand-written backward, recomputed per segment) or ``"scan"`` (the
+    readable cell step under autodiff).
+    """
+    if segment is not None and (not isinstance(segment, int) or segment < 1):
+        raise ValueError(f"segment must be a positive int, got {segment!r}")
+    if inner not in ("fused", "scan"):
+        raise ValueError(f"inner must be 'fused' or 'scan', got {inner!r}")
+    return _run(
+        _remat_core(segment, inner), cell, params, xs, carry, reverse=reverse, lengths=lengths,
+        unroll=unroll, compute_dtype=compute_dtype,
+    )
+
+
+#: The implementations this module adds to :func:`lstm_jax.layers.layer_impl`.
+FAST_IMPLS = {"hoisted": hoisted_layer, "fused": fused_layer, "remat": remat_layer}

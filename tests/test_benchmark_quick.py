@@ -1,0 +1,38 @@
+"""The benchmark scripts run end to end in quick mode, so they never rot."""
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from experiments import benchmark  # noqa: E402
+
+
+def test_benchmark_quick_runs_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = benchmark.main(["--quick", "--cells", "lstm,gru,rnn", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["matmul_gflops_peak_used"] > 0
+    cells = {e["cell"] for e in data["results"]}
+    assert cells == {"lstm", "gru", "rnn"}
+    for entry in data["results"]:
+        names = [r["impl"] for r in entry["rows"]]
+        assert any(n.startswith("lstm_jax fused") for n in names)
+        assert any(n.startswith("flax") for n in names)
+        assert any(n.startswith("torch") for n in names)
+        for r in entry["rows"]:
+            assert r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+            assert r["gflops"] > 0 and r["compile_s"] >= 0 and r["minflt_per_step"] >= 0
+            assert len(r["times_ms"]) == 2
+    assert result["results"]
+
+
+def test_flop_model():
+    assert benchmark.forward_flops("lstm", 2, 3, 4, 5) == 2 * 2 * 3 * (4 + 5) * 4 * 5
+    assert benchmark.train_flops("gru", 1, 1, 1, 1) == 3 * 2 * 2 * 3
+
+
+def test_parse_sizes():
+    assert benchmark.parse_sizes("128,64,128,256;28x128x28x128") == [(128, 64, 128, 256), (28, 128, 28, 128)]

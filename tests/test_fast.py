@@ -1,0 +1,142 @@
+"""Every fast layer implementation equals the reference ``impl="scan"``.
+
+Outputs, final carry and gradients (w.r.t. params, inputs and the initial
+carry) must agree to float32 tolerance, for every cell, with and without
+padding ``lengths``, forwards and in reverse, on scaled-down versions of the
+benchmark sizes.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lstm_jax import fast
+from lstm_jax.cells import get_cell
+from lstm_jax.layers import apply_stack, init_stack, layer_impl, zeros_stack_carry
+
+IMPLS = ["hoisted", "fused", "remat"]
+CELLS = ["lstm", "gru", "rnn"]
+# (T, B, I, H): the benchmark sizes scaled down (long-thin, wide, square-ish).
+SIZES = [(13, 4, 8, 16), (40, 3, 1, 8), (7, 6, 5, 12)]
+
+
+def _loss(cell, impl, params, xs, carry, lengths, bidirectional):
+    ys, finals = apply_stack(cell, params, xs, carry, lengths=lengths, impl=impl)
+    leaves = jax.tree_util.tree_leaves(finals)
+    # Non-uniform weights so every output position and carry leaf matters differently.
+    w = jnp.cos(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)
+    return jnp.sum(w * ys) + sum(jnp.sum(jnp.sin(l)) for l in leaves), (ys, finals)
+
+
+def _setup(cell, size, *, layers=1, bidirectional=False, seed=0):
+    T, B, I, H = size
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+    params = init_stack(k1, cell, I, H, num_layers=layers, bidirectional=bidirectional)
+    xs = jax.random.normal(k2, (B, T, I))
+    carry = jax.tree_util.tree_map(
+        lambda z: 0.3 * jax.random.normal(k3, z.shape), zeros_stack_carry(cell, params, (B,))
+    )
+    return params, xs, carry
+
+
+def _run(cell, name, params, xs, carry, lengths, bidirectional):
+    f = jax.value_and_grad(
+        functools.partial(_loss, cell, name, lengths=lengths, bidirectional=bidirectional),
+        argnums=(0, 1, 2),
+        has_aux=True,
+    )
+    return jax.jit(f)(params, xs, carry)
+
+
+def _compare_all(cell, params, xs, carry, lengths=None, bidirectional=False, tol=2e-5):
+    """Each impl in IMPLS against the reference (computed once)."""
+    (_, (ys_ref, fin_ref)), g_ref = _run(cell, "scan", params, xs, carry, lengths, bidirectional)
+    for impl in IMPLS:
+        (_, (ys_got, fin_got)), g_got = _run(cell, impl, params, xs, carry, lengths, bidirectional)
+        np.testing.assert_allclose(ys_got, ys_ref, rtol=tol, atol=tol, err_msg=f"{impl} outputs")
+        for a, b in zip(jax.tree_util.tree_leaves(fin_got), jax.tree_util.tree_leaves(fin_ref)):
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=f"{impl} final carry")
+        assert jax.tree_util.tree_structure(g_got) == jax.tree_util.tree_structure(g_ref)
+        for a, b in zip(jax.tree_util.tree_leaves(g_got), jax.tree_util.tree_leaves(g_ref)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=f"{impl} gradients")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("size", SIZES)
+def test_matches_reference(cell, size):
+    params, xs, carry = _setup(cell, size)
+    _compare_all(cell, params, xs, carry)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_matches_reference_lengths_bidirectional_stack(cell):
+    size = (9, 4, 3, 8)
+    params, xs, carry = _setup(cell, size, layers=2, bidirectional=True, seed=1)
+    lengths = jnp.array([9, 1, 5, 0])
+    _compare_all(cell, params, xs, carry, lengths=lengths, bidirectional=True)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_single_sequence_and_unroll(impl):
+    cell = get_cell("lstm")
+    params, xs, carry = _setup("lstm", (10, 1, 3, 6), seed=2)
+    p, x, c = params[0], xs[0], jax.tree_util.tree_map(lambda a: a[0], carry[0])
+    ys_ref, fin_ref = layer_impl("scan")(cell, p, x, c)
+    ys, fin = layer_impl(impl)(cell, p, x, c, unroll=3)
+    np.testing.assert_allclose(ys, ys_ref, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(fin.cell, fin_ref.cell, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("segment,inner", [(3, "fused"), (16, "scan"), (5, "scan")])
+def test_remat_segment_lengths_including_padding(segment, inner):
+    cell = get_cell("gru")
+    params, xs, carry = _setup("gru", (16, 2, 3, 5), seed=3)
+    p, c = params[0], carry[0]
+    lengths = jnp.array([16, 11])
+
+    def loss(name, p, **kw):
+        impl = functools.partial(fast.remat_layer, segment=segment, inner=inner) if name == "remat" else layer_impl(name)
+        ys, fin = impl(cell, p, xs, c, lengths=lengths, reverse=True, **kw)
+        return jnp.sum(ys**2) + jnp.sum(fin)
+
+    np.testing.assert_allclose(loss("remat", p), loss("scan", p), rtol=1e-5)
+    ga = jax.grad(functools.partial(loss, "remat"))(p)
+    gb = jax.grad(functools.partial(loss, "scan"))(p)
+    for k in p:
+        np.testing.assert_allclose(ga[k], gb[k], rtol=1e-4, atol=1e-5)
+
+
+def test_default_segment():
+    assert fast.default_segment(8192) == 64 or 8192 % fast.default_segment(8192) == 0
+    assert fast.default_segment(784) == 28
+    assert fast.default_segment(100) == 10
+    assert fast.default_segment(1) == 1
+    assert fast.default_segment(97) == 10  # prime: padded
+
+
+def test_fused_bf16_compute_runs_and_is_close():
+    cell = get_cell("lstm")
+    params, xs, carry = _setup("lstm", (6, 2, 4, 8), seed=4)
+    p, c = params[0], carry[0]
+
+    def loss(name, p):
+        ys, _ = layer_impl(name)(cell, p, xs, c, compute_dtype=jnp.bfloat16)
+        return jnp.sum(ys**2)
+
+    ga = jax.grad(functools.partial(loss, "fused"))(p)
+    gb = jax.grad(functools.partial(loss, "scan"))(p)
+    assert ga["w_h"].dtype == jnp.float32
+    for k in p:
+        np.testing.assert_allclose(ga[k], gb[k], rtol=5e-2, atol=5e-2)
+
+
+def test_fused_rejects_bad_carry():
+    cell = get_cell("lstm")
+    params, xs, carry = _setup("lstm", (4, 2, 3, 5))
+    with pytest.raises(TypeError):
+        fast.fused_layer(cell, params[0], xs, (carry[0].hidden, carry[0].cell))
+    with pytest.raises(ValueError):
+        fast.fused_layer(cell, params[0], xs[:, :, :2], carry[0])
