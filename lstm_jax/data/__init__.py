@@ -1,0 +1,1 @@
+"""Datasets: text, images, synthetic tasks."""
