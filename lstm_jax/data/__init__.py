@@ -1,1 +1,1 @@
-"""Datasets: text, images, synthetic tasks."""
+"""Datasets for lstm_jax: text corpora (``text``), images as sequences, synthetic tasks."""

@@ -1,1 +1,1 @@
-"""Models composed from the core cells and layers."""
+"""Models built from the core cells and layers."""

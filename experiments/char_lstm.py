@@ -1,0 +1,303 @@
+"""Character-level language model: train on a corpus, evaluate, sample.
+
+Train (default: the embedded Zen of Python, about a minute on a laptop CPU)::
+
+    python experiments/char_lstm.py
+    python experiments/char_lstm.py --dataset tiny_shakespeare --layers 2 --hidden 384 \\
+        --seq-len 100 --batch-size 32 --steps 6000 --out runs/shakespeare --max-minutes 30
+    python experiments/char_lstm.py --out runs/shakespeare --resume ...   # same flags, continues exactly
+
+Sample from a run directory::
+
+    python experiments/char_lstm.py sample --checkpoint runs/shakespeare --prompt "ROMEO:" \\
+        --temperature 0.8 --top-k 20 --seed 0 --length 300
+
+Losses are reported in nats/char (natural log) and bits/char (nats / ln 2).
+Evaluation covers every character of the split once, in windows of
+``--seq-len`` characters that each start from a zero recurrent state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lstm_jax.checkpoint import CheckpointError, load_checkpoint
+from lstm_jax.data.text import DATASETS, StatefulWindows, Vocab, eval_windows, load_text, random_windows
+from lstm_jax.models import char_model as cm
+from lstm_jax.train import TrainConfig, TrainingDiverged, evaluate, fit
+
+LN2 = math.log(2.0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("mode", nargs="?", default="train", choices=("train", "sample"), help="train a model, or sample from a checkpoint")
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default="zen", help=f"one of {', '.join(DATASETS)} ('file' is implied by --text-file)")
+    d.add_argument("--text-file", default=None, help="train on this UTF-8 text file (split 90/5/5)")
+    d.add_argument("--data-dir", default=None, help="TFDS data dir for tiny_shakespeare (default: TFDS default)")
+    m = p.add_argument_group("model")
+    m.add_argument("--cell", default="lstm", choices=("lstm", "gru", "rnn"))
+    m.add_argument("--layers", type=int, default=1)
+    m.add_argument("--hidden", type=int, default=128)
+    m.add_argument("--embed-dim", type=int, default=None, help="learned embedding size (default: one-hot input)")
+    m.add_argument("--dropout", type=float, default=0.0, help="dropout between layers and before the readout")
+    m.add_argument("--impl", default="scan", help="layer implementation (see lstm_jax.layers.layer_impl)")
+    m.add_argument("--unroll", type=int, default=1, help="lax.scan unroll factor")
+    t = p.add_argument_group("training")
+    t.add_argument("--seq-len", type=int, default=64, help="BPTT window length T")
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--steps", type=int, default=600)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--warmup", type=int, default=50)
+    t.add_argument("--end-lr-ratio", type=float, default=0.1)
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--clip-norm", type=float, default=1.0)
+    t.add_argument("--stateful", action="store_true", help="truncated BPTT: carry the state across consecutive windows")
+    t.add_argument("--eval-every", type=int, default=200)
+    t.add_argument("--log-every", type=int, default=50)
+    t.add_argument("--checkpoint-every", type=int, default=500)
+    t.add_argument("--keep", type=int, default=3, help="latest checkpoints to keep (the best is kept too)")
+    t.add_argument("--eval-batch-size", type=int, default=64)
+    t.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget; stops with a checkpoint")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default=None, help="run directory (default: runs/char_lstm/<dataset>-<time>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s = p.add_argument_group("sampling")
+    s.add_argument("--checkpoint", default=None, help="run directory to sample from (sample mode)")
+    s.add_argument("--which", default="best", help="'best', 'last' or a step number")
+    s.add_argument("--prompt", default=None, help="text to condition on (default: the corpus' first line)")
+    s.add_argument("--length", type=int, default=300)
+    s.add_argument("--temperature", type=float, default=0.7)
+    s.add_argument("--top-k", type=int, default=None)
+    return p
+
+
+def check_args(args) -> None:
+    for name in ("seq_len", "batch_size", "steps", "hidden", "layers", "eval_batch_size"):
+        v = getattr(args, name)
+        if v < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {v}")
+    if not 0.0 <= args.dropout < 1.0:
+        raise SystemExit(f"error: --dropout must lie in [0, 1), got {args.dropout}")
+    if args.resume and args.out is None:
+        raise SystemExit("error: --resume needs --out (the run directory to continue)")
+
+
+def make_loss_fn(*, dropout: float, stateful: bool, impl: str, unroll: int):
+    def loss_fn(params, batch, key, model_state):
+        if stateful:
+            inputs, targets, reset = batch
+            carry = jax.tree_util.tree_map(lambda c: jnp.where(reset, jnp.zeros_like(c), c), model_state)
+        else:
+            inputs, targets = batch
+            carry = None
+        loss, final = cm.char_loss(
+            params, inputs, targets, carry, dropout=dropout, key=key, impl=impl, unroll=unroll
+        )
+        new_state = jax.lax.stop_gradient(final) if stateful else model_state
+        return loss, (new_state, {"bits_per_char": loss / LN2})
+
+    return loss_fn
+
+
+def eval_split(params, ids, batch_size: int, seq_len: int, impl: str = "scan") -> dict:
+    nats = evaluate(lambda p, b: cm.eval_step(p, b, impl=impl), params, eval_windows(ids, batch_size, seq_len))["nats"]
+    return {"nats_per_char": nats, "bits_per_char": nats / LN2}
+
+
+def default_prompt(text_ids, vocab: Vocab) -> str:
+    first_line = vocab.decode(text_ids[:200]).split("\n")[0]
+    return first_line or vocab.decode(text_ids[:1])
+
+
+def machine_note() -> dict:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "jax_backend": jax.default_backend(),
+        "loadavg_1_5_15": [round(x, 2) for x in load] if load else None,
+    }
+
+
+def train(args) -> dict:
+    check_args(args)
+    dataset = "file" if args.text_file else args.dataset
+    splits = load_text(dataset, text_file=args.text_file, data_dir=args.data_dir)
+    vocab = splits.vocab
+    n_train = len(splits.train)
+    need = (args.batch_size * args.seq_len + 1) if args.stateful else (args.seq_len + 1)
+    if n_train < need:
+        raise SystemExit(
+            f"error: the training split has {n_train} chars, too short for "
+            + (f"{args.batch_size} streams of --seq-len {args.seq_len}" if args.stateful else f"windows of --seq-len {args.seq_len}")
+            + f" (needs at least {need}); lower --seq-len"
+            + (" or --batch-size" if args.stateful else "")
+        )
+    out = Path(args.out) if args.out else Path("runs/char_lstm") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(
+        f"data: {splits.name}: train {len(splits.train):,} / val {len(splits.validation):,} / "
+        f"test {len(splits.test):,} chars, vocab {vocab.size}"
+    )
+
+    params = cm.init_char_model(
+        jax.random.PRNGKey(args.seed), vocab.size, args.hidden, args.layers, args.cell, args.embed_dim
+    )
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
+    print(f"model: {args.layers}x{args.cell.upper()} H={args.hidden}, {n_params:,} params; out: {out}")
+
+    if args.stateful:
+        windows = StatefulWindows(splits.train, args.batch_size, args.seq_len)
+
+        def get_batch(step):
+            x, y = windows(step)
+            return x, y, np.bool_(windows.is_stream_start(step))
+
+        model_state = cm.zeros_carry(params, args.batch_size)
+    else:
+
+        def get_batch(step):
+            return random_windows(splits.train, args.batch_size, args.seq_len, seed=args.seed, step=step)
+
+        model_state = None
+
+    def eval_fn(p):
+        r = eval_split(p, splits.validation, args.eval_batch_size, args.seq_len, args.impl)
+        return {"val_loss": r["nats_per_char"], "val_bpc": r["bits_per_char"]}
+
+    config = TrainConfig(
+        steps=args.steps,
+        learning_rate=args.lr,
+        warmup_steps=args.warmup,
+        end_lr_ratio=args.end_lr_ratio,
+        weight_decay=args.weight_decay,
+        clip_norm=args.clip_norm,
+        log_every=args.log_every,
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep,
+        max_minutes=args.max_minutes,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    metadata = {
+        "vocab": vocab.to_json(),
+        "dataset": splits.name,
+        "model": cm.model_config(params),
+        "args": {k: v for k, v in vars(args).items()},
+    }
+    loss_fn = make_loss_fn(dropout=args.dropout, stateful=args.stateful, impl=args.impl, unroll=args.unroll)
+    t0 = time.perf_counter()
+    machine_start = machine_note()
+    result = fit(
+        loss_fn,
+        params,
+        get_batch,
+        config,
+        out_dir=out,
+        eval_fn=eval_fn,
+        model_state=model_state,
+        resume=args.resume,
+        metadata=metadata,
+        items_per_batch=args.batch_size * args.seq_len,
+        item_name="chars",
+    )
+    train_seconds = time.perf_counter() - t0
+
+    # Final params, and the best-by-validation checkpoint (model selection), on val and test.
+    final = {
+        "step": result.step,
+        "val": eval_split(result.params, splits.validation, args.eval_batch_size, args.seq_len, args.impl),
+        "test": eval_split(result.params, splits.test, args.eval_batch_size, args.seq_len, args.impl),
+    }
+    best_params, best_meta = load_checkpoint(out, "best", like=result.params)
+    if best_meta["step"] == result.step:
+        best = final
+    else:
+        best = {
+            "step": best_meta["step"],
+            "val": eval_split(best_params, splits.validation, args.eval_batch_size, args.seq_len, args.impl),
+            "test": eval_split(best_params, splits.test, args.eval_batch_size, args.seq_len, args.impl),
+        }
+    prompt = args.prompt or default_prompt(splits.train, vocab)
+    text = cm.sample(result.params, vocab, prompt, args.length, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    results = {
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "dataset": splits.name,
+        "steps_done": result.step,
+        "stop_reason": result.stop_reason,
+        "final": final,
+        "best_by_val": best,
+        "train_seconds_this_invocation": round(train_seconds, 1),
+        "machine_at_start": machine_start,
+        "machine_at_end": machine_note(),
+        "shared_machine_note": "2-core CPU shared with other jobs; wall times include that contention",
+        "sample": {"from": "final params", "prompt": prompt, "temperature": args.temperature, "top_k": args.top_k, "seed": args.seed, "text": text},
+        "params": n_params,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"\ntrained to step {result.step} in {train_seconds:.1f} s this invocation ({result.stop_reason})")
+    for label, r in (("final", final), ("best val", best)):
+        if label == "best val" and r is final:
+            continue
+        print(
+            f"{label} (step {r['step']}): val {r['val']['nats_per_char']:.4f} nats/char "
+            f"({r['val']['bits_per_char']:.4f} bits), test {r['test']['nats_per_char']:.4f} nats/char "
+            f"({r['test']['bits_per_char']:.4f} bits)"
+        )
+    print(f"\nsample (temperature {args.temperature}, seed {args.seed}):\n{text}\n")
+    print(f"run directory: {out} (metrics.jsonl, loss_curve.png, checkpoints/, results.json)")
+    return results
+
+
+def sample_mode(args) -> str:
+    if not args.checkpoint:
+        raise SystemExit("error: sample mode needs --checkpoint RUN_DIR (the --out of a training run)")
+    which = int(args.which) if str(args.which).isdigit() else args.which
+    params, meta = load_checkpoint(args.checkpoint, which)
+    if "vocab" not in meta:
+        raise SystemExit(f"error: {args.checkpoint} has no vocabulary in its metadata; was it written by char_lstm.py?")
+    vocab = Vocab.from_json(meta["vocab"])
+    prompt = args.prompt if args.prompt is not None else "\n"
+    try:
+        text = cm.sample(params, vocab, prompt, args.length, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(text)
+    return text
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        if args.mode == "sample":
+            return sample_mode(args)
+        return train(args)
+    except (CheckpointError, TrainingDiverged, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

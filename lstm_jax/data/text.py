@@ -1,0 +1,525 @@
+"""Character-level text data: corpora, a character vocabulary, and batching.
+
+Corpora (``load_text``):
+
+* ``"zen"`` -- the Zen of Python, decoded at run time from the standard library's
+  ``this`` module. Needs no file and no download; about 800 characters, so it is a
+  smoke-test corpus (its validation/test splits are only ~40 characters each).
+* ``"tiny_shakespeare"`` -- the real TFDS ``tiny_shakespeare`` dataset (train /
+  validation / test), prepared offline from a local copy of the file the TFDS
+  builder would download (see ``load_tiny_shakespeare``).
+* ``"file"`` -- any UTF-8 text file, split contiguously 90/5/5.
+
+Batching (all on host, NumPy int32, deterministic):
+
+* ``random_windows`` -- windows of ``seq_len + 1`` characters at random offsets,
+  a pure function of ``(seed, step)`` so a resumed run sees the same batches.
+* ``StatefulWindows`` -- truncated BPTT: the text is cut into ``batch_size``
+  parallel streams and window ``k`` of stream ``b`` continues where window ``k-1``
+  ended, so the recurrent carry can be passed from one step to the next.
+* ``eval_windows`` -- non-overlapping windows that cover every predictable
+  character of a split exactly once, for held-out loss.
+
+Every window is a pair ``(inputs, targets)`` with ``targets[:, t] == inputs[:, t+1]``
+inside the window and ``targets[:, -1]`` the character after the window.
+
+TensorFlow / TFDS are imported lazily, only inside ``load_tiny_shakespeare``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import sys
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+DATASETS = ("zen", "tiny_shakespeare", "file")
+"""Names accepted by ``load_text``."""
+
+TINY_SHAKESPEARE_FILE = "input.txt"
+"""File name under which the TFDS checksum registry lists the tiny_shakespeare
+download; the download manager looks for exactly this name in ``manual_dir``."""
+
+DATA_ENV_VAR = "LSTM_JAX_DATA"
+"""Environment variable overriding the shared data root (the folder that holds
+``tinyshakespeare/``, ``mnist/``)."""
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def shared_data_dir() -> Path:
+    """Root of the read-only shared data: ``$LSTM_JAX_DATA`` or ``<repo>/../shared/data``."""
+    env = os.environ.get(DATA_ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    repo_root = Path(__file__).resolve().parents[2]
+    return repo_root / ".." / "shared" / "data"
+
+
+def default_tiny_shakespeare_manual_dir() -> Path:
+    """Folder holding ``input.txt`` for the offline TFDS prepare."""
+    return shared_data_dir() / "tinyshakespeare"
+
+
+# --------------------------------------------------------------------------- vocabulary
+
+
+class Vocab:
+    """Character vocabulary: ``chars`` are the sorted unique characters, id = index.
+
+    Saved alongside checkpoints (``to_json`` / ``from_json``) so that sampling maps
+    ids back to the same characters the model was trained on.
+    """
+
+    __slots__ = ("chars", "_codepoints")
+
+    def __init__(self, chars: str):
+        if not isinstance(chars, str):
+            raise TypeError(f"Vocab chars must be a str, got {type(chars).__name__}")
+        if not chars:
+            raise ValueError("Vocab needs at least one character")
+        if len(set(chars)) != len(chars):
+            raise ValueError(f"Vocab chars must be unique; got {len(chars)} chars, {len(set(chars))} distinct")
+        if "".join(sorted(chars)) != chars:
+            raise ValueError("Vocab chars must be sorted (by code point)")
+        self.chars = chars
+        # Sorted code points, for a vectorised lookup in encode().
+        self._codepoints = np.frombuffer(chars.encode("utf-32-le"), dtype=np.uint32)
+
+    @classmethod
+    def from_text(cls, text: str) -> "Vocab":
+        """The vocabulary of all characters occurring in ``text``."""
+        if not isinstance(text, str):
+            raise TypeError(f"Vocab.from_text expects str, got {type(text).__name__}")
+        if not text:
+            raise ValueError("cannot build a vocabulary from empty text")
+        return cls("".join(sorted(set(text))))
+
+    @property
+    def size(self) -> int:
+        return len(self.chars)
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Vocab) and other.chars == self.chars
+
+    def __hash__(self) -> int:
+        return hash(self.chars)
+
+    def __repr__(self) -> str:
+        preview = self.chars if len(self.chars) <= 40 else self.chars[:37] + "..."
+        return f"Vocab(size={self.size}, chars={preview!r})"
+
+    def encode(self, text: str) -> np.ndarray:
+        """``text`` as an int32 id array; ``ValueError`` naming any unknown characters."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects str, got {type(text).__name__}")
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        idx = np.searchsorted(self._codepoints, codes)
+        idx_clipped = np.minimum(idx, self.size - 1)
+        known = self._codepoints[idx_clipped] == codes
+        if not known.all():
+            unknown = sorted(set(chr(c) for c in codes[~known].tolist()))
+            shown = ", ".join(repr(c) for c in unknown[:20])
+            more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+            raise ValueError(
+                f"text contains {len(unknown)} character(s) not in the vocabulary "
+                f"(size {self.size}): {shown}{more}"
+            )
+        return idx_clipped.astype(np.int32)
+
+    def decode(self, ids) -> str:
+        """Characters for a scalar or 1-D sequence of ids (list, NumPy or JAX array)."""
+        arr = np.asarray(ids)
+        if arr.ndim > 1:
+            raise ValueError(f"decode expects a scalar or 1-D ids, got shape {arr.shape}")
+        arr = arr.reshape(-1)
+        if arr.size == 0:
+            return ""
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"decode expects integer ids, got dtype {arr.dtype}")
+        bad = (arr < 0) | (arr >= self.size)
+        if bad.any():
+            raise ValueError(
+                f"ids out of range for vocabulary of size {self.size}: "
+                f"{sorted(set(arr[bad].tolist()))[:20]}"
+            )
+        return "".join(self.chars[i] for i in arr.tolist())
+
+    def to_json(self) -> dict:
+        """JSON-serialisable description (``{"type", "chars", "size"}``)."""
+        return {"type": "char", "chars": self.chars, "size": self.size}
+
+    @classmethod
+    def from_json(cls, d) -> "Vocab":
+        """Inverse of ``to_json``; validates the structure and the characters."""
+        if not isinstance(d, dict):
+            raise ValueError(f"vocab JSON must be an object, got {type(d).__name__}")
+        if d.get("type", "char") != "char":
+            raise ValueError(f"unsupported vocab type {d.get('type')!r} (expected 'char')")
+        if "chars" not in d:
+            raise ValueError("vocab JSON has no 'chars' field")
+        chars = d["chars"]
+        if not isinstance(chars, str):
+            raise ValueError(f"vocab 'chars' must be a string, got {type(chars).__name__}")
+        vocab = cls(chars)
+        if "size" in d and d["size"] != vocab.size:
+            raise ValueError(
+                f"vocab JSON is inconsistent: size {d['size']!r} but {vocab.size} chars"
+            )
+        return vocab
+
+
+# --------------------------------------------------------------------------- corpora
+
+
+class TextSplits(NamedTuple):
+    """Encoded splits (int32 ids) of one corpus, with the vocabulary built from all of them."""
+
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    vocab: Vocab
+    name: str
+
+
+def zen_of_python() -> str:
+    """The 19 aphorisms of the Zen of Python, one per line (with a final newline).
+
+    Decoded at run time from the standard library's ``this`` module (the text is
+    stored there ROT13-encoded as ``this.s`` with the decoding table ``this.d``);
+    the title line "The Zen of Python, by Tim Peters" is dropped.
+    """
+    if "this" in sys.modules:
+        this = sys.modules["this"]
+    else:
+        # Importing `this` prints the Zen to stdout; keep that out of our output.
+        with contextlib.redirect_stdout(io.StringIO()):
+            import this  # noqa: F401  (stdlib easter egg, used for its data)
+    decoded = "".join(this.d.get(c, c) for c in this.s)
+    lines = decoded.strip("\n").split("\n")
+    if lines and lines[0].startswith("The Zen of Python"):
+        lines = lines[1:]
+    while lines and not lines[0].strip():
+        lines = lines[1:]
+    return "\n".join(lines) + "\n"
+
+
+def split_text(text: str, fractions: Sequence[float] = (0.9, 0.05, 0.05)) -> tuple[str, str, str]:
+    """Contiguous train/validation/test split of ``text``.
+
+    Uses the TFDS ``tiny_shakespeare`` rounding: ``n_train = int(n * f_train)``, then
+    the remainder is divided with ``n_val = int(rest * f_val / (f_val + f_test))``.
+    So ``split_text(input.txt)`` reproduces the TFDS splits exactly.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"split_text expects str, got {type(text).__name__}")
+    if len(fractions) != 3:
+        raise ValueError(f"fractions must be (train, validation, test), got {fractions!r}")
+    f_train, f_val, f_test = (float(f) for f in fractions)
+    if min(f_train, f_val, f_test) <= 0 or not math.isclose(f_train + f_val + f_test, 1.0, abs_tol=1e-6):
+        raise ValueError(f"fractions must be positive and sum to 1, got {tuple(fractions)!r}")
+    if not text:
+        raise ValueError("cannot split empty text")
+    n = len(text)
+    n_train = int(n * f_train)
+    rest = n - n_train
+    n_val = int(rest * f_val / (f_val + f_test))
+    parts = (text[:n_train], text[n_train : n_train + n_val], text[n_train + n_val :])
+    if not all(parts):
+        raise ValueError(
+            f"text of {n} chars too short to split into non-empty parts with fractions "
+            f"{tuple(fractions)!r} (sizes {tuple(len(p) for p in parts)})"
+        )
+    return parts
+
+
+def _import_tfds_quietly():
+    """Import TensorFlow + TFDS with as little noise and resource grabbing as possible.
+
+    Only reading one tiny dataset happens in TF here, so: C++ info logs and the
+    oneDNN banner are silenced (environment defaults, only if TF is not imported
+    yet and the user has not set them), GPUs are hidden from TF (so it does not
+    reserve accelerator memory that JAX needs), and TF's thread pools are limited
+    to one thread each when the TF runtime has not started yet.
+    """
+    if "tensorflow" not in sys.modules:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    try:
+        import tensorflow as tf
+        import tensorflow_datasets as tfds
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "the tiny_shakespeare dataset needs `tensorflow-datasets` and `tensorflow` "
+            f"(CPU build is enough): {e}"
+        ) from e
+    with contextlib.suppress(RuntimeError, ValueError):
+        tf.config.set_visible_devices([], "GPU")
+    with contextlib.suppress(RuntimeError):
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+    with contextlib.suppress(RuntimeError):
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    return tf, tfds
+
+
+@contextlib.contextmanager
+def _tfds_progress_bar(tfds, enable: bool):
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    previous = getattr(tqdm_utils, "_active", True)
+    tfds.display_progress_bar(enable)
+    try:
+        yield
+    finally:
+        tfds.display_progress_bar(previous)
+
+
+def load_tiny_shakespeare(data_dir=None, manual_dir=None, *, quiet: bool = True) -> dict[str, str]:
+    """The TFDS ``tiny_shakespeare`` splits as ``{"train", "validation", "test"} -> str``.
+
+    Runs the real TFDS builder (``tfds.builder("tiny_shakespeare")``). Offline, its
+    download step is served from ``manual_dir``: the TFDS download manager looks
+    for the file under the name registered in the builder's checksums
+    (``input.txt``), verifies its size and sha256 against the registered ones, and
+    uses it instead of downloading. Already prepared data in ``data_dir`` is reused.
+
+    Args:
+      data_dir: TFDS data dir (``None``: TFDS default, ``$TFDS_DATA_DIR`` or
+        ``~/tensorflow_datasets``).
+      manual_dir: folder with ``input.txt`` (default: ``<repo>/../shared/data/tinyshakespeare``
+        or ``$LSTM_JAX_DATA/tinyshakespeare``).
+      quiet: hide TFDS progress bars while preparing.
+    Returns:
+      Each split is a single TFDS example holding the whole split text
+      (train 1,003,854 chars; validation and test 55,770 each).
+    """
+    tf, tfds = _import_tfds_quietly()
+    manual_dir = Path(manual_dir).expanduser() if manual_dir is not None else default_tiny_shakespeare_manual_dir()
+    builder = tfds.builder("tiny_shakespeare", data_dir=None if data_dir is None else os.fspath(data_dir))
+    if not builder.is_prepared():
+        source = manual_dir / TINY_SHAKESPEARE_FILE
+        if not source.is_file():
+            raise FileNotFoundError(
+                f"tiny_shakespeare is not prepared in {builder.data_dir} and the offline source "
+                f"{source} does not exist; put the char-rnn input.txt there (or pass manual_dir=, "
+                f"or set ${DATA_ENV_VAR} to the folder holding tinyshakespeare/)"
+            )
+        config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
+        with _tfds_progress_bar(tfds, not quiet):
+            builder.download_and_prepare(download_config=config)
+    out = {}
+    for split in ("train", "validation", "test"):
+        ds = builder.as_dataset(split=split)
+        texts = [ex["text"] for ex in tfds.as_numpy(ds)]
+        if len(texts) != 1:
+            raise RuntimeError(f"expected one example in tiny_shakespeare/{split}, got {len(texts)}")
+        out[split] = texts[0].decode("utf-8")
+    return out
+
+
+def _read_text_file(text_file) -> str:
+    path = Path(text_file).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"text file not found: {path}")
+    if not path.is_file():
+        raise FileNotFoundError(f"text file is not a regular file: {path}")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"text file {path} is not valid UTF-8: {e}") from e
+
+
+def load_text(name: str = "zen", *, text_file=None, data_dir=None, manual_dir=None) -> TextSplits:
+    """Load a corpus by name and encode its splits with a vocabulary built from all of them.
+
+    Args:
+      name: ``"zen"`` (embedded, default), ``"tiny_shakespeare"`` (TFDS splits) or
+        ``"file"`` (``text_file`` split 90/5/5 with ``split_text``).
+      text_file: path of a UTF-8 text file; required for, and only used with, ``"file"``.
+      data_dir, manual_dir: passed to ``load_tiny_shakespeare``.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(map(repr, DATASETS))}")
+    if name != "file" and text_file is not None:
+        raise ValueError(f"text_file is only used with dataset 'file', not {name!r}")
+    if name == "zen":
+        train, val, test = split_text(zen_of_python())
+        label = "zen"
+    elif name == "tiny_shakespeare":
+        splits = load_tiny_shakespeare(data_dir=data_dir, manual_dir=manual_dir)
+        train, val, test = splits["train"], splits["validation"], splits["test"]
+        label = "tiny_shakespeare"
+    else:
+        if text_file is None:
+            raise ValueError("dataset 'file' needs text_file (the path of a UTF-8 text file)")
+        text = _read_text_file(text_file)
+        if not text:
+            raise ValueError(f"text file {text_file} is empty")
+        train, val, test = split_text(text)
+        label = f"file:{Path(text_file).expanduser().resolve()}"
+    vocab = Vocab.from_text(train + val + test)
+    return TextSplits(
+        train=vocab.encode(train),
+        validation=vocab.encode(val),
+        test=vocab.encode(test),
+        vocab=vocab,
+        name=label,
+    )
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def _as_ids(ids) -> np.ndarray:
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise ValueError(f"ids must be 1-D, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"ids must be integers, got dtype {arr.dtype}")
+    return arr.astype(np.int32, copy=False)
+
+
+def _check_positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def random_windows(ids, batch_size: int, seq_len: int, *, seed: int, step: int):
+    """``batch_size`` windows at random offsets: ``(inputs, targets)``, each ``(B, T)`` int32.
+
+    The offsets come from ``np.random.default_rng([seed, step])``, so the batch is a
+    pure function of ``(seed, step)`` (exact resume). Every offset in
+    ``[0, len(ids) - seq_len - 1]`` is equally likely; ``targets`` is ``inputs``
+    shifted left by one character.
+    """
+    ids = _as_ids(ids)
+    batch_size = _check_positive("batch_size", batch_size)
+    seq_len = _check_positive("seq_len", seq_len)
+    if len(ids) < seq_len + 1:
+        raise ValueError(
+            f"text of {len(ids)} chars too short for windows of seq_len+1 = {seq_len + 1} chars"
+        )
+    if seed < 0 or step < 0:
+        raise ValueError(f"seed and step must be non-negative, got seed={seed}, step={step}")
+    rng = np.random.default_rng([int(seed), int(step)])
+    offsets = rng.integers(0, len(ids) - seq_len, size=batch_size)
+    chunk = ids[offsets[:, None] + np.arange(seq_len + 1)[None, :]]
+    return np.ascontiguousarray(chunk[:, :-1]), np.ascontiguousarray(chunk[:, 1:])
+
+
+class StatefulWindows:
+    """Consecutive windows of ``batch_size`` parallel streams, for truncated BPTT.
+
+    The first ``batch_size * L + 1`` ids (``L = (len(ids) - 1) // batch_size``) are
+    cut into ``batch_size`` contiguous streams of ``L`` predicted characters each;
+    stream ``b`` starts at ``b * L``. Call ``k`` returns window ``k % num_windows``
+    of every stream, so row ``b`` of window ``k + 1`` continues exactly where row
+    ``b`` of window ``k`` ended: pass the final recurrent carry of step ``k`` as the
+    initial carry of step ``k + 1``, and reset it to zeros when
+    ``is_stream_start(step)`` (a new pass over the text begins).
+
+    Characters past ``num_windows * seq_len`` in each stream, and the last
+    ``(len(ids) - 1) % batch_size`` ids, are never used as targets (each at most
+    ``seq_len - 1`` resp. ``batch_size - 1`` characters).
+    """
+
+    def __init__(self, ids, batch_size: int, seq_len: int):
+        ids = _as_ids(ids)
+        self.batch_size = _check_positive("batch_size", batch_size)
+        self.seq_len = _check_positive("seq_len", seq_len)
+        if len(ids) < self.batch_size * self.seq_len + 1:
+            raise ValueError(
+                f"text of {len(ids)} chars too short for {self.batch_size} streams of "
+                f"seq_len+1 = {self.seq_len + 1} chars (needs at least "
+                f"{self.batch_size * self.seq_len + 1})"
+            )
+        self.stream_len = (len(ids) - 1) // self.batch_size
+        self.num_windows = self.stream_len // self.seq_len
+        used = self.batch_size * self.stream_len
+        self._inputs = ids[:used].reshape(self.batch_size, self.stream_len)
+        self._targets = ids[1 : used + 1].reshape(self.batch_size, self.stream_len)
+
+    def window_index(self, step: int) -> int:
+        if step < 0:
+            raise ValueError(f"step must be non-negative, got {step}")
+        return int(step) % self.num_windows
+
+    def epoch(self, step: int) -> int:
+        """How many full passes over the streams precede ``step``."""
+        if step < 0:
+            raise ValueError(f"step must be non-negative, got {step}")
+        return int(step) // self.num_windows
+
+    def __call__(self, step: int):
+        k = self.window_index(step)
+        sl = slice(k * self.seq_len, (k + 1) * self.seq_len)
+        return np.ascontiguousarray(self._inputs[:, sl]), np.ascontiguousarray(self._targets[:, sl])
+
+    def is_stream_start(self, step: int) -> bool:
+        """True when ``step`` starts a new pass over the streams (the caller resets the carry)."""
+        return self.window_index(step) == 0
+
+    def __repr__(self) -> str:
+        return (
+            f"StatefulWindows(batch_size={self.batch_size}, seq_len={self.seq_len}, "
+            f"stream_len={self.stream_len}, num_windows={self.num_windows})"
+        )
+
+
+def eval_windows(ids, batch_size: int, seq_len: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Non-overlapping windows covering every predictable character of ``ids`` exactly once.
+
+    The ``len(ids) - 1`` targets are cut, in reading order, into ``W`` full windows of
+    ``seq_len`` plus, if ``(len(ids) - 1) % seq_len = r > 0``, one final window of
+    length ``r``. Full windows are grouped into batches of ``batch_size``; the last
+    group may be smaller (shape ``(W % batch_size, seq_len)``), and the short tail
+    window comes alone as a batch of shape ``(1, r)``. So there are at most three
+    distinct shapes (at most three compilations of a jitted eval step).
+
+    Each window is meant to start from a zero carry. Batches differ in size, so
+    average per-character losses weighting each batch by ``targets.size`` (the sum
+    of all ``targets.size`` is ``len(ids) - 1``).
+    """
+    ids = _as_ids(ids)
+    batch_size = _check_positive("batch_size", batch_size)
+    seq_len = _check_positive("seq_len", seq_len)
+    if len(ids) < 2:
+        raise ValueError(f"text of {len(ids)} chars too short to evaluate (needs at least 2)")
+    n_targets = len(ids) - 1
+    n_full = n_targets // seq_len
+    batches = []
+    if n_full:
+        used = n_full * seq_len
+        inputs = ids[:used].reshape(n_full, seq_len)
+        targets = ids[1 : used + 1].reshape(n_full, seq_len)
+        for start in range(0, n_full, batch_size):
+            batches.append(
+                (
+                    np.ascontiguousarray(inputs[start : start + batch_size]),
+                    np.ascontiguousarray(targets[start : start + batch_size]),
+                )
+            )
+    tail = n_targets - n_full * seq_len
+    if tail:
+        start = n_full * seq_len
+        batches.append(
+            (
+                ids[start : start + tail].reshape(1, tail).copy(),
+                ids[start + 1 : start + tail + 1].reshape(1, tail).copy(),
+            )
+        )
+    return batches
+

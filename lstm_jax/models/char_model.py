@@ -1,0 +1,242 @@
+"""Character-level language model: input encoding -> stacked recurrent cells -> linear readout.
+
+::
+
+    ids (B, T) --embed/one-hot--> (B, T, E) --apply_stack (N x lstm|gru|rnn)--> (B, T, H)
+        --dropout--> --@ W_out + b_out--> logits (B, T, V)
+
+The loss is the mean softmax cross-entropy of the next character, in nats per
+character; bits per character = nats / ln 2.
+
+Params are a plain dict ``{"embed": (V, E) (absent for one-hot input),
+"stack": [per-layer cell params], "readout": {"w": (H, V), "b": (V,)}}``. The
+cell type is recovered from the params (see :func:`infer_cell`), so a
+checkpoint's params are enough to run the model.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ..cells import glorot_uniform, get_cell
+from ..layers import apply_stack, init_stack, zeros_stack_carry
+
+Array = jax.Array
+LN2 = math.log(2.0)
+
+
+def init_char_model(
+    key: Array,
+    vocab_size: int,
+    hidden: int,
+    layers: int = 1,
+    cell: str = "lstm",
+    embed_dim: int | None = None,
+    dtype=jnp.float32,
+) -> dict:
+    """Initialise a character model.
+
+    Args:
+        vocab_size: number of distinct characters ``V``.
+        hidden: hidden size ``H`` of every layer.
+        layers: number of stacked recurrent layers.
+        cell: ``"lstm" | "gru" | "rnn"``.
+        embed_dim: size of a learned embedding; ``None`` feeds one-hot vectors
+            (then the first layer's ``w_x`` rows *are* the embedding).
+    """
+    for name, v in (("vocab_size", vocab_size), ("hidden", hidden), ("layers", layers)):
+        if not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if embed_dim is not None and (not isinstance(embed_dim, (int, np.integer)) or embed_dim < 1):
+        raise ValueError(f"embed_dim must be a positive integer or None (one-hot), got {embed_dim!r}")
+    get_cell(cell)  # validates the name
+    k_embed, k_stack, k_out = jax.random.split(key, 3)
+    params: dict[str, Any] = {}
+    in_size = vocab_size
+    if embed_dim is not None:
+        params["embed"] = (jax.random.normal(k_embed, (vocab_size, embed_dim)) / math.sqrt(embed_dim)).astype(dtype)
+        in_size = embed_dim
+    params["stack"] = init_stack(k_stack, cell, in_size, hidden, num_layers=layers, dtype=dtype)
+    params["readout"] = {
+        "w": glorot_uniform(k_out, hidden, vocab_size, dtype),
+        "b": jnp.zeros((vocab_size,), dtype),
+    }
+    return params
+
+
+def infer_cell(params: dict) -> str:
+    """Cell name from the first layer's params: gru has ``b_x``/``b_h``; lstm has 4H biases."""
+    layer = params["stack"][0]
+    if "b_x" in layer:
+        return "gru"
+    hidden = layer["w_h"].shape[0]
+    return "lstm" if layer["b"].shape[-1] == 4 * hidden else "rnn"
+
+
+def model_config(params: dict) -> dict:
+    """JSON-able description of the architecture (saved as checkpoint metadata)."""
+    first = params["stack"][0]
+    return {
+        "cell": infer_cell(params),
+        "layers": len(params["stack"]),
+        "hidden": int(first["w_h"].shape[0]),
+        "vocab_size": int(params["readout"]["b"].shape[0]),
+        "embed_dim": int(params["embed"].shape[1]) if "embed" in params else None,
+    }
+
+
+def _encode_inputs(params: dict, inputs: Array) -> Array:
+    inputs = jnp.asarray(inputs)
+    if not jnp.issubdtype(inputs.dtype, jnp.integer):
+        raise TypeError(f"inputs must be integer character ids, got dtype {inputs.dtype}")
+    dtype = params["readout"]["w"].dtype
+    if "embed" in params:
+        return jnp.take(params["embed"], inputs, axis=0)
+    return jax.nn.one_hot(inputs, params["readout"]["b"].shape[0], dtype=dtype)
+
+
+def zeros_carry(params: dict, batch_size: int | None = None):
+    """Zero recurrent state for ``batch_size`` sequences (``None``: one unbatched sequence)."""
+    batch_shape = () if batch_size is None else (batch_size,)
+    return zeros_stack_carry(infer_cell(params), params["stack"], batch_shape)
+
+
+def char_logits(
+    params: dict,
+    inputs: Array,
+    carry=None,
+    *,
+    dropout: float = 0.0,
+    key: Array | None = None,
+    impl: str = "scan",
+    unroll: int = 1,
+    compute_dtype=None,
+):
+    """Next-character logits for ``inputs`` (int ids, ``(B, T)`` or ``(T,)``).
+
+    Returns ``(logits (B, T, V), final_carry)``. ``carry`` continues from a
+    previous window (truncated BPTT, sampling); ``None`` starts from zeros.
+    ``dropout`` (with ``key``) is applied between layers and before the readout.
+    """
+    inputs = jnp.asarray(inputs)
+    if inputs.ndim not in (1, 2):
+        raise ValueError(f"inputs must have shape (batch, time) or (time,), got {inputs.shape}")
+    if inputs.shape[-1] == 0:
+        raise ValueError(f"inputs have an empty time axis (shape {inputs.shape})")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+    xs = _encode_inputs(params, inputs)
+    if dropout and key is None:
+        raise ValueError("dropout > 0 needs a jax.random key")
+    k_stack, k_out = jax.random.split(key) if dropout else (None, None)
+    ys, carry = apply_stack(
+        infer_cell(params),
+        params["stack"],
+        xs,
+        carry,
+        dropout=dropout,
+        key=k_stack,
+        impl=impl,
+        unroll=unroll,
+        compute_dtype=compute_dtype,
+    )
+    if dropout:
+        keep = jax.random.bernoulli(k_out, 1.0 - dropout, ys.shape)
+        ys = jnp.where(keep, ys / (1.0 - dropout), 0.0)
+    logits = ys @ params["readout"]["w"] + params["readout"]["b"]
+    return logits, carry
+
+
+def cross_entropy(logits: Array, targets: Array) -> Array:
+    """Per-position softmax cross-entropy in nats."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+
+
+def char_loss(params, inputs, targets, carry=None, **kwargs):
+    """Mean next-character cross-entropy in nats/char; returns ``(loss, final_carry)``."""
+    logits, carry = char_logits(params, inputs, carry, **kwargs)
+    return jnp.mean(cross_entropy(logits, targets)), carry
+
+
+@functools.partial(jax.jit, static_argnames=("impl",))
+def eval_step(params, batch, impl: str = "scan"):
+    """Summed loss over a batch ``(inputs, targets)`` from a zero state: ``{"nats": sum, "count": n}``."""
+    inputs, targets = batch
+    logits, _ = char_logits(params, inputs, impl=impl)
+    return {"nats": jnp.sum(cross_entropy(logits, targets)), "count": jnp.asarray(targets.size, jnp.float32)}
+
+
+def _filter_logits(logits: Array, temperature: float, top_k: int | None) -> Array:
+    logits = logits.astype(jnp.float32) / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    return logits
+
+
+@functools.partial(jax.jit, static_argnames=("length", "top_k", "greedy"))
+def _generate(params, prompt_ids, key, temperature, *, length: int, top_k: int | None, greedy: bool):
+    logits, carry = char_logits(params, prompt_ids[None, :])
+    last = logits[0, -1]
+
+    def body(state, i):
+        carry, last = state
+        if greedy:
+            nxt = jnp.argmax(last).astype(jnp.int32)
+        else:
+            nxt = jax.random.categorical(jax.random.fold_in(key, i), _filter_logits(last, temperature, top_k)).astype(jnp.int32)
+        logits, carry = char_logits(params, nxt[None, None], carry)
+        return (carry, logits[0, -1]), nxt
+
+    _, out = jax.lax.scan(body, (carry, last), jnp.arange(length))
+    return out
+
+
+def sample(
+    params: dict,
+    vocab,
+    prompt: str,
+    length: int = 300,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+) -> str:
+    """Generate ``length`` characters after ``prompt``; returns ``prompt`` + the generated text.
+
+    Deterministic for a given ``seed``. ``temperature == 0`` picks the most
+    likely character each step (greedy). ``top_k`` keeps only the k most likely
+    characters before sampling.
+
+    Raises:
+        ValueError: empty prompt, characters outside ``vocab`` (from
+            ``vocab.encode``), negative length, bad temperature/top_k.
+    """
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError("prompt must be a non-empty string (the model needs at least one character to condition on)")
+    if not isinstance(length, (int, np.integer)) or length < 0:
+        raise ValueError(f"length must be a non-negative integer, got {length!r}")
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    ids = np.asarray(vocab.encode(prompt), dtype=np.int32)
+    if length == 0:
+        return prompt
+    out = _generate(
+        params,
+        jnp.asarray(ids),
+        jax.random.PRNGKey(seed),
+        jnp.float32(max(temperature, 1e-6)),
+        length=int(length),
+        top_k=None if top_k is None else int(top_k),
+        greedy=temperature == 0,
+    )
+    return prompt + vocab.decode(np.asarray(out))

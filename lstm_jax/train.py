@@ -1,0 +1,458 @@
+"""The shared training loop: Optax, a jitted step, logging, checkpoints, guards.
+
+The loop is model-agnostic. A task supplies
+
+* ``loss_fn(params, batch, key, model_state) -> (loss, (new_model_state, metrics))``:
+  a scalar loss to minimise, the next ``model_state`` (any pytree threaded
+  across steps, e.g. the recurrent carry for truncated BPTT; ``None`` if
+  unused) and a dict of scalar metrics to log. ``fit`` jits and differentiates it.
+* ``get_batch(step) -> batch``: a pytree of arrays, a pure function of ``step``
+  (so a resumed run sees exactly the batches the uninterrupted run would).
+* optionally ``eval_fn(params) -> {"val_loss": ..., ...}`` (lower is better for
+  ``best_metric``).
+
+Everything random inside a step uses ``jax.random.fold_in(PRNGKey(seed), step)``;
+nothing random is carried between steps. Together with deterministic batches
+and checkpoints of ``(params, opt_state, model_state, step)``, a run resumed at
+step N continues bit-for-bit like the uninterrupted run (on CPU).
+
+Data parallelism plugs in at two points: :func:`put_batch` (where a host
+batch goes onto devices; pass ``put_batch=`` to shard it) and
+:func:`make_train_step` (pass ``make_step=`` to wrap or replace the jitted step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .checkpoint import CheckpointError, Checkpointer, load_checkpoint, read_metadata, write_metadata
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "make_schedule",
+    "make_optimizer",
+    "make_train_step",
+    "put_batch",
+    "fit",
+    "evaluate",
+    "plot_history",
+    "load_checkpoint",
+    "CheckpointError",
+]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping settings for :func:`fit`.
+
+    ``steps`` is the length of the run and of the learning-rate schedule
+    (linear warmup for ``warmup_steps``, then cosine decay to
+    ``learning_rate * end_lr_ratio`` at ``steps``). ``max_minutes`` is a
+    wall-clock budget: when exceeded, the loop stops after the current step,
+    saves a checkpoint and returns (``TrainResult.stop_reason == "time budget"``);
+    ``--resume`` then continues the same schedule.
+    """
+
+    steps: int = 1000
+    learning_rate: float = 2e-3
+    warmup_steps: int = 100
+    end_lr_ratio: float = 0.1
+    weight_decay: float = 1e-4
+    clip_norm: float = 1.0
+    log_every: int = 50
+    eval_every: int = 500
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    max_minutes: float | None = None
+    seed: int = 0
+    progress: bool = True
+
+    def validate(self) -> None:
+        def positive_int(name):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {v!r}")
+
+        for name in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+            positive_int(name)
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"TrainConfig.learning_rate must be a positive finite number, got {self.learning_rate!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"TrainConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.end_lr_ratio <= 1.0:
+            raise ValueError(f"TrainConfig.end_lr_ratio must lie in [0, 1], got {self.end_lr_ratio}")
+        if self.weight_decay < 0:
+            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.clip_norm is not None and self.clip_norm <= 0:
+            raise ValueError(f"TrainConfig.clip_norm must be > 0 (or None to disable), got {self.clip_norm}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"TrainConfig.max_minutes must be > 0 or None, got {self.max_minutes}")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    params: Any
+    opt_state: Any
+    model_state: Any
+    step: int
+    history: list[dict]
+    best: dict | None
+    stop_reason: str = "completed"  # "completed" | "time budget"
+    wall_seconds: float = 0.0
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or gradient norm) became NaN/inf; no checkpoint was written for it."""
+
+
+# ---------------------------------------------------------------------------
+# Optimiser
+
+
+def make_schedule(config: TrainConfig) -> optax.Schedule:
+    """Linear warmup from 0 to ``learning_rate``, cosine decay to ``learning_rate*end_lr_ratio``."""
+    warmup = min(config.warmup_steps, max(config.steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=config.learning_rate,
+        warmup_steps=warmup,
+        decay_steps=max(config.steps, warmup + 1),
+        end_value=config.learning_rate * config.end_lr_ratio,
+    )
+
+
+def _decay_mask(params):
+    # Decay weight matrices (and embeddings), not biases or other vectors.
+    return jax.tree_util.tree_map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Global-norm gradient clipping, then AdamW on the warmup-cosine schedule."""
+    parts = []
+    if config.clip_norm is not None:
+        parts.append(optax.clip_by_global_norm(config.clip_norm))
+    parts.append(
+        optax.adamw(make_schedule(config), weight_decay=config.weight_decay, mask=_decay_mask)
+    )
+    return optax.chain(*parts)
+
+
+# ---------------------------------------------------------------------------
+# The step
+
+
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, seed: int) -> Callable:
+    """Jitted ``step_fn(params, opt_state, model_state, batch, step) -> (params, opt_state, model_state, stats)``.
+
+    ``stats`` holds ``loss``, ``grad_norm`` (before clipping) and the task's metrics.
+    """
+    base_key = jax.random.PRNGKey(seed)
+
+    def step_fn(params, opt_state, model_state, batch, step):
+        key = jax.random.fold_in(base_key, step)
+        (loss, (new_model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, batch, key, model_state
+        )
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        stats = {"loss": loss, "grad_norm": optax.global_norm(grads), **(metrics or {})}
+        return params, opt_state, new_model_state, stats
+
+    return jax.jit(step_fn)
+
+
+def put_batch(batch):
+    """Move a host batch onto the default device. Replace to shard over devices."""
+    return jax.device_put(batch)
+
+
+def evaluate(eval_step: Callable, params, batches: Iterable, *, count_key: str = "count") -> dict:
+    """Average metrics over batches.
+
+    ``eval_step(params, batch)`` returns a dict of *sums* over the batch plus
+    ``count`` (number of items); the result is every sum divided by the total
+    count. Sums are accumulated in float64 on the host.
+    """
+    totals: dict[str, float] = {}
+    for batch in batches:
+        out = jax.device_get(eval_step(params, batch))
+        for k, v in out.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    n = totals.pop(count_key, 0.0)
+    if n <= 0:
+        raise ValueError("evaluate: no items (empty evaluation set?)")
+    return {k: v / n for k, v in totals.items()}
+
+
+# ---------------------------------------------------------------------------
+# Logging helpers
+
+
+class _MetricsLog:
+    def __init__(self, path: Path | None, resume_step: int | None):
+        self.path = path
+        self.records: list[dict] = []
+        if path is None:
+            return
+        if resume_step is not None and path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash
+                if rec.get("step", 0) <= resume_step:
+                    self.records.append(rec)
+        # Rewrite: drops records past the resumed step (they will be redone).
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        tmp.replace(path)
+
+    def write(self, record: dict) -> None:
+        self.records.append(record)
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def plot_history(records: list[dict], path: str | Path, *, title: str | None = None) -> None:
+    """Loss curve PNG: training loss per logged step, and every eval metric ending in ``loss``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    if train:
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", lw=1.2)
+    keys = sorted({k for r in evals for k in r if k.endswith("loss")})
+    for k in keys:
+        pts = [(r["step"], r[k]) for r in evals if k in r]
+        ax.plot(*zip(*pts), marker="o", ms=3, label=k)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _all_finite(tree) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(tree))
+
+
+# ---------------------------------------------------------------------------
+# fit
+
+
+def fit(
+    loss_fn: Callable,
+    params,
+    get_batch: Callable[[int], Any],
+    config: TrainConfig,
+    *,
+    out_dir: str | Path | None = None,
+    eval_fn: Callable[[Any], dict] | None = None,
+    best_metric: str = "val_loss",
+    model_state=None,
+    resume: bool = False,
+    metadata: dict | None = None,
+    items_per_batch: int | None = None,
+    item_name: str = "items",
+    put_batch: Callable = put_batch,
+    make_step: Callable = make_train_step,
+) -> TrainResult:
+    """Train ``params`` for ``config.steps`` steps (see the module docstring for the contract).
+
+    Args:
+        out_dir: run directory for ``metrics.jsonl``, ``loss_curve.png``,
+            ``metadata.json`` and ``checkpoints/`` (last ``keep_checkpoints``
+            steps plus the best by ``best_metric``). ``None``: nothing is written.
+        resume: continue from the latest checkpoint in ``out_dir`` (restores
+            params, optimiser state, model_state and step). Without a
+            checkpoint there, raises :class:`CheckpointError`.
+        metadata: JSON-able dict saved with every checkpoint (e.g. vocabulary,
+            model config) and in ``metadata.json``.
+        items_per_batch: items (e.g. characters) per batch, for the throughput
+            shown in the progress bar and logged as ``<item_name>_per_s``.
+        put_batch / make_step: hooks for data-parallel training.
+
+    Raises:
+        TrainingDiverged: loss or gradient norm became NaN/inf. Nothing is
+            saved for the bad step; earlier checkpoints are kept.
+    """
+    config.validate()
+    if resume and out_dir is None:
+        raise ValueError("resume=True needs out_dir (the run directory to resume from)")
+    optimizer = make_optimizer(config)
+    opt_state = optimizer.init(params)
+    schedule = make_schedule(config)
+    start_step = 0
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt = None
+    run_meta = {
+        **(metadata or {}),
+        "train_config": dataclasses.asdict(config),
+        "best_metric": best_metric,
+    }
+
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt = Checkpointer(out, keep=config.keep_checkpoints, best_metric=best_metric)
+        if resume:
+            like = {"params": params, "opt_state": opt_state, "model_state": model_state, "step": np.int64(0)}
+            if ckpt.latest_step() is None:
+                raise CheckpointError(f"--resume: no checkpoint to resume from in {ckpt.directory}")
+            state, saved_meta, _ = ckpt.restore("last", like=like)
+            params, opt_state, model_state = state["params"], state["opt_state"], state["model_state"]
+            start_step = int(state["step"])
+            old_cfg = saved_meta.get("train_config", {})
+            changed = {
+                k: (old_cfg[k], v)
+                for k, v in dataclasses.asdict(config).items()
+                if k in old_cfg and old_cfg[k] != v and k not in ("max_minutes", "progress")
+            }
+            if changed:
+                print(f"warning: resuming with a changed config {changed}; the run will not match an uninterrupted one")
+        elif ckpt.latest_step() is not None:
+            raise CheckpointError(
+                f"{ckpt.directory} already holds checkpoints (steps {ckpt.all_steps()}); pass resume=True "
+                "(--resume) to continue that run, or choose another out_dir"
+            )
+        write_metadata(out, run_meta)
+
+    log = _MetricsLog(out / "metrics.jsonl" if out else None, start_step if resume else None)
+    best = None
+    if ckpt is not None and resume:
+        bs = ckpt.best_step()
+        if bs is not None and ckpt.metrics(bs):
+            best = {"step": bs, **ckpt.metrics(bs)}
+
+    step_fn = make_step(loss_fn, optimizer, config.seed)
+    t_start = time.perf_counter()
+    deadline = None if config.max_minutes is None else t_start + 60.0 * config.max_minutes
+    last_saved = start_step if resume else None
+
+    def save(step, metrics=None):
+        nonlocal last_saved
+        if ckpt is None or last_saved == step:
+            return
+        state = {"params": params, "opt_state": opt_state, "model_state": model_state, "step": np.int64(step)}
+        ckpt.save(step, state, metadata=run_meta, metrics=metrics)
+        last_saved = step
+
+    def run_eval(step):
+        nonlocal best
+        t0 = time.perf_counter()
+        metrics = {k: float(v) for k, v in eval_fn(params).items()}
+        rec = {"kind": "eval", "step": step, **metrics, "eval_seconds": round(time.perf_counter() - t0, 3)}
+        log.write(rec)
+        if best_metric in metrics and (best is None or metrics[best_metric] < best[best_metric]):
+            best = {"step": step, **metrics}
+        return metrics
+
+    bar = None
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, initial=start_step, dynamic_ncols=True, unit="step")
+
+    window = {"n": 0, "sums": {}, "t0": time.perf_counter()}
+    running = None  # exponential moving average of the loss, for the bar
+    stop_reason = "completed"
+    step = start_step
+    try:
+        while step < config.steps:
+            batch = put_batch(get_batch(step))
+            new_params, new_opt_state, new_model_state, stats = step_fn(
+                params, opt_state, model_state, batch, step
+            )
+            stats = {k: float(v) for k, v in jax.device_get(stats).items()}
+            if not (math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])):
+                last = ckpt.latest_step() if ckpt is not None else None
+                where = f"last good checkpoint: step {last} in {ckpt.directory}" if last is not None else "no checkpoint was written"
+                raise TrainingDiverged(
+                    f"training diverged at step {step}: loss={stats['loss']}, grad_norm={stats['grad_norm']} "
+                    f"(learning rate {float(schedule(step)):.3g}). Nothing was saved for this step; {where}. "
+                    "Try a lower --lr, a smaller --clip-norm, or a longer warmup."
+                )
+            params, opt_state, model_state = new_params, new_opt_state, new_model_state
+            step += 1
+            running = stats["loss"] if running is None else 0.98 * running + 0.02 * stats["loss"]
+            window["n"] += 1
+            for k, v in stats.items():
+                window["sums"][k] = window["sums"].get(k, 0.0) + v
+
+            if step % config.log_every == 0 or step == config.steps:
+                now = time.perf_counter()
+                dt = now - window["t0"]
+                rec = {"kind": "train", "step": step}
+                rec.update({k: v / window["n"] for k, v in window["sums"].items()})
+                rec["lr"] = float(schedule(step - 1))
+                rec["steps_per_s"] = window["n"] / dt
+                if items_per_batch:
+                    rec[f"{item_name}_per_s"] = window["n"] * items_per_batch / dt
+                rec["elapsed_s"] = now - t_start
+                log.write(rec)
+                window = {"n": 0, "sums": {}, "t0": time.perf_counter()}
+            if bar is not None:
+                bar.update(1)
+                if step % max(1, min(config.log_every, 10)) == 0 or step == config.steps:
+                    post = {"loss": f"{running:.4f}"}
+                    if bar.format_dict.get("rate"):
+                        rate = bar.format_dict["rate"]
+                        post[f"{item_name}/s"] = f"{rate * (items_per_batch or 1):,.0f}"
+                    bar.set_postfix(post, refresh=False)
+
+            out_of_time = deadline is not None and time.perf_counter() > deadline
+            eval_now = eval_fn is not None and (step % config.eval_every == 0 or step == config.steps or out_of_time)
+            metrics = run_eval(step) if eval_now else None
+            if metrics is not None and bar is not None:
+                bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            if metrics is not None or step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
+                if not _all_finite(params):
+                    raise TrainingDiverged(f"parameters became NaN/inf at step {step}; not saved")
+                save(step, metrics)
+                if out is not None and metrics is not None:
+                    plot_history(log.records, out / "loss_curve.png")
+            if out_of_time and step < config.steps:
+                stop_reason = "time budget"
+                msg = f"stopping at step {step}/{config.steps}: time budget of {config.max_minutes} min reached"
+                (bar.write if bar is not None else print)(msg + ("; continue with --resume" if out else ""))
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+        if out is not None:
+            if log.records:
+                plot_history(log.records, out / "loss_curve.png")
+        if ckpt is not None:
+            ckpt.close()
+
+    return TrainResult(
+        params=params,
+        opt_state=opt_state,
+        model_state=model_state,
+        step=step,
+        history=log.records,
+        best=best,
+        stop_reason=stop_reason,
+        wall_seconds=time.perf_counter() - t_start,
+    )
