@@ -83,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--eval-every", type=int, default=500)
     t.add_argument("--log-every", type=int, default=50)
     t.add_argument("--eval-batch-size", type=int, default=1000)
+    t.add_argument("--best-metric", choices=("val_loss", "val_error"), default="val_loss",
+                   help="validation metric (lower is better) that picks the checkpoint evaluated on test")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget; stops cleanly with a checkpoint")
     t.add_argument("--no-progress", action="store_true")
@@ -205,7 +207,7 @@ def main(argv=None) -> dict:
 
     def eval_fn(p):
         r = evaluate(predict, p, img.eval_batches(val_xs, val_ys, args.eval_batch_size))
-        return {"val_loss": r["loss"], "val_accuracy": r["accuracy"]}
+        return {"val_loss": r["loss"], "val_accuracy": r["accuracy"], "val_error": 1.0 - r["accuracy"]}
 
     metadata = {
         "task": "image sequence classification",
@@ -226,7 +228,7 @@ def main(argv=None) -> dict:
     )
     result = fit(
         make_loss_fn(model_cfg), params, batches, train_cfg, out_dir=out,
-        eval_fn=eval_fn if len(val_xs) else None, best_metric="val_loss", resume=args.resume,
+        eval_fn=eval_fn if len(val_xs) else None, best_metric=args.best_metric, resume=args.resume,
         metadata=metadata, items_per_batch=args.batch_size, item_name="images",
     )
     train_seconds = result.wall_seconds
