@@ -1,0 +1,286 @@
+"""Sequence classification of MNIST / Fashion-MNIST with a recurrent network.
+
+Each 28x28 image becomes a sequence (``--mode``): ``rows`` (28 steps of 28
+pixels), ``pixels`` (784 steps of 1 pixel) or ``permuted`` (784 steps in a
+fixed random pixel order, ``--perm-seed``). A stack of LSTM/GRU/RNN layers
+reads it; its final hidden state goes through a linear layer to 10 logits,
+trained with softmax cross-entropy on the logits through the shared loop
+``lstm_jax.train.fit`` (AdamW, warmup + cosine, clipping, checkpoints,
+resume, wall-clock budget).
+
+Outputs in ``--out``: ``metrics.jsonl``, ``loss_curve.png``, checkpoints,
+``metadata.json`` (from ``fit``), and ``results.json`` (test accuracy / loss,
+wall time, throughput), ``confusion_matrix.png``, ``misclassified.png``.
+
+Examples::
+
+    # Fashion-MNIST, offline here (Debian's dataset-fashion-mnist IDX files)
+    python experiments/mnist_lstm.py --dataset fashion_mnist --mode rows --epochs 12 --out runs/fmnist_rows
+    # MNIST via TFDS (needs a network for the first download)
+    python experiments/mnist_lstm.py --dataset mnist --source tfds --mode rows --epochs 20 --out runs/mnist_rows
+    # continue an interrupted run
+    python experiments/mnist_lstm.py ... --out runs/fmnist_rows --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lstm_jax.data import images as img
+from lstm_jax.models.classifier import (
+    ClassifierConfig,
+    confusion_matrix,
+    evaluate,
+    init_classifier,
+    make_loss_fn,
+    make_predict_fn,
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", choices=img.DATASETS, default="fashion_mnist")
+    d.add_argument("--source", choices=("auto", "tfds", "idx"), default="auto",
+                   help="auto: a local IDX folder if it has both splits, else TFDS")
+    d.add_argument("--data-dir", default=None,
+                   help="IDX folder (source idx/auto) or TFDS data_dir (source tfds)")
+    d.add_argument("--mode", choices=img.MODES, default="rows")
+    d.add_argument("--perm-seed", type=int, default=0, help="pixel order of --mode permuted")
+    d.add_argument("--val-size", type=int, default=5000, help="validation examples carved from train")
+    d.add_argument("--train-subset", type=int, default=None, help="use only the first N training examples (quick runs)")
+    d.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test examples only")
+    m = p.add_argument_group("model")
+    m.add_argument("--cell", choices=("lstm", "gru", "rnn"), default="lstm")
+    m.add_argument("--hidden", type=int, default=128)
+    m.add_argument("--layers", type=int, default=1)
+    m.add_argument("--bidirectional", action="store_true")
+    m.add_argument("--dropout", type=float, default=0.0, help="between recurrent layers")
+    m.add_argument("--unroll", type=int, default=1, help="lax.scan unroll factor")
+    t = p.add_argument_group("training")
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--epochs", type=float, default=None, help="training length in epochs (overrides --steps)")
+    t.add_argument("--steps", type=int, default=2000)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--warmup-steps", type=int, default=200)
+    t.add_argument("--end-lr-ratio", type=float, default=0.02)
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--clip-norm", type=float, default=1.0)
+    t.add_argument("--eval-every", type=int, default=500)
+    t.add_argument("--log-every", type=int, default=50)
+    t.add_argument("--eval-batch-size", type=int, default=1000)
+    t.add_argument("--best-metric", choices=("val_loss", "val_error"), default="val_loss",
+                   help="validation metric (lower is better) that picks the checkpoint evaluated on test")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget; stops cleanly with a checkpoint")
+    t.add_argument("--no-progress", action="store_true")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", required=True, help="run directory")
+    o.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    o.add_argument("--no-plots", action="store_true")
+    o.add_argument("--note", default="", help="free text saved in results.json (e.g. machine load)")
+    return p.parse_args(argv)
+
+
+def prepare_data(args):
+    """Load, split, normalize and turn into sequences. Returns a dict of arrays and facts."""
+    source, folder, data_dir = args.source, None, None
+    if args.data_dir is not None:
+        if source == "tfds":
+            data_dir = args.data_dir
+        else:
+            folder = args.data_dir
+    data = img.load_images(args.dataset, source, folder, data_dir=data_dir)
+    train_x, train_y = data.train
+    test_x, test_y = data.test
+    if args.train_subset is not None:
+        train_x, train_y = train_x[: args.train_subset], train_y[: args.train_subset]
+    if args.test_subset is not None:
+        test_x, test_y = test_x[: args.test_subset], test_y[: args.test_subset]
+    (tr_x, tr_y), (va_x, va_y) = img.train_val_split(train_x, train_y, args.val_size, args.seed)
+    mean, std = img.fit_normalization(tr_x)
+
+    def seqs(x):
+        return img.to_sequences(img.normalize(x, mean, std), args.mode, permutation_seed=args.perm_seed)
+
+    return {
+        "train": (seqs(tr_x), tr_y),
+        "val": (seqs(va_x), va_y),
+        "test": (seqs(test_x), test_y),
+        "test_images": test_x,
+        "mean": mean,
+        "std": std,
+        "source": data.source,
+        "location": data.location,
+        "class_names": data.class_names,
+    }
+
+
+def plot_confusion(cm: np.ndarray, class_names, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(cm)
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, label="fraction of true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_misclassified(images, labels, preds, probs, class_names, path: Path, max_items: int = 36) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    wrong = np.flatnonzero(preds != labels)
+    # the most confidently wrong first: they say most about the model
+    wrong = wrong[np.argsort(-probs[wrong, preds[wrong]])][:max_items]
+    cols = 6
+    rows = max(1, math.ceil(len(wrong) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.7, rows * 1.9))
+    axes = np.atleast_1d(axes).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, i in zip(axes, wrong):
+        ax.imshow(images[i], cmap="gray_r")
+        ax.set_title(f"true {class_names[labels[i]]}\npred {class_names[preds[i]]} ({probs[i, preds[i]]:.2f})", fontsize=6.5)
+    fig.suptitle(f"{len(np.flatnonzero(preds != labels))} misclassified test images (most confident shown)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from lstm_jax.train import TrainConfig, fit, load_checkpoint
+
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    data = prepare_data(args)
+    train_xs, train_ys = data["train"]
+    val_xs, val_ys = data["val"]
+    steps_t, features = train_xs.shape[1:]
+
+    batches = img.ShuffledBatches(train_xs, train_ys, args.batch_size, seed=args.seed)
+    steps = args.steps if args.epochs is None else max(1, round(args.epochs * batches.steps_per_epoch))
+    model_cfg = ClassifierConfig(
+        input_size=features, num_classes=img.NUM_CLASSES, cell=args.cell, hidden_size=args.hidden,
+        num_layers=args.layers, bidirectional=args.bidirectional, dropout=args.dropout, unroll=args.unroll,
+    )
+    train_cfg = TrainConfig(
+        steps=steps, learning_rate=args.lr, warmup_steps=min(args.warmup_steps, max(steps // 10, 1)),
+        end_lr_ratio=args.end_lr_ratio, weight_decay=args.weight_decay, clip_norm=args.clip_norm,
+        log_every=args.log_every, eval_every=args.eval_every, checkpoint_every=args.eval_every,
+        max_minutes=args.max_minutes, seed=args.seed, progress=not args.no_progress,
+    )
+    params = init_classifier(jax.random.PRNGKey(args.seed), model_cfg)
+    predict = make_predict_fn(model_cfg)
+
+    def eval_fn(p):
+        r = evaluate(predict, p, img.eval_batches(val_xs, val_ys, args.eval_batch_size))
+        return {"val_loss": r["loss"], "val_accuracy": r["accuracy"], "val_error": 1.0 - r["accuracy"]}
+
+    metadata = {
+        "task": "image sequence classification",
+        "argv": sys.argv if argv is None else ["experiments/mnist_lstm.py", *argv],
+        "dataset": args.dataset, "source": data["source"], "data_location": data["location"],
+        "mode": args.mode, "perm_seed": args.perm_seed, "sequence_shape": [int(steps_t), int(features)],
+        "normalization": {"mean": data["mean"], "std": data["std"]},
+        "val_size": args.val_size, "train_examples": int(len(train_xs)), "batch_size": args.batch_size,
+        "steps_per_epoch": batches.steps_per_epoch, "data_seed": args.seed,
+        "model": {k: getattr(model_cfg, k) for k in model_cfg.__dataclass_fields__},
+    }
+    print(
+        f"{args.dataset} ({data['source']}: {data['location']}) mode={args.mode} seq={steps_t}x{features} "
+        f"train={len(train_xs)} val={len(val_xs)} test={len(data['test'][0])} | {args.cell} "
+        f"{args.layers}x{args.hidden}{' bi' if args.bidirectional else ''} | {steps} steps "
+        f"({steps / batches.steps_per_epoch:.2f} epochs of {batches.steps_per_epoch})",
+        flush=True,
+    )
+    result = fit(
+        make_loss_fn(model_cfg), params, batches, train_cfg, out_dir=out,
+        eval_fn=eval_fn if len(val_xs) else None, best_metric=args.best_metric, resume=args.resume,
+        metadata=metadata, items_per_batch=args.batch_size, item_name="images",
+    )
+    train_seconds = result.wall_seconds
+
+    # Test with the best checkpoint by validation loss (the last one if no validation).
+    which = "best" if len(val_xs) else "last"
+    params, ck_meta = load_checkpoint(out, which, like=result.params)
+    test_xs, test_ys = data["test"]
+    t_eval = time.perf_counter()
+    r = evaluate(predict, params, img.eval_batches(test_xs, test_ys, args.eval_batch_size))
+    eval_seconds = time.perf_counter() - t_eval
+    cm = confusion_matrix(test_ys, r["predictions"], img.NUM_CLASSES)
+    train_records = [h for h in result.history if h.get("kind") == "train"]
+    rates = [h["images_per_s"] for h in train_records if "images_per_s" in h]
+    results = {
+        "dataset": args.dataset, "mode": args.mode, "cell": args.cell, "hidden": args.hidden,
+        "layers": args.layers, "bidirectional": args.bidirectional,
+        "test_accuracy": r["accuracy"], "test_loss": r["loss"], "test_examples": r["count"],
+        "checkpoint": which, "checkpoint_step": int(ck_meta.get("step", -1)),
+        "steps_done": int(result.step), "steps_planned": int(steps),
+        "epochs_done": result.step / batches.steps_per_epoch, "stop_reason": result.stop_reason,
+        "best_val": result.best, "train_seconds_this_session": train_seconds,
+        "wall_seconds_this_session": time.perf_counter() - t0,
+        "train_images_per_s_median": float(np.median(rates)) if rates else None,
+        "test_eval_seconds": eval_seconds,
+        "per_class_accuracy": (np.diag(cm) / np.maximum(cm.sum(1), 1)).round(4).tolist(),
+        "confusion_matrix": cm.tolist(), "resumed": args.resume,
+        "machine": {
+            "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
+            "loadavg_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "note": args.note or "shared machine (2 cores, several agents running)",
+        },
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    if not args.no_plots:
+        names = data["class_names"] or tuple(str(i) for i in range(img.NUM_CLASSES))
+        title = f"{args.dataset} {args.mode} {args.cell} {args.layers}x{args.hidden}: test acc {r['accuracy']:.2%}"
+        plot_confusion(cm, names, out / "confusion_matrix.png", title)
+        logits = r["logits"]
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        plot_misclassified(data["test_images"][: len(test_ys)], test_ys, r["predictions"], probs, names,
+                           out / "misclassified.png")
+    print(
+        f"test accuracy {r['accuracy']:.4f}  test loss {r['loss']:.4f}  ({which} checkpoint, step "
+        f"{results['checkpoint_step']}; trained {result.step}/{steps} steps, {train_seconds / 60:.1f} min, "
+        f"stop: {result.stop_reason})",
+        flush=True,
+    )
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""Sequence classifier: recurrent stack -> last hidden state -> linear -> logits.
+
+    xs (B, T, F) --apply_stack--> final carry of the top layer --> h_T (B, H)
+    logits = h_T @ W + b            (B, C)
+    loss   = mean softmax cross-entropy(logits, integer labels)
+
+The loss is taken on the raw logits (``optax.softmax_cross_entropy_with_integer_labels``
+applies log-softmax itself, stably). Squashing the logits through a sigmoid
+first, a common mistake, bounds them to (0, 1): the softmax over ten such
+values can never be confident, so the gradients stay small and training is
+slow and capped.
+
+For a bidirectional stack the features are ``[h_T forward, h_0 backward]``
+(each direction's state after reading the whole sequence), ``2H`` wide.
+
+Params are a plain dict ``{"rnn": <init_stack list>, "head": {"w": (H, C), "b": (C,)}}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ..cells import LSTMCarry, get_cell
+from ..layers import apply_stack, init_stack
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+    """Architecture of a sequence classifier."""
+
+    input_size: int
+    num_classes: int = 10
+    cell: str = "lstm"
+    hidden_size: int = 128
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0  # between recurrent layers, training only
+    unroll: int = 1
+    impl: str = "scan"
+
+    def __post_init__(self):
+        get_cell(self.cell)  # validates the name
+        if self.input_size < 1 or self.num_classes < 2 or self.hidden_size < 1:
+            raise ValueError(f"bad sizes in {self}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def feature_size(self) -> int:
+        return self.hidden_size * (2 if self.bidirectional else 1)
+
+
+def init_classifier(key: Array, config: ClassifierConfig, dtype=jnp.float32) -> dict:
+    """Stack params from :func:`~lstm_jax.layers.init_stack`, plus a Glorot-uniform readout with zero bias."""
+    k_rnn, k_head = jax.random.split(key)
+    rnn = init_stack(
+        k_rnn,
+        config.cell,
+        config.input_size,
+        config.hidden_size,
+        num_layers=config.num_layers,
+        bidirectional=config.bidirectional,
+        dtype=dtype,
+    )
+    fan_in, fan_out = config.feature_size, config.num_classes
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    w = jax.random.uniform(k_head, (fan_in, fan_out), dtype, -limit, limit)
+    return {"rnn": rnn, "head": {"w": w, "b": jnp.zeros((fan_out,), dtype)}}
+
+
+def _hidden(carry) -> Array:
+    return carry.hidden if isinstance(carry, LSTMCarry) else carry
+
+
+def last_hidden(final_carries: list) -> Array:
+    """Features from :func:`apply_stack`'s final carries: the top layer's hidden state."""
+    top = final_carries[-1]
+    if isinstance(top, dict):  # bidirectional
+        return jnp.concatenate([_hidden(top["forward"]), _hidden(top["backward"])], axis=-1)
+    return _hidden(top)
+
+
+def classifier_logits(
+    params: dict,
+    xs: Array,
+    config: ClassifierConfig,
+    *,
+    lengths: Array | None = None,
+    key: Array | None = None,
+    train: bool = False,
+    compute_dtype=None,
+) -> Array:
+    """Logits ``(B, C)`` for sequences ``xs`` ``(B, T, F)``.
+
+    ``train=True`` with ``config.dropout > 0`` applies dropout between layers
+    (needs ``key``). With ``lengths``, each sequence's features are its state
+    after its last real step.
+    """
+    xs = jnp.asarray(xs, params["head"]["w"].dtype)
+    dropout = config.dropout if train else 0.0
+    _, finals = apply_stack(
+        config.cell,
+        params["rnn"],
+        xs,
+        lengths=lengths,
+        unroll=config.unroll,
+        compute_dtype=compute_dtype,
+        dropout=dropout,
+        key=key if dropout else None,
+        impl=config.impl,
+    )
+    h = last_hidden(finals)
+    return h @ params["head"]["w"] + params["head"]["b"]
+
+
+def cross_entropy(logits: Array, labels: Array, mask: Array | None = None) -> Array:
+    """Mean softmax cross-entropy of raw ``logits`` against integer ``labels`` (over ``mask`` if given)."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    if mask is None:
+        return losses.mean()
+    return (losses * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+def accuracy(logits: Array, labels: Array, mask: Array | None = None) -> Array:
+    """Fraction of examples whose arg-max logit is the label."""
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    if mask is None:
+        return correct.mean()
+    return (correct * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+def make_loss_fn(config: ClassifierConfig, compute_dtype=None):
+    """``loss_fn(params, batch, key, model_state) -> (loss, (model_state, metrics))`` for ``lstm_jax.train.fit``.
+
+    ``batch`` is ``{"x": (B, T, F), "y": (B,)}``.
+    """
+
+    def loss_fn(params, batch, key, model_state):
+        logits = classifier_logits(
+            params, batch["x"], config, key=key, train=True, compute_dtype=compute_dtype
+        )
+        loss = cross_entropy(logits, batch["y"])
+        return loss, (model_state, {"accuracy": accuracy(logits, batch["y"])})
+
+    return loss_fn
+
+
+def make_predict_fn(config: ClassifierConfig, compute_dtype=None):
+    """A jitted ``predict(params, x) -> logits`` (evaluation mode: no dropout)."""
+
+    @jax.jit
+    def predict(params, x):
+        return classifier_logits(params, x, config, compute_dtype=compute_dtype)
+
+    return predict
+
+
+def evaluate(predict, params, batches: Iterable[dict]) -> dict:
+    """Loss, accuracy and predictions over ``batches`` (from :func:`lstm_jax.data.images.eval_batches`).
+
+    Returns ``{"loss", "accuracy", "count", "predictions" (np int array), "logits"}``
+    with padded examples (``mask == 0``) dropped.
+    """
+    total_loss, total_correct, count = 0.0, 0.0, 0
+    preds, all_logits = [], []
+    for batch in batches:
+        logits = np.asarray(predict(params, batch["x"]))
+        mask = np.asarray(batch.get("mask", np.ones(len(batch["y"]), np.float32))) > 0
+        logits, y = logits[mask], np.asarray(batch["y"])[mask]
+        losses = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+        total_loss += float(losses.sum())
+        p = logits.argmax(-1)
+        total_correct += float((p == y).sum())
+        count += int(mask.sum())
+        preds.append(p)
+        all_logits.append(logits)
+    return {
+        "loss": total_loss / max(count, 1),
+        "accuracy": total_correct / max(count, 1),
+        "count": count,
+        "predictions": np.concatenate(preds) if preds else np.zeros((0,), np.int64),
+        "logits": np.concatenate(all_logits) if all_logits else np.zeros((0, 0)),
+    }
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """``cm[true, predicted]`` counts."""
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(cm, (np.asarray(labels), np.asarray(predictions)), 1)
+    return cm

@@ -1,0 +1,167 @@
+"""The sequence classifier and the mnist_lstm experiment: real (short) training, exact resume, outputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lstm_jax.cells import LSTMCarry
+from lstm_jax.data import images as img
+from lstm_jax.layers import apply_stack
+from lstm_jax.models import classifier as clf
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "mnist_lstm.py"
+
+needs_fashion = pytest.mark.skipif(
+    not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("mnist_lstm", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------------------
+# Classifier
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, False), (1, True)])
+def test_logits_are_readout_of_top_final_hidden(cell, layers, bidirectional):
+    cfg = clf.ClassifierConfig(input_size=5, hidden_size=6, cell=cell, num_layers=layers, bidirectional=bidirectional)
+    params = clf.init_classifier(jax.random.PRNGKey(0), cfg)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (3, 7, 5))
+    logits = clf.classifier_logits(params, xs, cfg)
+    assert logits.shape == (3, 10)
+    ys, finals = apply_stack(cell, params["rnn"], xs)
+    top = finals[-1]
+    hid = (lambda c: c.hidden if isinstance(c, LSTMCarry) else c)
+    if bidirectional:
+        h = jnp.concatenate([hid(top["forward"]), hid(top["backward"])], -1)
+        assert params["head"]["w"].shape == (12, 10)
+    else:
+        h = hid(top)
+        np.testing.assert_allclose(h, ys[:, -1], rtol=1e-6)  # forward: final hidden = last output
+    np.testing.assert_allclose(logits, h @ params["head"]["w"] + params["head"]["b"], rtol=1e-5, atol=1e-6)
+
+
+def test_loss_is_softmax_cross_entropy_on_raw_logits():
+    logits = jnp.array([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0]])
+    labels = jnp.array([0, 2])
+    manual = -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(2), labels])
+    np.testing.assert_allclose(clf.cross_entropy(logits, labels), manual, rtol=1e-6)
+    # confident, correct logits drive the loss to ~0; a sigmoid in front would
+    # bound every logit to (0, 1) and the loss to >= log(1 + 9/e) ~ 1.46 for 10 classes
+    confident = jnp.eye(10) * 30.0
+    assert float(clf.cross_entropy(confident, jnp.arange(10))) < 1e-6
+    assert float(clf.cross_entropy(jax.nn.sigmoid(confident), jnp.arange(10))) > 1.4
+    mask = jnp.array([1.0, 0.0])
+    np.testing.assert_allclose(
+        clf.cross_entropy(logits, labels, mask), -jax.nn.log_softmax(logits)[0, 0], rtol=1e-6
+    )
+    assert float(clf.accuracy(logits, labels)) == 1.0
+    assert float(clf.accuracy(logits, jnp.array([1, 2]), mask)) == 0.0
+
+
+def test_evaluate_and_confusion_matrix():
+    cfg = clf.ClassifierConfig(input_size=4, hidden_size=8, num_classes=10)
+    params = clf.init_classifier(jax.random.PRNGKey(0), cfg)
+    xs = np.random.default_rng(0).normal(size=(23, 5, 4)).astype(np.float32)
+    ys = np.arange(23) % 10
+    predict = clf.make_predict_fn(cfg)
+    r = clf.evaluate(predict, params, img.eval_batches(xs, ys, 10))  # padded last batch
+    logits = np.asarray(predict(params, xs))
+    assert r["count"] == 23 and np.array_equal(r["predictions"], logits.argmax(-1))
+    np.testing.assert_allclose(r["loss"], float(clf.cross_entropy(logits, ys)), rtol=1e-5)
+    cm = clf.confusion_matrix(ys, r["predictions"], 10)
+    assert cm.sum() == 23 and np.trace(cm) == round(r["accuracy"] * 23)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="unknown cell|choose"):
+        clf.ClassifierConfig(input_size=3, cell="transformer")
+    with pytest.raises(ValueError, match="dropout"):
+        clf.ClassifierConfig(input_size=3, dropout=1.0)
+
+
+# ---------------------------------------------------------------------------
+# The experiment on real Fashion-MNIST
+
+
+@needs_fashion
+def test_short_real_training_run_reaches_70_percent(tmp_path):
+    script = load_script()
+    out = tmp_path / "run"
+    results = script.main([
+        "--dataset", "fashion_mnist", "--source", "idx", "--mode", "rows",
+        "--train-subset", "6000", "--val-size", "1000", "--test-subset", "2000",
+        "--hidden", "64", "--batch-size", "64", "--steps", "300", "--lr", "3e-3",
+        "--eval-every", "150", "--log-every", "50", "--no-progress", "--out", str(out),
+    ])
+    # held-out test images (never seen in training or model selection); chance is 10%
+    assert results["test_examples"] == 2000
+    assert results["test_accuracy"] >= 0.70, results["test_accuracy"]
+    assert results["steps_done"] == 300 and results["stop_reason"] == "completed"
+    for name in ("results.json", "confusion_matrix.png", "misclassified.png", "metrics.jsonl", "metadata.json"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "results.json").read_text())
+    assert np.array(saved["confusion_matrix"]).sum() == 2000
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["mode"] == "rows" and meta["sequence_shape"] == [28, 28]
+    assert 0.28 < meta["normalization"]["mean"] < 0.29
+
+
+@needs_fashion
+def test_permuted_mode_run_saves_its_permutation_seed(tmp_path):
+    script = load_script()
+    out = tmp_path / "perm"
+    results = script.main([
+        "--mode", "permuted", "--perm-seed", "5", "--train-subset", "300", "--val-size", "100",
+        "--test-subset", "100", "--hidden", "8", "--batch-size", "50", "--steps", "2",
+        "--eval-every", "2", "--no-progress", "--no-plots", "--out", str(out),
+    ])
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["perm_seed"] == 5 and meta["sequence_shape"] == [784, 1] and meta["mode"] == "permuted"
+    assert results["test_examples"] == 100
+
+
+def test_resume_continues_exactly(tmp_path):
+    """A run interrupted after a checkpoint and resumed ends with the same params as an uninterrupted one."""
+    train = pytest.importorskip("lstm_jax.train")
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(64, 6, 3)).astype(np.float32)
+    ys = (xs[:, -1, 0] > 0).astype(np.int32)
+    cfg = clf.ClassifierConfig(input_size=3, hidden_size=8, num_classes=2)
+    loss_fn = clf.make_loss_fn(cfg)
+    batches = img.ShuffledBatches(xs, ys, 16, seed=3)  # 4 steps per epoch: resume crosses epochs
+    tc = train.TrainConfig(steps=12, learning_rate=1e-2, warmup_steps=2, log_every=3, eval_every=6,
+                           checkpoint_every=6, progress=False, seed=1)
+    p0 = clf.init_classifier(jax.random.PRNGKey(0), cfg)
+    full = train.fit(loss_fn, p0, batches, tc, out_dir=tmp_path / "full")
+
+    class Crash(Exception):
+        pass
+
+    def crashing(step):
+        if step == 7:
+            raise Crash
+        return batches(step)
+
+    with pytest.raises(Crash):
+        train.fit(loss_fn, p0, crashing, tc, out_dir=tmp_path / "cut")
+    resumed = train.fit(loss_fn, p0, img.ShuffledBatches(xs, ys, 16, seed=3), tc,
+                        out_dir=tmp_path / "cut", resume=True)
+    assert resumed.step == 12
+    for a, b in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(resumed.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
