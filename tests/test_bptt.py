@@ -93,23 +93,26 @@ def test_manual_matches_autodiff_float64(x64, cell, case):
     batch, seq_len, in_size, hidden, layers, bidir, lengths = CASES[case]
     params, xs, carry, lengths = _problem(cell, batch, seq_len, in_size, hidden, layers, bidir, lengths, jnp.float64)
 
-    # Everything jitted (lengths closed over as a constant) so each case compiles once.
-    ys, finals, cache = jax.jit(lambda p, x, c: bptt.stack_forward(cell, p, x, c, lengths=lengths))(params, xs, carry)
-    ys_ref, finals_ref = jax.jit(lambda p, x, c: apply_stack(cell, p, x, c, lengths=lengths))(params, xs, carry)
-    _assert_trees_close((ys, finals), (ys_ref, finals_ref), 1e-12, "forward")
+    # One jitted function per side (lengths closed over as a constant): outputs and
+    # gradients together, so each case compiles twice. Random cotangents for every
+    # output step and every final carry check the backward as a vector-Jacobian product.
+    f_ref = lambda p, x, c: apply_stack(cell, p, x, c, lengths=lengths)  # noqa: E731
+    out_shape = jax.eval_shape(f_ref, params, xs, carry)
+    dys, dfinals = _random_like(jax.random.PRNGKey(7), out_shape)
 
-    # Random cotangents for every output step and every final carry: the backward
-    # is then checked as a vector-Jacobian product, independent of any loss.
-    dys = _random_like(jax.random.PRNGKey(7), ys)
-    dfinals = _random_like(jax.random.PRNGKey(8), finals)
+    @jax.jit
+    def run_manual(p, x, c):
+        ys, finals, cache = bptt.stack_forward(cell, p, x, c, lengths=lengths)
+        return (ys, finals), bptt.stack_backward(cache, dys, dfinals)
 
-    def loss(p, x, c):
-        out, fin = apply_stack(cell, p, x, c, lengths=lengths)
-        dots = jax.tree_util.tree_map(lambda a, b: jnp.sum(a * b), (out, fin), (dys, dfinals))
-        return sum(jax.tree_util.tree_leaves(dots))
+    @jax.jit
+    def run_auto(p, x, c):
+        out, vjp = jax.vjp(f_ref, p, x, c)
+        return out, vjp((dys, dfinals))
 
-    auto = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params, xs, carry)
-    manual = jax.jit(bptt.stack_backward)(cache, dys, dfinals)
+    out_m, manual = run_manual(params, xs, carry)
+    out_a, auto = run_auto(params, xs, carry)
+    _assert_trees_close(out_m, out_a, 1e-12, "forward")
     _assert_trees_close(manual.params, auto[0], 1e-9, "params")
     _assert_trees_close(manual.xs, auto[1], 1e-9, "xs")
     _assert_trees_close(manual.carry, auto[2], 1e-9, "carry0")
@@ -125,18 +128,22 @@ def test_single_layer_api_reverse_and_lengths(x64, cell, reverse, padded):
     params, carry = params[0], carry[0]
     fwd = getattr(bptt, f"{cell}_forward")
     bwd = getattr(bptt, f"{cell}_backward")
-    ys, final, cache = fwd(params, xs, carry, lengths=lengths, reverse=reverse, unroll=2)
-    ys_ref, final_ref = scan_layer(c.step, params, xs, carry, lengths=lengths, reverse=reverse)
-    _assert_trees_close((ys, final), (ys_ref, final_ref), 1e-12, "forward")
-    dys = _random_like(jax.random.PRNGKey(3), ys)
-    dfinal = _random_like(jax.random.PRNGKey(4), final)
+    f_ref = lambda p, x, h0: scan_layer(c.step, p, x, h0, lengths=lengths, reverse=reverse)  # noqa: E731
+    dys, dfinal = _random_like(jax.random.PRNGKey(3), jax.eval_shape(f_ref, params, xs, carry))
 
-    def loss(p, x, h0):
-        out, fin = scan_layer(c.step, p, x, h0, lengths=lengths, reverse=reverse)
-        return jnp.sum(out * dys) + sum(jnp.sum(a * b) for a, b in zip(jax.tree_util.tree_leaves(fin), jax.tree_util.tree_leaves(dfinal)))
+    @jax.jit
+    def run_manual(p, x, h0):
+        ys, final, cache = fwd(p, x, h0, lengths=lengths, reverse=reverse, unroll=2)
+        return (ys, final), bwd(cache, dys, dfinal)
 
-    auto = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params, xs, carry)
-    g = jax.jit(bwd)(cache, dys, dfinal)
+    @jax.jit
+    def run_auto(p, x, h0):
+        out, vjp = jax.vjp(f_ref, p, x, h0)
+        return out, vjp((dys, dfinal))
+
+    out_m, g = run_manual(params, xs, carry)
+    out_a, auto = run_auto(params, xs, carry)
+    _assert_trees_close(out_m, out_a, 1e-12, "forward")
     _assert_trees_close(tuple(g), auto, 1e-9, f"{cell} reverse={reverse}")
 
 
