@@ -268,8 +268,21 @@ def plot_history(records: list[dict], path: str | Path, *, title: str | None = N
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    try:
+        fig.savefig(tmp, dpi=110)
+        tmp.replace(path)  # readers never see a half-written PNG
+    finally:
+        plt.close(fig)
+
+
+def _safe_plot(records, path) -> None:
+    # A plotting problem must never kill (or hide the result of) a training run.
+    try:
+        plot_history(records, path)
+    except Exception as e:  # noqa: BLE001
+        print(f"warning: could not write {path}: {type(e).__name__}: {e}")
 
 
 # ---------------------------------------------------------------------------
@@ -451,7 +464,7 @@ def fit(
             if metrics is not None or step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
                 save(step, metrics)
                 if out is not None and metrics is not None:
-                    plot_history(log.records, out / "loss_curve.png")
+                    _safe_plot(log.records, out / "loss_curve.png")
             if out_of_time and step < config.steps:
                 stop_reason = "time budget"
                 msg = f"stopping at step {step}/{config.steps}: time budget of {config.max_minutes} min reached"
@@ -462,7 +475,7 @@ def fit(
             bar.close()
         if out is not None:
             if log.records:
-                plot_history(log.records, out / "loss_curve.png")
+                _safe_plot(log.records, out / "loss_curve.png")
         if ckpt is not None:
             ckpt.close()
 
