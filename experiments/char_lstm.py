@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seq-len", type=int, default=64, help="BPTT window length T")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--steps", type=int, default=600)
-    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (1e-2 suits the tiny default corpus; use 3e-3..5e-3 for larger ones)")
     t.add_argument("--warmup", type=int, default=50)
     t.add_argument("--end-lr-ratio", type=float, default=0.1)
     t.add_argument("--weight-decay", type=float, default=1e-4)
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--which", default="best", help="'best', 'last' or a step number")
     s.add_argument("--prompt", default=None, help="text to condition on (default: the corpus' first line)")
     s.add_argument("--length", type=int, default=300)
-    s.add_argument("--temperature", type=float, default=0.7)
+    s.add_argument("--temperature", type=float, default=0.5)
     s.add_argument("--top-k", type=int, default=None)
     return p
 

@@ -16,9 +16,13 @@ nothing random is carried between steps. Together with deterministic batches
 and checkpoints of ``(params, opt_state, model_state, step)``, a run resumed at
 step N continues bit-for-bit like the uninterrupted run (on CPU).
 
-Data parallelism plugs in at two points: :func:`put_batch` (where a host
-batch goes onto devices; pass ``put_batch=`` to shard it) and
-:func:`make_train_step` (pass ``make_step=`` to wrap or replace the jitted step).
+Data parallelism needs no change in the loop: pass params already replicated
+over a device mesh and a ``put_batch`` that shards each batch on its leading
+axis (``NamedSharding(mesh, P("data"))``); the optimizer state inherits the
+params' sharding, a resumed run restores every array with the sharding of the
+array it replaces, and XLA inserts the gradient all-reduce inside the
+unchanged jitted step. :func:`put_batch` is the single place where a host
+batch goes onto devices; ``make_step=`` can wrap or replace the jitted step.
 """
 
 from __future__ import annotations
@@ -268,8 +272,55 @@ def plot_history(records: list[dict], path: str | Path, *, title: str | None = N
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    try:
+        fig.savefig(tmp, dpi=110)
+        tmp.replace(path)  # readers never see a half-written PNG
+    finally:
+        plt.close(fig)
+
+
+def _colocate(tree, params):
+    """Replicate leaves of ``tree`` that are not on the devices of ``params``.
+
+    With params replicated over several devices (data parallelism), scalars
+    such as the optimizer's step count are created on one device; the jitted
+    step needs every argument on the same devices.
+    """
+    arrays = [x for x in jax.tree_util.tree_leaves(params) if isinstance(x, jax.Array)]
+    if not arrays or len(arrays[0].sharding.device_set) <= 1:
+        return tree
+    sharding = arrays[0].sharding
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    else:
+        devices = np.array(sorted(sharding.device_set, key=lambda d: d.id))
+        replicated = jax.sharding.NamedSharding(jax.sharding.Mesh(devices, ("devices",)), jax.sharding.PartitionSpec())
+
+    def place(x):
+        if isinstance(x, jax.Array) and x.sharding.device_set == sharding.device_set:
+            return x
+        return jax.device_put(x, replicated)
+
+    return jax.tree_util.tree_map(place, tree)
+
+
+def _place_like(restored, like):
+    """``restored`` leaves as device arrays with the sharding of the matching leaf of ``like``."""
+    def place(r, l):
+        sharding = getattr(l, "sharding", None)
+        return jax.device_put(r, sharding) if sharding is not None else jnp.asarray(r)
+
+    return jax.tree_util.tree_map(place, restored, like)
+
+
+def _safe_plot(records, path) -> None:
+    # A plotting problem must never kill (or hide the result of) a training run.
+    try:
+        plot_history(records, path)
+    except Exception as e:  # noqa: BLE001
+        print(f"warning: could not write {path}: {type(e).__name__}: {e}")
 
 
 # ---------------------------------------------------------------------------
@@ -320,7 +371,7 @@ def fit(
     if resume and out_dir is None:
         raise ValueError("resume=True needs out_dir (the run directory to resume from)")
     optimizer = make_optimizer(config)
-    opt_state = optimizer.init(params)
+    opt_state = _colocate(optimizer.init(params), params)
     schedule = make_schedule(config)
     start_step = 0
     out = Path(out_dir) if out_dir is not None else None
@@ -339,7 +390,10 @@ def fit(
             if ckpt.latest_step() is None:
                 raise CheckpointError(f"--resume: no checkpoint to resume from in {ckpt.directory}")
             state, saved_meta, _ = ckpt.restore("last", like=like)
-            params, opt_state, model_state = state["params"], state["opt_state"], state["model_state"]
+            # Put restored arrays where the caller's were (e.g. replicated over a mesh).
+            params = _place_like(state["params"], params)
+            opt_state = _place_like(state["opt_state"], opt_state)
+            model_state = _place_like(state["model_state"], model_state)
             start_step = int(state["step"])
             old_cfg = saved_meta.get("train_config", {})
             changed = {
@@ -464,7 +518,7 @@ def fit(
             if metrics is not None or step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
                 save(step, metrics)
                 if out is not None and metrics is not None:
-                    plot_history(log.records, out / "loss_curve.png")
+                    _safe_plot(log.records, out / "loss_curve.png")
             if out_of_time and step < config.steps:
                 stop_reason = "time budget"
                 msg = f"stopping at step {step}/{config.steps}: time budget of {config.max_minutes} min reached"
@@ -475,7 +529,7 @@ def fit(
             bar.close()
         if out is not None:
             if log.records:
-                plot_history(log.records, out / "loss_curve.png")
+                _safe_plot(log.records, out / "loss_curve.png")
         if ckpt is not None:
             ckpt.close()
 
