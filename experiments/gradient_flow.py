@@ -24,6 +24,7 @@ Example (the README figures)::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -35,11 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
 from lstm_jax.analysis import recurrent_grad_norms, state_gradient_profile  # noqa: E402
 from lstm_jax.models.sequence_regressor import init_sequence_model, make_task  # noqa: E402
-from lstm_jax.train import TrainConfig, fit  # noqa: E402
+from lstm_jax.train import TrainConfig, fit, make_train_step  # noqa: E402
 
 
 def head_loss(task, head, targets_batch):
@@ -60,23 +60,10 @@ def profile(task, cell, params, probe) -> dict:
     return {k: np.asarray(v).tolist() for k, v in prof.items()}
 
 
-def make_step_with_recurrent_norm(loss_fn, optimizer, seed):
-    """The shared loop's train step, plus ``w_h_grad_norm`` (all layers' ``||dL/dw_h||_F``
-    combined) in the logged stats. Plugs into ``fit(make_step=...)``."""
-    base_key = jax.random.PRNGKey(seed)
-
-    def step_fn(params, opt_state, model_state, batch, step):
-        key = jax.random.fold_in(base_key, step)
-        (loss, (new_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, batch, key, model_state
-        )
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        w_h = jnp.sqrt(sum(n**2 for n in recurrent_grad_norms(grads["stack"])))
-        stats = {"loss": loss, "grad_norm": optax.tree.norm(grads), "w_h_grad_norm": w_h, **metrics}
-        return params, opt_state, new_state, stats
-
-    return jax.jit(step_fn)
+def recurrent_grad_norm(grads) -> dict:
+    """``w_h_grad_norm``: all layers' ``||dL/dw_h||_F`` combined, logged by the shared
+    train step at every step (``make_train_step(..., grad_metrics=...)``)."""
+    return {"w_h_grad_norm": jnp.sqrt(sum(n**2 for n in recurrent_grad_norms(grads["stack"])))}
 
 
 def plot_profiles(path, results, T):
@@ -182,7 +169,7 @@ def main(argv=None):
                              max_minutes=args.minutes_per_cell, seed=args.seed, progress=False)
         t0 = time.perf_counter()
         res = fit(loss_fn, params, task.batch_fn(k_data, args.batch), config,
-                  make_step=make_step_with_recurrent_norm)
+                  make_step=functools.partial(make_train_step, grad_metrics=recurrent_grad_norm))
         train = [h for h in res.history if h.get("kind") == "train"]
         r["steps"] = [h["step"] for h in train]
         r["w_h_grad_norm"] = [h["w_h_grad_norm"] for h in train]

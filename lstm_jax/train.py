@@ -16,9 +16,11 @@ nothing random is carried between steps. Together with deterministic batches
 and checkpoints of ``(params, opt_state, model_state, step)``, a run resumed at
 step N continues bit-for-bit like the uninterrupted run (on CPU).
 
-Data parallelism needs no change in the loop: pass params already replicated
-over a device mesh and a ``put_batch`` that shards each batch on its leading
-axis (``NamedSharding(mesh, P("data"))``); the optimizer state inherits the
+Data parallelism needs no change in the step. With more than one device and
+the default ``put_batch``, :func:`fit` replicates params and optimizer state
+over all devices and shards each batch on its leading axis
+(:mod:`lstm_jax.parallel`); to control the mesh yourself, pass params already
+replicated and your own sharding ``put_batch``. The optimizer state inherits the
 params' sharding, a resumed run restores every array with the sharding of the
 array it replaces, and XLA inserts the gradient all-reduce inside the
 unchanged jitted step. :func:`put_batch` is the single place where a host
@@ -166,8 +168,8 @@ def _optimizer_key(config: TrainConfig) -> tuple:
     return tuple((f, getattr(config, f)) for f in _OPTIMIZER_FIELDS)
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "opt_key", "seed"))
-def _train_step(params, opt_state, model_state, batch, step, *, loss_fn, opt_key, seed):
+@functools.partial(jax.jit, static_argnames=("loss_fn", "opt_key", "seed", "grad_metrics"))
+def _train_step(params, opt_state, model_state, batch, step, *, loss_fn, opt_key, seed, grad_metrics=None):
     optimizer = make_optimizer(TrainConfig(**dict(opt_key)))
     key = jax.random.fold_in(jax.random.PRNGKey(seed), step)
     (loss, (new_model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -176,23 +178,31 @@ def _train_step(params, opt_state, model_state, batch, step, *, loss_fn, opt_key
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     stats = {"loss": loss, "grad_norm": optax.tree.norm(grads), **(metrics or {})}
+    if grad_metrics is not None:
+        stats.update(grad_metrics(grads))
     # Cheap divergence check on the *updated* params (the loss above is of the old ones).
     stats[_FINITE] = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(params)]))
     return params, opt_state, new_model_state, stats
 
 
-def make_train_step(loss_fn: Callable, config: TrainConfig) -> Callable:
+def make_train_step(loss_fn: Callable, config: TrainConfig, grad_metrics: Callable | None = None) -> Callable:
     """Jitted ``step_fn(params, opt_state, model_state, batch, step) -> (params, opt_state, model_state, stats)``.
 
     One optimisation step with :func:`make_optimizer` ``(config)`` and the
     dropout/noise key ``fold_in(PRNGKey(config.seed), step)``. ``stats`` holds
     ``loss``, ``grad_norm`` (before clipping) and the task's metrics.
 
-    The compiled step is cached on ``(loss_fn, optimizer settings, seed)``, so
-    calling :func:`fit` again with the same ``loss_fn`` (e.g. to resume) does
-    not recompile.
+    ``grad_metrics(grads) -> dict`` (optional, a module-level function so it
+    can be a static jit argument) adds scalars computed from the raw gradients
+    to ``stats``, e.g. the norm of one parameter's gradient per step.
+
+    The compiled step is cached on ``(loss_fn, optimizer settings, seed,
+    grad_metrics)``, so calling :func:`fit` again with the same ``loss_fn``
+    (e.g. to resume) does not recompile.
     """
-    return functools.partial(_train_step, loss_fn=loss_fn, opt_key=_optimizer_key(config), seed=config.seed)
+    return functools.partial(
+        _train_step, loss_fn=loss_fn, opt_key=_optimizer_key(config), seed=config.seed, grad_metrics=grad_metrics
+    )
 
 
 def put_batch(batch):
