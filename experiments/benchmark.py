@@ -59,7 +59,7 @@ from lstm_jax.layers import apply_stack, init_stack, layer_impl  # noqa: E402
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 SIZES = [(128, 64, 128, 256), (128, 64, 128, 512), (784, 32, 1, 128), (28, 128, 28, 128), (100, 32, 65, 512)]
 QUICK_SIZES = [(6, 3, 4, 8)]
-LIB_IMPLS = ["scan", "hoisted", "fused", "manual"]
+LIB_IMPLS = ["scan", "hoisted", "manual"]
 
 
 def forward_flops(cell: str, T: int, B: int, I: int, H: int) -> float:

@@ -1,7 +1,7 @@
 """Memory, time and compile time vs sequence length: plain scan vs rematerialised segments.
 
 For each T in ``--lengths`` (default 32, 64, ..., 8192) and each layer impl in
-``--impls`` (default ``scan``, ``fused``, ``remat``), compiles one LSTM training step
+``--impls`` (default ``scan``, ``manual``, ``remat``), compiles one LSTM training step
 (loss = mean of squared outputs, gradients w.r.t. the params) and records
 
 * compile time (``jit(...).lower(...).compile()``),
@@ -80,7 +80,7 @@ def rss_probe(impl, T, B, I, H):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--lengths", default=",".join(str(2**k) for k in range(5, 14)))
-    p.add_argument("--impls", default="scan,fused,remat")
+    p.add_argument("--impls", default="scan,manual,remat")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--input", type=int, default=32)
     p.add_argument("--hidden", type=int, default=128)

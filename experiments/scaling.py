@@ -102,7 +102,7 @@ def device_subprocess(n, T, B, I, H, impl, repeats):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--impl", default="fused", help="layer impl to measure (see lstm_jax.layers.layer_impl)")
+    p.add_argument("--impl", default="manual", help="layer impl to measure (see lstm_jax.layers.layer_impl)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--devices", default=",".join(map(str, DEVICES)))
     p.add_argument("--quick", action="store_true", help="tiny sweep (smoke test)")

@@ -76,7 +76,7 @@ NUM_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 #: What the forward keeps per time step for each cell's backward (all time-major ``(T, B, ...)``).
 RESIDUALS = {
     "rnn": ("h_prev", "h"),
-    "lstm": ("h_prev", "c_prev", "gates", "tanh_c"),
+    "lstm": ("h_prev", "c_prev", "gates"),
     "gru": ("h_prev", "r", "z", "n", "u_n"),
 }
 
@@ -253,7 +253,9 @@ def _lstm_step_fwd(params, carry, xw_t, cd):
         c_t = f ⊙ c_{t-1} + i ⊙ g
         h_t = o ⊙ tanh(c_t)
 
-    keeps ``h_prev``, ``c_prev``, the activated ``gates = [i|f|g|o]`` and ``tanh_c = tanh(c_t)``.
+    keeps ``h_prev``, ``c_prev`` and the activated ``gates = [i|f|g|o]``. Not ``c_t``
+    or ``tanh(c_t)``: the backward recomputes them from these (two elementwise ops
+    per step, cheaper than storing one more ``(T, B, H)`` array).
     """
     h_prev, c_prev = carry.hidden, carry.cell
     z = xw_t + _mm(h_prev, params["w_h"], cd, h_prev.dtype)
@@ -265,13 +267,14 @@ def _lstm_step_fwd(params, carry, xw_t, cd):
     c = f * c_prev + i * g
     tanh_c = jnp.tanh(c)
     h = o * tanh_c
-    res = {"h_prev": h_prev, "c_prev": c_prev, "gates": jnp.concatenate([i, f, g, o], -1), "tanh_c": tanh_c}
+    res = {"h_prev": h_prev, "c_prev": c_prev, "gates": jnp.concatenate([i, f, g, o], -1)}
     return LSTMCarry(hidden=h, cell=c), h, res
 
 
 def _lstm_step_bwd(params, res, dh, dc, cd):
     """LSTM backward step, given ``dh = dL/dh_t`` (total) and ``dc = dL/dc_t`` from step t+1::
 
+        c_t     = f ⊙ c_{t-1} + i ⊙ g                  # recomputed from the residuals
         do      = dh ⊙ tanh(c_t)
         dc_t'   = dc + dh ⊙ o ⊙ (1 - tanh²(c_t))     # total gradient on c_t
         di      = dc_t' ⊙ g,   df = dc_t' ⊙ c_{t-1},   dg = dc_t' ⊙ i
@@ -282,7 +285,7 @@ def _lstm_step_bwd(params, res, dh, dc, cd):
     Returns ``(dz_t, dz_t, LSTMCarry(dh_{t-1}, dc_{t-1}))``.
     """
     i, f, g, o = jnp.split(res["gates"], 4, axis=-1)
-    tanh_c = res["tanh_c"]
+    tanh_c = jnp.tanh(f * res["c_prev"] + i * g)
     do = dh * tanh_c
     dct = dc + dh * o * (1.0 - tanh_c**2)
     di = dct * g
@@ -368,10 +371,30 @@ def _forward_scan(name, params, xs_tm, carry, mask, *, scan_reverse, cd, unroll,
             valid = m_t[:, None]
             new_c = _where(valid, new_c, c)
             y = jnp.where(valid, y, jnp.zeros_like(y))
-        return new_c, (y, res if with_cache else {})
+        # With a cache, y_t is not emitted: it is already stored as the next step's h_prev.
+        return new_c, (res if with_cache else y)
 
-    final, (ys_tm, residuals) = jax.lax.scan(body, carry, (xw, mask), reverse=scan_reverse, unroll=unroll)
-    return ys_tm, final, residuals
+    final, out = jax.lax.scan(body, carry, (xw, mask), reverse=scan_reverse, unroll=unroll)
+    if not with_cache:
+        return out, final, {}
+    final_h = final.hidden if name == "lstm" else final
+    return _outputs_from_h_prev(out["h_prev"], final_h, mask, scan_reverse), final, out
+
+
+def _outputs_from_h_prev(h_prev, final_h, mask, scan_reverse):
+    """The outputs, rebuilt from the residuals instead of being stored a second time.
+
+    The hidden carry after step t is the ``h_prev`` of the next processed step
+    (t+1, or t-1 when the scan runs in reverse), and the final carry after the
+    last one; the output is that carry on real steps and 0 past the length::
+
+        y_t = m_t ⊙ h_t,    h_t = h_prev_{t+1}  (h_T = final hidden)
+    """
+    if scan_reverse:
+        hs = jnp.concatenate([final_h[None], h_prev[:-1]], axis=0)
+    else:
+        hs = jnp.concatenate([h_prev[1:], final_h[None]], axis=0)
+    return hs if mask is None else jnp.where(mask[..., None], hs, jnp.zeros_like(hs))
 
 
 def _backward_scan(name, params, residuals, dys_tm, dfinal, mask, *, scan_reverse, cd, unroll):

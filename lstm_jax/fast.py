@@ -6,7 +6,7 @@ Every function here has the ``layer_impl`` signature::
         -> (ys, final_carry)
 
 and is registered in :func:`lstm_jax.layers.layer_impl`, so a model selects it
-with ``apply_stack(..., impl="fused")``. Each one must agree with the reference
+with ``apply_stack(..., impl="hoisted")``. Each one must agree with the reference
 ``impl="scan"`` (the readable :func:`~lstm_jax.cells.lstm_step` under
 ``lax.scan``) in outputs, final carry and gradients; ``tests/test_fast.py``
 checks that for every cell, with and without ``lengths`` and ``reverse``.
@@ -20,15 +20,10 @@ PyTorch by ``experiments/benchmark.py``):
     matmul, before the scan; the scan body then only does ``h @ w_h`` and the
     gate non-linearities. Time-major inside. Differentiated by JAX autodiff.
 
-``"fused"``
-    The hoisted forward plus a hand-written backward (``jax.custom_vjp``). The
-    backward scan only carries ``(dh, dc)`` and emits the per-step pre-activation
-    gradient ``dz_t``; the weight gradients are then computed *outside* the
-    loop as single large matmuls (``dW_h = H_prev^T dZ``, ``dW_x = X^T dZ``,
-    ``dX = dZ W_x^T``). JAX autodiff of a scan instead accumulates ``dW_h`` with
-    a small ``(H, B) @ (B, G*H)`` product inside every backward step. This is
-    the arrangement cuDNN and oneDNN use. The forward saves only the gate
-    activations and the carries (LSTM: ``i, f, g, o, c, h``).
+The hand-derived backward (input projection hoisted, weight gradients as
+single large matmuls after the backward scan, the arrangement cuDNN and oneDNN
+use) is *not* here: there is one, impl ``"manual"`` in :mod:`lstm_jax.bptt`,
+where each equation is documented and checked against ``jax.grad``.
 
 ``"remat"``
     Rematerialisation for long sequences: the time axis is cut into segments
@@ -39,8 +34,9 @@ PyTorch by ``experiments/benchmark.py``):
     Activation memory drops from ``O(T)`` per-step residuals to
     ``O(T/segment + segment)``, for about one extra forward pass of compute.
     Use :func:`remat_layer` with ``segment=`` to choose the length. Each
-    segment runs the ``"fused"`` layer by default (``inner="scan"`` for the
-    readable step under autodiff).
+    segment runs the ``"manual"`` layer (:func:`lstm_jax.bptt.manual_layer`,
+    hand-derived backward) by default (``inner="scan"`` for the readable step
+    under autodiff).
 
 Padded batches (``lengths``) and ``reverse`` follow the reference exactly:
 past its length a sequence's carry is frozen and its outputs are zero, and
@@ -56,6 +52,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .bptt import manual_layer
 from .cells import Cell, LSTMCarry, get_cell
 from .layers import _check_lengths, _flip_within_lengths
 
@@ -63,7 +60,6 @@ Array = jax.Array
 
 __all__ = [
     "hoisted_layer",
-    "fused_layer",
     "remat_layer",
     "default_segment",
     "FAST_IMPLS",
@@ -80,28 +76,6 @@ def _mm(a: Array, w: Array, compute_dtype: Any, out_dtype: Any) -> Array:
         a = a.astype(compute_dtype)
         w = w.astype(compute_dtype)
     return jnp.matmul(a, w, preferred_element_type=out_dtype).astype(out_dtype)
-
-
-def _mm_t(a: Array, w: Array, compute_dtype: Any, out_dtype: Any) -> Array:
-    """``a @ w.T`` (contract the last axes of both), without materialising ``w.T``."""
-    if compute_dtype is not None:
-        a = a.astype(compute_dtype)
-        w = w.astype(compute_dtype)
-    out = jax.lax.dot_general(
-        a, w, (((a.ndim - 1,), (1,)), ((), ())), preferred_element_type=out_dtype
-    )
-    return out.astype(out_dtype)
-
-
-def _outer_sum(a: Array, b: Array, compute_dtype: Any, out_dtype: Any) -> Array:
-    """``sum_{t,b} a[t,b,:]^T b[t,b,:]``: the weight gradient as one ``(K, T*B) @ (T*B, N)`` matmul."""
-    a2 = a.reshape(-1, a.shape[-1])
-    b2 = b.reshape(-1, b.shape[-1])
-    if compute_dtype is not None:
-        a2 = a2.astype(compute_dtype)
-        b2 = b2.astype(compute_dtype)
-    out = jax.lax.dot_general(a2, b2, (((0,), (0,)), ((), ())), preferred_element_type=out_dtype)
-    return out.astype(out_dtype)
 
 
 def _run(core, cell: Cell, params, xs, carry, *, reverse, lengths, unroll, compute_dtype):
@@ -168,7 +142,7 @@ def _input_projection(cell: Cell, params, xs_tm, compute_dtype, dtype):
 
 
 # ---------------------------------------------------------------------------
-# Step bodies on a precomputed input projection ``a_t`` (shared by hoisted and fused).
+# Step bodies on a precomputed input projection ``a_t``.
 
 
 def _lstm_body(w_h, carry, a_t, cd):
@@ -181,7 +155,7 @@ def _lstm_body(w_h, carry, a_t, cd):
     o = jax.nn.sigmoid(z_o)
     c_new = f * c + i * g
     h_new = o * jnp.tanh(c_new)
-    return (h_new, c_new), (i, f, g, o)
+    return h_new, c_new
 
 
 def _gru_body(w_h, b_h, h, a_t, cd):
@@ -192,7 +166,7 @@ def _gru_body(w_h, b_h, h, a_t, cd):
     z = jax.nn.sigmoid(a_z + u_z)
     n = jnp.tanh(a_n + r * u_n)
     h_new = (1.0 - z) * n + z * h
-    return h_new, (r, z, n, u_n)
+    return h_new
 
 
 def _rnn_body(w_h, h, a_t, cd):
@@ -212,10 +186,10 @@ def _hoisted_core(cell, params, xs_tm, carry, mask, unroll, cd):
     def step(state, inp):
         a_t, m_t = inp
         if cell.name == "lstm":
-            (h, c), _ = _lstm_body(w_h, state, a_t, cd)
+            h, c = _lstm_body(w_h, state, a_t, cd)
             new = LSTMCarry(_keep(m_t, h, state.hidden), _keep(m_t, c, state.cell))
         elif cell.name == "gru":
-            h, _ = _gru_body(w_h, params["b_h"], state, a_t, cd)
+            h = _gru_body(w_h, params["b_h"], state, a_t, cd)
             new = _keep(m_t, h, state)
         else:
             h = _rnn_body(w_h, state, a_t, cd)
@@ -231,200 +205,6 @@ def hoisted_layer(cell, params, xs, carry, *, reverse=False, lengths=None, unrol
     """Input projection hoisted out of the scan; autodiff backward. See the module docstring."""
     return _run(
         _hoisted_core, cell, params, xs, carry, reverse=reverse, lengths=lengths,
-        unroll=unroll, compute_dtype=compute_dtype,
-    )
-
-
-# ---------------------------------------------------------------------------
-# "fused": hoisted forward + hand-written backward with the weight gradients out of the loop.
-#
-# Notation in the backward: for the carry after step t, ``dh``/``dc`` are the
-# cotangents flowing in from step t+1 (or from the final-carry cotangent);
-# ``dy_t`` is the output cotangent. With a mask m_t, the carry update is
-# ``h_t = m h_new + (1-m) h_{t-1}`` and ``y_t = m h_new``, so the new state
-# receives ``m (dy_t + dh)`` and the old state ``(1-m) dh`` passes straight
-# through.
-
-
-def _prev(first: Array, seq: Array) -> Array:
-    """``[first, seq[0], ..., seq[T-2]]``: the carry *entering* each step."""
-    return jnp.concatenate([first[None], seq[:-1]], axis=0)
-
-
-def _fused_forward(cell_name, unroll, cd, params, xs_tm, carry, mask):
-    cell = get_cell(cell_name)
-    dtype = jax.tree_util.tree_leaves(carry)[0].dtype
-    a = _input_projection(cell, params, xs_tm, cd, dtype)
-    w_h = params["w_h"]
-
-    if cell_name == "lstm":
-
-        def step(state, inp):
-            a_t, m_t = inp
-            (h, c), gates = _lstm_body(w_h, state, a_t, cd)
-            new = LSTMCarry(_keep(m_t, h, state.hidden), _keep(m_t, c, state.cell))
-            if m_t is None:  # y_t is the new hidden state: do not store it twice
-                return new, (h, new.cell, gates)
-            return new, (h * m_t, new.hidden, new.cell, gates)
-
-        final, outs = jax.lax.scan(step, carry, (a, mask), unroll=unroll)
-        ys, cs, gates = outs[0], outs[-2], outs[-1]
-        hs = ys if mask is None else outs[1]
-        res = (hs, cs, gates)
-    elif cell_name == "gru":
-
-        def step(h_prev, inp):
-            a_t, m_t = inp
-            h, acts = _gru_body(w_h, params["b_h"], h_prev, a_t, cd)
-            new = _keep(m_t, h, h_prev)
-            if m_t is None:
-                return new, (h, acts)
-            return new, (h * m_t, new, acts)
-
-        final, outs = jax.lax.scan(step, carry, (a, mask), unroll=unroll)
-        ys, acts = outs[0], outs[-1]
-        hs = ys if mask is None else outs[1]
-        res = (hs, acts)
-    else:
-
-        def step(h_prev, inp):
-            a_t, m_t = inp
-            h = _rnn_body(w_h, h_prev, a_t, cd)
-            new = _keep(m_t, h, h_prev)
-            if m_t is None:
-                return new, h
-            return new, (h * m_t, new)
-
-        final, outs = jax.lax.scan(step, carry, (a, mask), unroll=unroll)
-        ys, hs = (outs, outs) if mask is None else outs
-        res = (hs,)
-    return (ys, final), (params, xs_tm, carry, mask, res)
-
-
-def _fused_backward(cell_name, unroll, cd, saved, cotangents):
-    params, xs_tm, carry0, mask, res = saved
-    dys, dfinal = cotangents
-    w_h = params["w_h"]
-    dtype = dys.dtype
-
-    def split_mask(m_t, d_new, d_carry):
-        """(cotangent of the fresh state, cotangent passed through to the old state)."""
-        if m_t is None:
-            return d_new + d_carry, None
-        return m_t * (d_new + d_carry), (1.0 - m_t) * d_carry
-
-    def add(x, passthrough):
-        return x if passthrough is None else x + passthrough
-
-    if cell_name == "lstm":
-        hs, cs, (gi, gf, gg, go) = res
-        h_prev_seq = _prev(carry0.hidden, hs)
-        c_prev_seq = _prev(carry0.cell, cs)
-
-        def bstep(state, inp):
-            dh, dc = state
-            dy_t, m_t, i, f, g, o, c_new, c_prev = inp
-            dh_new, dh_pass = split_mask(m_t, dy_t, dh)
-            if m_t is None:
-                dc_new, dc_pass = dc, None
-            else:
-                dc_new, dc_pass = m_t * dc, (1.0 - m_t) * dc
-            tc = jnp.tanh(c_new)
-            d_o = dh_new * tc
-            dc_tot = dc_new + dh_new * o * (1.0 - tc * tc)
-            dz = jnp.concatenate(
-                [
-                    dc_tot * g * i * (1.0 - i),
-                    dc_tot * c_prev * f * (1.0 - f),
-                    dc_tot * i * (1.0 - g * g),
-                    d_o * o * (1.0 - o),
-                ],
-                axis=-1,
-            )
-            dh_prev = add(_mm_t(dz, w_h, cd, dtype), dh_pass)
-            dc_prev = add(dc_tot * f, dc_pass)
-            return (dh_prev, dc_prev), dz
-
-        (dh0, dc0), dzs = jax.lax.scan(
-            bstep,
-            (dfinal.hidden, dfinal.cell),
-            (dys, mask, gi, gf, gg, go, cs, c_prev_seq),
-            reverse=True,
-            unroll=unroll,
-        )
-        d_carry0 = LSTMCarry(dh0, dc0)
-        d_a = d_u = dzs
-    elif cell_name == "gru":
-        hs, (gr, gz, gn, gun) = res
-        h_prev_seq = _prev(carry0, hs)
-
-        def bstep(dh, inp):
-            dy_t, m_t, r, z, n, u_n, h_prev = inp
-            dh_new, dh_pass = split_mask(m_t, dy_t, dh)
-            dn = dh_new * (1.0 - z)
-            dz_ = dh_new * (h_prev - n)
-            d_an = dn * (1.0 - n * n)
-            d_ar = d_an * u_n * r * (1.0 - r)
-            d_az = dz_ * z * (1.0 - z)
-            d_a_t = jnp.concatenate([d_ar, d_az, d_an], axis=-1)
-            d_u_t = jnp.concatenate([d_ar, d_az, d_an * r], axis=-1)
-            dh_prev = add(_mm_t(d_u_t, w_h, cd, dtype) + dh_new * z, dh_pass)
-            return dh_prev, (d_a_t, d_u_t)
-
-        dh0, (d_a, d_u) = jax.lax.scan(
-            bstep, dfinal, (dys, mask, gr, gz, gn, gun, h_prev_seq), reverse=True, unroll=unroll
-        )
-        d_carry0 = dh0
-    else:
-        (hs,) = res
-        h_prev_seq = _prev(carry0, hs)
-
-        def bstep(dh, inp):
-            dy_t, m_t, h_t = inp
-            dh_new, dh_pass = split_mask(m_t, dy_t, dh)
-            # Where m_t = 0, h_t is the frozen old state, but dh_new = 0 there too.
-            da = dh_new * (1.0 - h_t * h_t)
-            return add(_mm_t(da, w_h, cd, dtype), dh_pass), da
-
-        dh0, d_a = jax.lax.scan(bstep, dfinal, (dys, mask, hs), reverse=True, unroll=unroll)
-        d_carry0 = dh0
-        d_u = d_a
-
-    w_x = params["w_x"]
-    grads = {
-        "w_x": _outer_sum(xs_tm, d_a, cd, w_x.dtype),
-        "w_h": _outer_sum(h_prev_seq, d_u, cd, w_h.dtype),
-    }
-    if cell_name == "gru":
-        grads["b_x"] = d_a.sum(axis=(0, 1)).astype(params["b_x"].dtype)
-        grads["b_h"] = d_u.sum(axis=(0, 1)).astype(params["b_h"].dtype)
-    else:
-        grads["b"] = d_a.sum(axis=(0, 1)).astype(params["b"].dtype)
-    grads = {k: grads[k] for k in params}  # same dict (key order) as params
-    d_xs = _mm_t(d_a, w_x, cd, xs_tm.dtype)
-    d_mask = None if mask is None else jnp.zeros_like(mask)
-    return grads, d_xs, d_carry0, d_mask
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _fused(cell_name, unroll, cd, params, xs_tm, carry, mask):
-    return _fused_forward(cell_name, unroll, cd, params, xs_tm, carry, mask)[0]
-
-
-_fused.defvjp(_fused_forward, _fused_backward)
-
-
-def _fused_core(cell, params, xs_tm, carry, mask, unroll, cd):
-    expected = {"w_x", "w_h", "b_x", "b_h"} if cell.name == "gru" else {"w_x", "w_h", "b"}
-    if set(params) != expected:
-        raise ValueError(f"fused {cell.name} layer: unexpected params keys {sorted(params)}")
-    return _fused(cell.name, unroll, cd, params, xs_tm, carry, mask)
-
-
-def fused_layer(cell, params, xs, carry, *, reverse=False, lengths=None, unroll=1, compute_dtype=None):
-    """Hoisted forward + hand-written backward with out-of-loop weight gradients (``jax.custom_vjp``)."""
-    return _run(
-        _fused_core, cell, params, xs, carry, reverse=reverse, lengths=lengths,
         unroll=unroll, compute_dtype=compute_dtype,
     )
 
@@ -465,12 +245,17 @@ def _remat_core(segment, inner_impl):
             xs_tm = jnp.concatenate([xs_tm, jnp.zeros((pad,) + xs_tm.shape[1:], xs_tm.dtype)])
             mask = jnp.concatenate([mask, jnp.zeros((pad, batch, 1), mask.dtype)])
 
-        if inner_impl == "fused":
+        if inner_impl == "manual":
 
             def run_inner(state, seg_inp):
+                # The mask is a prefix (t < lengths) in every segment, so it is a per-segment length.
                 x_seg, m_seg = seg_inp
-                ys, final = _fused(cell.name, unroll, cd, params, x_seg, state, m_seg)
-                return final, ys
+                seg_lengths = None if m_seg is None else jnp.sum(m_seg[:, :, 0] > 0, axis=0)
+                ys, final = manual_layer(
+                    cell, params, jnp.swapaxes(x_seg, 0, 1), state, lengths=seg_lengths,
+                    unroll=unroll, compute_dtype=cd,
+                )
+                return final, jnp.swapaxes(ys, 0, 1)
 
         else:  # the readable reference step
             step = cell.step if cd is None else functools.partial(cell.step, compute_dtype=cd)
@@ -499,19 +284,19 @@ def _remat_core(segment, inner_impl):
 
 def remat_layer(
     cell, params, xs, carry, *, reverse=False, lengths=None, unroll=1, compute_dtype=None, segment=None,
-    inner="fused",
+    inner="manual",
 ):
     """A segmented, checkpointed scan (see the module docstring).
 
     ``segment``: steps per checkpointed segment; ``None`` picks :func:`default_segment`.
-    ``inner``: how each segment runs: ``"fused"`` (default; the fused layer with
-    its hand-written backward, recomputed per segment) or ``"scan"`` (the
-    readable cell step under autodiff).
+    ``inner``: how each segment runs: ``"manual"`` (default; the hand-derived
+    backward of :mod:`lstm_jax.bptt`, its forward recomputed per segment) or
+    ``"scan"`` (the readable cell step under autodiff).
     """
     if segment is not None and (not isinstance(segment, int) or segment < 1):
         raise ValueError(f"segment must be a positive int, got {segment!r}")
-    if inner not in ("fused", "scan"):
-        raise ValueError(f"inner must be 'fused' or 'scan', got {inner!r}")
+    if inner not in ("manual", "scan"):
+        raise ValueError(f"inner must be 'manual' or 'scan', got {inner!r}")
     return _run(
         _remat_core(segment, inner), cell, params, xs, carry, reverse=reverse, lengths=lengths,
         unroll=unroll, compute_dtype=compute_dtype,
@@ -519,4 +304,4 @@ def remat_layer(
 
 
 #: The implementations this module adds to :func:`lstm_jax.layers.layer_impl`.
-FAST_IMPLS = {"hoisted": hoisted_layer, "fused": fused_layer, "remat": remat_layer}
+FAST_IMPLS = {"hoisted": hoisted_layer, "remat": remat_layer}

@@ -173,13 +173,12 @@ def layer_impl(name: str) -> Callable:
     function, differentiated by JAX autodiff.
     ``"manual"``: same forward, but ``jax.grad`` uses the hand-derived BPTT of
     :mod:`lstm_jax.bptt` (a ``jax.custom_vjp``).
-    ``"hoisted"``, ``"fused"``, ``"remat"``: see :mod:`lstm_jax.fast`.
+    ``"hoisted"``, ``"remat"``: see :mod:`lstm_jax.fast`.
     """
     impls = {
         "scan": _reference_layer,
         "manual": _lazy_impl("bptt", "manual_layer"),
         "hoisted": _lazy_impl("fast", "hoisted_layer"),
-        "fused": _lazy_impl("fast", "fused_layer"),
         "remat": _lazy_impl("fast", "remat_layer"),
     }
     try:

@@ -19,7 +19,7 @@ def test_benchmark_quick_runs_and_writes_json(tmp_path):
     assert cells == {"lstm", "gru", "rnn"}
     for entry in data["results"]:
         names = [r["impl"] for r in entry["rows"]]
-        assert any(n.startswith("lstm_jax fused") for n in names)
+        assert any(n.startswith("lstm_jax manual") for n in names)
         assert any(n.startswith("flax") for n in names)
         assert any(n.startswith("torch") for n in names)
         for r in entry["rows"]:

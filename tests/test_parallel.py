@@ -38,7 +38,7 @@ WORKER = textwrap.dedent(
         return {"x": xs, "y": ys, "lengths": lengths}
 
     def loss_fn(p, batch):
-        hs, finals = apply_stack("lstm", p["rnn"], batch["x"], lengths=batch["lengths"], impl="fused")
+        hs, finals = apply_stack("lstm", p["rnn"], batch["x"], lengths=batch["lengths"], impl="manual")
         logits = finals[-1].hidden @ p["out"]
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
 
@@ -137,7 +137,7 @@ FIT_WORKER = textwrap.dedent(
         return {"x": np.asarray(jax.random.normal(k, (B, T, I))), "y": np.asarray(jax.random.normal(k, (B,)))}
 
     def loss_fn(p, batch, key, model_state):
-        ys, _ = apply_stack("gru", p["rnn"], batch["x"], impl="fused")
+        ys, _ = apply_stack("gru", p["rnn"], batch["x"], impl="manual")
         loss = jnp.mean((ys[:, -1] @ p["w"] - batch["y"]) ** 2)
         return loss, (model_state, {})
 
