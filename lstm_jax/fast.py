@@ -54,7 +54,7 @@ import jax.numpy as jnp
 
 from .bptt import manual_layer
 from .cells import Cell, LSTMCarry, get_cell
-from .layers import _check_lengths, _flip_within_lengths
+from .layers import _flip_within_lengths, check_sequence_inputs, with_batch_axis
 
 Array = jax.Array
 
@@ -87,21 +87,12 @@ def _run(core, cell: Cell, params, xs, carry, *, reverse, lengths, unroll, compu
     cell = get_cell(cell)
     xs = jnp.asarray(xs)
     if xs.ndim == 2:
-        if lengths is not None:
-            lengths = jnp.reshape(jnp.asarray(lengths), (1,))
-        carry = jax.tree_util.tree_map(lambda c: c[None], carry)
-        ys, final = _run(
-            core, cell, params, xs[None], carry, reverse=reverse, lengths=lengths,
-            unroll=unroll, compute_dtype=compute_dtype,
+        return with_batch_axis(
+            functools.partial(_run, core, cell, params), xs, carry, lengths=lengths,
+            reverse=reverse, unroll=unroll, compute_dtype=compute_dtype,
         )
-        return ys[0], jax.tree_util.tree_map(lambda c: c[0], final)
-    if xs.ndim != 3:
-        raise ValueError(
-            f"xs must have shape (batch, time, features) or (time, features); got shape {xs.shape}"
-        )
+    lengths = check_sequence_inputs(xs, carry, lengths)
     batch, seq_len, features = xs.shape
-    if seq_len == 0:
-        raise ValueError(f"xs has an empty time axis (shape {xs.shape})")
     if features != params["w_x"].shape[0]:
         raise ValueError(
             f"xs has {features} features but w_x expects input_size={params['w_x'].shape[0]}"
@@ -114,9 +105,6 @@ def _run(core, cell: Cell, params, xs, carry, *, reverse, lengths, unroll, compu
             )
     if cell.name == "lstm" and not isinstance(carry, LSTMCarry):
         raise TypeError(f"lstm carry must be an LSTMCarry, got {type(carry).__name__}")
-    if lengths is not None:
-        lengths = _check_lengths(lengths, batch, seq_len)
-
     if reverse:
         flip = (lambda a: a[:, ::-1]) if lengths is None else (lambda a: _flip_within_lengths(a, lengths))
         xs = flip(xs)

@@ -66,6 +66,39 @@ def _flip_within_lengths(xs: Array, lengths: Array) -> Array:
     return jnp.take_along_axis(xs, idx.reshape(idx.shape + (1,) * (xs.ndim - 2)), axis=1)
 
 
+def check_sequence_inputs(xs: Array, carry: Any, lengths: Array | None):
+    """Checks shared by every layer implementation on batch-major input.
+
+    ``xs`` must be ``(batch, time, features)`` with a non-empty time axis,
+    every carry leaf must lead with ``batch``, and ``lengths`` (if given) must
+    be ``(batch,)`` integers in ``[0, time]``. Returns the checked ``lengths``.
+    """
+    if xs.ndim != 3:
+        raise ValueError(
+            f"xs must have shape (batch, time, features) or (time, features); got shape {xs.shape}"
+        )
+    batch, seq_len, _ = xs.shape
+    if seq_len == 0:
+        raise ValueError(f"xs has an empty time axis (shape {xs.shape})")
+    for leaf in jax.tree_util.tree_leaves(carry):
+        if leaf.ndim < 1 or leaf.shape[0] != batch:
+            raise ValueError(
+                f"carry leaves must have leading batch dimension {batch} to match xs "
+                f"{xs.shape}; got a leaf of shape {leaf.shape}"
+            )
+    return None if lengths is None else _check_lengths(lengths, batch, seq_len)
+
+
+def with_batch_axis(layer: Callable, xs: Array, carry: Any, *, lengths=None, **kwargs):
+    """Run ``layer(xs, carry, lengths=..., **kwargs)`` on one ``(time, features)``
+    sequence by giving it (and its carry and length) a batch axis of 1."""
+    if lengths is not None:
+        lengths = jnp.reshape(jnp.asarray(lengths), (1,))
+    carry = jax.tree_util.tree_map(lambda c: c[None], carry)
+    ys, final = layer(xs[None], carry, lengths=lengths, **kwargs)
+    return ys[0], jax.tree_util.tree_map(lambda c: c[0], final)
+
+
 def scan_layer(
     step: Callable,
     params: Any,
@@ -95,24 +128,11 @@ def scan_layer(
     """
     xs = jnp.asarray(xs)
     if xs.ndim == 2:
-        if lengths is not None:
-            lengths = jnp.reshape(jnp.asarray(lengths), (1,))
-        carry = jax.tree_util.tree_map(lambda c: c[None], carry)
-        ys, final = scan_layer(step, params, xs[None], carry, reverse=reverse, lengths=lengths, unroll=unroll)
-        return ys[0], jax.tree_util.tree_map(lambda c: c[0], final)
-    if xs.ndim != 3:
-        raise ValueError(
-            f"xs must have shape (batch, time, features) or (time, features); got shape {xs.shape}"
+        return with_batch_axis(
+            functools.partial(scan_layer, step, params), xs, carry, lengths=lengths, reverse=reverse, unroll=unroll
         )
-    batch, seq_len, _ = xs.shape
-    if seq_len == 0:
-        raise ValueError(f"xs has an empty time axis (shape {xs.shape})")
-    for leaf in jax.tree_util.tree_leaves(carry):
-        if leaf.ndim < 1 or leaf.shape[0] != batch:
-            raise ValueError(
-                f"carry leaves must have leading batch dimension {batch} to match xs "
-                f"{xs.shape}; got a leaf of shape {leaf.shape}"
-            )
+    lengths = check_sequence_inputs(xs, carry, lengths)
+    seq_len = xs.shape[1]
     cell_step = functools.partial(step, params)
     xs_tm = jnp.swapaxes(xs, 0, 1)  # (time, batch, features)
 
@@ -120,7 +140,6 @@ def scan_layer(
         final, ys_tm = jax.lax.scan(cell_step, carry, xs_tm, reverse=reverse, unroll=unroll)
         return jnp.swapaxes(ys_tm, 0, 1), final
 
-    lengths = _check_lengths(lengths, batch, seq_len)
     if reverse:
         # Reverse = forward over each sequence flipped within its own length.
         flipped = _flip_within_lengths(xs, lengths)
