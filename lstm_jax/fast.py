@@ -47,14 +47,13 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from .bptt import manual_layer
+from .bptt import _forward_scan, manual_layer
 from .cells import Cell, LSTMCarry, get_cell
-from .layers import _flip_within_lengths, check_sequence_inputs, with_batch_axis
+from .layers import _flip_within_lengths, check_sequence_inputs, layer_impl, with_batch_axis
 
 Array = jax.Array
 
@@ -68,14 +67,6 @@ __all__ = [
 
 # ---------------------------------------------------------------------------
 # Shared plumbing: batch handling, reverse, lengths -> time-major core.
-
-
-def _mm(a: Array, w: Array, compute_dtype: Any, out_dtype: Any) -> Array:
-    """``a @ w`` over the last axis of ``a``, in ``compute_dtype`` if given, result in ``out_dtype``."""
-    if compute_dtype is not None:
-        a = a.astype(compute_dtype)
-        w = w.astype(compute_dtype)
-    return jnp.matmul(a, w, preferred_element_type=out_dtype).astype(out_dtype)
 
 
 def _run(core, cell: Cell, params, xs, carry, *, reverse, lengths, unroll, compute_dtype):
@@ -119,74 +110,19 @@ def _run(core, cell: Cell, params, xs, carry, *, reverse, lengths, unroll, compu
     return ys, final
 
 
-def _keep(mask_t, new, old):
-    return new if mask_t is None else jnp.where(mask_t > 0, new, old)
-
-
-def _input_projection(cell: Cell, params, xs_tm, compute_dtype, dtype):
-    """The carry-independent part of every pre-activation, for all steps at once: ``(T, B, G*H)``."""
-    bias = params["b_x"] if cell.name == "gru" else params["b"]
-    return _mm(xs_tm, params["w_x"], compute_dtype, dtype) + bias
-
-
-# ---------------------------------------------------------------------------
-# Step bodies on a precomputed input projection ``a_t``.
-
-
-def _lstm_body(w_h, carry, a_t, cd):
-    h, c = carry
-    z = a_t + _mm(h, w_h, cd, h.dtype)
-    z_i, z_f, z_g, z_o = jnp.split(z, 4, axis=-1)
-    i = jax.nn.sigmoid(z_i)
-    f = jax.nn.sigmoid(z_f)
-    g = jnp.tanh(z_g)
-    o = jax.nn.sigmoid(z_o)
-    c_new = f * c + i * g
-    h_new = o * jnp.tanh(c_new)
-    return h_new, c_new
-
-
-def _gru_body(w_h, b_h, h, a_t, cd):
-    u = _mm(h, w_h, cd, h.dtype) + b_h
-    a_r, a_z, a_n = jnp.split(a_t, 3, axis=-1)
-    u_r, u_z, u_n = jnp.split(u, 3, axis=-1)
-    r = jax.nn.sigmoid(a_r + u_r)
-    z = jax.nn.sigmoid(a_z + u_z)
-    n = jnp.tanh(a_n + r * u_n)
-    h_new = (1.0 - z) * n + z * h
-    return h_new
-
-
-def _rnn_body(w_h, h, a_t, cd):
-    h_new = jnp.tanh(a_t + _mm(h, w_h, cd, h.dtype))
-    return h_new
-
-
 # ---------------------------------------------------------------------------
 # "hoisted": input projection out of the loop, autodiff backward.
 
 
 def _hoisted_core(cell, params, xs_tm, carry, mask, unroll, cd):
-    dtype = jax.tree_util.tree_leaves(carry)[0].dtype
-    a = _input_projection(cell, params, xs_tm, cd, dtype)
-    w_h = params["w_h"]
-
-    def step(state, inp):
-        a_t, m_t = inp
-        if cell.name == "lstm":
-            h, c = _lstm_body(w_h, state, a_t, cd)
-            new = LSTMCarry(_keep(m_t, h, state.hidden), _keep(m_t, c, state.cell))
-        elif cell.name == "gru":
-            h = _gru_body(w_h, params["b_h"], state, a_t, cd)
-            new = _keep(m_t, h, state)
-        else:
-            h = _rnn_body(w_h, state, a_t, cd)
-            new = _keep(m_t, h, state)
-        y = h if m_t is None else h * m_t
-        return new, y
-
-    final, ys = jax.lax.scan(step, carry, (a, mask), unroll=unroll)
-    return ys, final
+    # bptt's forward scan is exactly this arrangement (one matmul for x W_x + b over all
+    # steps, then h W_h in the loop); without a cache it emits only ys, and autodiff
+    # differentiates it, so the cell equations stay written once for this purpose.
+    valid = None if mask is None else mask[..., 0] > 0
+    ys_tm, final, _ = _forward_scan(
+        cell.name, params, xs_tm, carry, valid, scan_reverse=False, cd=cd, unroll=unroll, with_cache=False
+    )
+    return ys_tm, final
 
 
 def hoisted_layer(cell, params, xs, carry, *, reverse=False, lengths=None, unroll=1, compute_dtype=None):
@@ -233,30 +169,17 @@ def _remat_core(segment, inner_impl):
             xs_tm = jnp.concatenate([xs_tm, jnp.zeros((pad,) + xs_tm.shape[1:], xs_tm.dtype)])
             mask = jnp.concatenate([mask, jnp.zeros((pad, batch, 1), mask.dtype)])
 
-        if inner_impl == "manual":
+        inner_layer = manual_layer if inner_impl == "manual" else layer_impl("scan")
 
-            def run_inner(state, seg_inp):
-                # The mask is a prefix (t < lengths) in every segment, so it is a per-segment length.
-                x_seg, m_seg = seg_inp
-                seg_lengths = None if m_seg is None else jnp.sum(m_seg[:, :, 0] > 0, axis=0)
-                ys, final = manual_layer(
-                    cell, params, jnp.swapaxes(x_seg, 0, 1), state, lengths=seg_lengths,
-                    unroll=unroll, compute_dtype=cd,
-                )
-                return final, jnp.swapaxes(ys, 0, 1)
-
-        else:  # the readable reference step
-            step = cell.step if cd is None else functools.partial(cell.step, compute_dtype=cd)
-
-            def inner(state, inp):
-                x_t, m_t = inp
-                new, y = step(params, state, x_t)
-                if m_t is None:
-                    return new, y
-                return jax.tree_util.tree_map(lambda n, o: _keep(m_t, n, o), new, state), y * m_t
-
-            def run_inner(state, seg_inp):
-                return jax.lax.scan(inner, state, seg_inp, unroll=unroll)
+        def run_inner(state, seg_inp):
+            # The mask is a prefix (t < lengths) in every segment, so it is a per-segment length.
+            x_seg, m_seg = seg_inp
+            seg_lengths = None if m_seg is None else jnp.sum(m_seg[:, :, 0] > 0, axis=0)
+            ys, final = inner_layer(
+                cell, params, jnp.swapaxes(x_seg, 0, 1), state, lengths=seg_lengths,
+                unroll=unroll, compute_dtype=cd,
+            )
+            return final, jnp.swapaxes(ys, 0, 1)
 
         run_segment = jax.checkpoint(run_inner, prevent_cse=False)
 
