@@ -61,7 +61,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .cells import Cell, LSTMCarry, get_cell
-from .layers import DIRECTIONS, _check_lengths, _flip_within_lengths, _is_bidirectional
+from .cells import _matmul as _mm  # x @ w in compute_dtype, accumulated in out_dtype
+from .layers import DIRECTIONS, _check_lengths, _flip_within_lengths, _is_bidirectional, with_batch_axis
 
 Array = jax.Array
 
@@ -136,14 +137,6 @@ class StackCache:
 
 # ---------------------------------------------------------------------------
 # Small helpers
-
-
-def _mm(a: Array, b: Array, compute_dtype, out_dtype) -> Array:
-    """``a @ b`` over the last axis of ``a``, operands in ``compute_dtype``, result in ``out_dtype``."""
-    if compute_dtype is not None:
-        a = a.astype(compute_dtype)
-        b = b.astype(compute_dtype)
-    return jnp.matmul(a, b, preferred_element_type=out_dtype).astype(out_dtype)
 
 
 def _mm_sum(a: Array, b: Array, compute_dtype, out_dtype) -> Array:
@@ -831,11 +824,10 @@ def manual_layer(cell, params, xs, carry, *, reverse=False, lengths=None, unroll
         raise ValueError(f"unroll must be a positive int, got {unroll!r}")
     xs = jnp.asarray(xs)
     if xs.ndim == 2:  # one unbatched sequence, as scan_layer accepts
-        carry_b = jax.tree_util.tree_map(lambda c: c[None], carry)
-        len_b = None if lengths is None else jnp.reshape(jnp.asarray(lengths), (1,))
-        ys, final = manual_layer(name, params, xs[None], carry_b, reverse=reverse, lengths=len_b,
-                                 unroll=unroll, compute_dtype=compute_dtype)
-        return ys[0], jax.tree_util.tree_map(lambda c: c[0], final)
+        return with_batch_axis(
+            functools.partial(manual_layer, name, params), xs, carry, lengths=lengths,
+            reverse=reverse, unroll=unroll, compute_dtype=compute_dtype,
+        )
     _prepare(name, params, xs, carry, lengths, reverse, cd)  # validate eagerly, with clear messages
     if lengths is not None:
         lengths = _check_lengths(lengths, xs.shape[0], xs.shape[1])
