@@ -22,11 +22,15 @@ Usage::
     python experiments/benchmark.py                      # all cells, all sizes
     python experiments/benchmark.py --cells lstm --sizes 128,64,128,512 --repeats 9
     python experiments/benchmark.py --quick              # tiny sizes, 2 repeats (used by the tests)
-    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python experiments/benchmark.py --tag hugetlb
+    python experiments/benchmark.py --malloc default --tag default   # glibc's malloc defaults
 
-Environment variables that change allocation behaviour (``GLIBC_TUNABLES``,
-``MALLOC_*``, ``XLA_FLAGS``) apply to the whole process, so every
-implementation in one run sees the same settings; they are recorded in the JSON.
+Allocation behaviour is a process setting and matters as much as the maths
+here: by default the script calls :func:`lstm_jax.runtime.tune_malloc` first
+(``--malloc tuned``), which removes the per-step page faults of XLA's scratch
+buffers and of PyTorch's; ``--malloc default`` leaves glibc alone. Either way,
+and like the environment variables that change allocation (``GLIBC_TUNABLES``,
+``MALLOC_*``, ``XLA_FLAGS``), it applies to the whole process, so every
+implementation in one run sees the same settings; all are recorded in the JSON.
 On a GPU the same script also times cuDNN via ``torch.nn.LSTM`` on CUDA and,
 for the LSTM, ``jax.experimental.rnn.lstm``.
 """
@@ -55,6 +59,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from lstm_jax.layers import apply_stack, init_stack, layer_impl  # noqa: E402
+from lstm_jax.runtime import add_malloc_argument, apply_malloc_argument  # noqa: E402
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 SIZES = [(128, 64, 128, 256), (128, 64, 128, 512), (784, 32, 1, 128), (28, 128, 28, 128), (100, 32, 65, 512)]
@@ -407,7 +412,10 @@ def main(argv=None):
         "behaviour) on a dedicated machine. Recorded in the JSON.",
     )
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    add_malloc_argument(p)
     args = p.parse_args(argv)
+    malloc = apply_malloc_argument(args)
+    print(f"malloc: {args.malloc} ({malloc['libc']}; {malloc['reason']})", flush=True)
     if args.omp_wait_policy and "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
         os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
     if args.torch_threads:
@@ -428,7 +436,9 @@ def main(argv=None):
     start = time.perf_counter()
     peak_med, peak_best = matmul_peak(1024 if args.quick else 2048, 3 if args.quick else 9)
     print(f"fp32 matmul (jnp.dot 2048^2): median {peak_med:.1f} GFLOP/s, best {peak_best:.1f}", flush=True)
-    result = {"environment": environment(args), "matmul_gflops_median_start": peak_med, "results": []}
+    result = {
+        "environment": environment(args), "malloc": malloc, "matmul_gflops_median_start": peak_med, "results": []
+    }
     key = jax.random.PRNGKey(0)
     stopped_early = False
     for cell in cells:

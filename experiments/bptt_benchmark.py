@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from lstm_jax.layers import apply_stack, init_stack  # noqa: E402
+from lstm_jax.runtime import add_malloc_argument, apply_malloc_argument  # noqa: E402
 
 IMPLS = ("scan", "manual")
 # (batch, time, vocab/input, hidden, layers)
@@ -132,7 +133,9 @@ def main(argv=None):
     ap.add_argument("--unroll", type=int, default=1)
     ap.add_argument("--max-minutes", type=float, default=20.0, help="wall-clock budget; remaining cases are skipped")
     ap.add_argument("--out", default=None, help="JSON path (default results/bptt_benchmark[_quick].json)")
+    add_malloc_argument(ap)
     args = ap.parse_args(argv)
+    apply_malloc_argument(args)
 
     sizes_list = QUICK_SIZES if args.quick else FULL_SIZES
     repeats = args.repeats or (5 if args.quick else 20)

@@ -39,6 +39,7 @@ import numpy as np
 from lstm_jax.checkpoint import CheckpointError, load_checkpoint
 from lstm_jax.data.text import DATASETS, StatefulWindows, Vocab, eval_windows, load_text, random_windows
 from lstm_jax.models import char_model as cm
+from lstm_jax.runtime import add_malloc_argument, apply_malloc_argument
 from lstm_jax.train import TrainConfig, TrainingDiverged, evaluate, fit
 
 LN2 = math.log(2.0)
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dataset", default="zen", help=f"one of {', '.join(DATASETS)} ('file' is implied by --text-file)")
     d.add_argument("--text-file", default=None, help="train on this UTF-8 text file (split 90/5/5)")
     d.add_argument("--data-dir", default=None, help="TFDS data dir for tiny_shakespeare (default: TFDS default)")
+    add_malloc_argument(p)
     m = p.add_argument_group("model")
     m.add_argument("--cell", default="lstm", choices=("lstm", "gru", "rnn"))
     m.add_argument("--layers", type=int, default=1)
@@ -314,6 +316,7 @@ def eval_mode(args) -> dict:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    apply_malloc_argument(args)
     try:
         if args.mode == "sample":
             return sample_mode(args)

@@ -34,6 +34,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lstm_jax.models.sequence_regressor import init_sequence_model, make_task  # noqa: E402
+from lstm_jax.runtime import add_malloc_argument, apply_malloc_argument  # noqa: E402
 from lstm_jax.train import TrainConfig, fit  # noqa: E402
 
 
@@ -251,7 +252,9 @@ def main(argv=None):
     p.add_argument("--replot", action="store_true",
                    help="only rewrite results.md and the PNGs from --out/results.json (no training)")
     p.add_argument("--figure", default=None, help="also copy the PNG here (e.g. docs/figures/long_range_adding.png)")
+    add_malloc_argument(p)
     args = p.parse_args(argv)
+    apply_malloc_argument(args)
     if args.solved_threshold is None:
         args.solved_threshold = 0.01 if args.task == "adding" else 0.05
 

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lstm_jax.data import images as img
+from lstm_jax.runtime import add_malloc_argument, apply_malloc_argument
 from lstm_jax.models.classifier import (
     ClassifierConfig,
     confusion_matrix,
@@ -93,6 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     o.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     o.add_argument("--no-plots", action="store_true")
     o.add_argument("--note", default="", help="free text saved in results.json (e.g. machine load)")
+    add_malloc_argument(p)
     return p.parse_args(argv)
 
 
@@ -181,6 +183,7 @@ def plot_misclassified(images, labels, preds, probs, class_names, path: Path, ma
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    apply_malloc_argument(args)
     from lstm_jax.train import TrainConfig, fit, load_checkpoint
 
     out = Path(args.out)

