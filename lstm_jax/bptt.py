@@ -77,7 +77,7 @@ NUM_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 #: What the forward keeps per time step for each cell's backward (all time-major ``(T, B, ...)``).
 RESIDUALS = {
     "rnn": ("h_prev", "h"),
-    "lstm": ("h_prev", "c_prev", "gates"),
+    "lstm": ("h_prev", "c_prev", "gates", "tanh_c"),
     "gru": ("h_prev", "r", "z", "n", "u_n"),
 }
 
@@ -254,6 +254,21 @@ def _lstm_gate_activations(z):
     return jnp.tanh(z * scale) * scale + (one - scale)
 
 
+def _lstm_gate_derivatives(gates):
+    """``[i(1-i) | f(1-f) | 1-g² | o(1-o)]``: each activation's derivative, from its output.
+
+    ``σ' = σ(1-σ)`` and ``tanh' = 1 - tanh²`` are both ``a ⊙ (p - a) + q`` with
+    ``(p, q) = (1, 0)`` on the sigmoid blocks and ``(0, 1)`` on the tanh block,
+    so all four are one elementwise pass over the contiguous ``(B, 4H)`` block.
+    """
+    hidden = gates.shape[-1] // 4
+    zero = jnp.zeros((hidden,), gates.dtype)
+    one = jnp.ones((hidden,), gates.dtype)
+    p = jnp.concatenate([one, one, zero, one])
+    q = jnp.concatenate([zero, zero, one, zero])
+    return gates * (p - gates) + q
+
+
 def _lstm_step_fwd(params, carry, xw_t, cd):
     """LSTM forward step (gate order i|f|g|o)::
 
@@ -263,9 +278,11 @@ def _lstm_step_fwd(params, carry, xw_t, cd):
         h_t = o ⊙ tanh(c_t)
 
     (the four activations computed together, see :func:`_lstm_gate_activations`);
-    keeps ``h_prev``, ``c_prev`` and the activated ``gates = [i|f|g|o]``. Not ``c_t``
-    or ``tanh(c_t)``: the backward recomputes them from these (two elementwise ops
-    per step, cheaper than storing one more ``(T, B, H)`` array).
+    keeps ``h_prev``, ``c_prev``, the activated ``gates = [i|f|g|o]`` and
+    ``tanh_c = tanh(c_t)``. Storing ``tanh(c_t)`` costs one more ``(T, B, H)``
+    array but halves the backward scan's elementwise time: recomputing it there
+    (one tanh per step) took as long as all the other backward maths together
+    (XLA:CPU, B=64, H=256: 158 vs 83 µs per step).
     """
     h_prev, c_prev = carry.hidden, carry.cell
     z = xw_t + _mm(h_prev, params["w_h"], cd, h_prev.dtype)
@@ -274,34 +291,34 @@ def _lstm_step_fwd(params, carry, xw_t, cd):
     c = f * c_prev + i * g
     tanh_c = jnp.tanh(c)
     h = o * tanh_c
-    res = {"h_prev": h_prev, "c_prev": c_prev, "gates": gates}
+    res = {"h_prev": h_prev, "c_prev": c_prev, "gates": gates, "tanh_c": tanh_c}
     return LSTMCarry(hidden=h, cell=c), h, res
 
 
 def _lstm_step_bwd(params, res, dh, dc, cd):
     """LSTM backward step, given ``dh = dL/dh_t`` (total) and ``dc = dL/dc_t`` from step t+1::
 
-        c_t     = f ⊙ c_{t-1} + i ⊙ g                  # recomputed from the residuals
-        do      = dh ⊙ tanh(c_t)
+        do      = dh ⊙ tanh(c_t)                      # tanh(c_t) saved by the forward
         dc_t'   = dc + dh ⊙ o ⊙ (1 - tanh²(c_t))     # total gradient on c_t
         di      = dc_t' ⊙ g,   df = dc_t' ⊙ c_{t-1},   dg = dc_t' ⊙ i
         dc_{t-1} = dc_t' ⊙ f
         dz_i = di ⊙ i(1-i),  dz_f = df ⊙ f(1-f),  dz_g = dg ⊙ (1-g²),  dz_o = do ⊙ o(1-o)
         dh_{t-1} = dz_t @ W_hᵀ                        # dz_t = [dz_i|dz_f|dz_g|dz_o]
 
+    The four ``dz`` blocks are computed as ``[di|df|dg|do] ⊙ gate derivatives``
+    over the whole ``(B, 4H)`` block (:func:`_lstm_gate_derivatives`).
+
     Returns ``(dz_t, dz_t, LSTMCarry(dh_{t-1}, dc_{t-1}))``.
     """
     i, f, g, o = jnp.split(res["gates"], 4, axis=-1)
-    tanh_c = jnp.tanh(f * res["c_prev"] + i * g)
+    tanh_c = res["tanh_c"]
     do = dh * tanh_c
     dct = dc + dh * o * (1.0 - tanh_c**2)
     di = dct * g
     df = dct * res["c_prev"]
     dg = dct * i
     dc_prev = dct * f
-    dz = jnp.concatenate(
-        [di * i * (1.0 - i), df * f * (1.0 - f), dg * (1.0 - g**2), do * o * (1.0 - o)], axis=-1
-    )
+    dz = jnp.concatenate([di, df, dg, do], axis=-1) * _lstm_gate_derivatives(res["gates"])
     dh_prev = _mm(dz, params["w_h"].T, cd, dh.dtype)
     return dz, dz, LSTMCarry(hidden=dh_prev, cell=dc_prev)
 
