@@ -349,7 +349,6 @@ def environment(args):
         "devices": [str(d) for d in jax.devices()],
         "env": {k: v for k, v in os.environ.items() if k.startswith(("GLIBC_", "MALLOC_", "XLA_", "OMP_", "TF_"))},
         "load_average_at_start": os.getloadavg(),
-        "shared_machine_note": "timed on a shared machine (other jobs running); medians over interleaved rounds",
         "args": vars(args),
     }
     try:
@@ -458,6 +457,7 @@ def main(argv=None):
     result["matmul_gflops_peak_used"] = peak
     result["stopped_early_by_budget"] = stopped_early
     result["wall_seconds"] = time.perf_counter() - start
+    result["load_average_at_end"] = os.getloadavg()
     for entry in result["results"]:
         torch_ms, flax_ms = _ref_time(entry["rows"], "torch"), _ref_time(entry["rows"], "flax")
         for r in entry["rows"]:

@@ -199,8 +199,7 @@ def main(argv=None):
     print(table)
     print(
         f"\n[brackets: interquartile range over {repeats} steps] backend={meta['backend']}, "
-        f"load average {meta['loadavg_start'][0]:.1f} -> {meta['loadavg_end'][0]:.1f} on {meta['cpu_count']} cores "
-        "(shared machine)"
+        f"load average {meta['loadavg_start'][0]:.1f} -> {meta['loadavg_end'][0]:.1f} on {meta['cpu_count']} cores"
     )
     if skipped:
         print(f"skipped over the {args.max_minutes} min budget: {skipped}")

@@ -256,7 +256,6 @@ def train(args) -> dict:
         "train_seconds_this_invocation": round(train_seconds, 1),
         "machine_at_start": machine_start,
         "machine_at_end": machine_note(),
-        "shared_machine_note": "2-core CPU shared with other jobs; wall times include that contention",
         "sample": {"from": "final params", "prompt": prompt, "temperature": args.temperature, "top_k": args.top_k, "seed": args.seed, "text": text},
         "params": n_params,
     }

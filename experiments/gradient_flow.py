@@ -151,8 +151,7 @@ def main(argv=None):
     results = {}
     record = {
         "args": vars(args),
-        "machine": {"cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg(),
-                    "note": "shared machine (2 cores, several agents); wall times are noisy"},
+        "machine": {"cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg()},
         "results": results,
     }
     for cell in args.cells:

@@ -44,7 +44,6 @@ def machine_info() -> dict:
         "cpu_count": os.cpu_count(),
         "jax_backend": jax.default_backend(),
         "load_average_at_start": os.getloadavg(),
-        "note": "shared machine: 2 cores used concurrently by several agents; wall times are noisy and pessimistic",
     }
 
 

@@ -263,7 +263,7 @@ def main(argv=None) -> dict:
             "platform": platform.platform(), "cpu_count": os.cpu_count(),
             "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
             "loadavg_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
-            "note": args.note or "shared machine (2 cores, several agents running)",
+            "note": args.note,
         },
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))

@@ -124,7 +124,7 @@ def main(argv=None):
         del built
 
     # Markdown table
-    print(f"\nLSTM B={B}, I={I}, H={H}; shared machine (load average {os.getloadavg()}).\n")
+    print(f"\nLSTM B={B}, I={I}, H={H}; load average {os.getloadavg()}.\n")
     header = "| T | " + " | ".join(
         f"{i} temp MiB | {i} step ms | {i} compile s" for i in impls
     ) + " |"
@@ -147,7 +147,6 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "config": {"B": B, "I": I, "H": H, "repeats": args.repeats},
-        "shared_machine_note": "timed on a shared 2-core machine with other jobs running",
         "load_average_end": os.getloadavg(),
         "rows": rows,
     }, indent=1))
