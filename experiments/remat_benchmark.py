@@ -10,7 +10,10 @@ For each T in ``--lengths`` (default 32, 64, ..., 8192) and each layer impl in
   rematerialisation reduces), argument and output bytes,
 * the median step time over ``--repeats`` runs (interleaved across impls),
 * optionally (``--rss-at``), peak resident memory of a fresh subprocess that
-  only compiles and runs that one step (``ru_maxrss``), as an end-to-end check.
+  only compiles and runs that one step (``VmHWM`` from ``/proc/self/status``),
+  as an end-to-end check. Not ``ru_maxrss``: Linux carries it over from the
+  parent through fork and exec, so a child started by this (by then large)
+  process would report the parent's peak.
 
 Writes ``results/remat_benchmark.json``, a markdown table, and
 ``results/remat_benchmark.png`` (log-log: temp memory, step time and compile
@@ -25,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -64,12 +66,12 @@ def build(impl, T, B, I, H):
 
 
 def rss_probe(impl, T, B, I, H):
-    """Peak RSS (MiB) of a fresh process that compiles and runs one step."""
+    """Peak RSS (MiB) of a fresh process that compiles and runs one step (Linux: ``VmHWM``)."""
     code = (
-        "import sys, resource, jax; sys.path.insert(0, %r);"
+        "import sys, jax; sys.path.insert(0, %r);"
         "from experiments.remat_benchmark import build;"
         "c, p, x, _ = build(%r, %d, %d, %d, %d); jax.block_until_ready(c(p, x));"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0])"
     ) % (str(ROOT), impl, T, B, I, H)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=900)
     if out.returncode:
