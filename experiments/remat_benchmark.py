@@ -4,7 +4,8 @@ For each T in ``--lengths`` (default 32, 64, ..., 8192) and each layer impl in
 ``--impls`` (default ``scan``, ``manual``, ``remat``), compiles one LSTM training step
 (loss = mean of squared outputs, gradients w.r.t. the params) and records
 
-* compile time (``jit(...).lower(...).compile()``),
+* compile time (``jit(...).lower(...).compile()``, median of ``--compile-repeats``
+  compiles from scratch),
 * XLA's buffer assignment from ``compiled.memory_analysis()``: temp bytes
   (activations saved for the backward pass + scratch; the quantity
   rematerialisation reduces), argument and output bytes,
@@ -44,7 +45,7 @@ if str(ROOT) not in sys.path:
 from lstm_jax.layers import apply_stack, init_stack  # noqa: E402
 
 
-def build(impl, T, B, I, H):
+def build(impl, T, B, I, H, compile_repeats=1):
     k1, k2 = jax.random.split(jax.random.PRNGKey(0))
     params = init_stack(k1, "lstm", I, H)
     xs = jax.random.normal(k2, (B, T, I))
@@ -53,11 +54,15 @@ def build(impl, T, B, I, H):
         ys, _ = apply_stack("lstm", p, x, impl=impl)
         return jnp.mean(ys**2)
 
-    t0 = time.perf_counter()
-    compiled = jax.jit(jax.grad(loss)).lower(params, xs).compile()
-    compile_s = time.perf_counter() - t0
+    # Sub-second compiles are noisy, so time several from scratch (caches cleared) and keep the median.
+    compile_times = []
+    for _ in range(compile_repeats):
+        jax.clear_caches()
+        t0 = time.perf_counter()
+        compiled = jax.jit(jax.grad(loss)).lower(params, xs).compile()
+        compile_times.append(time.perf_counter() - t0)
     mem = compiled.memory_analysis()
-    info = {"compile_s": compile_s}
+    info = {"compile_s": statistics.median(compile_times), "compile_times_s": compile_times}
     if mem is not None:
         for field in ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes",
                       "generated_code_size_in_bytes"):
@@ -87,6 +92,7 @@ def main(argv=None):
     p.add_argument("--input", type=int, default=32)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--compile-repeats", type=int, default=3, help="compiles per (T, impl); the median is reported")
     p.add_argument("--rss-at", default="8192", help="lengths at which to also measure subprocess peak RSS ('' = none)")
     p.add_argument("--budget-minutes", type=float, default=None)
     p.add_argument("--out", default=str(ROOT / "results" / "remat_benchmark.json"))
@@ -101,7 +107,7 @@ def main(argv=None):
         if args.budget_minutes and time.perf_counter() - start > 60 * args.budget_minutes:
             print(f"budget reached; stopping before T={T}", flush=True)
             break
-        built = {impl: build(impl, T, B, I, H) for impl in impls}
+        built = {impl: build(impl, T, B, I, H, args.compile_repeats) for impl in impls}
         for impl, (c, params, xs, _) in built.items():
             jax.block_until_ready(c(params, xs))  # warm-up
         times = {impl: [] for impl in impls}
@@ -148,7 +154,7 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "config": {"B": B, "I": I, "H": H, "repeats": args.repeats},
+        "config": {"B": B, "I": I, "H": H, "repeats": args.repeats, "compile_repeats": args.compile_repeats},
         "load_average_end": os.getloadavg(),
         "rows": rows,
     }, indent=1))
