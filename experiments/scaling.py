@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from lstm_jax.runtime import add_malloc_argument, apply_malloc_argument  # noqa: E402
+
 BASE = {"T": 64, "B": 32, "I": 32, "H": 128}
 SWEEPS = {
     "B": [8, 16, 32, 64, 128],
@@ -83,13 +85,14 @@ def record(T, B, I, H, step_s, compile_s, **extra):
                 tokens_per_s=B * T / step_s, gflops=flops / step_s / 1e9, **extra)
 
 
-def device_subprocess(n, T, B, I, H, impl, repeats):
+def device_subprocess(n, T, B, I, H, impl, repeats, malloc="tuned"):
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}").strip()
     env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
     code = (
         f"import sys, json; sys.path.insert(0, {str(ROOT)!r});"
-        "from experiments.scaling import time_step;"
+        + ("from lstm_jax.runtime import tune_malloc; tune_malloc();" if malloc == "tuned" else "")
+        + "from experiments.scaling import time_step;"
         f"s, c = time_step({T}, {B}, {I}, {H}, {impl!r}, {repeats}, devices={n});"
         "print('RESULT', json.dumps([s, c]))"
     )
@@ -108,7 +111,9 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny sweep (smoke test)")
     p.add_argument("--budget-minutes", type=float, default=None)
     p.add_argument("--out", default=str(ROOT / "results" / "scaling.json"))
+    add_malloc_argument(p)
     args = p.parse_args(argv)
+    apply_malloc_argument(args)
     base, sweeps, devices = dict(BASE), {k: list(v) for k, v in SWEEPS.items()}, [int(d) for d in args.devices.split(",")]
     if args.quick:
         base = {"T": 8, "B": 8, "I": 4, "H": 16}
@@ -134,13 +139,15 @@ def main(argv=None):
     for n in devices:
         if over_budget():
             break
-        s, c = device_subprocess(n, base["T"], global_batch, base["I"], base["H"], args.impl, args.repeats)
+        s, c = device_subprocess(
+            n, base["T"], global_batch, base["I"], base["H"], args.impl, args.repeats, args.malloc
+        )
         rows.append(record(base["T"], global_batch, base["I"], base["H"], s, c, sweep="devices", devices=n))
         print(f"devices={n}: {1e3 * s:8.1f} ms/step (global batch {global_batch}), "
               f"{rows[-1]['tokens_per_s']:9.0f} tok/s", flush=True)
 
     print(f"\nLSTM training step, impl={args.impl!r}, base T={base['T']} B={base['B']} I={base['I']} "
-          f"H={base['H']}; shared CPU, load average {os.getloadavg()}\n")
+          f"H={base['H']}; malloc {args.malloc}; load average {os.getloadavg()}\n")
     print("| sweep | value | devices | T | B | H | ms/step | tokens/s | GFLOP/s | compile s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -150,7 +157,7 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"impl": args.impl, "base": base, "rows": rows,
-                               "note": "shared CPU; simulated devices share the same cores"}, indent=1))
+                               "malloc": args.malloc, "note": "simulated devices share the same CPU cores"}, indent=1))
     try:
         import matplotlib
 
@@ -169,7 +176,7 @@ def main(argv=None):
                            "devices": "devices (simulated on CPU)"}[axis])
             ax.grid(True, which="both", alpha=0.3)
             ax.legend()
-        fig.suptitle(f"LSTM training-step throughput, impl={args.impl} (shared CPU)")
+        fig.suptitle(f"LSTM training-step throughput, impl={args.impl}")
         fig.tight_layout()
         fig.savefig(out.with_suffix(".png"), dpi=110)
     except Exception as e:
