@@ -150,8 +150,8 @@ def main(argv=None):
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "loadavg_start": os.getloadavg(),
-        "note": "machine shared with other jobs (about 7 agents on 2 cores): absolute times are noisy; "
-        "the two implementations were timed in alternation in the same process, so the ratio is the fairer figure",
+        "note": "the two implementations were timed in alternation in the same process, so on a loaded "
+        "machine the ratio is the fairer figure (see loadavg_start / loadavg_end)",
         "loss": "per-step softmax cross-entropy through a linear readout, one-hot inputs, Adam update",
         "repeats": repeats,
         "warmup": args.warmup,

@@ -84,6 +84,34 @@ def rss_probe(impl, T, B, I, H):
     return int(out.stdout.strip().splitlines()[-1]) / 1024.0
 
 
+def plot(rows, impls, B, I, H, path, load_average=None):
+    """Log-log PNG: temp memory, step time and compile time vs T, one line per impl."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+        for impl in impls:
+            rs = sorted((r for r in rows if r["impl"] == impl), key=lambda r: r["T"])
+            Ts = [r["T"] for r in rs]
+            axes[0].loglog(Ts, [max(r.get("temp_size_in_bytes", 1), 1) / 2**20 for r in rs], "o-", label=impl)
+            axes[1].loglog(Ts, [1e3 * r["step_s"] for r in rs], "o-", label=impl)
+            axes[2].semilogx(Ts, [r["compile_s"] for r in rs], "o-", label=impl)
+        for ax, title in zip(axes, ["XLA temp memory (MiB)", "step time (ms)", "compile time (s)"]):
+            ax.set_xlabel("sequence length T")
+            ax.set_title(title)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend()
+        load = os.getloadavg() if load_average is None else load_average
+        fig.suptitle(f"LSTM training step, B={B}, I={I}, H={H} (load average {load[0]:.1f})")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    except Exception as e:  # plotting is a convenience
+        print(f"plot skipped: {e}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--lengths", default=",".join(str(2**k) for k in range(5, 14)))
@@ -96,7 +124,14 @@ def main(argv=None):
     p.add_argument("--rss-at", default="8192", help="lengths at which to also measure subprocess peak RSS ('' = none)")
     p.add_argument("--budget-minutes", type=float, default=None)
     p.add_argument("--out", default=str(ROOT / "results" / "remat_benchmark.json"))
+    p.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON at --out")
     args = p.parse_args(argv)
+    if args.replot:
+        saved = json.loads(Path(args.out).read_text())
+        cfg, rows = saved["config"], saved["rows"]
+        impls = list(dict.fromkeys(r["impl"] for r in rows))
+        plot(rows, impls, cfg["B"], cfg["I"], cfg["H"], Path(args.out).with_suffix(".png"), saved["load_average_end"])
+        return saved
     lengths = [int(v) for v in args.lengths.split(",")]
     impls = args.impls.split(",")
     rss_at = {int(v) for v in args.rss_at.split(",") if v}
@@ -158,29 +193,7 @@ def main(argv=None):
         "load_average_end": os.getloadavg(),
         "rows": rows,
     }, indent=1))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-        for impl in impls:
-            rs = sorted((r for r in rows if r["impl"] == impl), key=lambda r: r["T"])
-            Ts = [r["T"] for r in rs]
-            axes[0].loglog(Ts, [max(r.get("temp_size_in_bytes", 1), 1) / 2**20 for r in rs], "o-", label=impl)
-            axes[1].loglog(Ts, [1e3 * r["step_s"] for r in rs], "o-", label=impl)
-            axes[2].semilogx(Ts, [r["compile_s"] for r in rs], "o-", label=impl)
-        for ax, title in zip(axes, ["XLA temp memory (MiB)", "step time (ms)", "compile time (s)"]):
-            ax.set_xlabel("sequence length T")
-            ax.set_title(title)
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend()
-        fig.suptitle(f"LSTM training step, B={B}, I={I}, H={H} (shared CPU)")
-        fig.tight_layout()
-        fig.savefig(out.with_suffix(".png"), dpi=110)
-    except Exception as e:  # plotting is a convenience
-        print(f"plot skipped: {e}")
+    plot(rows, impls, B, I, H, out.with_suffix(".png"))
     print(f"wrote {out}")
 
 
