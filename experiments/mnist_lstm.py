@@ -72,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--bidirectional", action="store_true")
     m.add_argument("--dropout", type=float, default=0.0, help="between recurrent layers")
     m.add_argument("--unroll", type=int, default=1, help="lax.scan unroll factor")
+    m.add_argument("--impl", default="scan",
+                   help="layer implementation (lstm_jax.layers.layer_impl); 'manual' is the fastest on CPU")
     t = p.add_argument_group("training")
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--epochs", type=float, default=None, help="training length in epochs (overrides --steps)")
@@ -198,6 +200,7 @@ def main(argv=None) -> dict:
     model_cfg = ClassifierConfig(
         input_size=features, num_classes=img.NUM_CLASSES, cell=args.cell, hidden_size=args.hidden,
         num_layers=args.layers, bidirectional=args.bidirectional, dropout=args.dropout, unroll=args.unroll,
+        impl=args.impl,
     )
     train_cfg = TrainConfig(
         steps=steps, learning_rate=args.lr, warmup_steps=min(args.warmup_steps, max(steps // 10, 1)),
