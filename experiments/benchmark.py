@@ -109,6 +109,33 @@ def _lib_impl_available(impl: str) -> bool:
         return False
 
 
+def layer_problem(cell, impl, T, B, I, H, *, unroll=1, key=None):
+    """What every benchmark here times: one lstm_jax layer on inputs ``(B, T, I)``, loss ``mean(ys ** 2)``.
+
+    Returns ``(loss, params, xs)``; ``loss(params, xs)`` is a scalar. Also used by
+    ``remat_benchmark.py`` and ``scaling.py``.
+    """
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0) if key is None else key)
+    params = init_stack(k1, cell, I, H)
+    xs = jax.random.normal(k2, (B, T, I))
+
+    def loss(p, x):
+        ys, _ = apply_stack(cell, p, x, impl=impl, unroll=unroll)
+        return jnp.mean(ys**2)
+
+    return loss, params, xs
+
+
+def time_calls(fn, repeats) -> list:
+    """Wall seconds of each of ``repeats`` calls of ``fn()`` (which must block until its work is done)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def make_lib(cell, impl_spec, T, B, I, H, key) -> Bench | None:
     """``impl_spec`` is a layer impl name, optionally with ``-uN`` for ``unroll=N``."""
     impl, unroll = impl_spec, 1
@@ -117,14 +144,7 @@ def make_lib(cell, impl_spec, T, B, I, H, key) -> Bench | None:
         unroll = int(u)
     if not _lib_impl_available(impl):
         return None
-    k1, k2 = jax.random.split(key)
-    params = init_stack(k1, cell, I, H)
-    xs = jax.random.normal(k2, (B, T, I))
-
-    def loss(p, x):
-        ys, _ = apply_stack(cell, p, x, impl=impl, unroll=unroll)
-        return jnp.mean(ys**2)
-
+    loss, params, xs = layer_problem(cell, impl, T, B, I, H, unroll=unroll, key=key)
     return _jax_bench(f"lstm_jax {impl_spec}", loss, params, xs)
 
 
@@ -251,11 +271,7 @@ def matmul_peak(n=2048, repeats=7):
     b = jax.random.normal(jax.random.PRNGKey(2), (n, n))
     dot = jax.jit(jnp.dot)
     jax.block_until_ready(dot(a, b))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(dot(a, b))
-        times.append(time.perf_counter() - t0)
+    times = time_calls(lambda: jax.block_until_ready(dot(a, b)), repeats)
     return 2.0 * n**3 / statistics.median(times) / 1e9, 2.0 * n**3 / min(times) / 1e9
 
 

@@ -36,24 +36,16 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lstm_jax.layers import apply_stack, init_stack  # noqa: E402
+from experiments.benchmark import layer_problem  # noqa: E402
 
 
 def build(impl, T, B, I, H, compile_repeats=1):
-    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-    params = init_stack(k1, "lstm", I, H)
-    xs = jax.random.normal(k2, (B, T, I))
-
-    def loss(p, x):
-        ys, _ = apply_stack("lstm", p, x, impl=impl)
-        return jnp.mean(ys**2)
-
+    loss, params, xs = layer_problem("lstm", impl, T, B, I, H)
     # Sub-second compiles are noisy, so time several from scratch (caches cleared) and keep the median.
     compile_times = []
     for _ in range(compile_repeats):

@@ -48,19 +48,11 @@ DEVICES = [1, 2, 4, 8]
 def time_step(T, B, I, H, impl, repeats, devices=1):
     """Median seconds per training step (params grads of mean(ys^2)); data-parallel if devices > 1."""
     import jax
-    import jax.numpy as jnp
 
+    from experiments.benchmark import layer_problem, time_calls
     from lstm_jax import parallel
-    from lstm_jax.layers import apply_stack, init_stack
 
-    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-    params = init_stack(k1, "lstm", I, H)
-    xs = jax.random.normal(k2, (B, T, I))
-
-    def loss(p, x):
-        ys, _ = apply_stack("lstm", p, x, impl=impl)
-        return jnp.mean(ys**2)
-
+    loss, params, xs = layer_problem("lstm", impl, T, B, I, H)
     if devices > 1:
         assert jax.device_count() >= devices, (jax.device_count(), devices)
         mesh = parallel.make_data_mesh(jax.devices()[:devices])
@@ -71,11 +63,7 @@ def time_step(T, B, I, H, impl, repeats, devices=1):
     compiled = grad.lower(params, xs).compile()
     compile_s = time.perf_counter() - t0
     jax.block_until_ready(compiled(params, xs))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(params, xs))
-        times.append(time.perf_counter() - t0)
+    times = time_calls(lambda: jax.block_until_ready(compiled(params, xs)), repeats)
     return statistics.median(times), compile_s
 
 
