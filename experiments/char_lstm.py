@@ -275,14 +275,19 @@ def train(args) -> dict:
     return results
 
 
-def sample_mode(args) -> str:
+def load_run_checkpoint(args, mode: str):
+    """``(params, metadata, vocab)`` of checkpoint ``--which`` in ``--checkpoint``, for the sample/eval modes."""
     if not args.checkpoint:
-        raise SystemExit("error: sample mode needs --checkpoint RUN_DIR (the --out of a training run)")
+        raise SystemExit(f"error: {mode} mode needs --checkpoint RUN_DIR (the --out of a training run)")
     which = int(args.which) if str(args.which).isdigit() else args.which
     params, meta = load_checkpoint(args.checkpoint, which)
     if "vocab" not in meta:
         raise SystemExit(f"error: {args.checkpoint} has no vocabulary in its metadata; was it written by char_lstm.py?")
-    vocab = Vocab.from_json(meta["vocab"])
+    return params, meta, Vocab.from_json(meta["vocab"])
+
+
+def sample_mode(args) -> str:
+    params, meta, vocab = load_run_checkpoint(args, "sample")
     prompt = args.prompt if args.prompt is not None else "\n"
     try:
         text = cm.sample(params, vocab, prompt, args.length, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
@@ -294,14 +299,11 @@ def sample_mode(args) -> str:
 
 def eval_mode(args) -> dict:
     """Evaluate a saved checkpoint on the validation and test splits of its dataset."""
-    if not args.checkpoint:
-        raise SystemExit("error: eval mode needs --checkpoint RUN_DIR (the --out of a training run)")
-    which = int(args.which) if str(args.which).isdigit() else args.which
-    params, meta = load_checkpoint(args.checkpoint, which)
+    params, meta, vocab = load_run_checkpoint(args, "eval")
     saved = meta.get("args", {})
     dataset = "file" if saved.get("text_file") else saved.get("dataset", args.dataset)
     splits = load_text(dataset, text_file=saved.get("text_file"), data_dir=args.data_dir or saved.get("data_dir"))
-    if splits.vocab != Vocab.from_json(meta["vocab"]):
+    if splits.vocab != vocab:
         raise SystemExit(f"error: the vocabulary of {splits.name} differs from the checkpoint's")
     seq_len = args.eval_seq_len or saved.get("seq_len", args.seq_len)
     out = {"step": meta["step"], "eval_seq_len": seq_len}

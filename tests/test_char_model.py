@@ -186,6 +186,9 @@ def test_script_train_then_sample_from_checkpoint(tmp_path, script, capsys):
         script.main(["sample", "--checkpoint", str(out), "--prompt", "Zen ☃"])
     with pytest.raises(SystemExit, match="no checkpoint"):
         script.main(["sample", "--checkpoint", str(tmp_path / "missing")])
+    for mode in ("sample", "eval"):
+        with pytest.raises(SystemExit, match=f"{mode} mode needs --checkpoint"):
+            script.main([mode])
     # The run directory is refused without --resume (never clobbers a run) ...
     with pytest.raises(SystemExit, match="already holds checkpoints"):
         script.main(args)
