@@ -1,10 +1,15 @@
 """lstm_jax: recurrent networks from scratch as pure JAX functions.
 
-Layout (the folder tree is the architecture):
-    cells       rnn_step / lstm_step / gru_step, their init_* functions, the Cell protocol
-    layers      scan_layer (the one scan), init_stack / apply_stack, layer_impl registry
-    bptt        hand-derived backpropagation through time, and the "manual" custom_vjp layer
-    fast        performance variants of the layer ("hoisted", "remat")
+Layout (the folder tree is the architecture; imports run downward only)::
+
+    cells/      one module per cell (rnn, lstm, gru): its equations, backward step,
+                init and zero carry, bundled in a Cell; base.py: the Cell protocol
+    sequence    the shared front of every layer: validation, lengths, reverse, batch axis
+    stack       stacks of layers: params, carries and the one loop over layers
+    bptt/       hand-derived backpropagation through time (scans, one layer, stacks)
+    impls/      layer implementations and their registry: scan (reference), hoisted,
+                manual (custom_vjp over bptt), remat
+    layers      scan_layer, init_stack / apply_stack: the user-facing layer API
     parallel    data parallelism over local devices with jax.sharding
     train       the shared training loop (Optax, checkpoints, guards); checkpoint: Orbax I/O
     analysis    gradient flow through time, gate traces
@@ -35,6 +40,17 @@ from .cells import (
     rnn_step,
     zeros_carry,
 )
-from .layers import apply_stack, init_stack, layer_impl, scan_layer, zeros_stack_carry
+from .impls import IMPLS, LayerImpl, layer_impl
+from .layers import apply_stack, init_stack, scan_layer, zeros_stack_carry
 
 __version__ = "0.1.0"
+
+__all__ = [
+    # cells
+    "Cell", "CELLS", "get_cell", "RNN", "LSTM", "GRU", "LSTMCarry", "LSTM_GATES", "GRU_GATES",
+    "rnn_step", "lstm_step", "gru_step", "init_rnn", "init_lstm", "init_gru", "zeros_carry", "lstm_zeros_carry",
+    # layers
+    "scan_layer", "init_stack", "zeros_stack_carry", "apply_stack",
+    # implementations
+    "IMPLS", "LayerImpl", "layer_impl",
+]

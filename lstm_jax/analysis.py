@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from .cells import LSTM_GATES, Cell, LSTMCarry, get_cell, glorot_uniform, lstm_step, zeros_carry
+from .cells.base import matmul
 from .layers import zeros_stack_carry
 
 Array = jax.Array
@@ -60,16 +61,21 @@ Array = jax.Array
 # A linear RNN: the analytically tractable reference cell
 
 
-def linear_rnn_step(params: dict, carry: Array, x_t: Array, *, compute_dtype=None):
-    """Linear RNN ``h_t = h_{t-1} @ w_h + x_t @ w_x`` (no bias, no nonlinearity).
+def linear_rnn_recurrence(params: dict, h_prev: Array, xw_t: Array, compute_dtype=None):
+    """Linear RNN ``h_t = x_t @ w_x + h_{t-1} @ w_h`` (no bias, no nonlinearity); keeps ``h_prev``.
 
     Not a model anyone trains; it is the cell whose gradient flow is known in
     closed form (``dL/dh_{T-k} = w_h^k dL/dh_T``), used to validate
     :func:`carry_gradients`.
     """
-    del compute_dtype
-    h = carry @ params["w_h"] + x_t @ params["w_x"]
-    return h, h
+    h = xw_t + matmul(h_prev, params["w_h"], compute_dtype, h_prev.dtype)
+    return h, h, {"h_prev": h_prev}
+
+
+def linear_rnn_backward_step(params: dict, res: dict, dh_next: Array, dy: Array, compute_dtype=None):
+    """``dz_t = dh_next + dy`` (no nonlinearity), ``dh_{t-1} = dz_t @ w_hᵀ``."""
+    dz = dh_next + dy
+    return dz, None, matmul(dz, params["w_h"].T, compute_dtype, dz.dtype)
 
 
 def init_linear_rnn(key: Array, input_size: int, hidden_size: int, dtype=jnp.float32) -> dict:
@@ -81,7 +87,11 @@ def init_linear_rnn(key: Array, input_size: int, hidden_size: int, dtype=jnp.flo
     }
 
 
-LINEAR_RNN = Cell("linear_rnn", linear_rnn_step, init_linear_rnn, zeros_carry)
+LINEAR_RNN = Cell(
+    name="linear_rnn", init=init_linear_rnn, zeros_carry=zeros_carry, recurrence=linear_rnn_recurrence,
+    num_gates=1, param_keys=("w_x", "w_h"), input_bias=None, backward_step=linear_rnn_backward_step,
+)
+linear_rnn_step = LINEAR_RNN.step
 
 
 def _as_cell(cell) -> Cell:
@@ -90,10 +100,6 @@ def _as_cell(cell) -> Cell:
 
 # ---------------------------------------------------------------------------
 # Gradient flow through time
-
-
-def _hidden_of(carry):
-    return carry.hidden if isinstance(carry, LSTMCarry) else carry
 
 
 def _run_with_offsets(cell: Cell, params: Sequence, xs: Array, carry: Sequence, offsets: Sequence):
@@ -109,7 +115,7 @@ def _run_with_offsets(cell: Cell, params: Sequence, xs: Array, carry: Sequence, 
             x_t, d_t = inputs
             c, _ = step(c, x_t)
             c = jax.tree_util.tree_map(jnp.add, c, d_t)
-            return c, _hidden_of(c)
+            return c, cell.hidden(c)
 
         final, h = jax.lax.scan(body, layer_carry, (h, layer_offsets))
         finals.append(final)

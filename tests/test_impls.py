@@ -1,4 +1,4 @@
-"""Every fast layer implementation (and the hand-derived ``"manual"``) equals the reference ``impl="scan"``.
+"""Every registered layer implementation equals the reference ``impl="scan"``.
 
 Outputs, final carry and gradients (w.r.t. params, inputs and the initial
 carry) must agree to float32 tolerance, for every cell, with and without
@@ -14,11 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lstm_jax import bptt, fast
+from lstm_jax import bptt
+from lstm_jax.impls import IMPLS as REGISTRY
+from lstm_jax.impls import default_segment
 from lstm_jax.cells import get_cell
 from lstm_jax.layers import apply_stack, init_stack, layer_impl, zeros_stack_carry
 
-IMPLS = ["hoisted", "manual", "remat"]
+# Taken from the registry, so an implementation cannot be added untested.
+IMPLS = [name for name in REGISTRY if name != "scan"]
 CELLS = ["lstm", "gru", "rnn"]
 # (T, B, I, H): the benchmark sizes scaled down (wide, long-thin).
 SIZES = [(13, 4, 8, 16), (40, 3, 1, 8)]
@@ -99,7 +102,7 @@ def test_remat_segment_lengths_including_padding(segment, inner):
     lengths = jnp.array([16, 11])
 
     def loss(name, p, **kw):
-        impl = functools.partial(fast.remat_layer, segment=segment, inner=inner) if name == "remat" else layer_impl(name)
+        impl = layer_impl("remat", segment=segment, inner=inner) if name == "remat" else layer_impl(name)
         ys, fin = impl(cell, p, xs, c, lengths=lengths, reverse=True, **kw)
         return jnp.sum(ys**2) + jnp.sum(fin)
 
@@ -111,11 +114,11 @@ def test_remat_segment_lengths_including_padding(segment, inner):
 
 
 def test_default_segment():
-    assert fast.default_segment(8192) == 64 or 8192 % fast.default_segment(8192) == 0
-    assert fast.default_segment(784) == 28
-    assert fast.default_segment(100) == 10
-    assert fast.default_segment(1) == 1
-    assert fast.default_segment(97) == 10  # prime: padded
+    assert default_segment(8192) == 64 or 8192 % default_segment(8192) == 0
+    assert default_segment(784) == 28
+    assert default_segment(100) == 10
+    assert default_segment(1) == 1
+    assert default_segment(97) == 10  # prime: padded
 
 
 def test_manual_bf16_compute_runs_and_is_close():
@@ -138,6 +141,6 @@ def test_manual_rejects_bad_carry():
     cell = get_cell("lstm")
     params, xs, carry = _setup("lstm", (4, 2, 3, 5))
     with pytest.raises(TypeError):
-        bptt.manual_layer(cell, params[0], xs, (carry[0].hidden, carry[0].cell))
+        layer_impl("manual")(cell, params[0], xs, (carry[0].hidden, carry[0].cell))
     with pytest.raises(ValueError):
-        bptt.manual_layer(cell, params[0], xs[:, :, :2], carry[0])
+        layer_impl("manual")(cell, params[0], xs[:, :, :2], carry[0])

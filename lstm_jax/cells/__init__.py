@@ -1,0 +1,54 @@
+"""Recurrent cells as pure functions, each described by one :class:`Cell` object.
+
+Every cell is a function ``step(params, carry, x_t) -> (new_carry, y_t)``:
+
+* ``params`` is a plain dict of arrays (shapes in each cell's module),
+* ``carry`` is the recurrent state (an array, or :class:`LSTMCarry`),
+* ``x_t`` is one time step of input, ``(input_size,)`` for a single example
+  or ``(batch, input_size)`` for a batch; every contraction is over the last axis.
+
+``functools.partial(step, params)`` is then exactly the ``f(carry, x)`` that
+``jax.lax.scan`` expects; :mod:`lstm_jax.layers` does that for you.
+
+Weights are stored "input-major" (``x @ W``, as Flax and JAX code do), i.e.
+transposed relative to PyTorch's ``weight_ih_l0``. Mixed precision: each step
+takes a keyword ``compute_dtype`` (e.g. ``jnp.bfloat16``); the matrix products
+then run in that dtype and accumulate into the carry's dtype; the gate
+non-linearities and the carry stay in the parameter dtype.
+
+One module per cell (``rnn``, ``lstm``, ``gru``) holds its equations once:
+the recurrence, its hand-derived backward step, init and zero carry, and the
+:class:`Cell` that bundles them (:mod:`lstm_jax.cells.base` explains the
+protocol). To add a cell, write such a module and list its ``Cell`` in
+:data:`CELLS` below (or pass the ``Cell`` object itself wherever a cell name
+is accepted).
+"""
+
+from __future__ import annotations
+
+from .base import Cell, glorot_uniform, orthogonal_blocks, zeros_carry
+from .gru import GRU, GRU_GATES, gru_step, init_gru
+from .lstm import LSTM, LSTM_GATES, LSTMCarry, init_lstm, lstm_step, lstm_zeros_carry
+from .rnn import RNN, init_rnn, rnn_step
+
+#: The registered cells by name.
+CELLS = {c.name: c for c in (RNN, LSTM, GRU)}
+
+
+def get_cell(name: str | Cell) -> Cell:
+    """Look up a cell by name (``"rnn"``, ``"lstm"``, ``"gru"``); a :class:`Cell` is returned as is."""
+    if isinstance(name, Cell):
+        return name
+    try:
+        return CELLS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown cell {name!r}; choose one of {sorted(CELLS)}") from None
+
+
+__all__ = [
+    "CELLS", "Cell", "get_cell",
+    "RNN", "rnn_step", "init_rnn",
+    "LSTM", "LSTM_GATES", "LSTMCarry", "lstm_step", "init_lstm", "lstm_zeros_carry",
+    "GRU", "GRU_GATES", "gru_step", "init_gru",
+    "zeros_carry", "glorot_uniform", "orthogonal_blocks",
+]

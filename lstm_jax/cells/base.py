@@ -1,0 +1,236 @@
+"""The cell protocol: one :class:`Cell` object holds everything the library knows about a cell type.
+
+A cell is defined by its *recurrence*: given the input projection
+``xw_t = x_t @ w_x + b`` (which does not depend on the state, so fast layers
+compute it for all steps at once), it maps the previous carry to the next one::
+
+    recurrence(params, carry_{t-1}, xw_t, compute_dtype) -> (carry_t, y_t, residuals_t)
+
+``residuals_t`` is a dict of arrays the hand-derived backward needs (it must
+contain ``"h_prev"``, the operand of ``w_h``); the reference step simply drops
+it (and XLA removes the dead code). The readable per-step function is then
+:meth:`Cell.step`, ``(params, carry, x_t) -> (carry, y_t)``: the projection
+and the recurrence, one definition of the equations for every layer
+implementation.
+
+For the hand-derived BPTT (:mod:`lstm_jax.bptt`, layer impl ``"manual"``) a
+cell also gives its backward step::
+
+    backward_step(params, residuals_t, dcarry_t, dy_t, compute_dtype)
+        -> (dz_in_t, dz_rec_t or None, dcarry_{t-1})
+
+with ``dcarry_t = dL/dcarry_t`` from the later steps and ``dy_t = dL/dy_t``;
+``dz_in_t`` is ``dL/dxw_t`` (gives ``dW_x``, ``dx_t`` and the input bias) and
+``dz_rec_t`` is ``dL/d(h_{t-1} @ w_h [+ recurrent bias])`` (``None`` when it is
+the same array as ``dz_in_t``, which saves storing it twice).
+
+Shapes: ``I`` input size, ``H`` hidden size, ``G`` = :attr:`Cell.num_gates`;
+``w_x (I, G*H)``, ``w_h (H, G*H)``, biases ``(G*H,)``; every carry leaf
+``(..., H)``; ``x_t (..., I)`` with ``...`` empty or one batch axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Params = dict
+
+
+def matmul(x: Array, w: Array, compute_dtype: Any, out_dtype: Any) -> Array:
+    """``x @ w`` in ``compute_dtype`` (if given), accumulated in ``out_dtype``."""
+    if compute_dtype is not None:
+        x = x.astype(compute_dtype)
+        w = w.astype(compute_dtype)
+    return jnp.matmul(x, w, preferred_element_type=out_dtype).astype(out_dtype)
+
+
+def _identity(carry):
+    return carry
+
+
+def _leaf_name(path) -> str:
+    """``"h"`` for a bare-array carry, else the field name (``"hidden"``, ``"cell"``)."""
+    if not path:
+        return "h"
+    key = path[-1]
+    return str(getattr(key, "name", getattr(key, "key", getattr(key, "idx", key))))
+
+
+def describe_carry(carry) -> str:
+    """How a carry is structured, for error messages: ``LSTMCarry(hidden, cell)`` or ``array``."""
+    fields = getattr(type(carry), "_fields", None)
+    if fields is not None:
+        return f"{type(carry).__name__}({', '.join(fields)})"
+    return "array" if hasattr(carry, "shape") else type(carry).__name__
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """Everything a layer needs to know about one cell type.
+
+    name:           registry name (``"lstm"``); also the prefix of error messages.
+    init:           ``(key, input_size, hidden_size, dtype) -> params``.
+    zeros_carry:    ``(hidden_size, batch_shape, dtype) -> carry`` (leaves ``(*batch_shape, H)``).
+    recurrence:     ``(params, carry, xw_t, compute_dtype) -> (carry, y_t, residuals)``; see the module docstring.
+    num_gates:      ``G``, the number of ``H``-wide blocks of ``w_x``, ``w_h`` and the biases.
+    param_keys:     the keys of the params dict.
+    input_bias:     key of the bias added to ``x_t @ w_x`` (``None``: no bias).
+    recurrent_bias: key of a bias added to ``h_{t-1} @ w_h`` inside the recurrence (GRU), else ``None``.
+    backward_step:  the hand-derived backward of one step (``None``: autodiff-only cell).
+    hidden:         ``carry -> h_t``, the output ``y_t`` and the operand of ``w_h``.
+    """
+
+    name: str
+    init: Callable
+    zeros_carry: Callable
+    recurrence: Callable
+    num_gates: int
+    param_keys: tuple = ("w_x", "w_h", "b")
+    input_bias: str | None = "b"
+    recurrent_bias: str | None = None
+    backward_step: Callable | None = None
+    hidden: Callable = _identity
+
+    # -- shapes ---------------------------------------------------------------
+
+    def hidden_size(self, params: Params) -> int:
+        return params["w_h"].shape[0]
+
+    def carry_like(self, hidden_size: int, batch_shape: tuple, dtype) -> Any:
+        """Shapes and dtypes of a carry (``jax.ShapeDtypeStruct`` leaves), without allocating one."""
+        return jax.eval_shape(lambda: self.zeros_carry(hidden_size, tuple(batch_shape), dtype))
+
+    def input_projection(self, params: Params, x: Array, compute_dtype, dtype) -> Array:
+        """``x @ w_x + b``: ``(..., I) -> (..., G*H)`` in ``dtype`` (the carry dtype)."""
+        xw = matmul(x, params["w_x"], compute_dtype, dtype)
+        return xw if self.input_bias is None else xw + params[self.input_bias]
+
+    # -- validation (shapes are static under jit: raised at trace time) ---------
+
+    def check_params(self, params: Params) -> int:
+        """Keys and shapes of one layer's params against this cell. Returns ``H``."""
+        if not isinstance(params, dict):
+            raise TypeError(f"{self.name}: params must be a dict, got {type(params).__name__}")
+        missing = [k for k in self.param_keys if k not in params]
+        if missing:
+            raise ValueError(
+                f"{self.name}: params missing {missing}; expected keys {self.param_keys} "
+                f"(got {sorted(params)}): are these params for another cell?"
+            )
+        hidden = params["w_h"].shape[0]
+        width = self.num_gates * hidden
+        bias_ok = all(
+            params[k].shape == (width,) for k in (self.input_bias, self.recurrent_bias) if k is not None
+        )
+        if params["w_h"].shape != (hidden, width) or params["w_x"].shape[-1] != width or not bias_ok:
+            raise ValueError(
+                f"{self.name}: w_h {params['w_h'].shape} / w_x {params['w_x'].shape} do not match "
+                f"{self.num_gates} gate block(s) of hidden size {hidden}"
+            )
+        return hidden
+
+    def check_carry(self, carry, hidden_size: int, batch_shape: tuple, dtype, context: str, what: str = "carry"):
+        """``carry`` must be structured like :attr:`zeros_carry`'s result, leaves ``(*batch_shape, H)``.
+
+        ``context`` ends the shape message (what the expected shape follows from).
+        A leaf dtype that the step would promote (a float16 carry with float32
+        params) is refused here instead of deep inside ``lax.scan``.
+        """
+        expected = self.carry_like(hidden_size, batch_shape, dtype)
+        if jax.tree_util.tree_structure(carry) != jax.tree_util.tree_structure(expected):
+            raise TypeError(
+                f"{self.name}: {what} must be {describe_carry(expected)} like zeros_carry's, "
+                f"got {describe_carry(carry)}"
+            )
+        for path, leaf in jax.tree_util.tree_flatten_with_path(carry)[0]:
+            shape = getattr(leaf, "shape", None)
+            want = tuple(batch_shape) + (hidden_size,)
+            if shape != want:
+                raise ValueError(
+                    f"{self.name}: {what} {_leaf_name(path)} has shape {shape}, expected {want} {context}"
+                )
+            if jnp.result_type(leaf.dtype, dtype) != leaf.dtype:
+                raise TypeError(
+                    f"{self.name}: {what} {_leaf_name(path)} has dtype {leaf.dtype} but the params are "
+                    f"{jnp.dtype(dtype)}; the step would compute in {jnp.result_type(leaf.dtype, dtype)}: "
+                    f"cast the {what} to {jnp.dtype(dtype)}"
+                )
+
+    def check_input(self, params: Params, x: Array) -> None:
+        w_x = params["w_x"]
+        where = f"{self.name}_step"
+        if x.ndim not in (1, 2):
+            raise ValueError(
+                f"{where}: x_t must have shape (input_size,) or (batch, input_size); "
+                f"got rank {x.ndim} with shape {x.shape}"
+            )
+        if x.shape[-1] != w_x.shape[0]:
+            raise ValueError(
+                f"{where}: x_t has {x.shape[-1]} features (shape {x.shape}) but w_x "
+                f"expects input_size={w_x.shape[0]} (w_x shape {w_x.shape})"
+            )
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"{where}: x_t must be a floating dtype, got {x.dtype}")
+
+    # -- the reference step ---------------------------------------------------
+
+    def step(self, params: Params, carry, x_t: Array, *, compute_dtype=None):
+        """One step ``(params, carry, x_t) -> (carry, y_t)``: ``recurrence(carry, x_t @ w_x + b)``.
+
+        ``x_t``: ``(I,)`` or ``(batch, I)``; carry leaves ``(H,)`` or ``(batch, H)``.
+        The matmuls run in ``compute_dtype`` (if given) and accumulate into
+        the carry's dtype; the non-linearities stay in that dtype.
+        """
+        self.check_input(params, x_t)
+        hidden_size = self.hidden_size(params)
+        self.check_carry(
+            carry, hidden_size, x_t.shape[:-1], params["w_h"].dtype,
+            f"for x_t of shape {x_t.shape} and hidden_size={hidden_size}",
+        )
+        dtype = jax.tree_util.tree_leaves(carry)[0].dtype
+        xw_t = self.input_projection(params, x_t, compute_dtype, dtype)
+        new_carry, y_t, _ = self.recurrence(params, carry, xw_t, compute_dtype)
+        return new_carry, y_t
+
+
+# ---------------------------------------------------------------------------
+# Initialisation and zero carries shared by the cells
+
+
+def glorot_uniform(key: Array, fan_in: int, fan_out: int, dtype=jnp.float32) -> Array:
+    """U(-a, a) with a = sqrt(6 / (fan_in + fan_out)), shape (fan_in, fan_out)."""
+    limit = (6.0 / (fan_in + fan_out)) ** 0.5
+    return jax.random.uniform(key, (fan_in, fan_out), dtype, -limit, limit)
+
+
+def glorot_blocks(key: Array, input_size: int, hidden_size: int, num_blocks: int, dtype=jnp.float32) -> Array:
+    """``num_blocks`` Glorot-uniform (I, H) blocks side by side: (I, num_blocks*H), fan_out = H per gate."""
+    keys = jax.random.split(key, num_blocks)
+    return jnp.concatenate([glorot_uniform(k, input_size, hidden_size, dtype) for k in keys], axis=1)
+
+
+def orthogonal_blocks(key: Array, hidden_size: int, num_blocks: int, dtype=jnp.float32) -> Array:
+    """``num_blocks`` independent orthogonal (H, H) matrices side by side: (H, num_blocks*H).
+
+    Each gate's recurrent block is orthogonal on its own; a single orthogonal
+    (H, k*H) matrix would only have orthonormal rows, not orthogonal blocks.
+    """
+    keys = jax.random.split(key, num_blocks)
+    init = jax.nn.initializers.orthogonal()
+    return jnp.concatenate([init(k, (hidden_size, hidden_size), dtype) for k in keys], axis=1)
+
+
+def check_sizes(name: str, input_size: int, hidden_size: int) -> None:
+    for label, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}: {label} must be a positive int, got {value!r}")
+
+
+def zeros_carry(hidden_size: int, batch_shape: tuple = (), dtype=jnp.float32) -> Array:
+    """Zero state for single-array carries (rnn, gru): (*batch_shape, H)."""
+    return jnp.zeros(tuple(batch_shape) + (hidden_size,), dtype)

@@ -1,0 +1,111 @@
+"""The GRU cell in the convention of ``torch.nn.GRU`` and cuDNN.
+
+Equations::
+
+    a   = x_t @ w_x + b_x                       # (..., 3H), blocks [r|z|n]
+    u   = h_{t-1} @ w_h + b_h                   # (..., 3H)
+    r_t = σ(a_r + u_r)                          reset gate
+    z_t = σ(a_z + u_z)                          update gate
+    n_t = tanh(a_n + r_t ⊙ u_n)                 new state; r_t multiplies the hidden
+                                                projection *including* its bias b_h[n]
+    h_t = (1 - z_t) ⊙ n_t + z_t ⊙ h_{t-1}
+    y_t = h_t
+
+Because of the reset gate's position the two biases are not interchangeable,
+so both are kept. Params: ``w_x (I, 3H)``, ``w_h (H, 3H)``, ``b_x (3H,)``,
+``b_h (3H,)``, gate order :data:`GRU_GATES`. Carry: ``h (..., H)``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .base import Cell, check_sizes, glorot_blocks, matmul, orthogonal_blocks, zeros_carry
+
+Array = jax.Array
+
+#: Order of the three gate blocks along the ``3H`` axis (PyTorch's ``r|z|n``).
+GRU_GATES = ("reset", "update", "new")
+
+
+def gru_recurrence(params, h_prev: Array, xw_t: Array, compute_dtype=None):
+    """The module's equations from ``a = xw_t = x_t @ w_x + b_x``.
+
+    Keeps ``h_prev``, ``r``, ``z``, ``n`` and ``u_n`` (the reset gate's multiplicand).
+    """
+    u = matmul(h_prev, params["w_h"], compute_dtype, h_prev.dtype) + params["b_h"]
+    a_r, a_z, a_n = jnp.split(xw_t, 3, axis=-1)
+    u_r, u_z, u_n = jnp.split(u, 3, axis=-1)
+    r = jax.nn.sigmoid(a_r + u_r)
+    z = jax.nn.sigmoid(a_z + u_z)
+    n = jnp.tanh(a_n + r * u_n)
+    h = (1.0 - z) * n + z * h_prev
+    return h, h, {"h_prev": h_prev, "r": r, "z": z, "n": n, "u_n": u_n}
+
+
+def gru_backward_step(params, res, dh_next: Array, dy: Array, compute_dtype=None):
+    """GRU backward step, with ``dh = dh_next + dy = dL/dh_t`` in total::
+
+        dn   = dh ⊙ (1 - z),         dz = dh ⊙ (h_{t-1} - n)
+        ds_n = dn ⊙ (1 - n²)                     # s_n = a_n + r ⊙ u_n
+        dr   = ds_n ⊙ u_n
+        ds_r = dr ⊙ r(1-r),          ds_z = dz ⊙ z(1-z)
+        da   = [ds_r | ds_z | ds_n]              # dL/d(x_t w_x + b_x)
+        du   = [ds_r | ds_z | ds_n ⊙ r]          # dL/d(h_{t-1} w_h + b_h)
+        dh_{t-1} = dh ⊙ z + du @ w_hᵀ
+
+    (``dW_x = Σ x_tᵀ da``, ``db_x = Σ da``, ``dW_h = Σ h_{t-1}ᵀ du``, ``db_h = Σ du``: after the scan.)
+    Returns ``(da, du, dh_{t-1})``.
+    """
+    r, z, n = res["r"], res["z"], res["n"]
+    dh = dh_next + dy
+    dn = dh * (1.0 - z)
+    dz = dh * (res["h_prev"] - n)
+    ds_n = dn * (1.0 - n**2)
+    dr = ds_n * res["u_n"]
+    ds_r = dr * r * (1.0 - r)
+    ds_z = dz * z * (1.0 - z)
+    da = jnp.concatenate([ds_r, ds_z, ds_n], axis=-1)
+    du = jnp.concatenate([ds_r, ds_z, ds_n * r], axis=-1)
+    dh_prev = dh * z + matmul(du, params["w_h"].T, compute_dtype, dh.dtype)
+    return da, du, dh_prev
+
+
+def init_gru(key: Array, input_size: int, hidden_size: int, dtype=jnp.float32) -> dict:
+    """Params for :func:`gru_step`: w_x (I, 3H) Glorot-uniform per block, w_h (H, 3H)
+    orthogonal per block, b_x and b_h (3H,) zeros."""
+    check_sizes("init_gru", input_size, hidden_size)
+    k_x, k_h = jax.random.split(key)
+    return {
+        "w_x": glorot_blocks(k_x, input_size, hidden_size, 3, dtype),
+        "w_h": orthogonal_blocks(k_h, hidden_size, 3, dtype),
+        "b_x": jnp.zeros((3 * hidden_size,), dtype),
+        "b_h": jnp.zeros((3 * hidden_size,), dtype),
+    }
+
+
+GRU = Cell(
+    name="gru", init=init_gru, zeros_carry=zeros_carry, recurrence=gru_recurrence, num_gates=3,
+    param_keys=("w_x", "w_h", "b_x", "b_h"), input_bias="b_x", recurrent_bias="b_h",
+    backward_step=gru_backward_step,
+)
+
+
+def gru_step(params: dict, carry: Array, x_t: Array, *, compute_dtype=None):
+    """GRU step ``(params, h_{t-1}, x_t) -> (h_t, y_t)`` in the convention of ``torch.nn.GRU``.
+
+    Equations::
+
+        a   = x_t @ w_x + b_x,   u = h_{t-1} @ w_h + b_h      # (..., 3H), blocks [r|z|n]
+        r_t = σ(a_r + u_r),  z_t = σ(a_z + u_z)
+        n_t = tanh(a_n + r_t ⊙ u_n)          # r_t multiplies u_n *including* b_h[n]
+        h_t = (1 - z_t) ⊙ n_t + z_t ⊙ h_{t-1}
+        y_t = h_t
+
+    Params:
+        w_x: (I, 3H); w_h: (H, 3H); b_x: (3H,); b_h: (3H,); gate order :data:`GRU_GATES`.
+    Carry:
+        h: (H,) or (batch, H)
+    """
+    return GRU.step(params, carry, x_t, compute_dtype=compute_dtype)

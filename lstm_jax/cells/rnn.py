@@ -1,0 +1,72 @@
+"""The Elman RNN cell.
+
+Equations (``@`` = matrix product on the last axis)::
+
+    h_t = tanh(x_t @ w_x + b + h_{t-1} @ w_h)
+    y_t = h_t
+
+Params: ``w_x (I, H)`` Glorot-uniform, ``w_h (H, H)`` orthogonal, ``b (H,)`` zeros.
+Carry: ``h (..., H)``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .base import Cell, check_sizes, glorot_uniform, matmul, orthogonal_blocks, zeros_carry
+
+Array = jax.Array
+
+
+def rnn_recurrence(params, h_prev: Array, xw_t: Array, compute_dtype=None):
+    """``h_t = tanh(xw_t + h_{t-1} @ w_h)`` with ``xw_t = x_t @ w_x + b``; keeps ``h_prev`` and ``h``."""
+    h = jnp.tanh(xw_t + matmul(h_prev, params["w_h"], compute_dtype, h_prev.dtype))
+    return h, h, {"h_prev": h_prev, "h": h}
+
+
+def rnn_backward_step(params, res, dh_next: Array, dy: Array, compute_dtype=None):
+    """Elman backward step; ``dh = dL/dh_t`` in total (from ``y_t`` and from step t+1)::
+
+        dh        = dh_next + dy
+        dz_t      = dh ⊙ (1 - h_t²)           # through tanh
+        dh_{t-1}  = dz_t @ w_hᵀ
+
+    (``dW_x = Σ x_tᵀ dz_t``, ``dW_h = Σ h_{t-1}ᵀ dz_t``, ``db = Σ dz_t``, ``dx_t = dz_t w_xᵀ``:
+    after the scan, in :mod:`lstm_jax.bptt`). Returns ``(dz_t, None, dh_{t-1})``.
+    """
+    dz = (dh_next + dy) * (1.0 - res["h"] ** 2)
+    return dz, None, matmul(dz, params["w_h"].T, compute_dtype, dz.dtype)
+
+
+def init_rnn(key: Array, input_size: int, hidden_size: int, dtype=jnp.float32) -> dict:
+    """Params for :func:`rnn_step`: w_x (I, H) Glorot-uniform, w_h (H, H) orthogonal, b (H,) zeros."""
+    check_sizes("init_rnn", input_size, hidden_size)
+    k_x, k_h = jax.random.split(key)
+    return {
+        "w_x": glorot_uniform(k_x, input_size, hidden_size, dtype),
+        "w_h": orthogonal_blocks(k_h, hidden_size, 1, dtype),
+        "b": jnp.zeros((hidden_size,), dtype),
+    }
+
+
+RNN = Cell(
+    name="rnn", init=init_rnn, zeros_carry=zeros_carry, recurrence=rnn_recurrence, num_gates=1,
+    backward_step=rnn_backward_step,
+)
+
+
+def rnn_step(params: dict, carry: Array, x_t: Array, *, compute_dtype=None):
+    """Elman RNN step ``(params, h_{t-1}, x_t) -> (h_t, y_t)``.
+
+    Equations::
+
+        h_t = tanh(x_t @ w_x + b + h_{t-1} @ w_h)
+        y_t = h_t
+
+    Params:
+        w_x: (I, H); w_h: (H, H); b: (H,)
+    Carry:
+        h: (H,) or (batch, H)
+    """
+    return RNN.step(params, carry, x_t, compute_dtype=compute_dtype)

@@ -1,0 +1,107 @@
+"""Layer implementations: interchangeable ways to run one cell over time, and their one registry.
+
+Every implementation is called the same way::
+
+    impl(cell, params, xs, carry, *, reverse=False, lengths=None, unroll=1, compute_dtype=None)
+        -> (ys (B, T, H), final_carry)
+
+and must agree with ``"scan"`` (the reference) in outputs, final carry and
+gradients; ``tests/test_impls.py`` checks every entry of :data:`IMPLS`. The
+shared front (:func:`lstm_jax.sequence.run_layer`) validates the inputs and
+handles the batch axis, ``reverse`` and ``lengths``, so an implementation is
+just a time-major *core*::
+
+    core(cell, params, xs_tm, carry, mask, reverse, *, unroll, compute_dtype, **options)
+        -> (ys_tm (T, B, H), final_carry)
+
+=========== ==================================================================
+``scan``    the reference: the cell's readable step under ``lax.scan``, autodiff
+``hoisted`` input projection as one matmul before the scan, autodiff
+``manual``  hoisted forward + the hand-derived BPTT (``jax.custom_vjp``)
+``remat``   checkpointed segments (options ``segment``, ``inner``), O(sqrt T) memory
+=========== ==================================================================
+
+To add one: write its core in a module here and add a :class:`LayerImpl` to
+:data:`IMPLS` (:func:`register` does it from outside the package).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from ..cells import get_cell
+from ..sequence import run_layer
+from .hoisted import hoisted_core
+from .manual import manual_core
+from .remat import check_options as _remat_options
+from .remat import default_segment, remat_core
+from .scan import scan_core, scan_layer, scan_time_major
+
+
+def _no_options() -> None:
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerImpl:
+    """One layer implementation: its core, a one-line summary and its options.
+
+    ``options`` are the keyword options bound by :func:`layer_impl` (name, value pairs);
+    ``check_options(**options)`` validates them (``ValueError`` on a bad one).
+    """
+
+    name: str
+    core: Callable
+    summary: str
+    check_options: Callable = _no_options
+    options: tuple = ()
+
+    def __call__(self, cell, params, xs, carry, *, reverse=False, lengths=None, unroll=1, compute_dtype=None):
+        return run_layer(
+            self.core, get_cell(cell), params, xs, carry, reverse=reverse, lengths=lengths, unroll=unroll,
+            compute_dtype=compute_dtype, **dict(self.options),
+        )
+
+    def with_options(self, **options) -> "LayerImpl":
+        merged = {**dict(self.options), **options}
+        try:
+            self.check_options(**merged)
+        except TypeError as err:  # an option name the impl does not have
+            raise ValueError(f"layer impl {self.name!r}: {err}") from None
+        return dataclasses.replace(self, options=tuple(sorted(merged.items())))
+
+
+IMPLS: dict[str, LayerImpl] = {}
+
+
+def register(impl: LayerImpl) -> LayerImpl:
+    """Add ``impl`` to :data:`IMPLS` (the test suite checks every entry against ``"scan"``)."""
+    if impl.name in IMPLS:
+        raise ValueError(f"layer impl {impl.name!r} is already registered")
+    IMPLS[impl.name] = impl
+    return impl
+
+
+register(LayerImpl("scan", scan_core, "the cell's readable step under lax.scan; autodiff (the reference)"))
+register(LayerImpl("hoisted", hoisted_core, "input projection as one matmul before the scan; autodiff"))
+register(LayerImpl("manual", manual_core, "hoisted forward, hand-derived BPTT as a custom_vjp"))
+register(LayerImpl("remat", remat_core, "checkpointed segments of ~sqrt(T) steps; O(sqrt T) memory", _remat_options))
+
+
+def layer_impl(name: str | LayerImpl, **options) -> LayerImpl:
+    """The layer implementation called ``name``, with ``options`` bound (``layer_impl("remat", segment=16)``)."""
+    if isinstance(name, LayerImpl):
+        impl = name
+    else:
+        try:
+            impl = IMPLS[name]
+        except (KeyError, TypeError):
+            raise ValueError(f"unknown layer impl {name!r}; choose one of {sorted(IMPLS)}") from None
+    return impl.with_options(**options) if options else impl
+
+
+__all__ = [
+    "IMPLS", "LayerImpl", "layer_impl", "register",
+    "scan_layer", "scan_time_major", "default_segment",
+]
