@@ -9,7 +9,13 @@ mean the same everywhere:
   features)`` sequence gets a batch axis of 1 (:func:`with_batch_axis`).
 * ``lengths`` ``(batch,)``: for example ``b`` only steps ``t < lengths[b]``
   are real. Past them the carry is frozen and outputs are zero, so the final
-  carry is the carry after the last real step.
+  carry is the carry after the last real step. Padded inputs never reach the
+  arithmetic (they are replaced by zeros first), so NaN or inf in the padding
+  changes neither outputs nor gradients. Concrete lengths outside
+  ``[0, time]`` are an error; traced ones (under ``jit``) cannot be checked
+  without a host round trip, so they are clipped to ``[0, time]``, the same in
+  both directions and every implementation (``lengths=T+5`` means the whole
+  sequence, ``-1`` means none of it).
 * ``reverse``: read each sequence from its end. With ``lengths`` each sequence
   is read from its own last real step back to 0 (flip within length, run
   forwards, flip back), as PyTorch's packed sequences do; outputs are always
@@ -42,7 +48,8 @@ def is_concrete(x) -> bool:
 
 
 def check_lengths(lengths, batch: int, seq_len: int) -> Array:
-    """``lengths`` must be ``(batch,)`` integers; concrete values must lie in ``[0, seq_len]``."""
+    """``lengths`` must be ``(batch,)`` integers; concrete values must lie in ``[0, seq_len]``,
+    traced ones are clipped to it (see the module docstring)."""
     lengths = jnp.asarray(lengths)
     if lengths.shape != (batch,):
         raise ValueError(f"lengths must have shape (batch,) = ({batch},), got {lengths.shape}")
@@ -54,7 +61,8 @@ def check_lengths(lengths, batch: int, seq_len: int) -> Array:
             raise ValueError(
                 f"lengths must lie in [0, seq_len={seq_len}]; got min {values.min()}, max {values.max()}"
             )
-    return lengths
+        return lengths
+    return jnp.clip(lengths, 0, seq_len)
 
 
 def check_unroll(unroll) -> int:
@@ -167,7 +175,10 @@ def over_time(core: Callable, xs: Array, carry, *, lengths: Array | None, revers
     flip = reverse and lengths is not None
     if flip:
         xs = flip_within_lengths(xs, lengths)
-    ys_tm, final = core(jnp.swapaxes(xs, 0, 1), carry, time_mask(lengths, xs.shape[1]), reverse and not flip)
+    xs_tm, mask = jnp.swapaxes(xs, 0, 1), time_mask(lengths, xs.shape[1])
+    if mask is not None:  # padding never reaches a matmul: NaN there must not leak into gradients
+        xs_tm = jnp.where(mask[..., None], xs_tm, jnp.zeros_like(xs_tm))
+    ys_tm, final = core(xs_tm, carry, mask, reverse and not flip)
     ys = jnp.swapaxes(ys_tm, 0, 1)
     return (flip_within_lengths(ys, lengths) if flip else ys), final
 

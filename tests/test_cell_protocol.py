@@ -190,3 +190,38 @@ def test_impl_options_by_name():
         layer_impl("scan", segment=4)
     with pytest.raises(ValueError, match="inner must be one of"):
         layer_impl("remat", inner="fused")
+
+
+# ---------------------------------------------------------------------------
+# Padding and lengths under jit: never NaN, the same rule in every implementation
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+def test_nan_padding_changes_nothing(impl):
+    params = init_stack(jax.random.PRNGKey(0), "lstm", 3, 4, num_layers=2, bidirectional=True)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (3, 6, 3))
+    lengths = jnp.array([6, 2, 0])
+    pad = jnp.arange(6)[None, :, None] >= lengths[:, None, None]
+    poisoned = jnp.where(pad, jnp.nan, xs)
+
+    def loss(params, xs):
+        ys, finals = apply_stack("lstm", params, xs, lengths=lengths, impl=impl)
+        return jnp.sum(ys**2) + sum(jnp.sum(f) for f in jax.tree_util.tree_leaves(finals))
+
+    clean = jax.value_and_grad(loss, argnums=(0, 1))(params, jnp.where(pad, 0.0, xs))
+    dirty = jax.value_and_grad(loss, argnums=(0, 1))(params, poisoned)
+    for a, b in zip(jax.tree_util.tree_leaves(dirty), jax.tree_util.tree_leaves(clean)):
+        assert np.isfinite(a).all()
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+def test_traced_lengths_are_clipped_like_eager(impl):
+    params = init_stack(jax.random.PRNGKey(2), "gru", 3, 4, bidirectional=True)
+    xs = jax.random.normal(jax.random.PRNGKey(3), (3, 5, 3))
+    run = jax.jit(lambda xs, lengths: apply_stack("gru", params, xs, lengths=lengths, impl=impl))
+    ys, finals = run(xs, jnp.array([9, -1, 3]))
+    ys_ref, finals_ref = apply_stack("gru", params, xs, lengths=jnp.array([5, 0, 3]), impl=impl)
+    for a, b in zip(jax.tree_util.tree_leaves((ys, finals)), jax.tree_util.tree_leaves((ys_ref, finals_ref))):
+        assert np.isfinite(a).all()
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
