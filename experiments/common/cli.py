@@ -52,6 +52,7 @@ __all__ = [
     "flag_for",
     "flag_message",
     "make_parser",
+    "report_stop",
     "run",
     "train_config",
 ]
@@ -242,6 +243,12 @@ def train_config(args: argparse.Namespace, **fixed) -> TrainConfig:
     values = {k: v for k, v in vars(args).items() if k in TRAIN_FIELDS}
     values.update(fixed)
     return TrainConfig(**values)
+
+
+def report_stop(result) -> None:
+    """After :func:`~lstm_jax.train.fit`: how to continue a run its time budget stopped."""
+    if result.stop_reason == "time budget":
+        print(f"stopped by --max-minutes at step {result.step}; the same command with --resume continues the run")
 
 
 # --------------------------------------------------------------------------- errors
