@@ -38,249 +38,29 @@ for the LSTM, ``jax.experimental.rnn.lstm``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
 import json
 import os
-import platform
-import resource
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+
+if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
+    import _bootstrap  # noqa: F401
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from experiments.common import cli
+from experiments.common.harness import REPO_ROOT, build_benches, matmul_peak, minflt, train_flops
+from experiments.common.machine import finish_machine_info, machine_info
 
-from lstm_jax.layers import apply_stack, init_stack, layer_impl  # noqa: E402
-from lstm_jax.runtime import add_malloc_argument, apply_malloc_argument  # noqa: E402
-
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 SIZES = [(128, 64, 128, 256), (128, 64, 128, 512), (784, 32, 1, 128), (28, 128, 28, 128), (100, 32, 65, 512)]
 QUICK_SIZES = [(6, 3, 4, 8)]
 LIB_IMPLS = ["scan", "hoisted", "manual"]
 
 
-def forward_flops(cell: str, T: int, B: int, I: int, H: int) -> float:
-    return 2.0 * T * B * (I + H) * GATES[cell] * H
-
-
-def train_flops(cell: str, T: int, B: int, I: int, H: int) -> float:
-    return 3.0 * forward_flops(cell, T, B, I, H)
-
-
-@dataclasses.dataclass
-class Bench:
-    name: str
-    compile: Callable[[], float]  # returns seconds
-    step: Callable[[], None]  # one training step, blocking
-
-
-# ---------------------------------------------------------------------------
-# Implementations
-
-
-def _jax_bench(name, loss, params, xs) -> Bench:
-    grad = jax.jit(jax.grad(loss))
-    state = {}
-
-    def compile_():
-        t0 = time.perf_counter()
-        state["fn"] = grad.lower(params, xs).compile()
-        return time.perf_counter() - t0
-
-    def step():
-        jax.block_until_ready(state["fn"](params, xs))
-
-    return Bench(name, compile_, step)
-
-
-def _lib_impl_available(impl: str) -> bool:
-    try:
-        layer_impl(impl)
-        return True
-    except ValueError:
-        return False
-
-
-def layer_problem(cell, impl, T, B, I, H, *, unroll=1, key=None):
-    """What every benchmark here times: one lstm_jax layer on inputs ``(B, T, I)``, loss ``mean(ys ** 2)``.
-
-    Returns ``(loss, params, xs)``; ``loss(params, xs)`` is a scalar. Also used by
-    ``remat_benchmark.py`` and ``scaling.py``.
-    """
-    k1, k2 = jax.random.split(jax.random.PRNGKey(0) if key is None else key)
-    params = init_stack(k1, cell, I, H)
-    xs = jax.random.normal(k2, (B, T, I))
-
-    def loss(p, x):
-        ys, _ = apply_stack(cell, p, x, impl=impl, unroll=unroll)
-        return jnp.mean(ys**2)
-
-    return loss, params, xs
-
-
-def time_calls(fn, repeats) -> list:
-    """Wall seconds of each of ``repeats`` calls of ``fn()`` (which must block until its work is done)."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def make_lib(cell, impl_spec, T, B, I, H, key) -> Bench | None:
-    """``impl_spec`` is a layer impl name, optionally with ``-uN`` for ``unroll=N``."""
-    impl, unroll = impl_spec, 1
-    if "-u" in impl_spec:
-        impl, u = impl_spec.rsplit("-u", 1)
-        unroll = int(u)
-    if not _lib_impl_available(impl):
-        return None
-    loss, params, xs = layer_problem(cell, impl, T, B, I, H, unroll=unroll, key=key)
-    return _jax_bench(f"lstm_jax {impl_spec}", loss, params, xs)
-
-
-def make_flax(cell, T, B, I, H, key) -> Bench:
-    import flax.linen as nn
-
-    module_cell = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell, "rnn": nn.SimpleCell}[cell](H)
-    model = nn.RNN(module_cell)
-    k1, k2 = jax.random.split(key)
-    xs = jax.random.normal(k2, (B, T, I))
-    variables = model.init(k1, xs)
-
-    def loss(v, x):
-        return jnp.mean(model.apply(v, x) ** 2)
-
-    label = {"lstm": "OptimizedLSTMCell", "gru": "GRUCell", "rnn": "SimpleCell"}[cell]
-    return _jax_bench(f"flax RNN({label})", loss, variables, xs)
-
-
-def make_equinox(cell, T, B, I, H, key) -> Bench | None:
-    if cell == "rnn":
-        return None  # Equinox has no Elman cell
-    import equinox as eqx
-
-    k1, k2 = jax.random.split(key)
-    module = (eqx.nn.LSTMCell if cell == "lstm" else eqx.nn.GRUCell)(I, H, key=k1)
-    params, static = eqx.partition(module, eqx.is_array)
-    xs = jax.random.normal(k2, (B, T, I))
-
-    def run_one(m, x):  # x: (T, I); Equinox cells are unbatched
-        zero = jnp.zeros((H,), x.dtype)
-        init = (zero, zero) if cell == "lstm" else zero
-
-        def f(carry, x_t):
-            new = m(x_t, carry)
-            return new, (new[0] if cell == "lstm" else new)
-
-        return jax.lax.scan(f, init, x)[1]
-
-    def loss(p, x):
-        m = eqx.combine(p, static)
-        return jnp.mean(jax.vmap(functools.partial(run_one, m))(x) ** 2)
-
-    name = "equinox " + ("LSTMCell" if cell == "lstm" else "GRUCell") + " scan"
-    return _jax_bench(name, loss, params, xs)
-
-
-def make_torch(cell, T, B, I, H, key, device="cpu") -> Bench:
-    import torch
-
-    torch.manual_seed(0)
-    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
-    model = cls(I, H, batch_first=True).to(device)
-    x = torch.randn(B, T, I, device=device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-    def step():
-        for p in model.parameters():
-            p.grad = None
-        y, _ = model(x)
-        (y**2).mean().backward()
-        sync()
-
-    def compile_():  # first call: allocator and oneDNN/cuDNN primitive set-up
-        t0 = time.perf_counter()
-        step()
-        return time.perf_counter() - t0
-
-    label = {"lstm": "nn.LSTM", "gru": "nn.GRU", "rnn": "nn.RNN"}[cell]
-    return Bench(f"torch {label}" + (" cuda" if device == "cuda" else ""), compile_, step)
-
-
-def make_jax_cudnn(cell, T, B, I, H, key) -> Bench | None:
-    """``jax.experimental.rnn.lstm`` (cuDNN); only on a GPU backend, LSTM only. Untested on this CPU host."""
-    if cell != "lstm" or jax.default_backend() != "gpu":
-        return None
-    from jax.experimental import rnn
-
-    k1, k2 = jax.random.split(key)
-    weights = rnn.init_lstm_weight(k1, I, H, 1, False)
-    xs = jax.random.normal(k2, (B, T, I))
-    h0 = jnp.zeros((1, B, H))
-    lengths = jnp.full((B,), T, jnp.int32)
-
-    def loss(w, x):
-        ys, _, _ = rnn.lstm(x, h0, h0, w, lengths, I, H, 1, 0.0, False)
-        return jnp.mean(ys**2)
-
-    return _jax_bench("jax.experimental.rnn (cuDNN)", loss, weights, xs)
-
-
-def build(cell, size, impls, key):
-    T, B, I, H = size
-    out = []
-    for spec in impls:
-        if spec.startswith("lib:"):
-            b = make_lib(cell, spec[4:], T, B, I, H, key)
-        elif spec == "flax":
-            b = make_flax(cell, T, B, I, H, key)
-        elif spec == "equinox":
-            b = make_equinox(cell, T, B, I, H, key)
-        elif spec == "torch":
-            b = make_torch(cell, T, B, I, H, key)
-        elif spec == "torch-cuda":
-            import torch
-
-            b = make_torch(cell, T, B, I, H, key, "cuda") if torch.cuda.is_available() else None
-        elif spec == "jax-cudnn":
-            b = make_jax_cudnn(cell, T, B, I, H, key)
-        else:
-            raise ValueError(f"unknown impl {spec!r}")
-        if b is not None:
-            out.append(b)
-    return out
-
-
-# ---------------------------------------------------------------------------
-# Measurement
-
-
-def matmul_peak(n=2048, repeats=7):
-    """Median fp32 GFLOP/s of ``jnp.dot`` on (n, n) x (n, n) in this process."""
-    a = jax.random.normal(jax.random.PRNGKey(1), (n, n))
-    b = jax.random.normal(jax.random.PRNGKey(2), (n, n))
-    dot = jax.jit(jnp.dot)
-    jax.block_until_ready(dot(a, b))
-    times = time_calls(lambda: jax.block_until_ready(dot(a, b)), repeats)
-    return 2.0 * n**3 / statistics.median(times) / 1e9, 2.0 * n**3 / min(times) / 1e9
-
-
-def minflt() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
 def measure_size(cell, size, impls, *, repeats, block_seconds, key, log=print):
-    benches = build(cell, size, impls, key)
+    benches = build_benches(cell, size, impls, key)
     compile_s, warm = {}, {}
     for b in benches:
         compile_s[b.name] = b.compile()
@@ -351,43 +131,6 @@ def markdown(cell, size, rows, peak):
     return "\n".join(lines)
 
 
-def environment(args):
-    import flax
-
-    env = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "flax": flax.__version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "env": {k: v for k, v in os.environ.items() if k.startswith(("GLIBC_", "MALLOC_", "XLA_", "OMP_", "TF_"))},
-        "load_average_at_start": os.getloadavg(),
-        "args": vars(args),
-    }
-    try:
-        import torch
-
-        env["torch"] = torch.__version__
-        env["torch_threads"] = torch.get_num_threads()
-        env["torch_cuda"] = torch.cuda.is_available()
-    except ImportError:
-        pass
-    try:
-        import equinox
-
-        env["equinox"] = equinox.__version__
-    except ImportError:
-        pass
-    try:
-        env["transparent_hugepage"] = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip()
-    except OSError:
-        pass
-    return env
-
-
 def parse_sizes(text):
     out = []
     for chunk in text.split(";"):
@@ -404,20 +147,20 @@ def default_impls(cell):
     return impls
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cells", default="lstm,gru,rnn", help="comma list of lstm,gru,rnn")
+def build_parser():
+    p = cli.make_parser(__doc__, first_paragraph=True)
+    cli.add_flag(p, "cells", default="lstm,gru,rnn".split(","))
     p.add_argument("--sizes", type=parse_sizes, default=None, help="'T,B,I,H;T,B,I,H;...'")
-    p.add_argument(
-        "--impls", default=None,
-        help="comma list from lib:<impl>[-uN], flax, equinox, torch, torch-cuda, jax-cudnn "
+    cli.add_flag(
+        p, "impls", default=None,
+        help="from lib:<impl>[-uN], flax, equinox, torch, torch-cuda, jax-cudnn "
         f"(default: lib:{{{','.join(LIB_IMPLS)}}} where registered, and all references)",
     )
-    p.add_argument("--repeats", type=int, default=7)
+    cli.add_flag(p, "repeats", default=7)
     p.add_argument("--block-seconds", type=float, default=0.3, help="target duration of one timed block")
-    p.add_argument("--quick", action="store_true", help="tiny sizes, 2 repeats (smoke test)")
-    p.add_argument("--budget-minutes", type=float, default=None, help="stop starting new sizes after this")
-    p.add_argument("--out", default=None, help="JSON path (default results/benchmark[_tag].json)")
+    cli.add_flag(p, "quick", help="tiny sizes, 2 repeats (smoke test)")
+    cli.add_flag(p, "budget_minutes", help="stop starting new sizes after this")
+    cli.add_flag(p, "out", help="JSON path (default results/benchmark[_tag].json)")
     p.add_argument("--tag", default="", help="suffix for the default output name, e.g. hugetlb")
     p.add_argument(
         "--omp-wait-policy", default="PASSIVE",
@@ -427,9 +170,12 @@ def main(argv=None):
         "behaviour) on a dedicated machine. Recorded in the JSON.",
     )
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    add_malloc_argument(p)
-    args = p.parse_args(argv)
-    malloc = apply_malloc_argument(args)
+    cli.add_malloc_flag(p)
+    return p
+
+
+def benchmark(args):
+    malloc = cli.apply_malloc(args)
     print(f"malloc: {args.malloc} ({malloc['libc']}; {malloc['reason']})", flush=True)
     if args.omp_wait_policy and "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
         os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
@@ -441,23 +187,23 @@ def main(argv=None):
         args.repeats = min(args.repeats, 2)
         args.block_seconds = 0.0
     sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
-    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
-    for c in cells:
-        if c not in GATES:
-            p.error(f"unknown cell {c!r}")
-    out = Path(args.out) if args.out else ROOT / "results" / (
+    out = Path(args.out) if args.out else REPO_ROOT / "results" / (
         "benchmark" + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "") + ".json"
     )
     start = time.perf_counter()
     peak_med, peak_best = matmul_peak(1024 if args.quick else 2048, 3 if args.quick else 9)
     print(f"fp32 matmul (jnp.dot 2048^2): median {peak_med:.1f} GFLOP/s, best {peak_best:.1f}", flush=True)
-    result = {
-        "environment": environment(args), "malloc": malloc, "matmul_gflops_median_start": peak_med, "results": []
-    }
+    environment = machine_info(malloc=malloc, matmul_gflops=peak_med, libraries=("flax", "torch", "equinox"),
+                               args=vars(args))
+    if "torch" in environment:
+        import torch
+
+        environment.update(torch_threads=torch.get_num_threads(), torch_cuda=torch.cuda.is_available())
+    result = {"environment": environment, "malloc": malloc, "matmul_gflops_median_start": peak_med, "results": []}
     key = jax.random.PRNGKey(0)
     stopped_early = False
-    for cell in cells:
-        impls = args.impls.split(",") if args.impls else default_impls(cell)
+    for cell in args.cells:
+        impls = args.impls or default_impls(cell)
         for size in sizes:
             if args.budget_minutes is not None and time.perf_counter() - start > 60 * args.budget_minutes:
                 stopped_early = True
@@ -473,7 +219,7 @@ def main(argv=None):
     result["matmul_gflops_peak_used"] = peak
     result["stopped_early_by_budget"] = stopped_early
     result["wall_seconds"] = time.perf_counter() - start
-    result["load_average_at_end"] = os.getloadavg()
+    result["load_average_at_end"] = finish_machine_info(environment)["load_average_at_end"]
     for entry in result["results"]:
         torch_ms, flax_ms = _ref_time(entry["rows"], "torch"), _ref_time(entry["rows"], "flax")
         for r in entry["rows"]:
@@ -482,13 +228,17 @@ def main(argv=None):
             r["speed_vs_flax"] = flax_ms / r["median_ms"] if flax_ms else None
     print(
         f"matmul peak: start {peak_med:.1f}, end {peak_end:.1f} GFLOP/s; % peak above uses the start value; "
-        f"JSON uses max = {peak:.1f}. Load average now {os.getloadavg()}",
+        f"JSON uses max = {peak:.1f}. Load average now {result['load_average_at_end']}",
         flush=True,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
     return result
+
+
+def main(argv=None):
+    return cli.run(build_parser(), benchmark, argv)
 
 
 if __name__ == "__main__":

@@ -16,32 +16,30 @@ process:
 Prints a markdown table and writes JSON (default ``results/bptt_benchmark.json``).
 
     python experiments/bptt_benchmark.py --quick          # seconds; smoke test
-    python experiments/bptt_benchmark.py --max-minutes 15 # the real run
+    python experiments/bptt_benchmark.py --budget-minutes 15  # the real run
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
+    import _bootstrap  # noqa: F401
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-from lstm_jax.layers import apply_stack, init_stack  # noqa: E402
-from lstm_jax.runtime import add_malloc_argument, apply_malloc_argument  # noqa: E402
+from experiments.common import cli
+from experiments.common.harness import REPO_ROOT, memory_analysis
+from experiments.common.machine import finish_machine_info, machine_info
+from lstm_jax.layers import apply_stack, init_stack
 
 IMPLS = ("scan", "manual")
 # (batch, time, vocab/input, hidden, layers)
@@ -75,24 +73,13 @@ def make_step(cell, impl, sizes, unroll):
     return step, (params, opt.init(params), tokens)
 
 
-def _memory(compiled):
-    try:
-        m = compiled.memory_analysis()
-    except Exception as e:  # not every backend implements it
-        return {"error": repr(e)}
-    if m is None:
-        return {"error": "memory_analysis() returned None"}
-    fields = ["temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes", "generated_code_size_in_bytes"]
-    return {f: int(getattr(m, f, -1)) for f in fields}
-
-
 def bench_case(cell, sizes, repeats, warmup, unroll):
     compiled, args, out = {}, {}, {}
     for impl in IMPLS:
         step, a = make_step(cell, impl, sizes, unroll)
         t0 = time.perf_counter()
         compiled[impl] = jax.jit(step).lower(*a).compile()
-        out[impl] = {"compile_s": time.perf_counter() - t0, "memory": _memory(compiled[impl])}
+        out[impl] = {"compile_s": time.perf_counter() - t0, "memory": memory_analysis(compiled[impl])}
         args[impl] = a
     # Same gradients? (float32; different summation orders)
     g = {impl: compiled[impl](*args[impl])[3] for impl in IMPLS}
@@ -124,46 +111,44 @@ def _mib(x):
     return x / 2**20
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="one tiny size, few repeats (smoke test)")
-    ap.add_argument("--cells", default="rnn,lstm,gru")
-    ap.add_argument("--repeats", type=int, default=None, help="timed steps per impl (default 20, quick 5)")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--unroll", type=int, default=1)
-    ap.add_argument("--max-minutes", type=float, default=20.0, help="wall-clock budget; remaining cases are skipped")
-    ap.add_argument("--out", default=None, help="JSON path (default results/bptt_benchmark[_quick].json)")
-    add_malloc_argument(ap)
-    args = ap.parse_args(argv)
-    apply_malloc_argument(args)
+def build_parser():
+    p = cli.make_parser(__doc__)
+    cli.add_flag(p, "quick", help="one tiny size, few repeats (smoke test)")
+    cli.add_flag(p, "cells", default=["rnn", "lstm", "gru"])
+    cli.add_flag(p, "repeats", default=None, help="timed steps per impl (default 20, quick 5)")
+    cli.add_argument(p, "--warmup-calls", aliases=("--warmup",), type=int, default=2,
+                     help="untimed calls per impl before timing")
+    cli.add_flag(p, "unroll")
+    cli.add_flag(p, "budget_minutes", aliases=("--max-minutes",), default=20.0,
+                 help="wall-clock budget; remaining cases are skipped")
+    cli.add_flag(p, "out", help="JSON path (default results/bptt_benchmark[_quick].json)")
+    cli.add_malloc_flag(p)
+    return p
 
+
+def bptt_benchmark(args):
+    malloc = cli.apply_malloc(args)
     sizes_list = QUICK_SIZES if args.quick else FULL_SIZES
     repeats = args.repeats or (5 if args.quick else 20)
-    out_path = Path(args.out) if args.out else ROOT / "results" / f"bptt_benchmark{'_quick' if args.quick else ''}.json"
+    out_path = Path(args.out) if args.out else REPO_ROOT / "results" / f"bptt_benchmark{'_quick' if args.quick else ''}.json"
     start = time.time()
     meta = {
         "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "loadavg_start": os.getloadavg(),
+        "machine": machine_info(malloc=malloc),
         "note": "the two implementations were timed in alternation in the same process, so on a loaded "
-        "machine the ratio is the fairer figure (see loadavg_start / loadavg_end)",
+        "machine the ratio is the fairer figure (see machine.load_average_at_start / _at_end)",
         "loss": "per-step softmax cross-entropy through a linear readout, one-hot inputs, Adam update",
         "repeats": repeats,
-        "warmup": args.warmup,
+        "warmup": args.warmup_calls,
         "unroll": args.unroll,
     }
     results, skipped = [], []
-    for cell in args.cells.split(","):
+    for cell in args.cells:
         for sizes in sizes_list:
-            if time.time() - start > 60 * args.max_minutes:
+            if time.time() - start > 60 * args.budget_minutes:
                 skipped.append({"cell": cell, "sizes": sizes})
                 continue
-            r = bench_case(cell, sizes, repeats, args.warmup, args.unroll)
+            r = bench_case(cell, sizes, repeats, args.warmup_calls, args.unroll)
             b, t, v, h, layers = sizes
             row = {"cell": cell, "batch": b, "time": t, "input": v, "hidden": h, "layers": layers, **r}
             results.append(row)
@@ -174,7 +159,7 @@ def main(argv=None):
                 f"vs {_mib(m['memory'].get('temp_size_in_bytes', 0)):.2f} MiB; grad rel diff {r['grad_max_rel_diff']:.1e}",
                 flush=True,
             )
-    meta["loadavg_end"] = os.getloadavg()
+    machine = finish_machine_info(meta["machine"])
     meta["wall_s"] = time.time() - start
     meta["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     meta["skipped_over_budget"] = skipped
@@ -198,15 +183,20 @@ def main(argv=None):
     print()
     print(table)
     print(
-        f"\n[brackets: interquartile range over {repeats} steps] backend={meta['backend']}, "
-        f"load average {meta['loadavg_start'][0]:.1f} -> {meta['loadavg_end'][0]:.1f} on {meta['cpu_count']} cores"
+        f"\n[brackets: interquartile range over {repeats} steps] backend={machine['jax_backend']}, "
+        f"load average {machine['load_average_at_start'][0]:.1f} -> {machine['load_average_at_end'][0]:.1f} "
+        f"on {machine['cpu_count']} cores"
     )
     if skipped:
-        print(f"skipped over the {args.max_minutes} min budget: {skipped}")
+        print(f"skipped over the {args.budget_minutes} min budget: {skipped}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps({"meta": meta, "results": results, "table_markdown": table}, indent=2))
     print(f"wrote {out_path}")
     return 0
+
+
+def main(argv=None):
+    return cli.run(build_parser(), bptt_benchmark, argv)
 
 
 if __name__ == "__main__":

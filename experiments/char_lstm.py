@@ -19,80 +19,65 @@ Evaluation covers every character of the split once, in windows of
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
+    import _bootstrap  # noqa: F401
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lstm_jax.checkpoint import CheckpointError, load_checkpoint
+from experiments.common import cli
+from experiments.common.machine import finish_machine_info, machine_info
+from lstm_jax.checkpoint import load_checkpoint
 from lstm_jax.data.text import DATASETS, StatefulWindows, Vocab, eval_windows, load_text, random_windows
 from lstm_jax.models import char_model as cm
-from lstm_jax.runtime import add_malloc_argument, apply_malloc_argument
-from lstm_jax.train import TrainConfig, TrainingDiverged, evaluate, fit
+from lstm_jax.train import evaluate, fit
 
 LN2 = math.log(2.0)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("mode", nargs="?", default="train", choices=("train", "sample", "eval"), help="train a model, sample from a checkpoint, or evaluate one on val/test")
+def build_parser():
+    p = cli.make_parser(__doc__, first_paragraph=True)
+    p.add_argument("mode", nargs="?", default="train", choices=("train", "sample", "eval"),
+                   help="train a model, sample from a checkpoint, or evaluate one on val/test")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="zen", help=f"one of {', '.join(DATASETS)} ('file' is implied by --text-file)")
-    d.add_argument("--text-file", default=None, help="train on this UTF-8 text file (split 90/5/5)")
-    d.add_argument("--data-dir", default=None, help="TFDS data dir for tiny_shakespeare (default: TFDS default)")
-    add_malloc_argument(p)
-    m = p.add_argument_group("model")
-    m.add_argument("--cell", default="lstm", choices=("lstm", "gru", "rnn"))
-    m.add_argument("--layers", type=int, default=1)
-    m.add_argument("--hidden", type=int, default=128)
+    cli.add_flag(d, "text_file", help="train on this UTF-8 text file (split 90/5/5)")
+    cli.add_flag(d, "data_dir", help="TFDS data dir for tiny_shakespeare (default: TFDS default)")
+    m = cli.add_model_flags(p, ("cell", "layers", "hidden"))
     m.add_argument("--embed-dim", type=int, default=None, help="learned embedding size (default: one-hot input)")
-    m.add_argument("--dropout", type=float, default=0.0, help="dropout between layers and before the readout")
-    m.add_argument("--impl", default="scan",
-                   help="layer implementation (see lstm_jax.layers.layer_impl); 'manual' is the fastest on CPU")
-    m.add_argument("--unroll", type=int, default=1, help="lax.scan unroll factor")
-    t = p.add_argument_group("training")
+    cli.add_flag(m, "dropout", help="dropout between layers and before the readout")
+    cli.add_flag(m, "impl")
+    cli.add_flag(m, "unroll")
+    t = cli.add_training_flags(
+        p,
+        dict(steps=600, learning_rate=1e-2, warmup_steps=50, end_lr_ratio=0.1, weight_decay=1e-4, clip_norm=1.0,
+             eval_every=200, log_every=50, checkpoint_every=500, keep_checkpoints=3, max_minutes=None, seed=0,
+             progress=True),
+        helps={"learning_rate": "peak learning rate (1e-2 suits the tiny default corpus; use 3e-3..5e-3 for "
+               "larger ones)"},
+    )
     t.add_argument("--seq-len", type=int, default=64, help="BPTT window length T")
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--steps", type=int, default=600)
-    t.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (1e-2 suits the tiny default corpus; use 3e-3..5e-3 for larger ones)")
-    t.add_argument("--warmup", type=int, default=50)
-    t.add_argument("--end-lr-ratio", type=float, default=0.1)
-    t.add_argument("--weight-decay", type=float, default=1e-4)
-    t.add_argument("--clip-norm", type=float, default=1.0)
+    cli.add_flag(t, "batch_size")
     t.add_argument("--stateful", action="store_true", help="truncated BPTT: carry the state across consecutive windows")
-    t.add_argument("--eval-every", type=int, default=200)
-    t.add_argument("--log-every", type=int, default=50)
-    t.add_argument("--checkpoint-every", type=int, default=500)
-    t.add_argument("--keep", type=int, default=3, help="latest checkpoints to keep (the best is kept too)")
     t.add_argument("--eval-batch-size", type=int, default=64)
-    t.add_argument("--eval-seq-len", type=int, default=None, help="evaluation window length (default: --seq-len); each window starts from a zero state")
-    t.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget; stops with a checkpoint")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", default=None, help="run directory (default: runs/char_lstm/<dataset>-<time>)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--eval-seq-len", type=int, default=None,
+                   help="evaluation window length (default: --seq-len); each window starts from a zero state")
+    cli.add_output_flags(p, ("out", "resume"), out={"help": "run directory (default: runs/char_lstm/<dataset>-<time>)"})
     s = p.add_argument_group("sampling")
     s.add_argument("--checkpoint", default=None, help="run directory to sample from or evaluate (sample/eval modes)")
     s.add_argument("--which", default="best", help="'best', 'last' or a step number")
     s.add_argument("--prompt", default=None, help="text to condition on (default: the corpus' first line)")
-    s.add_argument("--length", type=int, default=300)
+    s.add_argument("--length", type=int, default=300, help="characters to generate")
     s.add_argument("--temperature", type=float, default=0.5)
     s.add_argument("--top-k", type=int, default=None)
+    cli.add_malloc_flag(p)
     return p
 
 
@@ -109,7 +94,8 @@ def check_args(args) -> None:
         raise SystemExit("error: --resume needs --out (the run directory to continue)")
 
 
-def make_loss_fn(*, dropout: float, stateful: bool, impl: str, unroll: int):
+def make_loss_fn(*, dropout: float, stateful: bool, impl: str, unroll: int, cell: str | None = None):
+    """``loss_fn`` for :func:`lstm_jax.train.fit`: mean nats/char; with ``stateful`` the carry is the model_state."""
     def loss_fn(params, batch, key, model_state):
         if stateful:
             inputs, targets, reset = batch
@@ -118,7 +104,7 @@ def make_loss_fn(*, dropout: float, stateful: bool, impl: str, unroll: int):
             inputs, targets = batch
             carry = None
         loss, final = cm.char_loss(
-            params, inputs, targets, carry, dropout=dropout, key=key, impl=impl, unroll=unroll
+            params, inputs, targets, carry, cell=cell, dropout=dropout, key=key, impl=impl, unroll=unroll
         )
         new_state = jax.lax.stop_gradient(final) if stateful else model_state
         return loss, (new_state, {"bits_per_char": loss / LN2})
@@ -126,8 +112,10 @@ def make_loss_fn(*, dropout: float, stateful: bool, impl: str, unroll: int):
     return loss_fn
 
 
-def eval_split(params, ids, batch_size: int, seq_len: int, impl: str = "scan") -> dict:
-    nats = evaluate(lambda p, b: cm.eval_step(p, b, impl=impl), params, eval_windows(ids, batch_size, seq_len))["nats"]
+def eval_split(params, ids, batch_size: int, seq_len: int, impl: str = "scan", cell: str | None = None) -> dict:
+    """Nats and bits per character over every character of ``ids``, windows of ``seq_len`` from a zero state."""
+    step = lambda p, b: cm.eval_step(p, b, impl=impl, cell=cell)  # noqa: E731
+    nats = evaluate(step, params, eval_windows(ids, batch_size, seq_len))["nats"]
     return {"nats_per_char": nats, "bits_per_char": nats / LN2}
 
 
@@ -136,17 +124,7 @@ def default_prompt(text_ids, vocab: Vocab) -> str:
     return first_line or vocab.decode(text_ids[:1])
 
 
-def machine_note() -> dict:
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "jax_backend": jax.default_backend(),
-        "loadavg_1_5_15": [round(x, 2) for x in load] if load else None,
-    }
-
-
-def train(args) -> dict:
+def train(args, malloc: dict | None = None) -> dict:
     check_args(args)
     dataset = "file" if args.text_file else args.dataset
     splits = load_text(dataset, text_file=args.text_file, data_dir=args.data_dir)
@@ -188,33 +166,20 @@ def train(args) -> dict:
         model_state = None
 
     def eval_fn(p):
-        r = eval_split(p, splits.validation, args.eval_batch_size, args.eval_seq_len, args.impl)
+        r = eval_split(p, splits.validation, args.eval_batch_size, args.eval_seq_len, args.impl, args.cell)
         return {"val_loss": r["nats_per_char"], "val_bpc": r["bits_per_char"]}
 
-    config = TrainConfig(
-        steps=args.steps,
-        learning_rate=args.lr,
-        warmup_steps=args.warmup,
-        end_lr_ratio=args.end_lr_ratio,
-        weight_decay=args.weight_decay,
-        clip_norm=args.clip_norm,
-        log_every=args.log_every,
-        eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every,
-        keep_checkpoints=args.keep,
-        max_minutes=args.max_minutes,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
+    config = cli.train_config(args)
     metadata = {
         "vocab": vocab.to_json(),
         "dataset": splits.name,
-        "model": cm.model_config(params),
+        "model": cm.model_config(params, args.cell),
         "args": {k: v for k, v in vars(args).items()},
     }
-    loss_fn = make_loss_fn(dropout=args.dropout, stateful=args.stateful, impl=args.impl, unroll=args.unroll)
+    loss_fn = make_loss_fn(dropout=args.dropout, stateful=args.stateful, impl=args.impl, unroll=args.unroll,
+                           cell=args.cell)
     t0 = time.perf_counter()
-    machine_start = machine_note()
+    machine = machine_info(malloc=malloc)
     result = fit(
         loss_fn,
         params,
@@ -229,12 +194,13 @@ def train(args) -> dict:
         item_name="chars",
     )
     train_seconds = time.perf_counter() - t0
+    cli.report_stop(result)
 
     # Final params, and the best-by-validation checkpoint (model selection), on val and test.
     final = {
         "step": result.step,
-        "val": eval_split(result.params, splits.validation, args.eval_batch_size, args.eval_seq_len, args.impl),
-        "test": eval_split(result.params, splits.test, args.eval_batch_size, args.eval_seq_len, args.impl),
+        "val": eval_split(result.params, splits.validation, args.eval_batch_size, args.eval_seq_len, args.impl, args.cell),
+        "test": eval_split(result.params, splits.test, args.eval_batch_size, args.eval_seq_len, args.impl, args.cell),
     }
     best_params, best_meta = load_checkpoint(out, "best", like=result.params)
     if best_meta["step"] == result.step:
@@ -242,11 +208,12 @@ def train(args) -> dict:
     else:
         best = {
             "step": best_meta["step"],
-            "val": eval_split(best_params, splits.validation, args.eval_batch_size, args.eval_seq_len, args.impl),
-            "test": eval_split(best_params, splits.test, args.eval_batch_size, args.eval_seq_len, args.impl),
+            "val": eval_split(best_params, splits.validation, args.eval_batch_size, args.eval_seq_len, args.impl, args.cell),
+            "test": eval_split(best_params, splits.test, args.eval_batch_size, args.eval_seq_len, args.impl, args.cell),
         }
     prompt = args.prompt or default_prompt(splits.train, vocab)
-    text = cm.sample(result.params, vocab, prompt, args.length, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    text = cm.sample(result.params, vocab, prompt, args.length, temperature=args.temperature, top_k=args.top_k,
+                     seed=args.seed, cell=args.cell)
     results = {
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "dataset": splits.name,
@@ -255,8 +222,7 @@ def train(args) -> dict:
         "final": final,
         "best_by_val": best,
         "train_seconds_this_invocation": round(train_seconds, 1),
-        "machine_at_start": machine_start,
-        "machine_at_end": machine_note(),
+        "machine": finish_machine_info(machine),
         "sample": {"from": "final params", "prompt": prompt, "temperature": args.temperature, "top_k": args.top_k, "seed": args.seed, "text": text},
         "params": n_params,
     }
@@ -289,10 +255,8 @@ def load_run_checkpoint(args, mode: str):
 def sample_mode(args) -> str:
     params, meta, vocab = load_run_checkpoint(args, "sample")
     prompt = args.prompt if args.prompt is not None else "\n"
-    try:
-        text = cm.sample(params, vocab, prompt, args.length, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    text = cm.sample(params, vocab, prompt, args.length, temperature=args.temperature, top_k=args.top_k,
+                     seed=args.seed, cell=meta.get("model", {}).get("cell"))
     print(text)
     return text
 
@@ -308,7 +272,7 @@ def eval_mode(args) -> dict:
     seq_len = args.eval_seq_len or saved.get("seq_len", args.seq_len)
     out = {"step": meta["step"], "eval_seq_len": seq_len}
     for split, ids in (("val", splits.validation), ("test", splits.test)):
-        out[split] = eval_split(params, ids, args.eval_batch_size, seq_len)
+        out[split] = eval_split(params, ids, args.eval_batch_size, seq_len, cell=meta.get("model", {}).get("cell"))
         print(
             f"{split}: {out[split]['nats_per_char']:.4f} nats/char = {out[split]['bits_per_char']:.4f} bits/char "
             f"(step {meta['step']}, windows of {seq_len} chars from a zero state)"
@@ -316,19 +280,17 @@ def eval_mode(args) -> dict:
     return out
 
 
+def char_lstm(args):
+    malloc = cli.apply_malloc(args)
+    if args.mode == "sample":
+        return sample_mode(args)
+    if args.mode == "eval":
+        return eval_mode(args)
+    return train(args, malloc)
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    apply_malloc_argument(args)
-    try:
-        if args.mode == "sample":
-            return sample_mode(args)
-        if args.mode == "eval":
-            return eval_mode(args)
-        return train(args)
-    except (CheckpointError, TrainingDiverged, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    return cli.run(build_parser(), char_lstm, argv)
 
 
 if __name__ == "__main__":

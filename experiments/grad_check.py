@@ -23,21 +23,18 @@ so the manual path never calls jax.grad.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
+    import _bootstrap  # noqa: F401
 
-import jax  # noqa: E402
+import jax
+import jax.numpy as jnp
 
-jax.config.update("jax_enable_x64", True)
-
-import jax.numpy as jnp  # noqa: E402
-
-from lstm_jax import bptt  # noqa: E402
-from lstm_jax.cells import LSTMCarry  # noqa: E402
-from lstm_jax.layers import apply_stack, init_stack, zeros_stack_carry  # noqa: E402
+from experiments.common import cli
+from lstm_jax import bptt
+from lstm_jax.cells import LSTMCarry
+from lstm_jax.layers import apply_stack, init_stack, zeros_stack_carry
 
 # (name, batch, time, input/vocab, hidden, layers, bidirectional, padded)
 SHAPES = [
@@ -160,20 +157,24 @@ def compare(tree_m, tree_a, prefix):
     return rows
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer, smaller shapes")
-    ap.add_argument("--tol", type=float, default=1e-9, help="max relative error allowed (default 1e-9)")
-    ap.add_argument("--cells", default="rnn,lstm,gru")
-    ap.add_argument("--summary", action="store_true", help="one line per case (its worst parameter), not every parameter")
-    args = ap.parse_args(argv)
+def build_parser():
+    p = cli.make_parser(__doc__)
+    cli.add_flag(p, "quick", help="fewer, smaller shapes")
+    p.add_argument("--tol", type=float, default=1e-9, help="max relative error allowed")
+    cli.add_flag(p, "cells", default=["rnn", "lstm", "gru"])
+    p.add_argument("--summary", action="store_true", help="one line per case (its worst parameter), not every parameter")
+    return p
 
+
+def grad_check(args) -> int:
+    # float64 throughout; set before the first array is built (importing this module changes nothing).
+    jax.config.update("jax_enable_x64", True)
     shapes = [s for s in SHAPES if not args.quick or s[0] in QUICK]
     worst = 0.0
     failures = []
     print(f"manual BPTT vs jax.grad, float64, tol (relative) = {args.tol:g}")
     print(f"{'cell':5} {'shape':16} {'loss':4} {'parameter':38} {'max abs err':>12} {'rel err':>10}")
-    for cell in args.cells.split(","):
+    for cell in args.cells:
         for shape in shapes:
             problem = make_problem(cell, shape)
             params, xs, carry, targets, lengths, readout, target = problem
@@ -200,6 +201,10 @@ def main(argv=None):
         return 1
     print("OK")
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(build_parser(), grad_check, argv)
 
 
 if __name__ == "__main__":

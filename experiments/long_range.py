@@ -14,37 +14,29 @@ Outputs (in ``--out``):
 Example (the README numbers)::
 
     python experiments/long_range.py --task adding --lengths 50 100 200 400 \\
-        --steps 4000 --minutes-per-run 2.5 --out runs/long_range_adding
+        --steps 4000 --max-minutes 2.5 --out runs/long_range_adding
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
+    import _bootstrap  # noqa: F401
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
 
-from lstm_jax.models.sequence_regressor import init_sequence_model, make_task  # noqa: E402
-from lstm_jax.runtime import add_malloc_argument, apply_malloc_argument  # noqa: E402
-from lstm_jax.train import TrainConfig, fit  # noqa: E402
+from experiments.common import cli
+from experiments.common.figures import copy_figures
+from experiments.common.machine import finish_machine_info, machine_info
+from lstm_jax.models.sequence_regressor import init_sequence_model, make_task
+from lstm_jax.train import fit
 
-
-def machine_info() -> dict:
-    return {
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "jax_backend": jax.default_backend(),
-        "load_average_at_start": os.getloadavg(),
-    }
+#: Record keys that ``--replot`` takes from a saved sweep (older records spell max_minutes as minutes_per_run).
+REPLOT_KEYS = ("task", "hidden", "batch_size", "steps", "max_minutes", "num_symbols", "copy_length", "solved_threshold")
+_OLD_KEYS = {"batch_size": "batch", "max_minutes": "minutes_per_run"}
 
 
 def make_eval(task, cell, test_batch, chunk: int = 500):
@@ -82,22 +74,12 @@ def run_one(task, cell: str, args, test_batch) -> dict:
         loss, metrics = task.model_loss(cell, params, batch)
         return loss, (model_state, metrics)
 
-    config = TrainConfig(
-        steps=args.steps,
-        learning_rate=args.lr,
-        warmup_steps=args.warmup,
-        weight_decay=args.weight_decay,
-        clip_norm=args.clip_norm,
-        log_every=args.eval_every,
-        eval_every=args.eval_every,
-        checkpoint_every=max(args.steps, 1),
-        max_minutes=args.minutes_per_run,
-        seed=args.seed,
-        progress=False,
+    config = cli.train_config(
+        args, log_every=args.eval_every, checkpoint_every=max(args.steps, 1), progress=False
     )
     eval_fn = make_eval(task, cell, test_batch)
     t0 = time.perf_counter()
-    result = fit(loss_fn, params, task.batch_fn(k_data, args.batch), config, eval_fn=eval_fn)
+    result = fit(loss_fn, params, task.batch_fn(k_data, args.batch_size), config, eval_fn=eval_fn)
     seconds = time.perf_counter() - t0
     evals = [r for r in result.history if r.get("kind") == "eval"]
     trains = [r for r in result.history if r.get("kind") == "train"]
@@ -179,7 +161,7 @@ def plot(path: Path, task, runs: list[dict], args) -> None:
     ax.minorticks_off()
     ax.set_xlabel("T (sequence length)" if task.name == "adding" else "T (delay)")
     ax.set_ylabel("final test MSE" if task.name == "adding" else "final test xent (nats)")
-    ax.set_title(f"{task.name}: H={args.hidden}, batch {args.batch}, <= {args.steps} steps\n"
+    ax.set_title(f"{task.name}: H={args.hidden}, batch {args.batch_size}, <= {args.steps} steps\n"
                  "+ wall-clock cap per run (steps run: results.md)", fontsize=8)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
@@ -219,41 +201,40 @@ def plot_curves(path: Path, task, runs: list[dict], args) -> None:
 def _copy_figures(args, out: Path) -> None:
     if args.figure:
         fig = Path(args.figure)
-        fig.parent.mkdir(parents=True, exist_ok=True)
-        fig.write_bytes((out / "long_range.png").read_bytes())
-        fig.with_name(fig.stem + "_curves.png").write_bytes((out / "curves.png").read_bytes())
+        copy_figures(out, fig.parent, {"long_range.png": fig.name, "curves.png": fig.stem + "_curves.png"})
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    p = cli.make_parser(__doc__)
     p.add_argument("--task", choices=["adding", "copy"], default="adding")
-    p.add_argument("--lengths", type=int, nargs="+", default=[50, 100, 200, 400])
-    p.add_argument("--cells", nargs="+", default=["rnn", "gru", "lstm"], choices=["rnn", "gru", "lstm"])
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=4000)
-    p.add_argument("--minutes-per-run", type=float, default=2.5, help="wall-clock budget of each (cell, T) run")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--clip-norm", type=float, default=1.0)
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--test-size", type=int, default=1000)
-    p.add_argument("--num-symbols", type=int, default=8, help="copy task: K symbols")
-    p.add_argument("--copy-length", type=int, default=10, help="copy task: L symbols to remember")
-    p.add_argument("--solved-threshold", type=float, default=None,
+    cli.add_flag(p, "lengths", default=[50, 100, 200, 400])
+    cli.add_model_flags(p, ("cells", "hidden"), hidden=64)
+    t = cli.add_training_flags(
+        p,
+        dict(steps=4000, max_minutes=2.5, learning_rate=2e-3, warmup_steps=100, weight_decay=0.0, clip_norm=1.0,
+             eval_every=100, seed=0),
+        helps={"max_minutes": "wall-clock budget of each (cell, T) run",
+               "eval_every": "steps between evaluations on the test set (and logged training records)"},
+    )
+    cli.add_flag(t, "batch_size", default=64)
+    t.add_argument("--test-size", type=int, default=1000, help="held-out test sequences")
+    t.add_argument("--num-symbols", type=int, default=8, help="copy task: K symbols")
+    t.add_argument("--copy-length", type=int, default=10, help="copy task: L symbols to remember")
+    t.add_argument("--solved-threshold", type=float, default=None,
                    help="error counted as solved (default 0.01 for adding, 0.05 nats for copy)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/long_range")
-    p.add_argument("--append", action="store_true",
+    o = cli.add_output_flags(p, ("out",), out={"default": "runs/long_range", "help": "run directory"})
+    o.add_argument("--append", action="store_true",
                    help="add to an existing results.json in --out (runs already there are kept, "
                         "a (cell, T) pair present is replaced by the new run)")
-    p.add_argument("--replot", action="store_true",
+    o.add_argument("--replot", action="store_true",
                    help="only rewrite results.md and the PNGs from --out/results.json (no training)")
-    p.add_argument("--figure", default=None, help="also copy the PNG here (e.g. docs/figures/long_range_adding.png)")
-    add_malloc_argument(p)
-    args = p.parse_args(argv)
-    apply_malloc_argument(args)
+    o.add_argument("--figure", default=None, help="also copy the PNG here (e.g. docs/figures/long_range_adding.png)")
+    cli.add_malloc_flag(p)
+    return p
+
+
+def long_range(args):
+    cli.apply_malloc(args)
     if args.solved_threshold is None:
         args.solved_threshold = 0.01 if args.task == "adding" else 0.05
 
@@ -261,8 +242,8 @@ def main(argv=None):
     if args.replot:
         record = json.loads((out / "results.json").read_text())
         saved = record["args"]
-        for k in ("task", "hidden", "batch", "steps", "minutes_per_run", "num_symbols", "copy_length", "solved_threshold"):
-            setattr(args, k, saved[k])
+        for k in REPLOT_KEYS:
+            setattr(args, k, saved[k] if k in saved else saved[_OLD_KEYS[k]])
         args.cells = [c for c in ["rnn", "gru", "lstm"] if any(r["cell"] == c for r in record["runs"])]
         T0 = min(r["T"] for r in record["runs"])
         task = make_task(args.task, T0, num_symbols=args.num_symbols, length=args.copy_length)
@@ -300,10 +281,14 @@ def main(argv=None):
             write_table(out / "results.md", task, record["runs"], args)
             plot(out / "long_range.png", task, record["runs"], args)
             plot_curves(out / "curves.png", task, record["runs"], args)
-    record["machine"]["load_average_at_end"] = os.getloadavg()
+    finish_machine_info(record["machine"])
     (out / "results.json").write_text(json.dumps(record, indent=1))
     _copy_figures(args, out)
     print((out / "results.md").read_text())
+
+
+def main(argv=None):
+    return cli.run(build_parser(), long_range, argv)
 
 
 if __name__ == "__main__":

@@ -24,24 +24,22 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repo importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
+    import _bootstrap  # noqa: F401
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from experiments.common import cli
+from experiments.common.machine import finish_machine_info, machine_info
+from lstm_jax.checkpoint import load_checkpoint
 from lstm_jax.data import images as img
-from lstm_jax.runtime import add_malloc_argument, apply_malloc_argument
 from lstm_jax.models.classifier import (
     ClassifierConfig,
     confusion_matrix,
@@ -50,54 +48,46 @@ from lstm_jax.models.classifier import (
     make_loss_fn,
     make_predict_fn,
 )
+from lstm_jax.train import fit
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser():
+    p = cli.make_parser(__doc__, first_paragraph=True)
     d = p.add_argument_group("data")
     d.add_argument("--dataset", choices=img.DATASETS, default="fashion_mnist")
     d.add_argument("--source", choices=("auto", "tfds", "idx"), default="auto",
                    help="auto: a local IDX folder if it has both splits, else TFDS")
-    d.add_argument("--data-dir", default=None,
-                   help="IDX folder (source idx/auto) or TFDS data_dir (source tfds)")
+    cli.add_flag(d, "data_dir", help="IDX folder (source idx/auto) or TFDS data_dir (source tfds)")
     d.add_argument("--mode", choices=img.MODES, default="rows")
     d.add_argument("--perm-seed", type=int, default=0, help="pixel order of --mode permuted")
     d.add_argument("--val-size", type=int, default=5000, help="validation examples carved from train")
     d.add_argument("--train-subset", type=int, default=None, help="use only the first N training examples (quick runs)")
     d.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test examples only")
-    m = p.add_argument_group("model")
-    m.add_argument("--cell", choices=("lstm", "gru", "rnn"), default="lstm")
-    m.add_argument("--hidden", type=int, default=128)
-    m.add_argument("--layers", type=int, default=1)
+    m = cli.add_model_flags(p, ("cell", "hidden", "layers"))
     m.add_argument("--bidirectional", action="store_true")
-    m.add_argument("--dropout", type=float, default=0.0, help="between recurrent layers")
-    m.add_argument("--unroll", type=int, default=1, help="lax.scan unroll factor")
-    m.add_argument("--impl", default="scan",
-                   help="layer implementation (lstm_jax.layers.layer_impl); 'manual' is the fastest on CPU")
-    t = p.add_argument_group("training")
-    t.add_argument("--batch-size", type=int, default=128)
+    for name in ("dropout", "unroll", "impl"):
+        cli.add_flag(m, name)
+    t = cli.add_training_flags(
+        p,
+        dict(steps=2000, learning_rate=2e-3, warmup_steps=200, end_lr_ratio=0.02, weight_decay=1e-4, clip_norm=1.0,
+             eval_every=500, log_every=50, seed=0, max_minutes=None, progress=True),
+        helps={"warmup_steps": "linear learning-rate warmup steps (at most a tenth of the run)",
+               "eval_every": "steps between evaluations (and checkpoints)"},
+    )
+    cli.add_flag(t, "batch_size", default=128)
     t.add_argument("--epochs", type=float, default=None, help="training length in epochs (overrides --steps)")
-    t.add_argument("--steps", type=int, default=2000)
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--warmup-steps", type=int, default=200)
-    t.add_argument("--end-lr-ratio", type=float, default=0.02)
-    t.add_argument("--weight-decay", type=float, default=1e-4)
-    t.add_argument("--clip-norm", type=float, default=1.0)
-    t.add_argument("--eval-every", type=int, default=500)
-    t.add_argument("--log-every", type=int, default=50)
     t.add_argument("--eval-batch-size", type=int, default=1000)
     t.add_argument("--best-metric", choices=("val_loss", "val_error"), default="val_loss",
                    help="validation metric (lower is better) that picks the checkpoint evaluated on test")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget; stops cleanly with a checkpoint")
-    t.add_argument("--no-progress", action="store_true")
-    o = p.add_argument_group("output")
-    o.add_argument("--out", required=True, help="run directory")
-    o.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    o = cli.add_output_flags(p, ("out", "resume"), out={"required": True, "help": "run directory"})
     o.add_argument("--no-plots", action="store_true")
     o.add_argument("--note", default="", help="free text saved in results.json (e.g. machine load)")
-    add_malloc_argument(p)
-    return p.parse_args(argv)
+    cli.add_malloc_flag(p)
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def prepare_data(args):
@@ -183,11 +173,9 @@ def plot_misclassified(images, labels, preds, probs, class_names, path: Path, ma
     plt.close(fig)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    apply_malloc_argument(args)
-    from lstm_jax.train import TrainConfig, fit, load_checkpoint
-
+def mnist_lstm(args, argv=None) -> dict:
+    malloc = cli.apply_malloc(args)
+    machine = machine_info(malloc=malloc, note=args.note)
     out = Path(args.out)
     t0 = time.perf_counter()
     data = prepare_data(args)
@@ -202,11 +190,8 @@ def main(argv=None) -> dict:
         num_layers=args.layers, bidirectional=args.bidirectional, dropout=args.dropout, unroll=args.unroll,
         impl=args.impl,
     )
-    train_cfg = TrainConfig(
-        steps=steps, learning_rate=args.lr, warmup_steps=min(args.warmup_steps, max(steps // 10, 1)),
-        end_lr_ratio=args.end_lr_ratio, weight_decay=args.weight_decay, clip_norm=args.clip_norm,
-        log_every=args.log_every, eval_every=args.eval_every, checkpoint_every=args.eval_every,
-        max_minutes=args.max_minutes, seed=args.seed, progress=not args.no_progress,
+    train_cfg = cli.train_config(
+        args, steps=steps, warmup_steps=min(args.warmup_steps, max(steps // 10, 1)), checkpoint_every=args.eval_every
     )
     params = init_classifier(jax.random.PRNGKey(args.seed), model_cfg)
     predict = make_predict_fn(model_cfg)
@@ -238,6 +223,7 @@ def main(argv=None) -> dict:
         metadata=metadata, items_per_batch=args.batch_size, item_name="images",
     )
     train_seconds = result.wall_seconds
+    cli.report_stop(result)
 
     # Test with the best checkpoint by validation loss (the last one if no validation).
     which = "best" if len(val_xs) else "last"
@@ -262,12 +248,7 @@ def main(argv=None) -> dict:
         "test_eval_seconds": eval_seconds,
         "per_class_accuracy": (np.diag(cm) / np.maximum(cm.sum(1), 1)).round(4).tolist(),
         "confusion_matrix": cm.tolist(), "resumed": args.resume,
-        "machine": {
-            "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
-            "loadavg_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
-            "note": args.note,
-        },
+        "machine": finish_machine_info(machine),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     if not args.no_plots:
@@ -286,6 +267,10 @@ def main(argv=None) -> dict:
         flush=True,
     )
     return results
+
+
+def main(argv=None) -> dict:
+    return cli.run(build_parser(), lambda args: mnist_lstm(args, argv), argv)
 
 
 if __name__ == "__main__":

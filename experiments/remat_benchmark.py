@@ -21,30 +21,32 @@ Writes ``results/remat_benchmark.json``, a markdown table, and
 time vs T).
 
     python experiments/remat_benchmark.py --budget-minutes 15
-    python experiments/remat_benchmark.py --lengths 32,512,8192 --batch 16 --hidden 128
+    python experiments/remat_benchmark.py --lengths 32,512,8192 --batch-size 16 --hidden 128
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
+    import _bootstrap  # noqa: F401
+
 import jax
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from experiments.benchmark import layer_problem  # noqa: E402
+from experiments.common import cli
+from experiments.common.harness import REPO_ROOT, layer_problem, memory_analysis, run_python
+from experiments.common.machine import finish_machine_info, machine_info
 
 
 def build(impl, T, B, I, H, compile_repeats=1):
+    """Compiled LSTM training step of ``impl`` at ``(T, B, I, H)``: ``(compiled, params, xs, info)``.
+
+    ``info``: median and all compile times, and XLA's buffer sizes (:func:`memory_analysis`).
+    """
     loss, params, xs = layer_problem("lstm", impl, T, B, I, H)
     # Sub-second compiles are noisy, so time several from scratch (caches cleared) and keep the median.
     compile_times = []
@@ -53,24 +55,22 @@ def build(impl, T, B, I, H, compile_repeats=1):
         t0 = time.perf_counter()
         compiled = jax.jit(jax.grad(loss)).lower(params, xs).compile()
         compile_times.append(time.perf_counter() - t0)
-    mem = compiled.memory_analysis()
     info = {"compile_s": statistics.median(compile_times), "compile_times_s": compile_times}
-    if mem is not None:
-        for field in ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes",
-                      "generated_code_size_in_bytes"):
-            info[field] = int(getattr(mem, field, -1))
+    mem = memory_analysis(compiled)
+    if "error" not in mem:
+        info.update(mem)
     return compiled, params, xs, info
 
 
 def rss_probe(impl, T, B, I, H):
     """Peak RSS (MiB) of a fresh process that compiles and runs one step (Linux: ``VmHWM``)."""
     code = (
-        "import sys, jax; sys.path.insert(0, %r);"
+        "import jax;"
         "from experiments.remat_benchmark import build;"
         "c, p, x, _ = build(%r, %d, %d, %d, %d); jax.block_until_ready(c(p, x));"
         "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0])"
-    ) % (str(ROOT), impl, T, B, I, H)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    ) % (impl, T, B, I, H)
+    out = run_python(code, timeout=900)
     if out.returncode:
         return None
     return int(out.stdout.strip().splitlines()[-1]) / 1024.0
@@ -104,30 +104,33 @@ def plot(rows, impls, B, I, H, path, load_average=None):
         print(f"plot skipped: {e}")
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--lengths", default=",".join(str(2**k) for k in range(5, 14)))
-    p.add_argument("--impls", default="scan,manual,remat")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--input", type=int, default=32)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3)
+def build_parser():
+    p = cli.make_parser(__doc__, first_paragraph=True)
+    cli.add_flag(p, "lengths", default=[2**k for k in range(5, 14)])
+    cli.add_flag(p, "impls", default=["scan", "manual", "remat"])
+    cli.add_flag(p, "batch_size", default=16)
+    p.add_argument("--input", type=int, default=32, help="input size I")
+    cli.add_flag(p, "hidden", default=128)
+    cli.add_flag(p, "repeats", default=3)
     p.add_argument("--compile-repeats", type=int, default=3, help="compiles per (T, impl); the median is reported")
-    p.add_argument("--rss-at", default="8192", help="lengths at which to also measure subprocess peak RSS ('' = none)")
-    p.add_argument("--budget-minutes", type=float, default=None)
-    p.add_argument("--out", default=str(ROOT / "results" / "remat_benchmark.json"))
+    p.add_argument("--rss-at", action=cli.ListAction, item_type=int, default=[8192],
+                   help="lengths at which to also measure subprocess peak RSS ('' = none)")
+    cli.add_flag(p, "budget_minutes")
+    cli.add_flag(p, "out", default=str(REPO_ROOT / "results" / "remat_benchmark.json"), help="JSON path")
     p.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON at --out")
-    args = p.parse_args(argv)
+    return p
+
+
+def remat_benchmark(args):
     if args.replot:
         saved = json.loads(Path(args.out).read_text())
         cfg, rows = saved["config"], saved["rows"]
         impls = list(dict.fromkeys(r["impl"] for r in rows))
         plot(rows, impls, cfg["B"], cfg["I"], cfg["H"], Path(args.out).with_suffix(".png"), saved["load_average_end"])
         return saved
-    lengths = [int(v) for v in args.lengths.split(",")]
-    impls = args.impls.split(",")
-    rss_at = {int(v) for v in args.rss_at.split(",") if v}
-    B, I, H = args.batch, args.input, args.hidden
+    machine = machine_info()
+    lengths, impls, rss_at = args.lengths, args.impls, set(args.rss_at)
+    B, I, H = args.batch_size, args.input, args.hidden
     start = time.perf_counter()
     rows = []
     for T in lengths:
@@ -183,10 +186,15 @@ def main(argv=None):
     out.write_text(json.dumps({
         "config": {"B": B, "I": I, "H": H, "repeats": args.repeats, "compile_repeats": args.compile_repeats},
         "load_average_end": os.getloadavg(),
+        "machine": finish_machine_info(machine),
         "rows": rows,
     }, indent=1))
     plot(rows, impls, B, I, H, out.with_suffix(".png"))
     print(f"wrote {out}")
+
+
+def main(argv=None):
+    return cli.run(build_parser(), remat_benchmark, argv)
 
 
 if __name__ == "__main__":

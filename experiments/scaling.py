@@ -21,20 +21,18 @@ plot ``results/scaling.png``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
+    import _bootstrap  # noqa: F401
 
-from lstm_jax.runtime import add_malloc_argument, apply_malloc_argument  # noqa: E402
+from experiments.common import cli
+from experiments.common.harness import REPO_ROOT, layer_problem, run_python, time_calls, train_flops
+from experiments.common.machine import finish_machine_info, machine_info
 
 BASE = {"T": 64, "B": 32, "I": 32, "H": 128}
 SWEEPS = {
@@ -49,7 +47,6 @@ def time_step(T, B, I, H, impl, repeats, devices=1):
     """Median seconds per training step (params grads of mean(ys^2)); data-parallel if devices > 1."""
     import jax
 
-    from experiments.benchmark import layer_problem, time_calls
     from lstm_jax import parallel
 
     loss, params, xs = layer_problem("lstm", impl, T, B, I, H)
@@ -68,7 +65,7 @@ def time_step(T, B, I, H, impl, repeats, devices=1):
 
 
 def record(T, B, I, H, step_s, compile_s, **extra):
-    flops = 3 * 2.0 * T * B * (I + H) * 4 * H
+    flops = train_flops("lstm", T, B, I, H)
     return dict(T=T, B=B, I=I, H=H, step_s=step_s, compile_s=compile_s,
                 tokens_per_s=B * T / step_s, gflops=flops / step_s / 1e9, **extra)
 
@@ -78,31 +75,36 @@ def device_subprocess(n, T, B, I, H, impl, repeats, malloc="tuned"):
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}").strip()
     env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
     code = (
-        f"import sys, json; sys.path.insert(0, {str(ROOT)!r});"
+        "import json;"
         + ("from lstm_jax.runtime import tune_malloc; tune_malloc();" if malloc == "tuned" else "")
         + "from experiments.scaling import time_step;"
         f"s, c = time_step({T}, {B}, {I}, {H}, {impl!r}, {repeats}, devices={n});"
         "print('RESULT', json.dumps([s, c]))"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1800)
+    out = run_python(code, env=env, timeout=1800)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT"):
             return json.loads(line[len("RESULT"):])
     raise RuntimeError(f"device-count run N={n} failed:\n{out.stdout}\n{out.stderr}")
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--impl", default="manual", help="layer impl to measure (see lstm_jax.layers.layer_impl)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--devices", default=",".join(map(str, DEVICES)))
-    p.add_argument("--quick", action="store_true", help="tiny sweep (smoke test)")
-    p.add_argument("--budget-minutes", type=float, default=None)
-    p.add_argument("--out", default=str(ROOT / "results" / "scaling.json"))
-    add_malloc_argument(p)
-    args = p.parse_args(argv)
-    apply_malloc_argument(args)
-    base, sweeps, devices = dict(BASE), {k: list(v) for k, v in SWEEPS.items()}, [int(d) for d in args.devices.split(",")]
+def build_parser():
+    p = cli.make_parser(__doc__, first_paragraph=True)
+    cli.add_flag(p, "impl", default="manual", help="layer impl to measure (see lstm_jax.layers.layer_impl)")
+    cli.add_flag(p, "repeats", default=3)
+    p.add_argument("--devices", action=cli.ListAction, item_type=int, default=list(DEVICES),
+                   help="device counts of the data-parallel sweep")
+    cli.add_flag(p, "quick", help="tiny sweep (smoke test)")
+    cli.add_flag(p, "budget_minutes")
+    cli.add_flag(p, "out", default=str(REPO_ROOT / "results" / "scaling.json"), help="JSON path")
+    cli.add_malloc_flag(p)
+    return p
+
+
+def scaling(args):
+    malloc = cli.apply_malloc(args)
+    machine = machine_info(malloc=malloc)
+    base, sweeps, devices = dict(BASE), {k: list(v) for k, v in SWEEPS.items()}, list(args.devices)
     if args.quick:
         base = {"T": 8, "B": 8, "I": 4, "H": 16}
         sweeps = {"B": [4, 8], "T": [4, 8], "H": [8, 16]}
@@ -144,8 +146,9 @@ def main(argv=None):
               f"{1e3 * r['step_s']:.1f} | {r['tokens_per_s']:.0f} | {r['gflops']:.1f} | {r['compile_s']:.1f} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"impl": args.impl, "base": base, "rows": rows,
-                               "malloc": args.malloc, "note": "simulated devices share the same CPU cores"}, indent=1))
+    out.write_text(json.dumps({"impl": args.impl, "base": base, "rows": rows, "malloc": args.malloc,
+                               "machine": finish_machine_info(machine),
+                               "note": "simulated devices share the same CPU cores"}, indent=1))
     try:
         import matplotlib
 
@@ -170,6 +173,10 @@ def main(argv=None):
     except Exception as e:
         print(f"plot skipped: {e}")
     print(f"wrote {out}")
+
+
+def main(argv=None):
+    return cli.run(build_parser(), scaling, argv)
 
 
 if __name__ == "__main__":

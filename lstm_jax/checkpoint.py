@@ -140,6 +140,13 @@ class Checkpointer:
     def metrics(self, step: int) -> dict | None:
         return self.manager.metrics(step)
 
+    def best_record(self) -> dict | None:
+        """``{"step": best step, **its metrics}``, or ``None`` if no step was saved with metrics."""
+        step = self.best_step()
+        if step is None or not self.metrics(step):
+            return None
+        return {"step": step, **self.metrics(step)}
+
     # -- save / restore ------------------------------------------------------
     def save(self, step: int, state: dict, *, metadata: dict | None = None, metrics: dict | None = None) -> None:
         """Write ``state`` (a pytree of arrays) as ``step``; blocks until finalized."""
@@ -217,6 +224,28 @@ class Checkpointer:
         self.manager.close()
 
 
+def open_run_directory(out_dir: str | Path, *, keep: int, best_metric: str, resume: bool) -> Checkpointer:
+    """The :class:`Checkpointer` of a training run directory (created if missing).
+
+    A run is never silently overwritten or invented: with ``resume=False`` a
+    directory that already holds checkpoints is refused, with ``resume=True``
+    one without any is.
+
+    Raises:
+        CheckpointError: one of the two cases above.
+    """
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    ckpt = Checkpointer(out_dir, keep=keep, best_metric=best_metric)
+    if resume and ckpt.latest_step() is None:
+        raise CheckpointError(f"resume=True: no checkpoint to resume from in {ckpt.directory}")
+    if not resume and ckpt.latest_step() is not None:
+        raise CheckpointError(
+            f"{ckpt.directory} already holds checkpoints (steps {ckpt.all_steps()}); pass resume=True "
+            "to continue that run, or choose another out_dir"
+        )
+    return ckpt
+
+
 def _shape_mismatch(like, state) -> str | None:
     a = jax.tree_util.tree_leaves(like)
     b = jax.tree_util.tree_leaves(state)
@@ -260,7 +289,7 @@ def load_checkpoint(out_dir: str | Path, which: str | int = "best", *, like: Any
     if not (out_dir / CHECKPOINT_SUBDIR).is_dir():
         raise CheckpointError(
             f"no checkpoint directory {out_dir / CHECKPOINT_SUBDIR}: is {out_dir} a training run "
-            "directory (the --out of a training run)?"
+            "directory (the out_dir of a training run)?"
         )
     meta = read_metadata(out_dir)
     ckpt = Checkpointer(out_dir, best_metric=meta.get("best_metric", "val_loss"))

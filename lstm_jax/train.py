@@ -16,11 +16,12 @@ nothing random is carried between steps. Together with deterministic batches
 and checkpoints of ``(params, opt_state, model_state, step)``, a run resumed at
 step N continues bit-for-bit like the uninterrupted run (on CPU).
 
-Data parallelism needs no change in the step. With more than one device and
-the default ``put_batch``, :func:`fit` replicates params and optimizer state
-over all devices and shards each batch on its leading axis
-(:mod:`lstm_jax.parallel`); to control the mesh yourself, pass params already
-replicated and your own sharding ``put_batch``. The optimizer state inherits the
+Data parallelism needs no change in the step. With ``data_parallel=True`` (by
+default: whenever there is more than one device and no ``put_batch`` of the
+caller's), :func:`fit` replicates params and optimizer state over all devices
+and shards each batch on its leading axis (:mod:`lstm_jax.parallel`); to
+control the mesh yourself, pass params already replicated and your own
+sharding ``put_batch``. The optimizer state inherits the
 params' sharding, a resumed run restores every array with the sharding of the
 array it replaces, and XLA inserts the gradient all-reduce inside the
 unchanged jitted step. :func:`put_batch` is the single place where a host
@@ -31,18 +32,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .checkpoint import CheckpointError, Checkpointer, load_checkpoint, read_metadata, write_metadata
+from .checkpoint import CheckpointError, Checkpointer, load_checkpoint, open_run_directory, write_metadata
+from .reporting import MetricsLog, StepLogger, plot_history, save_loss_curve
 
 __all__ = [
     "TrainConfig",
@@ -69,7 +70,7 @@ class TrainConfig:
     ``learning_rate * end_lr_ratio`` at ``steps``). ``max_minutes`` is a
     wall-clock budget: when exceeded, the loop stops after the current step,
     saves a checkpoint and returns (``TrainResult.stop_reason == "time budget"``);
-    ``--resume`` then continues the same schedule.
+    ``fit(..., resume=True)`` then continues the same schedule.
     """
 
     steps: int = 1000
@@ -210,6 +211,9 @@ def put_batch(batch):
     return jax.device_put(batch)
 
 
+_default_put_batch = put_batch  # fit's ``put_batch`` argument shadows the name
+
+
 def evaluate(eval_step: Callable, params, batches: Iterable, *, count_key: str = "count") -> dict:
     """Average metrics over batches.
 
@@ -229,66 +233,7 @@ def evaluate(eval_step: Callable, params, batches: Iterable, *, count_key: str =
 
 
 # ---------------------------------------------------------------------------
-# Logging helpers
-
-
-class _MetricsLog:
-    def __init__(self, path: Path | None, resume_step: int | None):
-        self.path = path
-        self.records: list[dict] = []
-        if path is None:
-            return
-        if resume_step is not None and path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a crash
-                if rec.get("step", 0) <= resume_step:
-                    self.records.append(rec)
-        # Rewrite: drops records past the resumed step (they will be redone).
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-        tmp.replace(path)
-
-    def write(self, record: dict) -> None:
-        self.records.append(record)
-        if self.path is not None:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
-def plot_history(records: list[dict], path: str | Path, *, title: str | None = None) -> None:
-    """Loss curve PNG: training loss per logged step, and every eval metric ending in ``loss``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [r for r in records if r.get("kind") == "train"]
-    evals = [r for r in records if r.get("kind") == "eval"]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    if train:
-        ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", lw=1.2)
-    keys = sorted({k for r in evals for k in r if k.endswith("loss")})
-    for k in keys:
-        pts = [(r["step"], r[k]) for r in evals if k in r]
-        ax.plot(*zip(*pts), marker="o", ms=3, label=k)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    if title:
-        ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    try:
-        fig.savefig(tmp, dpi=110)
-        tmp.replace(path)  # readers never see a half-written PNG
-    finally:
-        plt.close(fig)
+# Placement of state on devices
 
 
 def _colocate(tree, params):
@@ -325,12 +270,84 @@ def _place_like(restored, like):
     return jax.tree_util.tree_map(place, restored, like)
 
 
-def _safe_plot(records, path) -> None:
-    # A plotting problem must never kill (or hide the result of) a training run.
-    try:
-        plot_history(records, path)
-    except Exception as e:  # noqa: BLE001
-        print(f"warning: could not write {path}: {type(e).__name__}: {e}")
+def _data_parallel(params, opt_state, model_state):
+    """Replicate params/optimizer state over all devices; ``(params, opt_state, model_state, put_batch)``.
+
+    The batch (and a batch-major ``model_state``, e.g. a truncated-BPTT carry)
+    is split on its leading axis over a 1-D mesh of all devices
+    (:mod:`lstm_jax.parallel`); XLA inserts the gradient all-reduce.
+    """
+    from . import parallel
+
+    mesh = parallel.make_data_mesh()
+    params, opt_state = parallel.replicate((params, opt_state), mesh)
+    if model_state is not None:
+        try:  # e.g. a truncated-BPTT carry with a leading batch axis
+            model_state = parallel.shard_batch(model_state, mesh)
+        except ValueError:  # no batch axis that splits evenly: keep a full copy everywhere
+            model_state = parallel.replicate(model_state, mesh)
+    return params, opt_state, model_state, functools.partial(parallel.shard_batch, mesh=mesh)
+
+
+# ---------------------------------------------------------------------------
+# Restore or start
+
+
+class _RunStart(NamedTuple):
+    """Where :func:`fit` starts: the (possibly restored) state, the checkpointer, the best eval so far."""
+
+    params: Any
+    opt_state: Any
+    model_state: Any
+    step: int
+    checkpointer: Checkpointer | None
+    best: dict | None
+
+
+def _restore_or_start(out, config, params, opt_state, model_state, *, resume, best_metric, run_meta) -> _RunStart:
+    """Open the run directory ``out`` (:func:`~lstm_jax.checkpoint.open_run_directory`) and,
+    if ``resume``, restore its latest checkpoint, placed like the caller's arrays
+    (e.g. replicated over a mesh). ``out=None``: nothing on disk, start at step 0.
+    """
+    if out is None:
+        return _RunStart(params, opt_state, model_state, 0, None, None)
+    ckpt = open_run_directory(out, keep=config.keep_checkpoints, best_metric=best_metric, resume=resume)
+    start_step, best = 0, None
+    if resume:
+        like = {"params": params, "opt_state": opt_state, "model_state": model_state, "step": np.int64(0)}
+        state, saved_meta, _ = ckpt.restore("last", like=like)
+        params = _place_like(state["params"], params)
+        opt_state = _place_like(state["opt_state"], opt_state)
+        model_state = _place_like(state["model_state"], model_state)
+        start_step = int(state["step"])
+        old_cfg = saved_meta.get("train_config", {})
+        changed = {
+            k: (old_cfg[k], v)
+            for k, v in dataclasses.asdict(config).items()
+            if k in old_cfg and old_cfg[k] != v and k not in ("max_minutes", "progress")
+        }
+        if changed:
+            print(f"warning: resuming with a changed config {changed}; the run will not match an uninterrupted one")
+        best = ckpt.best_record()
+    write_metadata(out, run_meta)
+    return _RunStart(params, opt_state, model_state, start_step, ckpt, best)
+
+
+def _check_finite(stats: dict, step: int, lr: float, ckpt: Checkpointer | None) -> None:
+    """Raise :class:`TrainingDiverged` if the step's loss, gradient norm or updated params are not finite."""
+    params_finite = bool(stats.pop(_FINITE, True))
+    if math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"]) and params_finite:
+        return
+    last = ckpt.latest_step() if ckpt is not None else None
+    where = f"last good checkpoint: step {last} in {ckpt.directory}" if last is not None else "no checkpoint was written"
+    what = f"loss={stats['loss']}, grad_norm={stats['grad_norm']}"
+    if not params_finite:
+        what += ", parameters NaN/inf after the update"
+    raise TrainingDiverged(
+        f"training diverged at step {step}: {what} (learning rate {lr:.3g}). "
+        f"Nothing was saved for this step; {where}. "
+        "Try a lower config.learning_rate, a smaller config.clip_norm, or a longer config.warmup_steps."
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -351,8 +368,9 @@ def fit(
     metadata: dict | None = None,
     items_per_batch: int | None = None,
     item_name: str = "items",
-    put_batch: Callable = put_batch,
+    put_batch: Callable | None = None,
     make_step: Callable = make_train_step,
+    data_parallel: bool | None = None,
 ) -> TrainResult:
     """Train ``params`` for ``config.steps`` steps (see the module docstring for the contract).
 
@@ -367,11 +385,17 @@ def fit(
             model config) and in ``metadata.json``.
         items_per_batch: items (e.g. characters) per batch, for the throughput
             shown in the progress bar and logged as ``<item_name>_per_s``.
-            put_batch: ``put_batch(host_batch) -> device batch``; replace to shard
-            the batch over devices (data parallelism).
+        put_batch: ``put_batch(host_batch) -> device batch``; ``None``: the
+            module's :func:`put_batch` (default device), or the data-parallel
+            sharding. Pass your own to shard the batch yourself.
         make_step: ``make_step(loss_fn, config) -> step_fn`` (see
             :func:`make_train_step`); replace to wrap the step (e.g. pmean of
             gradients, explicit shardings).
+        data_parallel: replicate params/optimizer state over all local devices
+            and shard every batch over them (:mod:`lstm_jax.parallel`).
+            ``None`` (default): exactly when there is more than one device and
+            no ``put_batch`` of your own is given. ``True`` with a
+            ``put_batch`` of your own is an error.
 
     Raises:
         TrainingDiverged: loss or gradient norm became NaN/inf. Nothing is
@@ -380,66 +404,26 @@ def fit(
     config.validate()
     if resume and out_dir is None:
         raise ValueError("resume=True needs out_dir (the run directory to resume from)")
+    own_put_batch = put_batch is not None and put_batch is not _default_put_batch
+    if data_parallel and own_put_batch:
+        raise ValueError("data_parallel=True shards the batch itself: give put_batch or data_parallel=True, not both")
+    if data_parallel is None:
+        data_parallel = not own_put_batch and jax.device_count() > 1
+    if not own_put_batch:
+        put_batch = _default_put_batch
+
     optimizer = make_optimizer(config)
     opt_state = _colocate(optimizer.init(params), params)
     schedule = make_schedule(config)
-    start_step = 0
     out = Path(out_dir) if out_dir is not None else None
-    ckpt = None
-    run_meta = {
-        **(metadata or {}),
-        "train_config": dataclasses.asdict(config),
-        "best_metric": best_metric,
-    }
+    run_meta = {**(metadata or {}), "train_config": dataclasses.asdict(config), "best_metric": best_metric}
+    params, opt_state, model_state, start_step, ckpt, best = _restore_or_start(
+        out, config, params, opt_state, model_state, resume=resume, best_metric=best_metric, run_meta=run_meta
+    )
+    log = MetricsLog(out / "metrics.jsonl" if out else None, start_step if resume else None)
 
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt = Checkpointer(out, keep=config.keep_checkpoints, best_metric=best_metric)
-        if resume:
-            like = {"params": params, "opt_state": opt_state, "model_state": model_state, "step": np.int64(0)}
-            if ckpt.latest_step() is None:
-                raise CheckpointError(f"--resume: no checkpoint to resume from in {ckpt.directory}")
-            state, saved_meta, _ = ckpt.restore("last", like=like)
-            # Put restored arrays where the caller's were (e.g. replicated over a mesh).
-            params = _place_like(state["params"], params)
-            opt_state = _place_like(state["opt_state"], opt_state)
-            model_state = _place_like(state["model_state"], model_state)
-            start_step = int(state["step"])
-            old_cfg = saved_meta.get("train_config", {})
-            changed = {
-                k: (old_cfg[k], v)
-                for k, v in dataclasses.asdict(config).items()
-                if k in old_cfg and old_cfg[k] != v and k not in ("max_minutes", "progress")
-            }
-            if changed:
-                print(f"warning: resuming with a changed config {changed}; the run will not match an uninterrupted one")
-        elif ckpt.latest_step() is not None:
-            raise CheckpointError(
-                f"{ckpt.directory} already holds checkpoints (steps {ckpt.all_steps()}); pass resume=True "
-                "(--resume) to continue that run, or choose another out_dir"
-            )
-        write_metadata(out, run_meta)
-
-    log = _MetricsLog(out / "metrics.jsonl" if out else None, start_step if resume else None)
-    best = None
-    if ckpt is not None and resume:
-        bs = ckpt.best_step()
-        if bs is not None and ckpt.metrics(bs):
-            best = {"step": bs, **ckpt.metrics(bs)}
-
-    if put_batch is globals()["put_batch"] and jax.device_count() > 1:
-        # Data parallelism (lstm_jax.parallel): batch (and a batch-major model_state) split over
-        # all devices, params/optimizer state replicated; XLA inserts the gradient all-reduce.
-        from . import parallel
-
-        mesh = parallel.make_data_mesh()
-        params, opt_state = parallel.replicate((params, opt_state), mesh)
-        if model_state is not None:
-            try:  # e.g. a truncated-BPTT carry with a leading batch axis
-                model_state = parallel.shard_batch(model_state, mesh)
-            except ValueError:  # no batch axis that splits evenly: keep a full copy everywhere
-                model_state = parallel.replicate(model_state, mesh)
-        put_batch = functools.partial(parallel.shard_batch, mesh=mesh)
+    if data_parallel:
+        params, opt_state, model_state, put_batch = _data_parallel(params, opt_state, model_state)
     step_fn = make_step(loss_fn, config)
     t_start = time.perf_counter()
     deadline = None if config.max_minutes is None else t_start + 60.0 * config.max_minutes
@@ -463,14 +447,10 @@ def fit(
             best = {"step": step, **metrics}
         return metrics
 
-    bar = None
-    if config.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.steps, initial=start_step, dynamic_ncols=True, unit="step")
-
-    window = {"n": 0, "sums": {}, "t0": time.perf_counter()}
-    running = None  # exponential moving average of the loss, for the bar
+    logger = StepLogger(
+        log, total_steps=config.steps, log_every=config.log_every, start_step=start_step, schedule=schedule,
+        items_per_batch=items_per_batch, item_name=item_name, progress=config.progress, t_start=t_start,
+    )
     stop_reason = "completed"
     step = start_step
     try:
@@ -480,66 +460,29 @@ def fit(
                 params, opt_state, model_state, batch, step
             )
             stats = {k: float(v) for k, v in jax.device_get(stats).items()}
-            params_finite = bool(stats.pop(_FINITE, True))
-            if not (math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"]) and params_finite):
-                last = ckpt.latest_step() if ckpt is not None else None
-                where = f"last good checkpoint: step {last} in {ckpt.directory}" if last is not None else "no checkpoint was written"
-                what = f"loss={stats['loss']}, grad_norm={stats['grad_norm']}"
-                if not params_finite:
-                    what += ", parameters NaN/inf after the update"
-                raise TrainingDiverged(
-                    f"training diverged at step {step}: {what} (learning rate {float(schedule(step)):.3g}). "
-                    f"Nothing was saved for this step; {where}. "
-                    "Try a lower --lr, a smaller --clip-norm, or a longer warmup."
-                )
+            _check_finite(stats, step, float(schedule(step)), ckpt)
             params, opt_state, model_state = new_params, new_opt_state, new_model_state
             step += 1
-            running = stats["loss"] if running is None else 0.98 * running + 0.02 * stats["loss"]
-            window["n"] += 1
-            for k, v in stats.items():
-                window["sums"][k] = window["sums"].get(k, 0.0) + v
-
-            if step % config.log_every == 0 or step == config.steps:
-                now = time.perf_counter()
-                dt = now - window["t0"]
-                rec = {"kind": "train", "step": step}
-                rec.update({k: v / window["n"] for k, v in window["sums"].items()})
-                rec["lr"] = float(schedule(step - 1))
-                rec["steps_per_s"] = window["n"] / dt
-                if items_per_batch:
-                    rec[f"{item_name}_per_s"] = window["n"] * items_per_batch / dt
-                rec["elapsed_s"] = now - t_start
-                log.write(rec)
-                window = {"n": 0, "sums": {}, "t0": time.perf_counter()}
-            if bar is not None:
-                bar.update(1)
-                if step % max(1, min(config.log_every, 10)) == 0 or step == config.steps:
-                    post = {"loss": f"{running:.4f}"}
-                    if bar.format_dict.get("rate"):
-                        rate = bar.format_dict["rate"]
-                        post[f"{item_name}/s"] = f"{rate * (items_per_batch or 1):,.0f}"
-                    bar.set_postfix(post, refresh=False)
+            logger.step_done(step, stats)
 
             out_of_time = deadline is not None and time.perf_counter() > deadline
             eval_now = eval_fn is not None and (step % config.eval_every == 0 or step == config.steps or out_of_time)
             metrics = run_eval(step) if eval_now else None
-            if metrics is not None and bar is not None:
-                bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            if metrics is not None:
+                logger.eval_done(step, metrics)
             if metrics is not None or step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
                 save(step, metrics)
                 if out is not None and metrics is not None:
-                    _safe_plot(log.records, out / "loss_curve.png")
+                    save_loss_curve(log.records, out / "loss_curve.png")
             if out_of_time and step < config.steps:
                 stop_reason = "time budget"
                 msg = f"stopping at step {step}/{config.steps}: time budget of {config.max_minutes} min reached"
-                (bar.write if bar is not None else print)(msg + ("; continue with --resume" if out else ""))
+                logger.message(msg + ("; checkpoint saved, resume=True continues the run" if out else ""))
                 break
     finally:
-        if bar is not None:
-            bar.close()
-        if out is not None:
-            if log.records:
-                _safe_plot(log.records, out / "loss_curve.png")
+        logger.close()
+        if out is not None and log.records:
+            save_loss_curve(log.records, out / "loss_curve.png")
         if ckpt is not None:
             ckpt.close()
 

@@ -1,13 +1,9 @@
 """The benchmark scripts run end to end in quick mode, so they never rot."""
 
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from experiments import benchmark  # noqa: E402
+from experiments import benchmark
+from experiments.common import harness
 
 
 def test_benchmark_quick_runs_and_writes_json(tmp_path):
@@ -30,8 +26,8 @@ def test_benchmark_quick_runs_and_writes_json(tmp_path):
 
 
 def test_flop_model():
-    assert benchmark.forward_flops("lstm", 2, 3, 4, 5) == 2 * 2 * 3 * (4 + 5) * 4 * 5
-    assert benchmark.train_flops("gru", 1, 1, 1, 1) == 3 * 2 * 2 * 3
+    assert harness.forward_flops("lstm", 2, 3, 4, 5) == 2 * 2 * 3 * (4 + 5) * 4 * 5
+    assert harness.train_flops("gru", 1, 1, 1, 1) == 3 * 2 * 2 * 3
 
 
 def test_parse_sizes():

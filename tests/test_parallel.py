@@ -147,6 +147,17 @@ FIT_WORKER = textwrap.dedent(
     assert len(sharded.params["w"].sharding.device_set) == 4
     for a, b in zip(jax.tree_util.tree_leaves(sharded.params), jax.tree_util.tree_leaves(single.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    # The explicit switch: False keeps one device although four are there; True == the automatic choice.
+    off = fit(loss_fn, params, get_batch, cfg, data_parallel=False)
+    assert len(off.params["w"].sharding.device_set) == 1
+    on = fit(loss_fn, params, get_batch, cfg, data_parallel=True)
+    assert len(on.params["w"].sharding.device_set) == 4
+    np.testing.assert_array_equal(np.asarray(on.params["w"]), np.asarray(sharded.params["w"]))
+    try:
+        fit(loss_fn, params, get_batch, cfg, data_parallel=True, put_batch=jax.device_put)
+        raise AssertionError("data_parallel=True with a put_batch of the caller's must be refused")
+    except ValueError as e:
+        assert "not both" in str(e), e
     print("FIT-OK")
     """
 )

@@ -16,7 +16,9 @@ import pytest
 from lstm_jax.checkpoint import CheckpointError, Checkpointer, load_checkpoint
 from lstm_jax.data.text import StatefulWindows, load_text
 from lstm_jax.models import char_model as cm
-from lstm_jax.train import TrainConfig, TrainingDiverged, fit, make_schedule
+from lstm_jax import reporting
+from lstm_jax.reporting import MetricsLog, StepLogger
+from lstm_jax.train import TrainConfig, TrainingDiverged, fit, make_schedule, plot_history
 
 QUIET = dict(progress=False, log_every=1)
 
@@ -238,6 +240,61 @@ def test_nan_guard_without_checkpoints():
     cfg = TrainConfig(steps=10, **QUIET)
     with pytest.raises(TrainingDiverged, match="diverged at step 3: loss=nan.*no checkpoint was written"):
         fit(loss_fn, {"w": jnp.ones(3)}, lambda s: np.float32(s), cfg)
+
+
+def test_library_errors_name_arguments_not_flags(tmp_path):
+    """The library speaks of fit's arguments and config fields; the scripts translate them to flags."""
+    loss_fn, get_batch, params = linear_problem()
+    with pytest.raises(CheckpointError) as err:
+        fit(loss_fn, params, get_batch, TrainConfig(steps=2, **QUIET), out_dir=tmp_path / "empty", resume=True)
+    assert "resume=True" in str(err.value) and "--resume" not in str(err.value)
+    fit(loss_fn, params, get_batch, TrainConfig(steps=2, **QUIET), out_dir=tmp_path / "run")
+    with pytest.raises(CheckpointError) as err:
+        fit(loss_fn, params, get_batch, TrainConfig(steps=2, **QUIET), out_dir=tmp_path / "run")
+    assert "pass resume=True" in str(err.value) and "out_dir" in str(err.value) and "--" not in str(err.value)
+
+    def nan_loss(p, batch, key, state):
+        return jnp.sum(p["w"]) * jnp.nan, (state, {})
+
+    with pytest.raises(TrainingDiverged) as err:
+        fit(nan_loss, {"w": jnp.ones(3)}, lambda s: np.float32(s), TrainConfig(steps=3, **QUIET))
+    assert "config.learning_rate" in str(err.value) and "config.clip_norm" in str(err.value)
+    assert "--lr" not in str(err.value)
+
+
+def test_step_logger_window_means_lr_and_throughput(tmp_path):
+    """Train records: means over each log_every window (and the last, shorter one), the lr of the
+    window's last step, items/s = items_per_batch x steps/s; the bar's loss is a 0.98/0.02 moving average."""
+    log = MetricsLog(tmp_path / "metrics.jsonl", None)
+    logger = StepLogger(log, total_steps=5, log_every=2, start_step=0, schedule=lambda s: 0.1 * s,
+                        items_per_batch=10, item_name="chars", progress=False)
+    losses = [4.0, 2.0, 1.0, 3.0, 5.0]
+    for step, loss in enumerate(losses, start=1):
+        logger.step_done(step, {"loss": loss, "grad_norm": 2 * loss})
+    logger.close()
+    recs = log.records
+    assert [r["step"] for r in recs] == [2, 4, 5] and all(r["kind"] == "train" for r in recs)
+    assert [r["loss"] for r in recs] == [3.0, 2.0, 5.0]
+    assert [r["grad_norm"] for r in recs] == [6.0, 4.0, 10.0]
+    assert [r["lr"] for r in recs] == pytest.approx([0.1, 0.3, 0.4])
+    for r in recs:
+        assert r["chars_per_s"] == pytest.approx(10 * r["steps_per_s"]) and r["elapsed_s"] > 0
+    ema = losses[0]
+    for loss in losses[1:]:
+        ema = 0.98 * ema + 0.02 * loss
+    assert logger.running_loss == pytest.approx(ema)
+    assert [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == recs
+    # Resuming at step 4 keeps the records up to it and drops the later ones from the file.
+    assert [r["step"] for r in MetricsLog(tmp_path / "metrics.jsonl", 4).records] == [2, 4]
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_plot_history_lives_in_reporting_and_is_reexported(tmp_path):
+    assert plot_history is reporting.plot_history
+    records = [{"kind": "train", "step": 1, "loss": 2.0}, {"kind": "eval", "step": 1, "val_loss": 2.5}]
+    plot_history(records, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    reporting.save_loss_curve(records, tmp_path / "missing_dir" / "curve.png")  # warns, does not raise
 
 
 def _corrupt_largest_data_file(step_dir: Path, mode: str):

@@ -39,12 +39,13 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import os
 import zlib
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+
+from . import paths
 
 # ---------------------------------------------------------------------------
 # Datasets and where they live
@@ -71,30 +72,14 @@ IDX_FILES = {
 IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def shared_data_root() -> Path:
-    """``$LSTM_JAX_DATA`` if set, else ``<repo>/../shared/data``.
-
-    (If that folder does not exist but ``<repo>/../../shared/data`` does, the
-    latter is used: the layout of a git worktree checked out one level deeper.)
-    """
-    env = os.environ.get("LSTM_JAX_DATA")
-    if env:
-        return Path(env)
-    primary = (REPO_ROOT / ".." / "shared" / "data").resolve()
-    if not primary.is_dir():
-        fallback = (REPO_ROOT / ".." / ".." / "shared" / "data").resolve()
-        if fallback.is_dir():
-            return fallback
-    return primary
+#: Kept for callers of the old name; the shared data root is :func:`lstm_jax.data.paths.data_dir`.
+shared_data_root = paths.data_dir
 
 
 def default_idx_folders(name: str) -> list[Path]:
     """Folders searched (in order) for a dataset's IDX files by ``source="auto"|"idx"``."""
     _check_name(name)
-    root = shared_data_root()
+    root = paths.data_dir()
     if name == "mnist":
         return [root / "mnist"]
     return [root / "fashion_mnist", root / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")]

@@ -38,6 +38,9 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from . import paths
+from .paths import DATA_ENV_VAR
+
 DATASETS = ("zen", "tiny_shakespeare", "file")
 """Names accepted by ``load_text``."""
 
@@ -45,26 +48,16 @@ TINY_SHAKESPEARE_FILE = "input.txt"
 """File name under which the TFDS checksum registry lists the tiny_shakespeare
 download; the download manager looks for exactly this name in ``manual_dir``."""
 
-DATA_ENV_VAR = "LSTM_JAX_DATA"
-"""Environment variable overriding the shared data root (the folder that holds
-``tinyshakespeare/``, ``mnist/``)."""
-
-
 # --------------------------------------------------------------------------- paths
 
 
-def shared_data_dir() -> Path:
-    """Root of the read-only shared data: ``$LSTM_JAX_DATA`` or ``<repo>/../shared/data``."""
-    env = os.environ.get(DATA_ENV_VAR)
-    if env:
-        return Path(env).expanduser()
-    repo_root = Path(__file__).resolve().parents[2]
-    return repo_root / ".." / "shared" / "data"
+#: Kept for callers of the old name; the shared data root is :func:`lstm_jax.data.paths.data_dir`.
+shared_data_dir = paths.data_dir
 
 
 def default_tiny_shakespeare_manual_dir() -> Path:
     """Folder holding ``input.txt`` for the offline TFDS prepare."""
-    return shared_data_dir() / "tinyshakespeare"
+    return paths.data_dir() / "tinyshakespeare"
 
 
 # --------------------------------------------------------------------------- vocabulary

@@ -9,9 +9,11 @@ The loss is the mean softmax cross-entropy of the next character, in nats per
 character; bits per character = nats / ln 2.
 
 Params are a plain dict ``{"embed": (V, E) (absent for one-hot input),
-"stack": [per-layer cell params], "readout": {"w": (H, V), "b": (V,)}}``. The
-cell type is recovered from the params (see :func:`infer_cell`), so a
-checkpoint's params are enough to run the model.
+"stack": [per-layer cell params], "readout": {"w": (H, V), "b": (V,)}}``.
+The cell type is not a pytree leaf; it is recorded in :func:`model_config`
+(saved as the checkpoint's ``metadata["model"]``) and passed back as ``cell=``.
+Functions given ``cell=None`` fall back to :func:`infer_cell`, which reads it
+off the parameter shapes.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ..cells import glorot_uniform, get_cell
 from ..layers import apply_stack, init_stack, zeros_stack_carry
+from .losses import cross_entropy, cross_entropy_per_item
 
 Array = jax.Array
 LN2 = math.log(2.0)
@@ -72,7 +74,11 @@ def init_char_model(
 
 
 def infer_cell(params: dict) -> str:
-    """Cell name from the first layer's params: gru has ``b_x``/``b_h``; lstm has 4H biases."""
+    """Cell name from the first layer's params: gru has ``b_x``/``b_h``; lstm has 4H biases.
+
+    The fallback for callers that hold only params; a checkpoint written by
+    ``experiments/char_lstm.py`` records the cell in ``metadata["model"]["cell"]``.
+    """
     layer = params["stack"][0]
     if "b_x" in layer:
         return "gru"
@@ -80,16 +86,28 @@ def infer_cell(params: dict) -> str:
     return "lstm" if layer["b"].shape[-1] == 4 * hidden else "rnn"
 
 
-def model_config(params: dict) -> dict:
-    """JSON-able description of the architecture (saved as checkpoint metadata)."""
+def model_config(params: dict, cell: str | None = None) -> dict:
+    """JSON-able description of the architecture (saved as checkpoint metadata).
+
+    ``cell``: the cell the model was built with, recorded as given; ``None``
+    infers it from the params (:func:`infer_cell`).
+    """
     first = params["stack"][0]
     return {
-        "cell": infer_cell(params),
+        "cell": _cell(params, cell),
         "layers": len(params["stack"]),
         "hidden": int(first["w_h"].shape[0]),
         "vocab_size": int(params["readout"]["b"].shape[0]),
         "embed_dim": int(params["embed"].shape[1]) if "embed" in params else None,
     }
+
+
+def _cell(params: dict, cell: str | None) -> str:
+    """``cell`` if given (the recorded name wins: shapes need not identify every cell), else :func:`infer_cell`."""
+    if cell is None:
+        return infer_cell(params)
+    get_cell(cell)  # validates the name
+    return cell
 
 
 def _encode_inputs(params: dict, inputs: Array) -> Array:
@@ -102,10 +120,10 @@ def _encode_inputs(params: dict, inputs: Array) -> Array:
     return jax.nn.one_hot(inputs, params["readout"]["b"].shape[0], dtype=dtype)
 
 
-def zeros_carry(params: dict, batch_size: int | None = None):
+def zeros_carry(params: dict, batch_size: int | None = None, *, cell: str | None = None):
     """Zero recurrent state for ``batch_size`` sequences (``None``: one unbatched sequence)."""
     batch_shape = () if batch_size is None else (batch_size,)
-    return zeros_stack_carry(infer_cell(params), params["stack"], batch_shape)
+    return zeros_stack_carry(_cell(params, cell), params["stack"], batch_shape)
 
 
 def char_logits(
@@ -113,6 +131,7 @@ def char_logits(
     inputs: Array,
     carry=None,
     *,
+    cell: str | None = None,
     dropout: float = 0.0,
     key: Array | None = None,
     impl: str = "scan",
@@ -137,7 +156,7 @@ def char_logits(
         raise ValueError("dropout > 0 needs a jax.random key")
     k_stack, k_out = jax.random.split(key) if dropout else (None, None)
     ys, carry = apply_stack(
-        infer_cell(params),
+        _cell(params, cell),
         params["stack"],
         xs,
         carry,
@@ -154,23 +173,19 @@ def char_logits(
     return logits, carry
 
 
-def cross_entropy(logits: Array, targets: Array) -> Array:
-    """Per-position softmax cross-entropy in nats."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-
-
 def char_loss(params, inputs, targets, carry=None, **kwargs):
     """Mean next-character cross-entropy in nats/char; returns ``(loss, final_carry)``."""
     logits, carry = char_logits(params, inputs, carry, **kwargs)
-    return jnp.mean(cross_entropy(logits, targets)), carry
+    return cross_entropy(logits, targets), carry
 
 
-@functools.partial(jax.jit, static_argnames=("impl",))
-def eval_step(params, batch, impl: str = "scan"):
+@functools.partial(jax.jit, static_argnames=("impl", "cell"))
+def eval_step(params, batch, impl: str = "scan", cell: str | None = None):
     """Summed loss over a batch ``(inputs, targets)`` from a zero state: ``{"nats": sum, "count": n}``."""
     inputs, targets = batch
-    logits, _ = char_logits(params, inputs, impl=impl)
-    return {"nats": jnp.sum(cross_entropy(logits, targets)), "count": jnp.asarray(targets.size, jnp.float32)}
+    logits, _ = char_logits(params, inputs, cell=cell, impl=impl)
+    nats = jnp.sum(cross_entropy_per_item(logits, targets))
+    return {"nats": nats, "count": jnp.asarray(targets.size, jnp.float32)}
 
 
 def _filter_logits(logits: Array, temperature: float, top_k: int | None) -> Array:
@@ -181,9 +196,9 @@ def _filter_logits(logits: Array, temperature: float, top_k: int | None) -> Arra
     return logits
 
 
-@functools.partial(jax.jit, static_argnames=("length", "top_k", "greedy"))
-def _generate(params, prompt_ids, key, temperature, *, length: int, top_k: int | None, greedy: bool):
-    logits, carry = char_logits(params, prompt_ids[None, :])
+@functools.partial(jax.jit, static_argnames=("length", "top_k", "greedy", "cell"))
+def _generate(params, prompt_ids, key, temperature, *, length: int, top_k: int | None, greedy: bool, cell: str):
+    logits, carry = char_logits(params, prompt_ids[None, :], cell=cell)
     last = logits[0, -1]
 
     def body(state, i):
@@ -192,7 +207,7 @@ def _generate(params, prompt_ids, key, temperature, *, length: int, top_k: int |
             nxt = jnp.argmax(last).astype(jnp.int32)
         else:
             nxt = jax.random.categorical(jax.random.fold_in(key, i), _filter_logits(last, temperature, top_k)).astype(jnp.int32)
-        logits, carry = char_logits(params, nxt[None, None], carry)
+        logits, carry = char_logits(params, nxt[None, None], carry, cell=cell)
         return (carry, logits[0, -1]), nxt
 
     _, out = jax.lax.scan(body, (carry, last), jnp.arange(length))
@@ -208,12 +223,13 @@ def sample(
     temperature: float = 1.0,
     top_k: int | None = None,
     seed: int = 0,
+    cell: str | None = None,
 ) -> str:
     """Generate ``length`` characters after ``prompt``; returns ``prompt`` + the generated text.
 
     Deterministic for a given ``seed``. ``temperature == 0`` picks the most
     likely character each step (greedy). ``top_k`` keeps only the k most likely
-    characters before sampling.
+    characters before sampling. ``cell``: the model's cell (``None``: inferred).
 
     Raises:
         ValueError: empty prompt, characters outside ``vocab`` (from
@@ -238,5 +254,6 @@ def sample(
         length=int(length),
         top_k=None if top_k is None else int(top_k),
         greedy=temperature == 0,
+        cell=_cell(params, cell),
     )
     return prompt + vocab.decode(np.asarray(out))

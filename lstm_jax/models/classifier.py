@@ -14,6 +14,7 @@ For a bidirectional stack the features are ``[h_T forward, h_0 backward]``
 (each direction's state after reading the whole sequence), ``2H`` wide.
 
 Params are a plain dict ``{"rnn": <init_stack list>, "head": {"w": (H, C), "b": (C,)}}``.
+The loss is :func:`lstm_jax.models.losses.cross_entropy` (re-exported here).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import optax
 
 from ..cells import LSTMCarry, get_cell
 from ..layers import apply_stack, init_stack
+from .losses import cross_entropy
 
 Array = jax.Array
 
@@ -119,14 +121,6 @@ def classifier_logits(
     )
     h = last_hidden(finals)
     return h @ params["head"]["w"] + params["head"]["b"]
-
-
-def cross_entropy(logits: Array, labels: Array, mask: Array | None = None) -> Array:
-    """Mean softmax cross-entropy of raw ``logits`` against integer ``labels`` (over ``mask`` if given)."""
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    if mask is None:
-        return losses.mean()
-    return (losses * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
 def accuracy(logits: Array, labels: Array, mask: Array | None = None) -> Array:

@@ -1,0 +1,1 @@
+"""What the experiment scripts share: command line, machine record, figure copies, benchmark harness."""

@@ -1,0 +1,294 @@
+"""The experiments' shared command line: one spelling per flag, one TrainConfig builder, one error style.
+
+Every flag more than one script offers is declared once, in :data:`FLAGS`, and
+added to a parser by name (:func:`add_flag`, or a whole group:
+:func:`add_model_flags`, :func:`add_training_flags`, :func:`add_output_flags`,
+:func:`add_malloc_flag`). A script only chooses which of them it offers and its
+own defaults and help. Older spellings stay accepted as hidden aliases (they
+parse into the same ``dest`` but do not show in ``--help``), so existing
+command lines keep working::
+
+    --warmup            -> --warmup-steps      (char_lstm, long_range)
+    --minutes-per-run   -> --max-minutes       (long_range)
+    --minutes-per-cell  -> --max-minutes       (gradient_flow)
+    --batch             -> --batch-size        (long_range, gradient_flow, remat_benchmark)
+    --keep              -> --keep-checkpoints  (char_lstm)
+
+The training flags parse into the :class:`~lstm_jax.train.TrainConfig` field of
+the same name (``--lr`` into ``learning_rate``, ``--no-progress`` into
+``progress``), so :func:`train_config` builds the config from the parsed
+arguments in one place, and a library message that names a field or an
+argument of :func:`~lstm_jax.train.fit` (``config.learning_rate``,
+``resume=True``, ``out_dir``) is translated back to the flag that sets it by
+:func:`flag_message`; :func:`run` does that for every script.
+
+List flags (``--cells``, ``--lengths``, ``--impls``, ...) take values separated
+by spaces or commas, or both: ``--cells lstm gru`` == ``--cells lstm,gru``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from typing import Any, Callable, Sequence, TypeVar
+
+from lstm_jax.checkpoint import CheckpointError
+from lstm_jax.runtime import add_malloc_argument, apply_malloc_argument
+from lstm_jax.train import TrainConfig, TrainingDiverged
+
+__all__ = [
+    "CELL_NAMES",
+    "FLAGS",
+    "Flag",
+    "ListAction",
+    "add_argument",
+    "add_flag",
+    "add_malloc_flag",
+    "add_model_flags",
+    "add_output_flags",
+    "add_training_flags",
+    "apply_malloc",
+    "flag_for",
+    "flag_message",
+    "make_parser",
+    "report_stop",
+    "run",
+    "train_config",
+]
+
+CELL_NAMES = ("lstm", "gru", "rnn")
+
+#: What :func:`run` turns into a one-line ``error: ...`` exit instead of a traceback.
+LIBRARY_ERRORS = (CheckpointError, TrainingDiverged, FileNotFoundError, ValueError)
+
+T = TypeVar("T")
+
+
+class ListAction(argparse.Action):
+    """``nargs="+"`` whose values may also be comma-separated; items converted by ``item_type``.
+
+    ``choices`` is checked per item (argparse would check the raw strings).
+    """
+
+    def __init__(self, option_strings, dest, item_type: Callable[[str], Any] = str, choices=None, **kwargs):
+        kwargs.setdefault("nargs", "+")
+        super().__init__(option_strings, dest, **kwargs)
+        self.item_type = item_type
+        self.item_choices = choices
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = []
+        for value in values:
+            for text in value.split(","):
+                if not text.strip():
+                    continue
+                try:
+                    item = self.item_type(text.strip())
+                except ValueError:
+                    parser.error(f"{option_string}: invalid value {text!r}")
+                if self.item_choices is not None and item not in self.item_choices:
+                    parser.error(f"{option_string}: unknown {item!r} (choose from {', '.join(map(str, self.item_choices))})")
+                items.append(item)
+        setattr(namespace, self.dest, items)
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """One shared flag: its spelling, hidden older spellings, and argparse keywords (overridable per script)."""
+
+    option: str
+    kwargs: dict
+    aliases: tuple[str, ...] = ()
+
+
+def _list(item_type=str, **kwargs) -> dict:
+    return {"action": ListAction, "item_type": item_type, **kwargs}
+
+
+#: The shared flags by ``dest``. Training flags use TrainConfig's field names as dest.
+FLAGS: dict[str, Flag] = {
+    # -- model
+    "cell": Flag("--cell", {"choices": CELL_NAMES, "default": "lstm", "help": "recurrent cell"}),
+    "cells": Flag("--cells", _list(choices=CELL_NAMES, default=list(CELL_NAMES), help="recurrent cells to run")),
+    "hidden": Flag("--hidden", {"type": int, "default": 128, "help": "hidden size H of every layer"}),
+    "layers": Flag("--layers", {"type": int, "default": 1, "help": "stacked recurrent layers"}),
+    "dropout": Flag("--dropout", {"type": float, "default": 0.0, "help": "dropout between recurrent layers"}),
+    "impl": Flag("--impl", {"default": "scan", "help": "layer implementation (see lstm_jax.layers.layer_impl); "
+                            "'manual' is the fastest on CPU"}),
+    "impls": Flag("--impls", _list(help="layer implementations (see lstm_jax.layers.layer_impl)")),
+    "unroll": Flag("--unroll", {"type": int, "default": 1, "help": "lax.scan unroll factor"}),
+    # -- data / problem size
+    "batch_size": Flag("--batch-size", {"type": int, "default": 32, "help": "sequences per batch"}, ("--batch",)),
+    "lengths": Flag("--lengths", _list(int, help="sequence lengths T")),
+    "data_dir": Flag("--data-dir", {"default": None, "help": "data folder"}),
+    "text_file": Flag("--text-file", {"default": None, "help": "UTF-8 text file"}),
+    # -- training: TrainConfig fields
+    "steps": Flag("--steps", {"type": int, "help": "training steps (length of the run and of the lr schedule)"}),
+    "learning_rate": Flag("--lr", {"type": float, "help": "peak learning rate"}),
+    "warmup_steps": Flag("--warmup-steps", {"type": int, "help": "linear learning-rate warmup steps"}, ("--warmup",)),
+    "end_lr_ratio": Flag("--end-lr-ratio", {"type": float, "help": "final / peak learning rate of the cosine decay"}),
+    "weight_decay": Flag("--weight-decay", {"type": float, "help": "AdamW weight decay of the weight matrices"}),
+    "clip_norm": Flag("--clip-norm", {"type": float, "help": "global gradient-norm clipping threshold"}),
+    "log_every": Flag("--log-every", {"type": int, "help": "steps per logged training record"}),
+    "eval_every": Flag("--eval-every", {"type": int, "help": "steps between evaluations"}),
+    "checkpoint_every": Flag("--checkpoint-every", {"type": int, "help": "steps between checkpoints"}),
+    "keep_checkpoints": Flag("--keep-checkpoints", {"type": int, "help": "latest checkpoints to keep (the best is "
+                                                    "kept too)"}, ("--keep",)),
+    "max_minutes": Flag("--max-minutes", {"type": float, "help": "wall-clock budget of each training run; stops "
+                                          "with a checkpoint"}, ("--minutes-per-run", "--minutes-per-cell")),
+    "seed": Flag("--seed", {"type": int, "default": 0, "help": "seed of the initialisation, data order and dropout"}),
+    "progress": Flag("--no-progress", {"action": "store_false", "help": "no progress bar"}),
+    # -- output / run control
+    "out": Flag("--out", {"default": None, "help": "output: run directory or JSON path"}),
+    "resume": Flag("--resume", {"action": "store_true", "help": "continue the run in --out from its latest checkpoint"}),
+    "figure_dir": Flag("--figure-dir", {"default": None, "help": "also copy the PNGs here"}),
+    "quick": Flag("--quick", {"action": "store_true", "help": "tiny sizes, few repeats (smoke test)"}),
+    "repeats": Flag("--repeats", {"type": int, "help": "timed repeats"}),
+    "budget_minutes": Flag("--budget-minutes", {"type": float, "default": None,
+                                                "help": "wall-clock budget: no new case starts after it"}),
+}
+
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout (usage examples); appends ``(default: X)`` where X says something."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or "default" in text
+            or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+            or action.default == ""
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def make_parser(doc: str | None, *, first_paragraph: bool = False) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` described by the script's docstring (or its first paragraph)."""
+    description = doc.split("\n\n")[0] if (doc and first_paragraph) else doc
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+
+
+def add_flag(parser, dest: str, *, aliases: Sequence[str] | None = None, **overrides) -> argparse.Action:
+    """Add the shared flag ``dest`` of :data:`FLAGS` to ``parser`` (or an argument group).
+
+    ``overrides`` replace its argparse keywords (``default=``, ``help=``, ...);
+    ``aliases`` replaces its hidden older spellings.
+    """
+    flag = FLAGS[dest]
+    return add_argument(parser, flag.option, aliases=flag.aliases if aliases is None else aliases,
+                        dest=dest, **{**flag.kwargs, **overrides})
+
+
+def add_argument(parser, option: str, *, aliases: Sequence[str] = (), **kwargs) -> argparse.Action:
+    """``parser.add_argument(option, **kwargs)`` plus hidden ``aliases``: older spellings that
+    parse into the same ``dest`` but do not show in ``--help``."""
+    action = parser.add_argument(option, **kwargs)
+    same = {k: v for k, v in kwargs.items() if k in ("type", "action", "nargs", "choices", "item_type")}
+    for alias in aliases:
+        # default=SUPPRESS: an alias that is not given must not overwrite the canonical flag's default.
+        parser.add_argument(alias, dest=action.dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **same)
+    return action
+
+
+def add_model_flags(parser, names: Sequence[str], **defaults) -> argparse._ArgumentGroup:
+    """A "model" group with the shared flags ``names`` (e.g. ``("cell", "hidden")``); ``defaults``: dest -> default."""
+    group = parser.add_argument_group("model")
+    for name in names:
+        add_flag(group, name, **({"default": defaults[name]} if name in defaults else {}))
+    return group
+
+
+def add_training_flags(parser, defaults: dict[str, Any], *, helps: dict[str, str] | None = None):
+    """A "training" group with one flag per TrainConfig field in ``defaults`` (field -> the script's default).
+
+    Fields left out are not flags: the script sets them in :func:`train_config`.
+    ``helps``: field -> help text where the shared one does not fit the script.
+    """
+    group = parser.add_argument_group("training")
+    for field, default in defaults.items():
+        if field not in TRAIN_FIELDS:
+            raise ValueError(f"{field!r} is not a TrainConfig field")
+        extra = {"help": helps[field]} if helps and field in helps else {}
+        add_flag(group, field, default=default, **extra)
+    return group
+
+
+def add_output_flags(parser, names: Sequence[str] = ("out",), **overrides: dict) -> argparse._ArgumentGroup:
+    """An "output" group with the shared flags ``names``; ``overrides``: dest -> argparse keywords."""
+    group = parser.add_argument_group("output")
+    for name in names:
+        add_flag(group, name, **overrides.get(name, {}))
+    return group
+
+
+def add_malloc_flag(parser) -> None:
+    """``--malloc {tuned,default}`` (:func:`lstm_jax.runtime.add_malloc_argument`); act on it with :func:`apply_malloc`."""
+    add_malloc_argument(parser.add_argument_group("process"))
+
+
+def apply_malloc(args) -> dict:
+    """Apply ``--malloc`` before the first JAX computation; returns what was done (for logs and JSON)."""
+    return apply_malloc_argument(args)
+
+
+def train_config(args: argparse.Namespace, **fixed) -> TrainConfig:
+    """The :class:`~lstm_jax.train.TrainConfig` of a run: every field parsed from the training flags
+    (see :func:`add_training_flags`), then ``fixed`` (fields the script sets itself or derives,
+    e.g. ``checkpoint_every=args.eval_every``); fields in neither keep TrainConfig's default."""
+    values = {k: v for k, v in vars(args).items() if k in TRAIN_FIELDS}
+    values.update(fixed)
+    return TrainConfig(**values)
+
+
+def report_stop(result) -> None:
+    """After :func:`~lstm_jax.train.fit`: how to continue a run its time budget stopped."""
+    if result.stop_reason == "time budget":
+        print(f"stopped by --max-minutes at step {result.step}; the same command with --resume continues the run")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def flag_for(parser: argparse.ArgumentParser, dest: str) -> str | None:
+    """The visible spelling of the flag that sets ``dest`` (``"--lr"`` for ``learning_rate``), or None."""
+    for action in parser._actions:
+        if action.dest == dest and action.option_strings and action.help is not argparse.SUPPRESS:
+            return action.option_strings[0]
+    return None
+
+
+# Library names of things a flag sets: fit's arguments and TrainConfig fields.
+_LIBRARY_NAME = re.compile(r"\b(?:TrainConfig|config)\.(\w+)|\bresume=True\b|\bout_dir\b")
+
+
+def flag_message(parser: argparse.ArgumentParser, message: str) -> str:
+    """``message`` with library names replaced by the flags of ``parser`` that set them.
+
+    ``config.learning_rate`` / ``TrainConfig.learning_rate`` -> ``--lr``, ``resume=True`` ->
+    ``--resume``, ``out_dir`` -> ``--out``; a name no flag of this parser sets is left as it is.
+    """
+
+    def flag(match: re.Match) -> str:
+        dest = match.group(1) or ("resume" if match.group(0).startswith("resume") else "out")
+        return flag_for(parser, dest) or match.group(0)
+
+    return _LIBRARY_NAME.sub(flag, message)
+
+
+def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], T], argv: Sequence[str] | None) -> T:
+    """Parse ``argv`` and call ``main(args)``; a library error exits with one line naming the flags.
+
+    The :data:`LIBRARY_ERRORS` (bad values, missing or damaged checkpoints,
+    divergence, missing files) end the program with ``error: <message>`` (exit
+    status 1, via ``SystemExit``), the message in terms of this script's flags.
+    """
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except LIBRARY_ERRORS as e:
+        raise SystemExit(f"error: {flag_message(parser, str(e))}") from None
