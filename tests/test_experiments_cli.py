@@ -93,6 +93,8 @@ def test_library_error_becomes_one_line_naming_the_flag():
     assert cli.flag_message(parser, "pass resume=True, or choose another out_dir") == "pass --resume, or choose another --out"
     assert cli.flag_message(parser, "a lower config.clip_norm, longer config.warmup_steps") == (
         "a lower --clip-norm, longer --warmup-steps")
+    # Paths are left alone, even where they spell a library name.
+    assert cli.flag_message(parser, "no checkpoint in /runs/out_dir/config.steps") == "no checkpoint in /runs/out_dir/config.steps"
     # A name this script has no flag for stays as the library spells it.
     flow = script("gradient_flow").build_parser()
     assert cli.flag_message(flow, "TrainConfig.clip_norm must be > 0") == "TrainConfig.clip_norm must be > 0"

@@ -8,11 +8,14 @@ own defaults and help. Older spellings stay accepted as hidden aliases (they
 parse into the same ``dest`` but do not show in ``--help``), so existing
 command lines keep working::
 
-    --warmup            -> --warmup-steps      (char_lstm, long_range)
+    --warmup            -> --warmup-steps      (char_lstm, long_range: learning-rate warmup)
     --minutes-per-run   -> --max-minutes       (long_range)
     --minutes-per-cell  -> --max-minutes       (gradient_flow)
     --batch             -> --batch-size        (long_range, gradient_flow, remat_benchmark)
     --keep              -> --keep-checkpoints  (char_lstm)
+    --max-minutes       -> --budget-minutes    (bptt_benchmark: a budget of the whole benchmark)
+    --warmup            -> --warmup-calls      (bptt_benchmark: untimed calls)
+    --warmup            -> --warmup-chars      (gate_activity: characters read first)
 
 The training flags parse into the :class:`~lstm_jax.train.TrainConfig` field of
 the same name (``--lr`` into ``learning_rate``, ``--no-progress`` into
@@ -262,8 +265,8 @@ def flag_for(parser: argparse.ArgumentParser, dest: str) -> str | None:
     return None
 
 
-# Library names of things a flag sets: fit's arguments and TrainConfig fields.
-_LIBRARY_NAME = re.compile(r"\b(?:TrainConfig|config)\.(\w+)|\bresume=True\b|\bout_dir\b")
+# Library names of things a flag sets: fit's arguments and TrainConfig fields; never inside a path.
+_LIBRARY_NAME = re.compile(r"(?<![\w/.-])(?:(?:TrainConfig|config)\.(\w+)|resume=True|out_dir)(?![\w/.-])")
 
 
 def flag_message(parser: argparse.ArgumentParser, message: str) -> str:
