@@ -193,8 +193,8 @@ def plot_cell_text(path: Path, text: str, values: np.ndarray, title: str, width:
 
 def build_parser():
     p = cli.make_parser(__doc__)
-    p.add_argument("--checkpoint", required=True, help="run directory of experiments/char_lstm.py (its --out)")
-    p.add_argument("--which", default="best", help="best | last | a step number")
+    cli.add_flag(p, "checkpoint", required=True, help="run directory of experiments/char_lstm.py (its --out)")
+    cli.add_flag(p, "which")
     cli.add_flag(p, "text_file",
                  help="text to run over (default: tinyshakespeare/input.txt under the shared data root, "
                       "$LSTM_JAX_DATA or <repo>/../shared/data)")
@@ -219,8 +219,7 @@ def checkpoint_cell(params, meta: dict) -> str:
 
 
 def gate_activity(args):
-    which = int(args.which) if str(args.which).isdigit() else args.which
-    params, meta = load_checkpoint(args.checkpoint, which)
+    params, meta = load_checkpoint(args.checkpoint, args.which)
     if "vocab" not in meta:
         raise SystemExit(f"error: {args.checkpoint} has no vocabulary in its metadata (not written by char_lstm.py?)")
     cell = checkpoint_cell(params, meta)

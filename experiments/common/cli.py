@@ -105,6 +105,11 @@ class Flag:
     aliases: tuple[str, ...] = ()
 
 
+def checkpoint_which(text: str) -> str | int:
+    """``--which``: ``"best"``, ``"last"`` or a step number (as :func:`lstm_jax.checkpoint.load_checkpoint` takes it)."""
+    return int(text) if text.isdigit() else text
+
+
 def _list(item_type=str, **kwargs) -> dict:
     return {"action": ListAction, "item_type": item_type, **kwargs}
 
@@ -145,6 +150,8 @@ FLAGS: dict[str, Flag] = {
     # -- output / run control
     "out": Flag("--out", {"default": None, "help": "output: run directory or JSON path"}),
     "resume": Flag("--resume", {"action": "store_true", "help": "continue the run in --out from its latest checkpoint"}),
+    "checkpoint": Flag("--checkpoint", {"default": None, "help": "run directory of a training run (its --out)"}),
+    "which": Flag("--which", {"type": checkpoint_which, "default": "best", "help": "'best', 'last' or a step number"}),
     "figure_dir": Flag("--figure-dir", {"default": None, "help": "also copy the PNGs here"}),
     "quick": Flag("--quick", {"action": "store_true", "help": "tiny sizes, few repeats (smoke test)"}),
     "repeats": Flag("--repeats", {"type": int, "help": "timed repeats"}),
