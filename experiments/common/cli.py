@@ -43,6 +43,7 @@ from lstm_jax.train import TrainConfig, TrainingDiverged
 __all__ = [
     "CELL_NAMES",
     "FLAGS",
+    "LIBRARY_ERRORS",
     "Flag",
     "ListAction",
     "add_argument",
@@ -52,6 +53,7 @@ __all__ = [
     "add_output_flags",
     "add_training_flags",
     "apply_malloc",
+    "checkpoint_which",
     "flag_for",
     "flag_message",
     "make_parser",
