@@ -71,8 +71,8 @@ def build_parser():
                    help="evaluation window length (default: --seq-len); each window starts from a zero state")
     cli.add_output_flags(p, ("out", "resume"), out={"help": "run directory (default: runs/char_lstm/<dataset>-<time>)"})
     s = p.add_argument_group("sampling")
-    s.add_argument("--checkpoint", default=None, help="run directory to sample from or evaluate (sample/eval modes)")
-    s.add_argument("--which", default="best", help="'best', 'last' or a step number")
+    cli.add_flag(s, "checkpoint", help="run directory to sample from or evaluate (sample/eval modes)")
+    cli.add_flag(s, "which")
     s.add_argument("--prompt", default=None, help="text to condition on (default: the corpus' first line)")
     s.add_argument("--length", type=int, default=300, help="characters to generate")
     s.add_argument("--temperature", type=float, default=0.5)
@@ -245,8 +245,7 @@ def load_run_checkpoint(args, mode: str):
     """``(params, metadata, vocab)`` of checkpoint ``--which`` in ``--checkpoint``, for the sample/eval modes."""
     if not args.checkpoint:
         raise SystemExit(f"error: {mode} mode needs --checkpoint RUN_DIR (the --out of a training run)")
-    which = int(args.which) if str(args.which).isdigit() else args.which
-    params, meta = load_checkpoint(args.checkpoint, which)
+    params, meta = load_checkpoint(args.checkpoint, args.which)
     if "vocab" not in meta:
         raise SystemExit(f"error: {args.checkpoint} has no vocabulary in its metadata; was it written by char_lstm.py?")
     return params, meta, Vocab.from_json(meta["vocab"])

@@ -5,7 +5,7 @@ its ``--out`` directory; params and vocabulary come from
 :func:`lstm_jax.checkpoint.load_checkpoint`), runs it over a stretch of text
 and records every step's gates with :func:`lstm_jax.analysis.lstm_gate_trace`.
 
-The model first reads ``--warmup`` characters before the displayed stretch,
+The model first reads ``--warmup-chars`` characters before the displayed stretch,
 so the state is a "running" state, not the zero state.
 
 Figures (in ``--out``):
@@ -32,21 +32,23 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
+    import _bootstrap  # noqa: F401
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from lstm_jax.analysis import lstm_gate_trace  # noqa: E402
-from lstm_jax.checkpoint import load_checkpoint  # noqa: E402
-from lstm_jax.data.text import Vocab, shared_data_dir  # noqa: E402
-from lstm_jax.models.char_model import infer_cell  # noqa: E402
+from experiments.common import cli
+from experiments.common.figures import copy_figures
+from lstm_jax.analysis import lstm_gate_trace
+from lstm_jax.checkpoint import load_checkpoint
+from lstm_jax.data.paths import data_dir
+from lstm_jax.data.text import Vocab
+from lstm_jax.models.char_model import infer_cell
 
 GATE_ROWS = (("input", "i"), ("forget", "f"), ("output", "o"))
 
@@ -189,46 +191,55 @@ def plot_cell_text(path: Path, text: str, values: np.ndarray, title: str, width:
     plt.close(fig)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="run directory of experiments/char_lstm.py (its --out)")
-    p.add_argument("--which", default="best", help="best | last | a step number")
-    p.add_argument("--text-file", default=None,
-                   help="text to run over (default: tinyshakespeare/input.txt under the shared data root, $LSTM_JAX_DATA or <repo>/../shared/data)")
+def build_parser():
+    p = cli.make_parser(__doc__)
+    cli.add_flag(p, "checkpoint", required=True, help="run directory of experiments/char_lstm.py (its --out)")
+    cli.add_flag(p, "which")
+    cli.add_flag(p, "text_file",
+                 help="text to run over (default: tinyshakespeare/input.txt under the shared data root, "
+                      "$LSTM_JAX_DATA or <repo>/../shared/data)")
     p.add_argument("--offset", type=float, default=0.96,
                    help="where the stretch starts: a fraction of the file (moved to the next line start) "
                         "or an absolute character index if >= 1; the default lies in the held-out tail")
     p.add_argument("--length", type=int, default=110, help="characters in the gate heatmap")
     p.add_argument("--text-length", type=int, default=600, help="characters in the cell_text figure")
-    p.add_argument("--warmup", type=int, default=300, help="characters read before the stretch")
+    cli.add_argument(p, "--warmup-chars", aliases=("--warmup",), type=int, default=300,
+                     help="characters read before the stretch")
     p.add_argument("--layer", type=int, default=-1)
     p.add_argument("--units", nargs="+", default=["auto"])
     p.add_argument("--text-unit", type=int, default=None,
                    help="unit shown in cell_text.png (default: the first chosen unit)")
-    p.add_argument("--out", default="runs/gate_activity")
-    p.add_argument("--figure-dir", default=None, help="also copy the PNGs here")
-    args = p.parse_args(argv)
+    cli.add_output_flags(p, ("out", "figure_dir"), out={"default": "runs/gate_activity", "help": "output folder"})
+    return p
 
+
+def checkpoint_cell(params, meta: dict) -> str:
+    """The cell of a char_lstm checkpoint, as recorded in its metadata (shapes only for a record without it)."""
+    return meta.get("model", {}).get("cell") or infer_cell(params)
+
+
+def gate_activity(args):
     params, meta = load_checkpoint(args.checkpoint, args.which)
     if "vocab" not in meta:
         raise SystemExit(f"error: {args.checkpoint} has no vocabulary in its metadata (not written by char_lstm.py?)")
-    if infer_cell(params) != "lstm":
-        raise SystemExit(f"error: the checkpoint holds a {infer_cell(params)} model; gates exist only for an LSTM")
+    cell = checkpoint_cell(params, meta)
+    if cell != "lstm":
+        raise SystemExit(f"error: the checkpoint holds a {cell} model; gates exist only for an LSTM")
     vocab = Vocab.from_json(meta["vocab"])
     stack = list(params["stack"])
     if args.text_file is None:
-        args.text_file = str(shared_data_dir() / "tinyshakespeare" / "input.txt")
+        args.text_file = str(data_dir() / "tinyshakespeare" / "input.txt")
     text = Path(args.text_file).read_text(encoding="utf-8")
     start = int(args.offset) if args.offset >= 1 else int(args.offset * len(text))
     start = text.index("\n", start) + 1 if "\n" in text[start:] else start
     span = max(args.length, args.text_length)
-    if start - args.warmup < 0 or start + span > len(text):
+    if start - args.warmup_chars < 0 or start + span > len(text):
         raise SystemExit("error: the stretch (with warmup) does not fit in the text; change --offset")
-    chunk = text[start - args.warmup : start + span]
+    chunk = text[start - args.warmup_chars : start + span]
     ids = vocab.encode(chunk)
     trace = lstm_gate_trace(stack, encode_inputs(params, ids))  # single sequence: (T, H) arrays
-    layer = {k: np.asarray(v)[args.warmup :] for k, v in trace[args.layer].items()}
-    shown = chunk[args.warmup :]
+    layer = {k: np.asarray(v)[args.warmup_chars :] for k, v in trace[args.layer].items()}
+    shown = chunk[args.warmup_chars :]
 
     heat = {k: v[: args.length] for k, v in layer.items()}
     long = {k: v[: args.text_length] for k, v in layer.items()}
@@ -261,11 +272,11 @@ def main(argv=None):
     }
     (out / "gate_activity.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
-    if args.figure_dir:
-        fd = Path(args.figure_dir)
-        fd.mkdir(parents=True, exist_ok=True)
-        for name in ("gate_activity.png", "cell_text.png"):
-            (fd / name).write_bytes((out / name).read_bytes())
+    copy_figures(out, args.figure_dir, ("gate_activity.png", "cell_text.png"))
+
+
+def main(argv=None):
+    return cli.run(build_parser(), gate_activity, argv)
 
 
 if __name__ == "__main__":

@@ -17,29 +17,30 @@ scale, one curve per cell and state, at init and after training),
 
 Example (the README figures)::
 
-    python experiments/gradient_flow.py --T 100 --steps 3000 --minutes-per-cell 3 \\
+    python experiments/gradient_flow.py --T 100 --steps 3000 --max-minutes 3 \\
         --out runs/gradient_flow --figure-dir docs/figures
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
+    import _bootstrap  # noqa: F401
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from lstm_jax.analysis import recurrent_grad_norms, state_gradient_profile  # noqa: E402
-from lstm_jax.models.sequence_regressor import init_sequence_model, make_task  # noqa: E402
-from lstm_jax.train import TrainConfig, fit, make_train_step  # noqa: E402
+from experiments.common import cli
+from experiments.common.figures import copy_figures
+from experiments.common.machine import machine_info
+from lstm_jax.analysis import recurrent_grad_norms, state_gradient_profile
+from lstm_jax.models.sequence_regressor import init_sequence_model, make_task
+from lstm_jax.train import fit, make_train_step
 
 
 def head_loss(task, head, targets_batch):
@@ -129,21 +130,19 @@ def plot_weight_norms(path, results, baseline):
     plt.close(fig)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--T", type=int, default=100)
-    p.add_argument("--cells", nargs="+", default=["rnn", "gru", "lstm"], choices=["rnn", "gru", "lstm"])
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--probe", type=int, default=256, help="probe batch for the state gradients")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--minutes-per-cell", type=float, default=3.0)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/gradient_flow")
-    p.add_argument("--figure-dir", default=None, help="also copy the PNGs here")
-    args = p.parse_args(argv)
+def build_parser():
+    p = cli.make_parser(__doc__)
+    p.add_argument("--T", type=int, default=100, help="sequence length of the adding problem")
+    cli.add_model_flags(p, ("cells", "hidden"), hidden=64)
+    t = cli.add_training_flags(p, dict(steps=3000, max_minutes=3.0, learning_rate=2e-3, seed=0),
+                               helps={"max_minutes": "wall-clock budget of each cell's training run"})
+    cli.add_flag(t, "batch_size", default=64)
+    t.add_argument("--probe", type=int, default=256, help="probe batch for the state gradients")
+    cli.add_output_flags(p, ("out", "figure_dir"), out={"default": "runs/gradient_flow", "help": "run directory"})
+    return p
 
+
+def gradient_flow(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     task = make_task("adding", args.T)
@@ -151,7 +150,7 @@ def main(argv=None):
     results = {}
     record = {
         "args": vars(args),
-        "machine": {"cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg()},
+        "machine": machine_info(),
         "results": results,
     }
     for cell in args.cells:
@@ -163,11 +162,11 @@ def main(argv=None):
             loss, metrics = task.model_loss(cell, params, batch)
             return loss, (model_state, metrics)
 
-        config = TrainConfig(steps=args.steps, learning_rate=args.lr, weight_decay=0.0, log_every=1,
-                             eval_every=args.steps, checkpoint_every=args.steps,
-                             max_minutes=args.minutes_per_cell, seed=args.seed, progress=False)
+        # log_every=1: the recurrent-weight gradient norm of every step is the measurement.
+        config = cli.train_config(args, weight_decay=0.0, log_every=1, eval_every=args.steps,
+                                  checkpoint_every=args.steps, progress=False)
         t0 = time.perf_counter()
-        res = fit(loss_fn, params, task.batch_fn(k_data, args.batch), config,
+        res = fit(loss_fn, params, task.batch_fn(k_data, args.batch_size), config,
                   make_step=functools.partial(make_train_step, grad_metrics=recurrent_grad_norm))
         train = [h for h in res.history if h.get("kind") == "train"]
         r["steps"] = [h["step"] for h in train]
@@ -187,11 +186,11 @@ def main(argv=None):
 
     plot_profiles(out / "gradient_flow.png", results, args.T)
     plot_weight_norms(out / "recurrent_grad_norm.png", results, task.baseline)
-    if args.figure_dir:
-        fd = Path(args.figure_dir)
-        fd.mkdir(parents=True, exist_ok=True)
-        for name in ("gradient_flow.png", "recurrent_grad_norm.png"):
-            (fd / name).write_bytes((out / name).read_bytes())
+    copy_figures(out, args.figure_dir, ("gradient_flow.png", "recurrent_grad_norm.png"))
+
+
+def main(argv=None):
+    return cli.run(build_parser(), gradient_flow, argv)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import math
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,21 +13,13 @@ import pytest
 
 from lstm_jax.data.text import Vocab, eval_windows, load_text, random_windows
 from lstm_jax.models import char_model as cm
+from lstm_jax.models import classifier, losses
 from lstm_jax.train import TrainConfig, evaluate, fit
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("char_lstm_script", ROOT / "experiments" / "char_lstm.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
 def script():
-    return _load_script()
+    return importlib.import_module("experiments.char_lstm")
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +48,49 @@ def test_shapes_cell_inference_and_carry_continuation(cell, embed_dim):
     # Unbatched input.
     l_single, _ = cm.char_logits(params, ids[0])
     np.testing.assert_allclose(l_single, logits[0], atol=1e-5)
+
+
+def test_cell_is_taken_as_recorded_and_inferred_only_without_a_record():
+    params = cm.init_char_model(jax.random.PRNGKey(0), 11, 6, 2, "gru")
+    assert cm.model_config(params, "gru")["cell"] == "gru" == cm.model_config(params)["cell"]
+    ids = jax.random.randint(jax.random.PRNGKey(1), (2, 5), 0, 11)
+    recorded, _ = cm.char_logits(params, ids, cell="gru")
+    inferred, _ = cm.char_logits(params, ids)
+    np.testing.assert_array_equal(recorded, inferred)
+    assert cm.sample(params, _TinyVocab(), "ab", 4, temperature=0.0, cell="gru") == cm.sample(
+        params, _TinyVocab(), "ab", 4, temperature=0.0)
+    with pytest.raises(ValueError, match="unknown|cell"):
+        cm.char_logits(params, ids, cell="transformer")
+
+
+class _TinyVocab:
+    """Ids 0..10 as the letters a..k."""
+
+    def encode(self, text):
+        return [ord(c) - ord("a") for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(ord("a") + int(i)) for i in ids)
+
+
+def test_one_cross_entropy_for_both_models():
+    logits = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 7))
+    targets = jax.random.randint(jax.random.PRNGKey(1), (3, 4), 0, 7)
+    assert classifier.cross_entropy is losses.cross_entropy
+    per_item = losses.cross_entropy_per_item(logits, targets)
+    assert per_item.shape == (3, 4)
+    np.testing.assert_allclose(per_item, -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0],
+                               rtol=1e-6)
+    assert float(losses.cross_entropy(logits, targets)) == pytest.approx(float(per_item.mean()), rel=1e-6)
+    # bf16 logits are scored in float32
+    assert losses.cross_entropy_per_item(logits.astype(jnp.bfloat16), targets).dtype == jnp.float32
+    params = cm.init_char_model(jax.random.PRNGKey(0), 7, 5)
+    ids = jax.random.randint(jax.random.PRNGKey(2), (2, 6), 0, 7)
+    loss, _ = cm.char_loss(params, ids, ids)
+    out, _ = cm.char_logits(params, ids)
+    assert float(loss) == pytest.approx(float(losses.cross_entropy(out, ids)), rel=1e-6)
+    summed = cm.eval_step(params, (ids, ids))
+    assert float(summed["nats"]) == pytest.approx(float(loss) * ids.size, rel=1e-5) and float(summed["count"]) == ids.size
 
 
 def test_loss_at_init_is_near_uniform_and_dropout_needs_key():

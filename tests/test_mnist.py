@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 from pathlib import Path
 
@@ -17,7 +17,6 @@ from lstm_jax.layers import apply_stack
 from lstm_jax.models import classifier as clf
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "mnist_lstm.py"
 
 needs_fashion = pytest.mark.skipif(
     not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
@@ -26,10 +25,7 @@ needs_fashion = pytest.mark.skipif(
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("mnist_lstm", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("experiments.mnist_lstm")
 
 
 # ---------------------------------------------------------------------------

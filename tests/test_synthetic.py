@@ -174,14 +174,10 @@ def test_lstm_learns_adding_T10():
 
 def test_long_range_script_smoke(tmp_path):
     """experiments/long_range.py end to end on a tiny sweep: JSON, table and PNG written."""
-    import importlib.util
+    import importlib
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "long_range.py"
-    spec = importlib.util.spec_from_file_location("long_range_script", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = importlib.import_module("experiments.long_range")
     mod.main(["--lengths", "4", "--cells", "rnn", "lstm", "--hidden", "4", "--batch", "8", "--steps", "6",
               "--eval-every", "3", "--warmup", "2", "--test-size", "16", "--out", str(tmp_path)])
     record = json.loads((tmp_path / "results.json").read_text())

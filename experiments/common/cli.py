@@ -8,11 +8,14 @@ own defaults and help. Older spellings stay accepted as hidden aliases (they
 parse into the same ``dest`` but do not show in ``--help``), so existing
 command lines keep working::
 
-    --warmup            -> --warmup-steps      (char_lstm, long_range)
+    --warmup            -> --warmup-steps      (char_lstm, long_range: learning-rate warmup)
     --minutes-per-run   -> --max-minutes       (long_range)
     --minutes-per-cell  -> --max-minutes       (gradient_flow)
     --batch             -> --batch-size        (long_range, gradient_flow, remat_benchmark)
     --keep              -> --keep-checkpoints  (char_lstm)
+    --max-minutes       -> --budget-minutes    (bptt_benchmark: a budget of the whole benchmark)
+    --warmup            -> --warmup-calls      (bptt_benchmark: untimed calls)
+    --warmup            -> --warmup-chars      (gate_activity: characters read first)
 
 The training flags parse into the :class:`~lstm_jax.train.TrainConfig` field of
 the same name (``--lr`` into ``learning_rate``, ``--no-progress`` into
@@ -40,6 +43,7 @@ from lstm_jax.train import TrainConfig, TrainingDiverged
 __all__ = [
     "CELL_NAMES",
     "FLAGS",
+    "LIBRARY_ERRORS",
     "Flag",
     "ListAction",
     "add_argument",
@@ -49,6 +53,7 @@ __all__ = [
     "add_output_flags",
     "add_training_flags",
     "apply_malloc",
+    "checkpoint_which",
     "flag_for",
     "flag_message",
     "make_parser",
@@ -102,6 +107,11 @@ class Flag:
     aliases: tuple[str, ...] = ()
 
 
+def checkpoint_which(text: str) -> str | int:
+    """``--which``: ``"best"``, ``"last"`` or a step number (as :func:`lstm_jax.checkpoint.load_checkpoint` takes it)."""
+    return int(text) if text.isdigit() else text
+
+
 def _list(item_type=str, **kwargs) -> dict:
     return {"action": ListAction, "item_type": item_type, **kwargs}
 
@@ -142,6 +152,8 @@ FLAGS: dict[str, Flag] = {
     # -- output / run control
     "out": Flag("--out", {"default": None, "help": "output: run directory or JSON path"}),
     "resume": Flag("--resume", {"action": "store_true", "help": "continue the run in --out from its latest checkpoint"}),
+    "checkpoint": Flag("--checkpoint", {"default": None, "help": "run directory of a training run (its --out)"}),
+    "which": Flag("--which", {"type": checkpoint_which, "default": "best", "help": "'best', 'last' or a step number"}),
     "figure_dir": Flag("--figure-dir", {"default": None, "help": "also copy the PNGs here"}),
     "quick": Flag("--quick", {"action": "store_true", "help": "tiny sizes, few repeats (smoke test)"}),
     "repeats": Flag("--repeats", {"type": int, "help": "timed repeats"}),
@@ -262,8 +274,8 @@ def flag_for(parser: argparse.ArgumentParser, dest: str) -> str | None:
     return None
 
 
-# Library names of things a flag sets: fit's arguments and TrainConfig fields.
-_LIBRARY_NAME = re.compile(r"\b(?:TrainConfig|config)\.(\w+)|\bresume=True\b|\bout_dir\b")
+# Library names of things a flag sets: fit's arguments and TrainConfig fields; never inside a path.
+_LIBRARY_NAME = re.compile(r"(?<![\w/.-])(?:(?:TrainConfig|config)\.(\w+)|resume=True|out_dir)(?![\w/.-])")
 
 
 def flag_message(parser: argparse.ArgumentParser, message: str) -> str:

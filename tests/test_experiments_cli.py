@@ -1,0 +1,195 @@
+"""The experiments' shared command line (experiments.common.cli) and how the scripts are run."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments.common import cli, figures, machine
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.py") if not p.stem.startswith("_"))
+
+
+def script(name):
+    return importlib.import_module(f"experiments.{name}")
+
+
+# --------------------------------------------------------------------------- one spelling per flag
+
+
+def test_every_script_builds_its_parser_and_hides_old_spellings():
+    assert len(SCRIPTS) == 10, SCRIPTS
+    hidden = {"--warmup", "--minutes-per-run", "--minutes-per-cell", "--batch", "--keep"}
+    for name in SCRIPTS:
+        parser = script(name).build_parser()  # argparse refuses conflicting option strings here
+        shown = {opt for a in parser._actions if a.help is not cli.argparse.SUPPRESS for opt in a.option_strings}
+        assert not shown & hidden, (name, shown & hidden)
+        assert "--help" in shown
+
+
+def test_a_shared_flag_has_one_spelling_across_scripts():
+    """Every visible option that sets a dest of cli.FLAGS is spelled as FLAGS says, in every script."""
+    for name in SCRIPTS:
+        for action in script(name).build_parser()._actions:
+            if action.dest in cli.FLAGS and action.help is not cli.argparse.SUPPRESS:
+                assert action.option_strings == [cli.FLAGS[action.dest].option], (name, action.option_strings)
+
+
+def test_old_and_new_spellings_build_the_same_train_config():
+    char = script("char_lstm").build_parser()
+    old = char.parse_args(["--warmup", "7", "--keep", "2", "--lr", "3e-3", "--no-progress", "--max-minutes", "4"])
+    new = char.parse_args(["--warmup-steps", "7", "--keep-checkpoints", "2", "--lr", "3e-3", "--no-progress",
+                           "--max-minutes", "4"])
+    assert cli.train_config(old) == cli.train_config(new)
+    cfg = cli.train_config(new)
+    assert (cfg.warmup_steps, cfg.keep_checkpoints, cfg.learning_rate, cfg.progress, cfg.max_minutes) == (
+        7, 2, 3e-3, False, 4.0)
+    assert cfg.steps == 600 and cfg.eval_every == 200  # the script's own defaults
+
+    long_range = script("long_range").build_parser()
+    old = long_range.parse_args(["--minutes-per-run", "1.5", "--batch", "8", "--warmup", "3"])
+    new = long_range.parse_args(["--max-minutes", "1.5", "--batch-size", "8", "--warmup-steps", "3"])
+    assert vars(old) == vars(new) and new.batch_size == 8
+    assert cli.train_config(old, progress=False) == cli.train_config(new, progress=False)
+    assert cli.train_config(new, progress=False).max_minutes == 1.5
+    flow = script("gradient_flow").build_parser()
+    assert flow.parse_args(["--minutes-per-cell", "2"]).max_minutes == 2.0
+    bptt = script("bptt_benchmark").build_parser()
+    assert bptt.parse_args(["--max-minutes", "3", "--warmup", "1"]) == bptt.parse_args(
+        ["--budget-minutes", "3", "--warmup-calls", "1"])
+
+
+def test_unset_alias_keeps_the_default_and_fixed_fields_win():
+    args = script("mnist_lstm").build_parser().parse_args(["--out", "x"])
+    assert args.warmup_steps == 200 and args.batch_size == 128
+    cfg = cli.train_config(args, checkpoint_every=args.eval_every, steps=10)
+    assert cfg.checkpoint_every == 500 and cfg.steps == 10
+
+
+def test_list_flags_take_spaces_and_commas():
+    p = script("long_range").build_parser()
+    assert p.parse_args(["--cells", "rnn,gru", "lstm", "--lengths", "4,8", "16"]).cells == ["rnn", "gru", "lstm"]
+    assert p.parse_args(["--lengths", "4,8", "16"]).lengths == [4, 8, 16]
+    with pytest.raises(SystemExit):
+        p.parse_args(["--cells", "lstm,transformer"])
+    remat = script("remat_benchmark").build_parser()
+    assert remat.parse_args(["--rss-at", ""]).rss_at == []
+
+
+# --------------------------------------------------------------------------- errors speak of flags
+
+
+def test_library_error_becomes_one_line_naming_the_flag():
+    parser = script("char_lstm").build_parser()
+    assert cli.flag_message(parser, "TrainConfig.learning_rate must be > 0") == "--lr must be > 0"
+    assert cli.flag_message(parser, "pass resume=True, or choose another out_dir") == "pass --resume, or choose another --out"
+    assert cli.flag_message(parser, "a lower config.clip_norm, longer config.warmup_steps") == (
+        "a lower --clip-norm, longer --warmup-steps")
+    # Paths are left alone, even where they spell a library name.
+    assert cli.flag_message(parser, "no checkpoint in /runs/out_dir/config.steps") == "no checkpoint in /runs/out_dir/config.steps"
+    # A name this script has no flag for stays as the library spells it.
+    flow = script("gradient_flow").build_parser()
+    assert cli.flag_message(flow, "TrainConfig.clip_norm must be > 0") == "TrainConfig.clip_norm must be > 0"
+
+    def body(args):
+        raise ValueError("TrainConfig.keep_checkpoints must be a positive integer, got 0")
+
+    with pytest.raises(SystemExit, match=r"^error: --keep-checkpoints must be a positive integer, got 0$"):
+        cli.run(parser, body, [])
+
+
+def test_script_reports_a_bad_config_value_by_its_flag(tmp_path):
+    with pytest.raises(SystemExit, match=r"^error: --lr must be a positive finite number, got 0.0$"):
+        script("char_lstm").main(["--lr", "0", "--steps", "2", "--no-progress", "--out", str(tmp_path / "r")])
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def test_no_script_imports_another_script():
+    """Scripts share code only through experiments.common (and the library)."""
+    for name in SCRIPTS:
+        tree = ast.parse((ROOT / "experiments" / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("experiments"):
+                assert node.module.startswith("experiments.common"), (name, node.module)
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert not alias.name.startswith("experiments.") or alias.name.startswith(
+                        "experiments.common"), (name, alias.name)
+
+
+@pytest.mark.parametrize("how", ["file", "module"])
+def test_script_runs_as_a_file_and_as_a_module(tmp_path, how):
+    """``python experiments/char_lstm.py`` (from anywhere) and ``python -m experiments.char_lstm`` (from the repo)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if how == "file":
+        cmd, cwd = [sys.executable, str(ROOT / "experiments" / "char_lstm.py"), "--help"], tmp_path
+    else:
+        cmd, cwd = [sys.executable, "-m", "experiments.char_lstm", "--help"], ROOT
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--warmup-steps" in proc.stdout and "--max-minutes" in proc.stdout and "--keep-checkpoints" in proc.stdout
+    assert "--minutes-per-run" not in proc.stdout
+
+
+# --------------------------------------------------------------------------- machine record, figures
+
+
+def test_machine_info_has_the_same_keys_everywhere():
+    info = machine.machine_info(malloc={"applied": False}, matmul_gflops=12.5, libraries=("numpy", "no_such_lib"),
+                                note="x")
+    for key in ("date_utc", "platform", "cpu_count", "load_average_at_start", "jax", "jax_backend", "devices",
+                "process_env"):
+        assert key in info, key
+    assert info["malloc"] == {"applied": False} and info["matmul_gflops"] == 12.5 and info["note"] == "x"
+    assert "numpy" in info and "no_such_lib" not in info
+    assert len(info["load_average_at_start"]) == 3
+    assert len(machine.finish_machine_info(info)["load_average_at_end"]) == 3
+    json.dumps(info)  # goes into results JSON as it is
+
+
+def test_copy_figures_keeps_or_renames(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"A")
+    (tmp_path / "b.png").write_bytes(b"B")
+    assert figures.copy_figures(tmp_path, None, ["a.png"]) == []
+    figures.copy_figures(tmp_path, tmp_path / "docs", ["a.png"])
+    figures.copy_figures(tmp_path, tmp_path / "docs", {"b.png": "renamed.png"})
+    assert (tmp_path / "docs" / "a.png").read_bytes() == b"A"
+    assert (tmp_path / "docs" / "renamed.png").read_bytes() == b"B"
+
+
+# --------------------------------------------------------------------------- gate_activity on a real checkpoint
+
+
+def test_gate_activity_reads_the_cell_from_the_checkpoint(tmp_path):
+    from lstm_jax.data.text import zen_of_python
+
+    run = tmp_path / "run"
+    script("char_lstm").main(["--steps", "4", "--hidden", "8", "--seq-len", "8", "--batch-size", "2",
+                              "--eval-every", "4", "--no-progress", "--out", str(run), "--length", "5"])
+    meta = json.loads((run / "metadata.json").read_text())
+    assert meta["model"]["cell"] == "lstm"
+    text = tmp_path / "zen.txt"
+    text.write_text(zen_of_python())
+    out = tmp_path / "gates"
+    script("gate_activity").main(["--checkpoint", str(run), "--text-file", str(text), "--offset", "0.5",
+                                  "--length", "12", "--text-length", "20", "--warmup", "6", "--out", str(out),
+                                  "--figure-dir", str(tmp_path / "figs")])
+    summary = json.loads((out / "gate_activity.json").read_text())
+    assert len(summary["units"]) == 4 and all(0 <= u < 8 for u in summary["units"])
+    assert (tmp_path / "figs" / "gate_activity.png").stat().st_size > 0
+    # A GRU run is refused: the recorded cell says there are no LSTM gates.
+    gru = tmp_path / "gru"
+    script("char_lstm").main(["--cell", "gru", "--steps", "2", "--hidden", "8", "--seq-len", "8", "--batch-size", "2",
+                              "--eval-every", "2", "--no-progress", "--out", str(gru), "--length", "5"])
+    with pytest.raises(SystemExit, match="holds a gru model"):
+        script("gate_activity").main(["--checkpoint", str(gru), "--text-file", str(text), "--out", str(out)])
