@@ -90,7 +90,7 @@ def device_subprocess(n, T, B, I, H, impl, repeats, malloc="tuned"):
 
 def build_parser():
     p = cli.make_parser(__doc__, first_paragraph=True)
-    cli.add_flag(p, "impl", default="manual", help="layer impl to measure (see lstm_jax.layers.layer_impl)")
+    cli.add_flag(p, "impl", default="manual", help="layer impl to measure (see lstm_jax.impls.IMPLS)")
     cli.add_flag(p, "repeats", default=3)
     p.add_argument("--devices", action=cli.ListAction, item_type=int, default=list(DEVICES),
                    help="device counts of the data-parallel sweep")

@@ -124,9 +124,9 @@ FLAGS: dict[str, Flag] = {
     "hidden": Flag("--hidden", {"type": int, "default": 128, "help": "hidden size H of every layer"}),
     "layers": Flag("--layers", {"type": int, "default": 1, "help": "stacked recurrent layers"}),
     "dropout": Flag("--dropout", {"type": float, "default": 0.0, "help": "dropout between recurrent layers"}),
-    "impl": Flag("--impl", {"default": "scan", "help": "layer implementation (see lstm_jax.layers.layer_impl); "
+    "impl": Flag("--impl", {"default": "scan", "help": "layer implementation (see lstm_jax.impls.IMPLS); "
                             "'manual' is the fastest on CPU"}),
-    "impls": Flag("--impls", _list(help="layer implementations (see lstm_jax.layers.layer_impl)")),
+    "impls": Flag("--impls", _list(help="layer implementations (see lstm_jax.impls.IMPLS)")),
     "unroll": Flag("--unroll", {"type": int, "default": 1, "help": "lax.scan unroll factor"}),
     # -- data / problem size
     "batch_size": Flag("--batch-size", {"type": int, "default": 32, "help": "sequences per batch"}, ("--batch",)),

@@ -35,10 +35,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from lstm_jax.layers import apply_stack, init_stack, layer_impl
+from lstm_jax.cells import get_cell
+from lstm_jax.impls import layer_impl
+from lstm_jax.layers import apply_stack, init_stack
 
 __all__ = [
-    "GATES",
     "REPO_ROOT",
     "Bench",
     "build_benches",
@@ -55,15 +56,12 @@ __all__ = [
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-#: Gate blocks per cell: the width of the fused matmul is ``G * H``.
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-
 _MEMORY_FIELDS = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes", "generated_code_size_in_bytes")
 
 
 def forward_flops(cell: str, T: int, B: int, I: int, H: int) -> float:
-    """Matmul FLOPs of a forward pass: ``2 * T * B * (I + H) * G * H``."""
-    return 2.0 * T * B * (I + H) * GATES[cell] * H
+    """Matmul FLOPs of a forward pass: ``2 * T * B * (I + H) * G * H`` (``G`` = the cell's gate blocks)."""
+    return 2.0 * T * B * (I + H) * get_cell(cell).num_gates * H
 
 
 def train_flops(cell: str, T: int, B: int, I: int, H: int) -> float:

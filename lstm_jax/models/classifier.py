@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..cells import LSTMCarry, get_cell
+from ..cells import get_cell
 from ..layers import apply_stack, init_stack
 from .losses import cross_entropy
 
@@ -78,16 +78,13 @@ def init_classifier(key: Array, config: ClassifierConfig, dtype=jnp.float32) -> 
     return {"rnn": rnn, "head": {"w": w, "b": jnp.zeros((fan_out,), dtype)}}
 
 
-def _hidden(carry) -> Array:
-    return carry.hidden if isinstance(carry, LSTMCarry) else carry
-
-
-def last_hidden(final_carries: list) -> Array:
-    """Features from :func:`apply_stack`'s final carries: the top layer's hidden state."""
+def last_hidden(final_carries: list, cell="lstm") -> Array:
+    """Features from :func:`apply_stack`'s final carries: the top layer's hidden state (``cell.hidden``)."""
+    hidden = get_cell(cell).hidden
     top = final_carries[-1]
     if isinstance(top, dict):  # bidirectional
-        return jnp.concatenate([_hidden(top["forward"]), _hidden(top["backward"])], axis=-1)
-    return _hidden(top)
+        return jnp.concatenate([hidden(top["forward"]), hidden(top["backward"])], axis=-1)
+    return hidden(top)
 
 
 def classifier_logits(
@@ -119,7 +116,7 @@ def classifier_logits(
         key=key if dropout else None,
         impl=config.impl,
     )
-    h = last_hidden(finals)
+    h = last_hidden(finals, config.cell)
     return h @ params["head"]["w"] + params["head"]["b"]
 
 
