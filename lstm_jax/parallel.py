@@ -40,9 +40,11 @@ before JAX is imported) makes one CPU look like four devices.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -182,3 +184,58 @@ def parallelize(
         return shard_batch(get_batch(step), mesh)
 
     return params, opt_state, sharded_get_batch, model_state, mesh
+
+
+# ---------------------------------------------------------------------------
+# Placement of training state on devices (used by lstm_jax.train.fit)
+
+
+def colocate(tree, params):
+    """Replicate leaves of ``tree`` that are not on the devices of ``params``.
+
+    With params replicated over several devices (data parallelism), scalars
+    such as the optimizer's step count are created on one device; the jitted
+    step needs every argument on the same devices.
+    """
+    arrays = [x for x in jax.tree_util.tree_leaves(params) if isinstance(x, jax.Array)]
+    if not arrays or len(arrays[0].sharding.device_set) <= 1:
+        return tree
+    sharding = arrays[0].sharding
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    else:
+        devices = np.array(sorted(sharding.device_set, key=lambda d: d.id))
+        replicated = jax.sharding.NamedSharding(jax.sharding.Mesh(devices, ("devices",)), jax.sharding.PartitionSpec())
+
+    def place(x):
+        if isinstance(x, jax.Array) and x.sharding.device_set == sharding.device_set:
+            return x
+        return jax.device_put(x, replicated)
+
+    return jax.tree_util.tree_map(place, tree)
+
+
+def place_like(restored, like):
+    """``restored`` leaves as device arrays with the sharding of the matching leaf of ``like``."""
+    def place(r, l):
+        sharding = getattr(l, "sharding", None)
+        return jax.device_put(r, sharding) if sharding is not None else jnp.asarray(r)
+
+    return jax.tree_util.tree_map(place, restored, like)
+
+
+def replicate_train_state(params, opt_state, model_state):
+    """Replicate params/optimizer state over all devices; ``(params, opt_state, model_state, put_batch)``.
+
+    The batch (and a batch-major ``model_state``, e.g. a truncated-BPTT carry)
+    is split on its leading axis over a 1-D mesh of all devices
+    (:mod:`lstm_jax.parallel`); XLA inserts the gradient all-reduce.
+    """
+    mesh = make_data_mesh()
+    params, opt_state = replicate((params, opt_state), mesh)
+    if model_state is not None:
+        try:  # e.g. a truncated-BPTT carry with a leading batch axis
+            model_state = shard_batch(model_state, mesh)
+        except ValueError:  # no batch axis that splits evenly: keep a full copy everywhere
+            model_state = replicate(model_state, mesh)
+    return params, opt_state, model_state, functools.partial(shard_batch, mesh=mesh)

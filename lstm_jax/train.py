@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import parallel
 from .checkpoint import CheckpointError, Checkpointer, load_checkpoint, open_run_directory, write_metadata
 from .reporting import MetricsLog, StepLogger, plot_history, save_loss_curve
 
@@ -233,63 +234,6 @@ def evaluate(eval_step: Callable, params, batches: Iterable, *, count_key: str =
 
 
 # ---------------------------------------------------------------------------
-# Placement of state on devices
-
-
-def _colocate(tree, params):
-    """Replicate leaves of ``tree`` that are not on the devices of ``params``.
-
-    With params replicated over several devices (data parallelism), scalars
-    such as the optimizer's step count are created on one device; the jitted
-    step needs every argument on the same devices.
-    """
-    arrays = [x for x in jax.tree_util.tree_leaves(params) if isinstance(x, jax.Array)]
-    if not arrays or len(arrays[0].sharding.device_set) <= 1:
-        return tree
-    sharding = arrays[0].sharding
-    if isinstance(sharding, jax.sharding.NamedSharding):
-        replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-    else:
-        devices = np.array(sorted(sharding.device_set, key=lambda d: d.id))
-        replicated = jax.sharding.NamedSharding(jax.sharding.Mesh(devices, ("devices",)), jax.sharding.PartitionSpec())
-
-    def place(x):
-        if isinstance(x, jax.Array) and x.sharding.device_set == sharding.device_set:
-            return x
-        return jax.device_put(x, replicated)
-
-    return jax.tree_util.tree_map(place, tree)
-
-
-def _place_like(restored, like):
-    """``restored`` leaves as device arrays with the sharding of the matching leaf of ``like``."""
-    def place(r, l):
-        sharding = getattr(l, "sharding", None)
-        return jax.device_put(r, sharding) if sharding is not None else jnp.asarray(r)
-
-    return jax.tree_util.tree_map(place, restored, like)
-
-
-def _data_parallel(params, opt_state, model_state):
-    """Replicate params/optimizer state over all devices; ``(params, opt_state, model_state, put_batch)``.
-
-    The batch (and a batch-major ``model_state``, e.g. a truncated-BPTT carry)
-    is split on its leading axis over a 1-D mesh of all devices
-    (:mod:`lstm_jax.parallel`); XLA inserts the gradient all-reduce.
-    """
-    from . import parallel
-
-    mesh = parallel.make_data_mesh()
-    params, opt_state = parallel.replicate((params, opt_state), mesh)
-    if model_state is not None:
-        try:  # e.g. a truncated-BPTT carry with a leading batch axis
-            model_state = parallel.shard_batch(model_state, mesh)
-        except ValueError:  # no batch axis that splits evenly: keep a full copy everywhere
-            model_state = parallel.replicate(model_state, mesh)
-    return params, opt_state, model_state, functools.partial(parallel.shard_batch, mesh=mesh)
-
-
-# ---------------------------------------------------------------------------
 # Restore or start
 
 
@@ -316,9 +260,9 @@ def _restore_or_start(out, config, params, opt_state, model_state, *, resume, be
     if resume:
         like = {"params": params, "opt_state": opt_state, "model_state": model_state, "step": np.int64(0)}
         state, saved_meta, _ = ckpt.restore("last", like=like)
-        params = _place_like(state["params"], params)
-        opt_state = _place_like(state["opt_state"], opt_state)
-        model_state = _place_like(state["model_state"], model_state)
+        params = parallel.place_like(state["params"], params)
+        opt_state = parallel.place_like(state["opt_state"], opt_state)
+        model_state = parallel.place_like(state["model_state"], model_state)
         start_step = int(state["step"])
         old_cfg = saved_meta.get("train_config", {})
         changed = {
@@ -413,7 +357,7 @@ def fit(
         put_batch = _default_put_batch
 
     optimizer = make_optimizer(config)
-    opt_state = _colocate(optimizer.init(params), params)
+    opt_state = parallel.colocate(optimizer.init(params), params)
     schedule = make_schedule(config)
     out = Path(out_dir) if out_dir is not None else None
     run_meta = {**(metadata or {}), "train_config": dataclasses.asdict(config), "best_metric": best_metric}
@@ -423,7 +367,7 @@ def fit(
     log = MetricsLog(out / "metrics.jsonl" if out else None, start_step if resume else None)
 
     if data_parallel:
-        params, opt_state, model_state, put_batch = _data_parallel(params, opt_state, model_state)
+        params, opt_state, model_state, put_batch = parallel.replicate_train_state(params, opt_state, model_state)
     step_fn = make_step(loss_fn, config)
     t_start = time.perf_counter()
     deadline = None if config.max_minutes is None else t_start + 60.0 * config.max_minutes
