@@ -149,7 +149,7 @@ def default_impls(cell):
 
 def build_parser():
     p = cli.make_parser(__doc__, first_paragraph=True)
-    cli.add_flag(p, "cells", default="lstm,gru,rnn".split(","))
+    cli.add_flag(p, "cells", default=["lstm", "gru", "rnn"])
     p.add_argument("--sizes", type=parse_sizes, default=None, help="'T,B,I,H;T,B,I,H;...'")
     cli.add_flag(
         p, "impls", default=None,

@@ -19,6 +19,7 @@ Evaluation covers every character of the split once, in windows of
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -114,7 +115,7 @@ def make_loss_fn(*, dropout: float, stateful: bool, impl: str, unroll: int, cell
 
 def eval_split(params, ids, batch_size: int, seq_len: int, impl: str = "scan", cell: str | None = None) -> dict:
     """Nats and bits per character over every character of ``ids``, windows of ``seq_len`` from a zero state."""
-    step = lambda p, b: cm.eval_step(p, b, impl=impl, cell=cell)  # noqa: E731
+    step = functools.partial(cm.eval_step, impl=impl, cell=cell)
     nats = evaluate(step, params, eval_windows(ids, batch_size, seq_len))["nats"]
     return {"nats_per_char": nats, "bits_per_char": nats / LN2}
 
