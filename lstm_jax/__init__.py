@@ -10,12 +10,13 @@ Layout (the folder tree is the architecture; imports run downward only)::
     impls/      layer implementations and their registry: scan (reference), hoisted,
                 manual (custom_vjp over bptt), remat
     layers      scan_layer, init_stack / apply_stack: the user-facing layer API
-    parallel    data parallelism over local devices with jax.sharding
-    train       the shared training loop (Optax, checkpoints, guards); checkpoint: Orbax I/O
+    parallel    data parallelism over local devices with jax.sharding, placement of training state
+    train       the shared training loop (Optax, restore-or-start, guards); checkpoint: Orbax I/O;
+                reporting: the step logger and loss-curve plots
     analysis    gradient flow through time, gate traces
-    data/       text (Tiny Shakespeare via TFDS, files, the Zen of Python), images (IDX, TFDS),
-                synthetic long-range tasks
-    models/     char_model, classifier, sequence_regressor: thin compositions of the above
+    data/       paths (the one data_dir()), text (Tiny Shakespeare via TFDS, files, the Zen of Python),
+                windows (text batching), images (IDX via idx, TFDS), synthetic long-range tasks
+    models/     char_model, classifier, sequence_regressor (thin compositions of the above), losses
 
 Only the core is imported here; import the rest from its module
 (``from lstm_jax.train import fit``), so that ``import lstm_jax`` stays light.
