@@ -79,7 +79,7 @@ def test_toy_cell_runs_through_every_impl(impl):
 
 @pytest.mark.parametrize("impl", sorted(set(IMPLS) - {"scan"}))
 def test_toy_cell_stack_gradients_match_reference(impl):
-    params = init_stack(jax.random.PRNGKey(3), LEAKY, 3, 4, num_layers=2, bidirectional=True)
+    params = init_stack(jax.random.PRNGKey(3), LEAKY, 3, 4, bidirectional=True)
     xs = jax.random.normal(jax.random.PRNGKey(4), (3, 6, 3))
     carry = jax.tree_util.tree_map(lambda z: z + 0.2, zeros_stack_carry(LEAKY, params, (3,)))
     lengths = jnp.array([6, 2, 0])
@@ -198,7 +198,7 @@ def test_impl_options_by_name():
 
 @pytest.mark.parametrize("impl", sorted(IMPLS))
 def test_nan_padding_changes_nothing(impl):
-    params = init_stack(jax.random.PRNGKey(0), "lstm", 3, 4, num_layers=2, bidirectional=True)
+    params = init_stack(jax.random.PRNGKey(0), "lstm", 3, 4, bidirectional=True)
     xs = jax.random.normal(jax.random.PRNGKey(1), (3, 6, 3))
     lengths = jnp.array([6, 2, 0])
     pad = jnp.arange(6)[None, :, None] >= lengths[:, None, None]
