@@ -1,5 +1,7 @@
 #!/bin/bash
 # Before/after the refactor, same harness (the pre-refactor experiments/benchmark.py), alternating.
+# /work/before: a worktree of 0a580f4 (before the restructuring); /tmp/bench_new: a copy of that
+# commit's experiments/benchmark.py beside a symlink lstm_jax -> the restructured library.
 PY=/work/main/.venv/bin/python
 for round in 1 2; do
   for side in before after; do
