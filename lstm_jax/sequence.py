@@ -115,17 +115,22 @@ def with_batch_axis(layer: Callable, xs: Array, carry: Any, *, lengths=None, **k
     return ys[0], jax.tree_util.tree_map(lambda c: c[0], final)
 
 
-def check_sequence_inputs(xs: Array, carry: Any, lengths: Array | None):
-    """Checks that need no cell: ``xs`` is ``(batch, time, features)`` with a
-    non-empty time axis, every carry leaf leads with ``batch``, ``lengths`` (if
-    given) passes :func:`check_lengths`. Returns the checked ``lengths``."""
+def _check_xs_shape(xs: Array) -> tuple:
+    """``xs`` must be ``(batch, time, features)`` with a non-empty time axis; returns its shape."""
     if xs.ndim != 3:
         raise ValueError(
             f"xs must have shape (batch, time, features) or (time, features); got shape {xs.shape}"
         )
-    batch, seq_len, _ = xs.shape
-    if seq_len == 0:
+    if xs.shape[1] == 0:
         raise ValueError(f"xs has an empty time axis (shape {xs.shape})")
+    return xs.shape
+
+
+def check_sequence_inputs(xs: Array, carry: Any, lengths: Array | None):
+    """Checks that need no cell: ``xs`` is ``(batch, time, features)`` with a
+    non-empty time axis, every carry leaf leads with ``batch``, ``lengths`` (if
+    given) passes :func:`check_lengths`. Returns the checked ``lengths``."""
+    batch, seq_len, _ = _check_xs_shape(xs)
     for leaf in jax.tree_util.tree_leaves(carry):
         if getattr(leaf, "ndim", 0) < 1 or leaf.shape[0] != batch:
             raise ValueError(
@@ -142,19 +147,13 @@ def check_layer_inputs(cell: str | Cell, params, xs: Array, carry, lengths, unro
     """
     cell = get_cell(cell)
     hidden = cell.check_params(params)
-    if xs.ndim != 3:
-        raise ValueError(
-            f"xs must have shape (batch, time, features) or (time, features); got shape {xs.shape}"
-        )
-    batch, seq_len, features = xs.shape
     w_x = params["w_x"]
-    if xs.dtype != w_x.dtype:
+    if xs.ndim == 3 and xs.dtype != w_x.dtype:  # before the empty-axis check, as apply_stack always did
         raise TypeError(
             f"xs dtype {xs.dtype} differs from the params dtype {w_x.dtype}; "
             "cast one of them (use compute_dtype for reduced-precision matmuls)"
         )
-    if seq_len == 0:
-        raise ValueError(f"xs has an empty time axis (shape {xs.shape})")
+    batch, seq_len, features = _check_xs_shape(xs)
     if features != w_x.shape[0]:
         raise ValueError(
             f"{cell.name}: x_t has {features} features (xs shape {xs.shape}) but w_x expects "

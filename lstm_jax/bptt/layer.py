@@ -174,7 +174,7 @@ def backward(cache: LayerCache, dys: Array | None, dfinal: Any = None) -> Grads:
         )
     if dfinal is None:
         dfinal = cell.zeros_carry(hidden, (batch,), dtype)
-    if isinstance(dfinal, tuple) and not hasattr(dfinal, "_fields") and cell is not None:
+    if isinstance(dfinal, tuple) and not hasattr(dfinal, "_fields"):
         # A plain tuple for a NamedTuple carry (e.g. (dh, dc) for an LSTMCarry).
         like = cell.carry_like(hidden, (batch,), dtype)
         if hasattr(like, "_fields") and len(dfinal) == len(like):
