@@ -43,7 +43,9 @@ import numpy as np
 import optax
 
 from . import parallel
-from .checkpoint import CheckpointError, Checkpointer, load_checkpoint, open_run_directory, write_metadata
+from .checkpoint import (
+    CheckpointError, Checkpointer, closed_on_error, load_checkpoint, open_run_directory, write_metadata,
+)
 from .reporting import MetricsLog, StepLogger, plot_history, save_loss_curve
 
 __all__ = [
@@ -256,6 +258,11 @@ def _restore_or_start(out, config, params, opt_state, model_state, *, resume, be
     if out is None:
         return _RunStart(params, opt_state, model_state, 0, None, None)
     ckpt = open_run_directory(out, keep=config.keep_checkpoints, best_metric=best_metric, resume=resume)
+    with closed_on_error(ckpt):
+        return _restore_into(ckpt, config, params, opt_state, model_state, resume=resume, run_meta=run_meta, out=out)
+
+
+def _restore_into(ckpt, config, params, opt_state, model_state, *, resume, run_meta, out) -> _RunStart:
     start_step, best = 0, None
     if resume:
         like = {"params": params, "opt_state": opt_state, "model_state": model_state, "step": np.int64(0)}
