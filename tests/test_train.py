@@ -345,6 +345,21 @@ def test_step_logger_window_means_lr_and_throughput(tmp_path):
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_short_windows_are_marked_and_a_stop_inside_a_window_is_logged(tmp_path):
+    """Resumed at step 3 with log_every=4: the first window covers steps 4 only and says so; a stop at
+    step 10 (inside the window 9-12) still writes steps 9-10, marked partial."""
+    log = MetricsLog(tmp_path / "metrics.jsonl", None)
+    logger = StepLogger(log, total_steps=20, log_every=4, start_step=3, schedule=lambda s: 0.1,
+                        progress=False)
+    for step in range(4, 11):
+        logger.step_done(step, {"loss": float(step), "grad_norm": 1.0})
+    logger.close()
+    recs = log.records
+    assert [(r["step"], r["window_steps"], r.get("partial", False)) for r in recs] == [
+        (4, 1, True), (8, 4, False), (10, 2, True)]
+    assert [r["loss"] for r in recs] == [4.0, 6.5, 9.5]
+
+
 def test_plot_history_lives_in_reporting_and_is_reexported(tmp_path):
     assert plot_history is reporting.plot_history
     records = [{"kind": "train", "step": 1, "loss": 2.0}, {"kind": "eval", "step": 1, "val_loss": 2.5}]
