@@ -15,7 +15,9 @@ mean the same everywhere:
   ``[0, time]`` are an error; traced ones (under ``jit``) cannot be checked
   without a host round trip, so they are clipped to ``[0, time]``, the same in
   both directions and every implementation (``lengths=T+5`` means the whole
-  sequence, ``-1`` means none of it).
+  sequence, ``-1`` means none of it). To have traced lengths checked instead,
+  wrap the function with :func:`with_length_checks` (``jax.experimental.checkify``):
+  an out-of-range length then raises, naming the offending values.
 * ``reverse``: read each sequence from its end. With ``lengths`` each sequence
   is read from its own last real step back to 0 (flip within length, run
   forwards, flip back), as PyTorch's packed sequences do; outputs are always
@@ -31,6 +33,7 @@ has already flipped the sequences), so a core may run ``lax.scan(reverse=True)``
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from typing import Any, Callable
 
@@ -45,6 +48,40 @@ Array = jax.Array
 
 def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
+
+
+# Set while with_length_checks traces a function: traced lengths are then checked, not clipped.
+_CHECK_TRACED_LENGTHS = contextvars.ContextVar("check_traced_lengths", default=False)
+
+
+def with_length_checks(fn: Callable) -> Callable:
+    """``fn`` with out-of-range *traced* lengths reported instead of clipped (an opt-in debug mode).
+
+    Returns a function that traces ``fn`` under :func:`jax.experimental.checkify.checkify`
+    with a check on every layer's ``lengths`` and raises
+    ``jax.experimental.checkify.JaxRuntimeError`` ("lengths must lie in [0, seq_len=T];
+    got min ..., max ...") if one is outside ``[0, T]``. ``fn`` may be (or contain)
+    ``jax.jit``-ed code, but must not have been traced before with the same argument
+    shapes (jit would reuse that trace, which has no check): wrap the plain function
+    and jit the result, ``jax.jit(with_length_checks(loss))`` does not work (the error
+    cannot be raised inside jit), ``with_length_checks(jax.jit(loss))`` does. The check
+    costs a reduction over ``lengths`` and a host round trip per call.
+    """
+    from jax.experimental import checkify
+
+    checked = checkify.checkify(fn, errors=checkify.user_checks)
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        token = _CHECK_TRACED_LENGTHS.set(True)
+        try:
+            err, out = checked(*args, **kwargs)
+        finally:
+            _CHECK_TRACED_LENGTHS.reset(token)
+        err.throw()
+        return out
+
+    return run
 
 
 def check_lengths(lengths, batch: int, seq_len: int) -> Array:
@@ -62,6 +99,14 @@ def check_lengths(lengths, batch: int, seq_len: int) -> Array:
                 f"lengths must lie in [0, seq_len={seq_len}]; got min {values.min()}, max {values.max()}"
             )
         return lengths
+    if _CHECK_TRACED_LENGTHS.get():
+        from jax.experimental import checkify
+
+        checkify.check(
+            jnp.all((lengths >= 0) & (lengths <= seq_len)),
+            f"lengths must lie in [0, seq_len={seq_len}]; got min {{lo}}, max {{hi}}",
+            lo=jnp.min(lengths), hi=jnp.max(lengths),
+        )
     return jnp.clip(lengths, 0, seq_len)
 
 
