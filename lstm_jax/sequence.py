@@ -13,11 +13,11 @@ mean the same everywhere:
   arithmetic (they are replaced by zeros first), so NaN or inf in the padding
   changes neither outputs nor gradients. Concrete lengths outside
   ``[0, time]`` are an error; traced ones (under ``jit``) cannot be checked
-  without a host round trip, so they are clipped to ``[0, time]``, the same in
+  without a host round trip, so by default they are clipped to ``[0, time]``, the same in
   both directions and every implementation (``lengths=T+5`` means the whole
-  sequence, ``-1`` means none of it). To have traced lengths checked instead,
-  wrap the function with :func:`with_length_checks` (``jax.experimental.checkify``):
-  an out-of-range length then raises, naming the offending values.
+  sequence, ``-1`` means none of it). With ``checked_lengths=True`` they are
+  checked instead (``jax.experimental.checkify``; run the function through
+  :func:`with_length_checks`): an out-of-range length raises, naming the values.
 * ``reverse``: read each sequence from its end. With ``lengths`` each sequence
   is read from its own last real step back to 0 (flip within length, run
   forwards, flip back), as PyTorch's packed sequences do; outputs are always
@@ -33,7 +33,6 @@ has already flipped the sequences), so a core may run ``lax.scan(reverse=True)``
 
 from __future__ import annotations
 
-import contextvars
 import functools
 from typing import Any, Callable
 
@@ -50,22 +49,16 @@ def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-# Set while with_length_checks traces a function: traced lengths are then checked, not clipped.
-_CHECK_TRACED_LENGTHS = contextvars.ContextVar("check_traced_lengths", default=False)
-
-
 def with_length_checks(fn: Callable) -> Callable:
-    """``fn`` with out-of-range *traced* lengths reported instead of clipped (an opt-in debug mode).
+    """``checkify`` ``fn`` and raise its failed checks: the runner for ``checked_lengths=True``.
 
-    Returns a function that traces ``fn`` under :func:`jax.experimental.checkify.checkify`
-    with a check on every layer's ``lengths`` and raises
-    ``jax.experimental.checkify.JaxRuntimeError`` ("lengths must lie in [0, seq_len=T];
-    got min ..., max ...") if one is outside ``[0, T]``. ``fn`` may be (or contain)
-    ``jax.jit``-ed code, but must not have been traced before with the same argument
-    shapes (jit would reuse that trace, which has no check): wrap the plain function
-    and jit the result, ``jax.jit(with_length_checks(loss))`` does not work (the error
-    cannot be raised inside jit), ``with_length_checks(jax.jit(loss))`` does. The check
-    costs a reduction over ``lengths`` and a host round trip per call.
+    With ``apply_stack(..., checked_lengths=True)`` (or a layer impl called so)
+    out-of-range *traced* lengths are checked with :func:`jax.experimental.checkify.check`
+    instead of clipped; such a check must run under ``checkify.checkify``. This
+    does that and raises ``checkify.JaxRuntimeError`` ("lengths must lie in
+    [0, seq_len=T]; got min ..., max ...") on a failed check. Use it outside
+    ``jit``: ``with_length_checks(jax.jit(loss))``. The check costs a reduction
+    over ``lengths`` and a host round trip per call; it is a debug mode.
     """
     from jax.experimental import checkify
 
@@ -73,20 +66,16 @@ def with_length_checks(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        token = _CHECK_TRACED_LENGTHS.set(True)
-        try:
-            err, out = checked(*args, **kwargs)
-        finally:
-            _CHECK_TRACED_LENGTHS.reset(token)
+        err, out = checked(*args, **kwargs)
         err.throw()
         return out
 
     return run
 
 
-def check_lengths(lengths, batch: int, seq_len: int) -> Array:
+def check_lengths(lengths, batch: int, seq_len: int, checked: bool = False) -> Array:
     """``lengths`` must be ``(batch,)`` integers; concrete values must lie in ``[0, seq_len]``,
-    traced ones are clipped to it (see the module docstring)."""
+    traced ones are clipped to it, or with ``checked`` checked by checkify (see the module docstring)."""
     lengths = jnp.asarray(lengths)
     if lengths.shape != (batch,):
         raise ValueError(f"lengths must have shape (batch,) = ({batch},), got {lengths.shape}")
@@ -99,7 +88,7 @@ def check_lengths(lengths, batch: int, seq_len: int) -> Array:
                 f"lengths must lie in [0, seq_len={seq_len}]; got min {values.min()}, max {values.max()}"
             )
         return lengths
-    if _CHECK_TRACED_LENGTHS.get():
+    if checked:
         from jax.experimental import checkify
 
         checkify.check(
@@ -185,7 +174,9 @@ def check_sequence_inputs(xs: Array, carry: Any, lengths: Array | None):
     return None if lengths is None else check_lengths(lengths, batch, seq_len)
 
 
-def check_layer_inputs(cell: str | Cell, params, xs: Array, carry, lengths, unroll, compute_dtype):
+def check_layer_inputs(
+    cell: str | Cell, params, xs: Array, carry, lengths, unroll, compute_dtype, checked_lengths: bool = False
+):
     """Everything one layer's inputs must satisfy, checked once for every implementation.
 
     Returns ``(cell, lengths, unroll, compute_dtype)`` normalised.
@@ -210,7 +201,7 @@ def check_layer_inputs(cell: str | Cell, params, xs: Array, carry, lengths, unro
         f"to match xs {xs.shape}; got {jax.tree_util.tree_map(lambda a: getattr(a, 'shape', None), carry)})",
     )
     if lengths is not None:
-        lengths = check_lengths(lengths, batch, seq_len)
+        lengths = check_lengths(lengths, batch, seq_len, checked_lengths)
     return cell, lengths, check_unroll(unroll), normalize_compute_dtype(compute_dtype)
 
 
@@ -229,7 +220,7 @@ def over_time(core: Callable, xs: Array, carry, *, lengths: Array | None, revers
 
 def run_layer(
     core: Callable, cell, params, xs, carry, *, reverse=False, lengths=None, unroll=1, compute_dtype=None,
-    **options,
+    checked_lengths=False, **options,
 ):
     """Validate, then run ``core(cell, params, xs_tm, carry, mask, reverse, *, unroll, compute_dtype, **options)``.
 
@@ -241,9 +232,11 @@ def run_layer(
     if xs.ndim == 2:
         return with_batch_axis(
             functools.partial(run_layer, core, cell, params), xs, carry, lengths=lengths, reverse=reverse,
-            unroll=unroll, compute_dtype=compute_dtype, **options,
+            unroll=unroll, compute_dtype=compute_dtype, checked_lengths=checked_lengths, **options,
         )
-    cell, lengths, unroll, cd = check_layer_inputs(cell, params, xs, carry, lengths, unroll, compute_dtype)
+    cell, lengths, unroll, cd = check_layer_inputs(
+        cell, params, xs, carry, lengths, unroll, compute_dtype, checked_lengths
+    )
 
     def timed(xs_tm, carry, mask, scan_reverse):
         return core(cell, params, xs_tm, carry, mask, scan_reverse, unroll=unroll, compute_dtype=cd, **options)

@@ -237,11 +237,12 @@ def test_with_length_checks_reports_traced_out_of_range_lengths(impl):
     params = init_stack(jax.random.PRNGKey(2), "lstm", 3, 4, bidirectional=True)
     xs = jax.random.normal(jax.random.PRNGKey(3), (3, 5, 3))
 
-    def total(xs, lengths):
-        return jnp.sum(apply_stack("lstm", params, xs, lengths=lengths, impl=impl)[0])
+    def total(xs, lengths, checked=False):
+        return jnp.sum(apply_stack("lstm", params, xs, lengths=lengths, impl=impl, checked_lengths=checked)[0])
 
-    checked = with_length_checks(jax.jit(total))
+    checked = with_length_checks(jax.jit(functools.partial(total, checked=True)))
     good = jnp.array([5, 0, 3])
     np.testing.assert_allclose(checked(xs, good), jax.jit(total)(xs, good), rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(total)(xs, jnp.array([9, -1, 3])), jax.jit(total)(xs, jnp.array([5, 0, 3])))
     with pytest.raises(checkify.JaxRuntimeError, match=r"lengths must lie in \[0, seq_len=5\]; got min -1, max 9"):
         checked(xs, jnp.array([9, -1, 3]))
