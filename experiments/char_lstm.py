@@ -55,6 +55,7 @@ def build_parser():
     m.add_argument("--embed-dim", type=int, default=None, help="learned embedding size (default: one-hot input)")
     cli.add_flag(m, "dropout", help="dropout between layers and before the readout")
     cli.add_flag(m, "impl")
+    cli.add_flag(m, "precision")
     cli.add_flag(m, "unroll")
     t = cli.add_training_flags(
         p,
@@ -95,7 +96,7 @@ def check_args(args) -> None:
         raise SystemExit("error: --resume needs --out (the run directory to continue)")
 
 
-def make_loss_fn(*, dropout: float, stateful: bool, impl: str, unroll: int, cell: str | None = None):
+def make_loss_fn(*, dropout: float, stateful: bool, impl, unroll: int, cell: str | None = None):
     """``loss_fn`` for :func:`lstm_jax.train.fit`: mean nats/char; with ``stateful`` the carry is the model_state."""
     def loss_fn(params, batch, key, model_state):
         if stateful:
@@ -113,7 +114,7 @@ def make_loss_fn(*, dropout: float, stateful: bool, impl: str, unroll: int, cell
     return loss_fn
 
 
-def eval_split(params, ids, batch_size: int, seq_len: int, impl: str = "scan", cell: str | None = None) -> dict:
+def eval_split(params, ids, batch_size: int, seq_len: int, impl="scan", cell: str | None = None) -> dict:
     """Nats and bits per character over every character of ``ids``, windows of ``seq_len`` from a zero state."""
     step = functools.partial(cm.eval_step, impl=impl, cell=cell)
     nats = evaluate(step, params, eval_windows(ids, batch_size, seq_len))["nats"]
@@ -166,8 +167,10 @@ def train(args, malloc: dict | None = None) -> dict:
 
         model_state = None
 
+    layer = cli.layer_from_args(args)  # the impl with the --precision policy bound
+
     def eval_fn(p):
-        r = eval_split(p, splits.validation, args.eval_batch_size, args.eval_seq_len, args.impl, args.cell)
+        r = eval_split(p, splits.validation, args.eval_batch_size, args.eval_seq_len, layer, args.cell)
         return {"val_loss": r["nats_per_char"], "val_bpc": r["bits_per_char"]}
 
     config = cli.train_config(args)
@@ -177,7 +180,7 @@ def train(args, malloc: dict | None = None) -> dict:
         "model": cm.model_config(params, args.cell),
         "args": {k: v for k, v in vars(args).items()},
     }
-    loss_fn = make_loss_fn(dropout=args.dropout, stateful=args.stateful, impl=args.impl, unroll=args.unroll,
+    loss_fn = make_loss_fn(dropout=args.dropout, stateful=args.stateful, impl=layer, unroll=args.unroll,
                            cell=args.cell)
     t0 = time.perf_counter()
     machine = machine_info(malloc=malloc)
@@ -200,8 +203,8 @@ def train(args, malloc: dict | None = None) -> dict:
     # Final params, and the best-by-validation checkpoint (model selection), on val and test.
     final = {
         "step": result.step,
-        "val": eval_split(result.params, splits.validation, args.eval_batch_size, args.eval_seq_len, args.impl, args.cell),
-        "test": eval_split(result.params, splits.test, args.eval_batch_size, args.eval_seq_len, args.impl, args.cell),
+        "val": eval_split(result.params, splits.validation, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
+        "test": eval_split(result.params, splits.test, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
     }
     best_params, best_meta = load_checkpoint(out, "best", like=result.params)
     if best_meta["step"] == result.step:
@@ -209,8 +212,8 @@ def train(args, malloc: dict | None = None) -> dict:
     else:
         best = {
             "step": best_meta["step"],
-            "val": eval_split(best_params, splits.validation, args.eval_batch_size, args.eval_seq_len, args.impl, args.cell),
-            "test": eval_split(best_params, splits.test, args.eval_batch_size, args.eval_seq_len, args.impl, args.cell),
+            "val": eval_split(best_params, splits.validation, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
+            "test": eval_split(best_params, splits.test, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
         }
     prompt = args.prompt or default_prompt(splits.train, vocab)
     text = cm.sample(result.params, vocab, prompt, args.length, temperature=args.temperature, top_k=args.top_k,
