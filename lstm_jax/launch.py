@@ -48,8 +48,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def process_env(base: dict, *, process_id: int, num_processes: int, coordinator: str,
-                local_devices: int | None = None, init_timeout: int | None = None) -> dict:
-    """The environment of process ``process_id`` (pure: returns a new dict)."""
+                local_devices: int | None = None, init_timeout: int | None = None,
+                gpus_per_process: int | None = None) -> dict:
+    """The environment of process ``process_id`` (pure: returns a new dict).
+
+    ``gpus_per_process``: process ``i`` sees GPUs ``[i*K, (i+1)*K)`` (``CUDA_VISIBLE_DEVICES``).
+    """
     env = dict(base)
     env.update({ENV_COORDINATOR: coordinator, ENV_NUM_PROCESSES: str(num_processes),
                 ENV_PROCESS_ID: str(process_id), "PYTHONUNBUFFERED": "1"})
@@ -59,6 +63,9 @@ def process_env(base: dict, *, process_id: int, num_processes: int, coordinator:
         flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
         env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={local_devices}"])
         env["JAX_PLATFORMS"] = "cpu"
+    if gpus_per_process is not None:
+        first = process_id * gpus_per_process
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in range(first, first + gpus_per_process))
     return env
 
 
@@ -96,7 +103,7 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 def launch(command: Sequence[str], num_processes: int, *, local_devices: int | None = None,
            port: int | None = None, init_timeout: int | None = None, grace: float = 5.0,
-           out=None) -> int:
+           gpus_per_process: int | None = None, out=None) -> int:
     """Run ``python *command`` as ``num_processes`` processes of one job; returns the exit status.
 
     0 when all succeed; otherwise the status of the first process that failed
@@ -117,7 +124,8 @@ def launch(command: Sequence[str], num_processes: int, *, local_devices: int | N
     try:
         for i in range(num_processes):
             env = process_env(os.environ, process_id=i, num_processes=num_processes, coordinator=coordinator,
-                              local_devices=local_devices, init_timeout=init_timeout)
+                              local_devices=local_devices, init_timeout=init_timeout,
+                              gpus_per_process=gpus_per_process)
             # Own process group (signals reach a child's own children too), output through a pipe to prefix it.
             p = subprocess.Popen([sys.executable, *command], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
@@ -172,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int, required=True, help="number of processes N")
     p.add_argument("--local-devices", type=int, default=None,
                    help="CPU devices per process (sets XLA_FLAGS and JAX_PLATFORMS=cpu); default: leave as is")
+    p.add_argument("--gpus-per-process", type=int, default=None,
+                   help="give process i GPUs i*K..i*K+K-1 (CUDA_VISIBLE_DEVICES); default: every process sees all")
     p.add_argument("--port", type=int, default=None, help="coordinator port on 127.0.0.1 (default: a free one)")
     p.add_argument("--init-timeout", type=int, default=None,
                    help=f"seconds to wait for all processes to join ({ENV_INIT_TIMEOUT}; default 300)")
@@ -193,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.local_devices is not None and args.local_devices < 1:
         raise SystemExit(f"error: --local-devices must be >= 1, got {args.local_devices}")
     return launch(command, args.processes, local_devices=args.local_devices, port=args.port,
-                  init_timeout=args.init_timeout, grace=args.grace)
+                  init_timeout=args.init_timeout, grace=args.grace, gpus_per_process=args.gpus_per_process)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ Typical use (this is what :func:`lstm_jax.train.fit` does when
 or, in one call, :func:`parallelize`.
 
 Multi-host (several machines / processes, e.g. a TPU pod or several GPU nodes):
-call :func:`initialize_distributed` (``jax.distributed.initialize``) at the
-very start of *every* process, before any other JAX call; then
+call :func:`initialize_distributed` (``jax.distributed.initialize``; or
+:func:`lstm_jax.multiprocess.initialize_from_env`, which ``python -m lstm_jax.launch``
+feeds) at the very start of *every* process, before any other JAX call; then
 ``jax.devices()`` lists the devices of all processes and
 :func:`make_data_mesh` spans them. Each process loads only its own share of
 the batch (``global_batch / jax.process_count()`` examples, e.g. by using
@@ -180,6 +181,12 @@ def shard_global(tree: Any, mesh: Mesh, axis_name: str = DATA_AXIS) -> Any:
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """A full copy of every leaf of ``tree`` on every device of ``mesh`` (params, optimizer state)."""
+    if jax.process_count() > 1:
+        # A committed single-device array (e.g. restored from a checkpoint) cannot be put onto other
+        # processes' devices (no cross-host transfers on CPU); every process holds the same values.
+        tree = jax.tree_util.tree_map(
+            lambda x: np.asarray(x) if isinstance(x, jax.Array) and x.is_fully_addressable else x, tree
+        )
     return jax.device_put(tree, replicated_sharding(mesh))
 
 
