@@ -52,16 +52,19 @@ def _env(**extra) -> dict:
     return env
 
 
-def run_bounded(cmd, *, timeout=TIMEOUT, env=None) -> tuple[int, str, float]:
-    """``(returncode, output, seconds)`` of ``cmd``; its whole process group is killed on the way out."""
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+def start(cmd, env=None) -> subprocess.Popen:
+    """``cmd`` in its own process group (so :func:`finish` can kill all it started), output captured."""
+    return subprocess.Popen(cmd, cwd=ROOT, env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, t0: float, timeout=TIMEOUT) -> tuple[int, str, float]:
+    """``(returncode, output, seconds since t0)``; the whole process group is killed on the way out."""
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        out, _ = proc.communicate(timeout=max(timeout - (time.monotonic() - t0), 1))
         return proc.returncode, out, time.monotonic() - t0
     except subprocess.TimeoutExpired:
-        pytest.fail(f"{cmd} did not finish within {timeout} s")
+        pytest.fail(f"{proc.args} did not finish within {timeout} s")
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -70,10 +73,18 @@ def run_bounded(cmd, *, timeout=TIMEOUT, env=None) -> tuple[int, str, float]:
         proc.wait()
 
 
-def launch_worker(out, *args, processes=2, local_devices=2, timeout=TIMEOUT):
-    cmd = [sys.executable, "-m", "lstm_jax.launch", "--processes", str(processes), "--local-devices",
-           str(local_devices), "--init-timeout", "60", "--", str(WORKER), "--out", str(out), *args]
-    return run_bounded(cmd, timeout=timeout)
+def run_bounded(cmd, *, timeout=TIMEOUT, env=None) -> tuple[int, str, float]:
+    t0 = time.monotonic()
+    return finish(start(cmd, env), t0, timeout)
+
+
+def launch_cmd(out, *args, processes=2, local_devices=2):
+    return [sys.executable, "-m", "lstm_jax.launch", "--processes", str(processes), "--local-devices",
+            str(local_devices), "--init-timeout", "60", "--", str(WORKER), "--out", str(out), *args]
+
+
+def launch_worker(out, *args, timeout=TIMEOUT, **kwargs):
+    return run_bounded(launch_cmd(out, *args, **kwargs), timeout=timeout)
 
 
 def losses(run_dir) -> list[float]:
@@ -98,25 +109,44 @@ def drop_steps_after(run_dir, step):
             shutil.rmtree(d)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The 1-process, 1-device run of the worker, in this process (checkpoint every step)."""
-    assert jax.process_count() == 1
-    out = tmp_path_factory.mktemp("ref") / "run"
-    result = worker.run(out, STEPS)
-    return out, result
+_REFERENCE: list = []  # computed once per session, by whichever fixture needs it first
+
+
+def _reference_run(tmp_path_factory):
+    """``(run_dir, TrainResult, seconds)`` of the 1-process 1-device run, here in pytest's process."""
+    if not _REFERENCE:
+        assert jax.process_count() == 1 and jax.device_count() == 1
+        out = tmp_path_factory.mktemp("ref") / "run"
+        t0 = time.monotonic()
+        _REFERENCE.append((out, worker.run(out, STEPS), time.monotonic() - t0))
+    return _REFERENCE[0]
 
 
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory):
-    """The same run as 2 processes x 2 CPU devices; ``(run_dir, final params of process 0, seconds)``."""
+def runs(tmp_path_factory):
+    """The 2 processes x 2 CPU devices run and, meanwhile, the 1-process 1-device run in this process.
+
+    ``{"mp": (run_dir, final params of process 0, seconds), "ref": (run_dir, TrainResult, seconds)}``;
+    both checkpoint every step.
+    """
     base = tmp_path_factory.mktemp("mp2")
     out, dump = base / "run", base / "final.npz"
-    rc, output, seconds = launch_worker(out, "--steps", str(STEPS), "--dump", str(dump))
+    t0 = time.monotonic()
+    proc = start(launch_cmd(out, "--steps", str(STEPS), "--dump", str(dump)))
+    try:
+        ref = _reference_run(tmp_path_factory)
+    finally:
+        rc, output, seconds = finish(proc, t0)
     assert rc == 0, output[-3000:]
     assert "[p0] process 0/2: 4 devices, step 6" in output and "[p1] process 1/2: 4 devices, step 6" in output
     final = np.load(dump)
-    return out, [final[f"arr_{i}"] for i in range(len(final.files))], seconds
+    return {"mp": (out, [final[f"arr_{i}"] for i in range(len(final.files))], seconds), "ref": ref}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """``(run_dir, TrainResult)`` of the 1-process 1-device run (the one :func:`runs` made, if it ran)."""
+    return _reference_run(tmp_path_factory)[:2]
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -209,10 +239,10 @@ def test_unreachable_coordinator_is_one_line_naming_the_address(tmp_path):
                     "(LSTM_JAX_INIT_TIMEOUT); is process 0 running, and is the address right?")
 
 
-def test_two_processes_train_like_one_device(reference, two_processes):
-    ref_dir, ref = reference
-    mp_dir, mp_final, seconds = two_processes
-    print(f"2 processes x 2 devices: {seconds:.1f} s")
+def test_two_processes_train_like_one_device(runs):
+    ref_dir, ref, ref_seconds = runs["ref"]
+    mp_dir, mp_final, seconds = runs["mp"]
+    print(f"2 processes x 2 devices: {seconds:.1f} s (the 1-device run alongside: {ref_seconds:.1f} s)")
     assert_close(losses(mp_dir), losses(ref_dir))
     assert len(losses(mp_dir)) == STEPS  # one writer: process 0
     assert_close(mp_final, leaves(ref.params))
@@ -223,10 +253,11 @@ def test_two_processes_train_like_one_device(reference, two_processes):
         np.testing.assert_array_equal(a, b)
 
 
-def test_a_two_process_checkpoint_resumes_in_one_process(reference, two_processes, tmp_path):
-    ref_dir, ref = reference
+@pytest.mark.slow
+def test_a_two_process_checkpoint_resumes_in_one_process(runs, tmp_path):
+    ref_dir, ref, _ = runs["ref"]
     run = tmp_path / "run"
-    shutil.copytree(two_processes[0], run)
+    shutil.copytree(runs["mp"][0], run)
     drop_steps_after(run, 3)
     resumed = worker.run(run, STEPS, resume=True)
     assert resumed.step == STEPS
