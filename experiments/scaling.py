@@ -244,11 +244,11 @@ def scaling(args):
 
     print(f"\nLSTM training step, impl={args.impl!r}, base T={base['T']} B={base['B']} I={base['I']} "
           f"H={base['H']}; malloc {args.malloc}; load average {os.getloadavg()}\n")
-    print("| sweep | value | devices | T | B | H | ms/step | tokens/s | GFLOP/s | compile s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        if r["sweep"] == "processes":
-            continue
+    srows = [r for r in rows if r["sweep"] != "processes"]
+    if srows:
+        print("| sweep | value | devices | T | B | H | ms/step | tokens/s | GFLOP/s | compile s |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in srows:
         value = r["devices"] if r["sweep"] == "devices" else r[r["sweep"]]
         print(f"| {r['sweep']} | {value} | {r['devices']} | {r['T']} | {r['B']} | {r['H']} | "
               f"{1e3 * r['step_s']:.1f} | {r['tokens_per_s']:.0f} | {r['gflops']:.1f} | {r['compile_s']:.1f} |")
@@ -271,28 +271,35 @@ def scaling(args):
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 4, figsize=(17, 4))
-        for ax, axis in zip(axes, ["B", "T", "H", "devices"]):
-            rs = [r for r in rows if r["sweep"] == axis]
-            if not rs:
-                continue
-            xs_ = [r["devices"] if axis == "devices" else r[axis] for r in rs]
-            ax.loglog(xs_, [r["tokens_per_s"] for r in rs], "o-", label="tokens/s")
-            ax.loglog(xs_, [r["gflops"] for r in rs], "s--", label="GFLOP/s")
-            ax.set_xlabel({"B": "batch size", "T": "sequence length", "H": "hidden size",
-                           "devices": "devices (simulated on CPU)"}[axis])
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend()
-        fig.suptitle(f"LSTM training-step throughput, impl={args.impl}")
-        fig.tight_layout()
-        fig.savefig(out.with_suffix(".png"), dpi=110)
+        if srows:
+            plot_sweeps(srows, out.with_suffix(".png"), args.impl)
         if prows:
             plot_processes(prows, out.with_name(out.stem + "_processes.png"), args.impl)
     except Exception as e:
         print(f"plot skipped: {e}")
     print(f"wrote {out}")
+
+
+def plot_sweeps(rows, path, impl):
+    """Log-log tokens/s and GFLOP/s of the size sweeps and the device-count sweep, one panel each."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+    for ax, axis in zip(axes, ["B", "T", "H", "devices"]):
+        rs = [r for r in rows if r["sweep"] == axis]
+        if not rs:
+            continue
+        xs_ = [r["devices"] if axis == "devices" else r[axis] for r in rs]
+        ax.loglog(xs_, [r["tokens_per_s"] for r in rs], "o-", label="tokens/s")
+        ax.loglog(xs_, [r["gflops"] for r in rs], "s--", label="GFLOP/s")
+        ax.set_xlabel({"B": "batch size", "T": "sequence length", "H": "hidden size",
+                       "devices": "devices (simulated on CPU)"}[axis])
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"LSTM training-step throughput, impl={impl}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_processes(prows, path, impl):
