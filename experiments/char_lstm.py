@@ -7,6 +7,11 @@ Train (default: the embedded Zen of Python, about a minute on a laptop CPU)::
         --seq-len 100 --batch-size 32 --steps 6000 --out runs/shakespeare --max-minutes 30
     python experiments/char_lstm.py --out runs/shakespeare --resume ...   # same flags, continues exactly
 
+Across processes (each loads only its rows of every batch; the run equals the
+one-process run)::
+
+    python -m lstm_jax.launch --processes 2 --local-devices 2 -- experiments/char_lstm.py --out runs/mp
+
 Sample from a run directory::
 
     python experiments/char_lstm.py sample --checkpoint runs/shakespeare --prompt "ROMEO:" \\
@@ -37,6 +42,7 @@ from experiments.common import cli
 from experiments.common.machine import finish_machine_info, machine_info
 from lstm_jax.checkpoint import load_checkpoint
 from lstm_jax.data.text import DATASETS, StatefulWindows, Vocab, eval_windows, load_text, random_windows
+from lstm_jax import multiprocess, parallel
 from lstm_jax.models import char_model as cm
 from lstm_jax.train import evaluate, fit
 
@@ -128,6 +134,8 @@ def default_prompt(text_ids, vocab: Vocab) -> str:
 
 def train(args, malloc: dict | None = None) -> dict:
     check_args(args)
+    main_process = parallel.is_main_process()
+    print_ = print if main_process else (lambda *a, **k: None)  # one copy of the report in a multi-process job
     dataset = "file" if args.text_file else args.dataset
     splits = load_text(dataset, text_file=args.text_file, data_dir=args.data_dir)
     vocab = splits.vocab
@@ -141,7 +149,7 @@ def train(args, malloc: dict | None = None) -> dict:
             + (" or --batch-size" if args.stateful else "")
         )
     out = Path(args.out) if args.out else Path("runs/char_lstm") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(
+    print_(
         f"data: {splits.name}: train {len(splits.train):,} / val {len(splits.validation):,} / "
         f"test {len(splits.test):,} chars, vocab {vocab.size}"
     )
@@ -150,20 +158,21 @@ def train(args, malloc: dict | None = None) -> dict:
         jax.random.PRNGKey(args.seed), vocab.size, args.hidden, args.layers, args.cell, args.embed_dim
     )
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
-    print(f"model: {args.layers}x{args.cell.upper()} H={args.hidden}, {n_params:,} params; out: {out}")
+    print_(f"model: {args.layers}x{args.cell.upper()} H={args.hidden}, {n_params:,} params; out: {out}")
 
+    rows = multiprocess.process_rows(args.batch_size)  # this process's rows of every global batch
     if args.stateful:
         windows = StatefulWindows(splits.train, args.batch_size, args.seq_len)
 
         def get_batch(step):
-            x, y = windows(step)
+            x, y = windows(step, rows)
             return x, y, np.bool_(windows.is_stream_start(step))
 
-        model_state = cm.zeros_carry(params, args.batch_size)
+        model_state = cm.zeros_carry(params, args.batch_size)  # global: fit keeps each process's rows
     else:
 
         def get_batch(step):
-            return random_windows(splits.train, args.batch_size, args.seq_len, seed=args.seed, step=step)
+            return random_windows(splits.train, args.batch_size, args.seq_len, seed=args.seed, step=step, rows=rows)
 
         model_state = None
 
@@ -230,6 +239,8 @@ def train(args, malloc: dict | None = None) -> dict:
         "sample": {"from": "final params", "prompt": prompt, "temperature": args.temperature, "top_k": args.top_k, "seed": args.seed, "text": text},
         "params": n_params,
     }
+    if not main_process:
+        return results
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\ntrained to step {result.step} in {train_seconds:.1f} s this invocation ({result.stop_reason})")
     for label, r in (("final", final), ("best val", best)):
@@ -289,6 +300,7 @@ def eval_mode(args) -> dict:
 
 
 def char_lstm(args):
+    multiprocess.initialize_from_env()  # a no-op unless started by lstm_jax.launch or a cluster (first JAX call)
     malloc = cli.apply_malloc(args)
     if args.mode == "sample":
         return sample_mode(args)
