@@ -43,7 +43,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
     import _bootstrap  # noqa: F401
 
 from experiments.common import cli
-from experiments.common.harness import REPO_ROOT, layer_problem, run_python, time_calls, train_flops
+from experiments.common.harness import REPO_ROOT, layer_problem, result_path, run_python, time_calls, train_flops
 from experiments.common.machine import finish_machine_info, machine_info
 
 BASE = {"T": 64, "B": 32, "I": 32, "H": 128}
@@ -187,7 +187,7 @@ def build_parser():
                    help="run only these sweeps (repeatable; default all)")
     cli.add_flag(p, "quick", help="tiny sweep (smoke test)")
     cli.add_flag(p, "budget_minutes")
-    cli.add_flag(p, "out", default=str(REPO_ROOT / "results" / "scaling.json"), help="JSON path")
+    cli.add_flag(p, "out", help="JSON path (default results/scaling.json; with --quick runs/scaling_quick.json)")
     cli.add_malloc_flag(p)
     return p
 
@@ -262,7 +262,7 @@ def scaling(args):
             print(f"| {r['processes']} | {r['local_devices']} | {r['devices']} | {1e3 * r['step_s']:.1f} | "
                   f"{r['tokens_per_s']:.0f} | {1e3 * r['allreduce_s']:.2f} | {100 * r['comm_share']:.0f}% | "
                   f"{r['compile_s']:.1f} |")
-    out = Path(args.out)
+    out = Path(args.out) if args.out else result_path("scaling", quick=args.quick)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"impl": args.impl, "base": base, "rows": rows, "malloc": args.malloc,
                                "machine": finish_machine_info(machine),
