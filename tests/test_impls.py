@@ -121,6 +121,7 @@ def test_default_segment():
     assert default_segment(97) == 10  # prime: padded
 
 
+@pytest.mark.slow  # in the default run: superseded by tests/test_precision.py
 def test_manual_bf16_compute_runs_and_is_close():
     cell = get_cell("lstm")
     params, xs, carry = _setup("lstm", (6, 2, 4, 8), seed=4)

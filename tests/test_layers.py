@@ -53,8 +53,16 @@ def test_scan_equals_python_loop(name, reverse):
     assert_trees_close(final, carry, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(CELLS))
-@pytest.mark.parametrize("bidirectional", [False, True])
+# Two representative cases in the default run (every cell and impl with lengths and bidirectional
+# stacks: tests/test_impls.py, tests/test_cell_protocol.py); all six with -m slow.
+_PADDED_FAST = {("lstm", True), ("gru", False)}
+
+
+@pytest.mark.parametrize(
+    "name, bidirectional",
+    [pytest.param(n, b, marks=() if (n, b) in _PADDED_FAST else pytest.mark.slow)
+     for n in ("gru", "lstm", "rnn") for b in (False, True)],
+)
 def test_padded_batch_equals_each_sequence_alone(name, bidirectional):
     cell = get_cell(name)
     B, T, I, H = 4, 7, 3, 5
@@ -176,6 +184,7 @@ def test_dropout_between_layers_only_in_training():
         apply_stack("lstm", params, xs, dropout=0.5)
 
 
+@pytest.mark.slow  # in the default run: superseded by tests/test_precision.py
 def test_bfloat16_compute_option_through_stack():
     params = init_stack(jax.random.PRNGKey(0), "lstm", 8, 16, num_layers=2)
     xs = jax.random.normal(jax.random.PRNGKey(1), (2, 10, 8))

@@ -163,6 +163,7 @@ FIT_WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # in the default run: real processes: tests/test_multiprocess.py
 def test_fit_uses_data_parallel_on_four_devices():
     pytest.importorskip("lstm_jax.train")
     env = dict(os.environ)
