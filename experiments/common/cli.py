@@ -36,6 +36,7 @@ import dataclasses
 import re
 from typing import Any, Callable, Sequence, TypeVar
 
+from lstm_jax.cells import CELLS
 from lstm_jax.checkpoint import CheckpointError
 from lstm_jax.runtime import add_malloc_argument, apply_malloc_argument
 from lstm_jax.train import TrainConfig, TrainingDiverged
@@ -62,7 +63,10 @@ __all__ = [
     "train_config",
 ]
 
-CELL_NAMES = ("lstm", "gru", "rnn")
+#: ``--cell`` / ``--cells`` accept every registered cell; ``--cells`` defaults to the classic three
+#: (each script that runs a list picks its own default anyway).
+CELL_NAMES = tuple(CELLS)
+CLASSIC_CELLS = ("lstm", "gru", "rnn")
 
 #: What :func:`run` turns into a one-line ``error: ...`` exit instead of a traceback.
 LIBRARY_ERRORS = (CheckpointError, TrainingDiverged, FileNotFoundError, ValueError)
@@ -120,7 +124,7 @@ def _list(item_type=str, **kwargs) -> dict:
 FLAGS: dict[str, Flag] = {
     # -- model
     "cell": Flag("--cell", {"choices": CELL_NAMES, "default": "lstm", "help": "recurrent cell"}),
-    "cells": Flag("--cells", _list(choices=CELL_NAMES, default=list(CELL_NAMES), help="recurrent cells to run")),
+    "cells": Flag("--cells", _list(choices=CELL_NAMES, default=list(CLASSIC_CELLS), help="recurrent cells to run")),
     "hidden": Flag("--hidden", {"type": int, "default": 128, "help": "hidden size H of every layer"}),
     "layers": Flag("--layers", {"type": int, "default": 1, "help": "stacked recurrent layers"}),
     "dropout": Flag("--dropout", {"type": float, "default": 0.0, "help": "dropout between recurrent layers"}),
