@@ -211,7 +211,8 @@ def build_parser():
     p = cli.make_parser(__doc__)
     p.add_argument("--task", choices=["adding", "copy"], default="adding")
     cli.add_flag(p, "lengths", default=[50, 100, 200, 400])
-    cli.add_model_flags(p, ("cells", "hidden"), cells=["rnn", "gru", "lstm"], hidden=64)
+    model = cli.add_model_flags(p, ("hidden",), hidden=64)
+    cli.add_flag(model, "cells", default=["rnn", "gru", "lstm"], choices=cli.CELL_NAMES)
     t = cli.add_training_flags(
         p,
         dict(steps=4000, max_minutes=2.5, learning_rate=2e-3, warmup_steps=100, weight_decay=0.0, clip_norm=1.0,
