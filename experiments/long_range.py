@@ -34,6 +34,9 @@ from experiments.common.machine import finish_machine_info, machine_info
 from lstm_jax.models.sequence_regressor import init_sequence_model, make_task
 from lstm_jax.train import fit
 
+#: Table and plot order: the classic cells from the simplest up, then any other registered cell.
+CELL_ORDER = ["rnn", "gru", "lstm"] + [c for c in cli.CELL_NAMES if c not in ("rnn", "gru", "lstm")]
+
 #: Record keys that ``--replot`` takes from a saved sweep (older records spell max_minutes as minutes_per_run).
 REPLOT_KEYS = ("task", "hidden", "batch_size", "steps", "max_minutes", "num_symbols", "copy_length", "solved_threshold")
 _OLD_KEYS = {"batch_size": "batch", "max_minutes": "minutes_per_run"}
@@ -146,7 +149,7 @@ def plot(path: Path, task, runs: list[dict], args) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=110)
-    markers = {"rnn": "o", "gru": "s", "lstm": "^"}
+    markers = {"rnn": "o", "gru": "s", "lstm": "^", "min_gru": "D", "min_lstm": "v"}
     for c in args.cells:
         pts = sorted((r["T"], r["final_test"]) for r in runs if r["cell"] == c)
         if pts:
@@ -208,7 +211,8 @@ def build_parser():
     p = cli.make_parser(__doc__)
     p.add_argument("--task", choices=["adding", "copy"], default="adding")
     cli.add_flag(p, "lengths", default=[50, 100, 200, 400])
-    cli.add_model_flags(p, ("cells", "hidden"), cells=["rnn", "gru", "lstm"], hidden=64)
+    model = cli.add_model_flags(p, ("hidden",), hidden=64)
+    cli.add_flag(model, "cells", default=["rnn", "gru", "lstm"], choices=cli.CELL_NAMES)
     t = cli.add_training_flags(
         p,
         dict(steps=4000, max_minutes=2.5, learning_rate=2e-3, warmup_steps=100, weight_decay=0.0, clip_norm=1.0,
@@ -244,7 +248,7 @@ def long_range(args):
         saved = record["args"]
         for k in REPLOT_KEYS:
             setattr(args, k, saved[k] if k in saved else saved[_OLD_KEYS[k]])
-        args.cells = [c for c in ["rnn", "gru", "lstm"] if any(r["cell"] == c for r in record["runs"])]
+        args.cells = [c for c in CELL_ORDER if any(r["cell"] == c for r in record["runs"])]
         T0 = min(r["T"] for r in record["runs"])
         task = make_task(args.task, T0, num_symbols=args.num_symbols, length=args.copy_length)
         write_table(out / "results.md", task, record["runs"], args)
@@ -264,7 +268,7 @@ def long_range(args):
         record["earlier_invocations"] = old.get("earlier_invocations", []) + [
             {"args": old["args"], "machine": old["machine"]}]
     run_cells = list(args.cells)  # what this invocation trains; args.cells: what the table and plots show
-    args.cells = [c for c in ["rnn", "gru", "lstm"] if c in run_cells or any(r["cell"] == c for r in record["runs"])]
+    args.cells = [c for c in CELL_ORDER if c in run_cells or any(r["cell"] == c for r in record["runs"])]
     for T in args.lengths:
         task = make_task(args.task, T, num_symbols=args.num_symbols, length=args.copy_length)
         record.setdefault("baseline", task.baseline)
@@ -275,7 +279,7 @@ def long_range(args):
                   f"(best {r['best_test']:.4f}) after {r['steps']} steps, {r['seconds']:.0f}s "
                   f"[{r['stop_reason']}]", flush=True)
             record["runs"] = [x for x in record["runs"] if (x["cell"], x["T"]) != (cell, T)] + [r]
-            record["runs"].sort(key=lambda r: (r["T"], ["rnn", "gru", "lstm"].index(r["cell"])))
+            record["runs"].sort(key=lambda r: (r["T"], CELL_ORDER.index(r["cell"])))
             # rewrite after every run, so a partial sweep is still a result
             (out / "results.json").write_text(json.dumps(record, indent=1))
             write_table(out / "results.md", task, record["runs"], args)

@@ -196,7 +196,7 @@ def check_layer_inputs(
             f"input_size={w_x.shape[0]} (w_x shape {w_x.shape})"
         )
     cell.check_carry(
-        carry, hidden, (batch,), params["w_h"].dtype,
+        carry, hidden, (batch,), w_x.dtype,
         f"(carry must have shape (batch, hidden) per leaf, with leading batch dimension {batch} "
         f"to match xs {xs.shape}; got {jax.tree_util.tree_map(lambda a: getattr(a, 'shape', None), carry)})",
     )

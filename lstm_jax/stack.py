@@ -73,7 +73,7 @@ def zeros_stack_carry(cell: str | Cell, params: Sequence, batch_shape: tuple = (
     cell = get_cell(cell)
 
     def zeros(p):
-        return cell.zeros_carry(cell.hidden_size(p), batch_shape, dtype or p["w_h"].dtype)
+        return cell.zeros_carry(cell.hidden_size(p), batch_shape, dtype or p["w_x"].dtype)
 
     return [{d: zeros(p[d]) for d in DIRECTIONS} if is_bidirectional(p) else zeros(p) for p in params]
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from lstm_jax import bptt
-from lstm_jax.cells import Cell, LSTMCarry, init_lstm, zeros_carry
+from lstm_jax.cells import Cell, LSTMCarry, get_cell, init_lstm, zeros_carry
 from lstm_jax.cells.base import glorot_uniform, matmul, orthogonal_blocks
 from lstm_jax.impls import IMPLS, layer_impl
 from lstm_jax.layers import apply_stack, init_stack, zeros_stack_carry
@@ -66,8 +66,17 @@ def python_loop(params, xs, h0):
     return ys, h
 
 
+def skip_unless_runs(impl: str, cell) -> None:
+    """An impl that does not run ``cell`` (``"parallel"``: linear recurrences only) is skipped
+    visibly; ``tests/test_impls.py`` checks that it refuses the cell with one clear error."""
+    cell = cell if isinstance(cell, Cell) else get_cell(cell)
+    if not IMPLS[impl].supports(cell):
+        pytest.skip(f"impl {impl!r} does not run cell {cell.name!r}")
+
+
 @pytest.mark.parametrize("impl", sorted(IMPLS))
 def test_toy_cell_runs_through_every_impl(impl):
+    skip_unless_runs(impl, LEAKY)
     params = init_leaky(jax.random.PRNGKey(0), 3, 5)
     xs = jax.random.normal(jax.random.PRNGKey(1), (2, 7, 3))
     h0 = 0.3 * jax.random.normal(jax.random.PRNGKey(2), (2, 5))
@@ -79,6 +88,7 @@ def test_toy_cell_runs_through_every_impl(impl):
 
 @pytest.mark.parametrize("impl", sorted(set(IMPLS) - {"scan"}))
 def test_toy_cell_stack_gradients_match_reference(impl):
+    skip_unless_runs(impl, LEAKY)
     params = init_stack(jax.random.PRNGKey(3), LEAKY, 3, 4, bidirectional=True)
     xs = jax.random.normal(jax.random.PRNGKey(4), (3, 6, 3))
     carry = jax.tree_util.tree_map(lambda z: z + 0.2, zeros_stack_carry(LEAKY, params, (3,)))
@@ -198,6 +208,7 @@ def test_impl_options_by_name():
 
 @pytest.mark.parametrize("impl", sorted(IMPLS))
 def test_nan_padding_changes_nothing(impl):
+    skip_unless_runs(impl, "lstm")
     params = init_stack(jax.random.PRNGKey(0), "lstm", 3, 4, bidirectional=True)
     xs = jax.random.normal(jax.random.PRNGKey(1), (3, 6, 3))
     lengths = jnp.array([6, 2, 0])
@@ -217,6 +228,7 @@ def test_nan_padding_changes_nothing(impl):
 
 @pytest.mark.parametrize("impl", sorted(IMPLS))
 def test_traced_lengths_are_clipped_like_eager(impl):
+    skip_unless_runs(impl, "gru")
     params = init_stack(jax.random.PRNGKey(2), "gru", 3, 4, bidirectional=True)
     xs = jax.random.normal(jax.random.PRNGKey(3), (3, 5, 3))
     run = jax.jit(lambda xs, lengths: apply_stack("gru", params, xs, lengths=lengths, impl=impl))

@@ -17,12 +17,19 @@ import pytest
 from lstm_jax import bptt
 from lstm_jax.impls import IMPLS as REGISTRY
 from lstm_jax.impls import default_segment
+from lstm_jax.cells import CELLS as CELL_REGISTRY
 from lstm_jax.cells import get_cell
 from lstm_jax.layers import apply_stack, init_stack, layer_impl, zeros_stack_carry
 
 # Taken from the registry, so an implementation cannot be added untested.
 IMPLS = [name for name in REGISTRY if name != "scan"]
 CELLS = ["lstm", "gru", "rnn"]
+
+
+def runs(impl: str, cell) -> bool:
+    """Whether ``impl`` claims to run ``cell``; the claim itself is tested in
+    :func:`test_every_impl_runs_or_refuses_every_cell`, so skipping on it hides nothing."""
+    return REGISTRY[impl].supports(get_cell(cell))
 # (T, B, I, H): the benchmark sizes scaled down (wide, long-thin).
 SIZES = [(13, 4, 8, 16), (40, 3, 1, 8)]
 
@@ -58,7 +65,7 @@ def _run(cell, name, params, xs, carry, lengths, bidirectional):
 def _compare_all(cell, params, xs, carry, lengths=None, bidirectional=False, tol=2e-5):
     """Each impl in IMPLS against the reference (computed once)."""
     (_, (ys_ref, fin_ref)), g_ref = _run(cell, "scan", params, xs, carry, lengths, bidirectional)
-    for impl in IMPLS:
+    for impl in [name for name in IMPLS if runs(name, cell)]:
         (_, (ys_got, fin_got)), g_got = _run(cell, impl, params, xs, carry, lengths, bidirectional)
         np.testing.assert_allclose(ys_got, ys_ref, rtol=tol, atol=tol, err_msg=f"{impl} outputs")
         for a, b in zip(jax.tree_util.tree_leaves(fin_got), jax.tree_util.tree_leaves(fin_ref)):
@@ -83,7 +90,23 @@ def test_matches_reference_lengths_bidirectional_stack(cell):
     _compare_all(cell, params, xs, carry, lengths=lengths, bidirectional=True)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", sorted(REGISTRY))
+@pytest.mark.parametrize("cell", sorted(CELL_REGISTRY))
+def test_every_impl_runs_or_refuses_every_cell(impl, cell):
+    """``supports`` is the truth: a supported cell runs, any other is refused with one clear error."""
+    c = get_cell(cell)
+    params = c.init(jax.random.PRNGKey(0), 2, 3)
+    xs, carry = jnp.ones((1, 2, 2)), c.zeros_carry(3, (1,))
+    if runs(impl, cell):
+        ys, _ = layer_impl(impl)(c, params, xs, carry)
+        assert ys.shape == (1, 2, 3)
+    else:
+        with pytest.raises(ValueError, match=rf"layer impl '{impl}' cannot run cell '{cell}'.*impls that run") as err:
+            layer_impl(impl)(c, params, xs, carry)
+        assert "scan" in str(err.value).rpartition(":")[2]
+
+
+@pytest.mark.parametrize("impl", [name for name in IMPLS if runs(name, "lstm")])
 def test_single_sequence_and_unroll(impl):
     cell = get_cell("lstm")
     params, xs, carry = _setup("lstm", (10, 1, 3, 6), seed=2)

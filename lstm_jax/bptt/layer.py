@@ -119,7 +119,7 @@ def check_cache(cache, what: str = "backward") -> None:
         raise ValueError(f"{what}: incomplete cache: params and xs must be kept")
     hidden = cell.check_params(cache.params)
     seq_len, batch = cache.xs.shape[:2]
-    dtype = cache.params["w_h"].dtype
+    dtype = cache.params["w_x"].dtype
     carry = cell.carry_like(hidden, (batch,), dtype)
     xw = jax.ShapeDtypeStruct((batch, cell.num_gates * hidden), dtype)
     _, _, expected = jax.eval_shape(
@@ -179,7 +179,7 @@ def backward(cache: LayerCache, dys: Array | None, dfinal: Any = None) -> Grads:
         like = cell.carry_like(hidden, (batch,), dtype)
         if hasattr(like, "_fields") and len(dfinal) == len(like):
             dfinal = type(like)(*dfinal)
-    cell.check_carry(dfinal, hidden, (batch,), params["w_h"].dtype, "", what="dfinal (gradient of the final carry)")
+    cell.check_carry(dfinal, hidden, (batch,), params["w_x"].dtype, "", what="dfinal (gradient of the final carry)")
     dys = dys.astype(dtype)
     dfinal = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), dfinal)
 

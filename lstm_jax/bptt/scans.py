@@ -29,13 +29,13 @@ def tree_where(mask: Array, a, b):
 
 
 def require_backward(cell: Cell, what: str = "the hand-derived backward") -> None:
-    """The after-loop gradient formulas assume params ``w_x``, ``w_h`` and the cell's biases only."""
+    """The after-loop gradient formulas assume params ``w_x``, the recurrent weights (if any) and the cell's biases only."""
     if cell.backward_step is None:
         raise ValueError(
             f"{what} needs cell {cell.name!r} to define backward_step; it has none "
             "(use impl 'scan' or 'hoisted', which differentiate the recurrence by autodiff)"
         )
-    known = {"w_x", "w_h", cell.input_bias, cell.recurrent_bias} - {None}
+    known = {"w_x", cell.recurrent_weight, cell.input_bias, cell.recurrent_bias} - {None}
     if set(cell.param_keys) != known:
         raise ValueError(
             f"{what} covers params {sorted(known)}; cell {cell.name!r} has {sorted(cell.param_keys)}"
@@ -128,7 +128,7 @@ def mm_sum(a: Array, b: Array, compute_dtype, out_dtype) -> Array:
 def layer_grads(cell: Cell, params, xs_tm, h_prev, dz_in, dz_rec, compute_dtype):
     """After the loop, over all steps at once::
 
-        dW_x = Σ_t x_tᵀ dz_in_t     dW_h = Σ_t h_{t-1}ᵀ dz_rec_t
+        dW_x = Σ_t x_tᵀ dz_in_t     dW_h = Σ_t h_{t-1}ᵀ dz_rec_t   (if the cell has W_h)
         d(input bias) = Σ_{t,b} dz_in_t     d(recurrent bias) = Σ_{t,b} dz_rec_t
         dx_t = dz_in_t W_xᵀ
 
@@ -137,10 +137,9 @@ def layer_grads(cell: Cell, params, xs_tm, h_prev, dz_in, dz_rec, compute_dtype)
     if dz_rec is None:
         dz_rec = dz_in
     pdtype = params["w_x"].dtype
-    grads = {
-        "w_x": mm_sum(xs_tm, dz_in, compute_dtype, pdtype),
-        "w_h": mm_sum(h_prev, dz_rec, compute_dtype, pdtype),
-    }
+    grads = {"w_x": mm_sum(xs_tm, dz_in, compute_dtype, pdtype)}
+    if cell.recurrent_weight is not None:  # minGRU/minLSTM have none
+        grads[cell.recurrent_weight] = mm_sum(h_prev, dz_rec, compute_dtype, pdtype)
     for key, dz in ((cell.input_bias, dz_in), (cell.recurrent_bias, dz_rec)):
         if key is not None:
             grads[key] = dz.sum(axis=(0, 1)).astype(params[key].dtype)

@@ -84,7 +84,7 @@ def stack_backward(cache: StackCache, dys: Array | None, dfinals: list | None = 
         if isinstance(lc, dict):
             check_cache(lc.get("forward"), f"stack_backward (layer {k}, forward)")
             check_cache(lc.get("backward"), f"stack_backward (layer {k}, backward)")
-            hid = lc["forward"].params["w_h"].shape[0]
+            hid = lc["forward"].cell.hidden_size(lc["forward"].params)
             if g is not None:
                 g = jnp.asarray(g)
                 if g.shape[-1] != 2 * hid:

@@ -16,7 +16,8 @@ takes a keyword ``compute_dtype`` (e.g. ``jnp.bfloat16``); the matrix products
 then run in that dtype and accumulate into the carry's dtype; the gate
 non-linearities and the carry stay in the parameter dtype.
 
-One module per cell (``rnn``, ``lstm``, ``gru``) holds its equations once:
+One module per cell (``rnn``, ``lstm``, ``gru``, ``min_gru``, ``min_lstm``;
+the two minimal cells of Feng et al. 2024 share :mod:`.minimal`) holds its equations once:
 the recurrence, its hand-derived backward step, init and zero carry, and the
 :class:`Cell` that bundles them (:mod:`lstm_jax.cells.base` explains the
 protocol). To add a cell, write such a module and list its ``Cell`` in
@@ -29,14 +30,17 @@ from __future__ import annotations
 from .base import Cell, glorot_uniform, orthogonal_blocks, zeros_carry
 from .gru import GRU, GRU_GATES, gru_step, init_gru
 from .lstm import LSTM, LSTM_GATES, LSTMCarry, init_lstm, lstm_step, lstm_zeros_carry
+from .min_gru import MIN_GRU, MIN_GRU_GATES, init_min_gru, min_gru_step
+from .min_lstm import MIN_LSTM, MIN_LSTM_GATES, init_min_lstm, min_lstm_step
 from .rnn import RNN, init_rnn, rnn_step
 
 #: The registered cells by name.
-CELLS = {c.name: c for c in (RNN, LSTM, GRU)}
+CELLS = {c.name: c for c in (RNN, LSTM, GRU, MIN_GRU, MIN_LSTM)}
 
 
 def get_cell(name: str | Cell) -> Cell:
-    """Look up a cell by name (``"rnn"``, ``"lstm"``, ``"gru"``); a :class:`Cell` is returned as is."""
+    """Look up a cell by name (``"rnn"``, ``"lstm"``, ``"gru"``, ``"min_gru"``, ``"min_lstm"``);
+    a :class:`Cell` is returned as is."""
     if isinstance(name, Cell):
         return name
     try:
@@ -50,5 +54,7 @@ __all__ = [
     "RNN", "rnn_step", "init_rnn",
     "LSTM", "LSTM_GATES", "LSTMCarry", "lstm_step", "init_lstm", "lstm_zeros_carry",
     "GRU", "GRU_GATES", "gru_step", "init_gru",
+    "MIN_GRU", "MIN_GRU_GATES", "min_gru_step", "init_min_gru",
+    "MIN_LSTM", "MIN_LSTM_GATES", "min_lstm_step", "init_min_lstm",
     "zeros_carry", "glorot_uniform", "orthogonal_blocks",
 ]

@@ -26,7 +26,19 @@ the same array as ``dz_in_t``, which saves storing it twice).
 
 Shapes: ``I`` input size, ``H`` hidden size, ``G`` = :attr:`Cell.num_gates`;
 ``w_x (I, G*H)``, ``w_h (H, G*H)``, biases ``(G*H,)``; every carry leaf
-``(..., H)``; ``x_t (..., I)`` with ``...`` empty or one batch axis.
+``(..., H)``; ``x_t (..., I)`` with ``...`` empty or one batch axis. A cell
+without recurrent weights (``recurrent_weight=None``: minGRU, minLSTM) has no
+``w_h``; its ``H`` is ``w_x.shape[1] // G``.
+
+A cell whose recurrence is *linear in the state* (elementwise
+``h_t = a_t ⊙ h_{t-1} + b_t`` with ``a_t``, ``b_t`` functions of ``xw_t``
+only) can also give it in log space::
+
+    linear_recurrence(params, xw, compute_dtype) -> (log_a, log_b)     # (..., G*H) -> 2 x (..., H)
+
+which lets the layer impl ``"parallel"`` (:mod:`lstm_jax.impls.parallel_scan`)
+evaluate all steps at once with an associative scan. It must describe the same
+function as ``recurrence`` (``tests/test_min_cells.py`` checks it).
 """
 
 from __future__ import annotations
@@ -92,6 +104,10 @@ class Cell:
     recurrent_bias: key of a bias added to ``h_{t-1} @ w_h`` inside the recurrence (GRU), else ``None``.
     backward_step:  the hand-derived backward of one step (``None``: autodiff-only cell).
     hidden:         ``carry -> h_t``, the output ``y_t`` and the operand of ``w_h``.
+    recurrent_weight: key of the ``(H, G*H)`` recurrent weights, or ``None`` for a cell
+                    whose state enters only elementwise (then ``H = w_x.shape[1] // G``).
+    linear_recurrence: ``(params, xw, compute_dtype) -> (log_a, log_b)`` for a cell with
+                    ``h_t = a_t ⊙ h_{t-1} + b_t`` (see the module docstring), else ``None``.
     """
 
     name: str
@@ -104,11 +120,15 @@ class Cell:
     recurrent_bias: str | None = None
     backward_step: Callable | None = None
     hidden: Callable = _identity
+    recurrent_weight: str | None = "w_h"
+    linear_recurrence: Callable | None = None
 
     # -- shapes ---------------------------------------------------------------
 
     def hidden_size(self, params: Params) -> int:
-        return params["w_h"].shape[0]
+        if self.recurrent_weight is None:
+            return params["w_x"].shape[-1] // self.num_gates
+        return params[self.recurrent_weight].shape[0]
 
     def carry_like(self, hidden_size: int, batch_shape: tuple, dtype) -> Any:
         """Shapes and dtypes of a carry (``jax.ShapeDtypeStruct`` leaves), without allocating one."""
@@ -131,14 +151,28 @@ class Cell:
                 f"{self.name}: params missing {missing}; expected keys {self.param_keys} "
                 f"(got {sorted(params)}): are these params for another cell?"
             )
-        hidden = params["w_h"].shape[0]
+        extra = sorted(set(params) - set(self.param_keys))
+        if extra:  # e.g. an lstm's w_h given to min_gru, whose w_x and b would otherwise fit (with 2H)
+            raise ValueError(
+                f"{self.name}: params have unexpected keys {extra}; expected keys {self.param_keys}: "
+                "are these params for another cell?"
+            )
+        hidden = self.hidden_size(params)
         width = self.num_gates * hidden
         bias_ok = all(
             params[k].shape == (width,) for k in (self.input_bias, self.recurrent_bias) if k is not None
         )
-        if params["w_h"].shape != (hidden, width) or params["w_x"].shape[-1] != width or not bias_ok:
+        w_x = params["w_x"]
+        w_h = None if self.recurrent_weight is None else params[self.recurrent_weight]
+        if w_h is None:  # no recurrent weights: w_x alone fixes H, and must split into G blocks
+            if w_x.ndim != 2 or hidden < 1 or w_x.shape[-1] != width or not bias_ok:
+                raise ValueError(
+                    f"{self.name}: w_x {w_x.shape} / biases do not split into {self.num_gates} gate "
+                    f"block(s) of one hidden size (w_x must be (input_size, {self.num_gates} * hidden))"
+                )
+        elif w_h.shape != (hidden, width) or w_x.shape[-1] != width or not bias_ok:
             raise ValueError(
-                f"{self.name}: w_h {params['w_h'].shape} / w_x {params['w_x'].shape} do not match "
+                f"{self.name}: w_h {w_h.shape} / w_x {w_x.shape} do not match "
                 f"{self.num_gates} gate block(s) of hidden size {hidden}"
             )
         return hidden
@@ -198,7 +232,7 @@ class Cell:
         self.check_input(params, x_t)
         hidden_size = self.hidden_size(params)
         self.check_carry(
-            carry, hidden_size, x_t.shape[:-1], params["w_h"].dtype,
+            carry, hidden_size, x_t.shape[:-1], params["w_x"].dtype,
             f"for x_t of shape {x_t.shape} and hidden_size={hidden_size}",
         )
         dtype = jax.tree_util.tree_leaves(carry)[0].dtype

@@ -19,7 +19,14 @@ just a time-major *core*::
 ``hoisted`` input projection as one matmul before the scan, autodiff
 ``manual``  hoisted forward + the hand-derived BPTT (``jax.custom_vjp``)
 ``remat``   checkpointed segments (options ``segment``, ``inner``), O(sqrt T) memory
+``parallel`` associative scan over time (option ``space``); only cells linear in the
+            state (``min_gru``, ``min_lstm``), see :mod:`.parallel_scan`
 =========== ==================================================================
+
+An implementation that runs only some cells says so with ``supports(cell)``
+(and ``requirement``, the reason in words); any other cell is refused with one
+``ValueError`` naming the implementations that do run it, after the inputs
+have been validated (so a bad input gets the same message from every impl).
 
 To add one: write its core in a module here and add a :class:`LayerImpl` to
 :data:`IMPLS` (:func:`register` does it from outside the package).
@@ -28,13 +35,18 @@ To add one: write its core in a module here and add a :class:`LayerImpl` to
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
-from ..cells import get_cell
+from ..cells import CELLS, get_cell
 from ..precision import get_precision
 from ..sequence import run_layer
 from .hoisted import hoisted_core
 from .manual import manual_core
+from .parallel_scan import REQUIREMENT as _PARALLEL_REQUIREMENT
+from .parallel_scan import check_options as _parallel_options
+from .parallel_scan import parallel_core
+from .parallel_scan import supports as _parallel_supports
 from .remat import check_options as _remat_options
 from .remat import default_segment, remat_core
 from .scan import scan_core, scan_layer, scan_time_major
@@ -44,12 +56,28 @@ def _no_options() -> None:
     return None
 
 
+def _any_cell(cell) -> bool:
+    return True
+
+
+def _refuse(impl: "LayerImpl", cell, *args, **kwargs):
+    """Stands in for the core of an impl that cannot run ``cell``: raised once the inputs are validated."""
+    runs = [name for name, other in IMPLS.items() if other.supports(cell)]
+    cells = [name for name, other in CELLS.items() if impl.supports(other)]
+    raise ValueError(
+        f"layer impl {impl.name!r} cannot run cell {cell.name!r}: it runs only {impl.requirement}: "
+        f"{', '.join(cells) or 'none registered'}; impls that run {cell.name!r}: {', '.join(runs)}"
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerImpl:
     """One layer implementation: its core, a one-line summary and its options.
 
     ``options`` are the keyword options bound by :func:`layer_impl` (name, value pairs);
     ``check_options(**options)`` validates them (``ValueError`` on a bad one).
+    ``supports(cell) -> bool``: whether it runs that cell (default: every cell);
+    ``requirement``: what it needs of a cell, in words, for the refusal message.
     ``precision`` is the policy (:mod:`lstm_jax.precision`) used when a call
     gives no ``compute_dtype`` of its own.
     """
@@ -59,16 +87,20 @@ class LayerImpl:
     summary: str
     check_options: Callable = _no_options
     options: tuple = ()
+    supports: Callable = _any_cell
+    requirement: str = ""
     precision: str = "fp32"
 
     def __call__(
         self, cell, params, xs, carry, *, reverse=False, lengths=None, unroll=1, compute_dtype=None,
         checked_lengths=False,
     ):
+        cell = get_cell(cell)
+        core = self.core if self.supports(cell) else functools.partial(_refuse, self)
         if compute_dtype is None:
             compute_dtype = get_precision(self.precision).compute_dtype
         return run_layer(
-            self.core, get_cell(cell), params, xs, carry, reverse=reverse, lengths=lengths, unroll=unroll,
+            core, cell, params, xs, carry, reverse=reverse, lengths=lengths, unroll=unroll,
             compute_dtype=compute_dtype, checked_lengths=checked_lengths, **dict(self.options),
         )
 
@@ -96,6 +128,10 @@ register(LayerImpl("scan", scan_core, "the cell's readable step under lax.scan; 
 register(LayerImpl("hoisted", hoisted_core, "input projection as one matmul before the scan; autodiff"))
 register(LayerImpl("manual", manual_core, "hoisted forward, hand-derived BPTT as a custom_vjp"))
 register(LayerImpl("remat", remat_core, "checkpointed segments of ~sqrt(T) steps; O(sqrt T) memory", _remat_options))
+register(LayerImpl(
+    "parallel", parallel_core, "associative scan over time (log space); cells linear in the state only",
+    _parallel_options, supports=_parallel_supports, requirement=_PARALLEL_REQUIREMENT,
+))
 
 
 def layer_impl(name: str | LayerImpl, *, precision: str | None = None, **options) -> LayerImpl:

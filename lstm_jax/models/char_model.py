@@ -2,7 +2,7 @@
 
 ::
 
-    ids (B, T) --embed/one-hot--> (B, T, E) --apply_stack (N x lstm|gru|rnn)--> (B, T, H)
+    ids (B, T) --embed/one-hot--> (B, T, E) --apply_stack (N x lstm|gru|rnn|min_*)--> (B, T, H)
         --dropout--> --@ W_out + b_out--> logits (B, T, V)
 
 The loss is the mean softmax cross-entropy of the next character, in nats per
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..cells import glorot_uniform, get_cell
+from ..cells import CELLS, glorot_uniform, get_cell
 from ..layers import apply_stack, init_stack, zeros_stack_carry
 from .losses import cross_entropy, cross_entropy_per_item
 
@@ -49,7 +49,7 @@ def init_char_model(
         vocab_size: number of distinct characters ``V``.
         hidden: hidden size ``H`` of every layer.
         layers: number of stacked recurrent layers.
-        cell: ``"lstm" | "gru" | "rnn"``.
+        cell: a registered cell name (``"lstm"``, ``"gru"``, ``"rnn"``, ``"min_gru"``, ``"min_lstm"``).
         embed_dim: size of a learned embedding; ``None`` feeds one-hot vectors
             (then the first layer's ``w_x`` rows *are* the embedding).
     """
@@ -74,16 +74,22 @@ def init_char_model(
 
 
 def infer_cell(params: dict) -> str:
-    """Cell name from the first layer's params: gru has ``b_x``/``b_h``; lstm has 4H biases.
+    """Cell name from the first layer's params: the registered cell whose keys and gate blocks they fit.
 
+    ``H`` is read off the readout ``(H, V)``, so the number of gate blocks tells
+    cells with the same keys apart (lstm: 4H biases, rnn: H; min_lstm: 3H, min_gru: 2H).
     The fallback for callers that hold only params; a checkpoint written by
     ``experiments/char_lstm.py`` records the cell in ``metadata["model"]["cell"]``.
     """
-    layer = params["stack"][0]
-    if "b_x" in layer:
-        return "gru"
-    hidden = layer["w_h"].shape[0]
-    return "lstm" if layer["b"].shape[-1] == 4 * hidden else "rnn"
+    layer, hidden = params["stack"][0], _hidden(params)
+    for name, cell in CELLS.items():
+        if set(layer) == set(cell.param_keys) and layer["w_x"].shape[-1] == cell.num_gates * hidden:
+            return name
+    raise ValueError(f"no registered cell has params {sorted(layer)} with hidden size {hidden}")
+
+
+def _hidden(params: dict) -> int:
+    return int(params["readout"]["w"].shape[0])
 
 
 def model_config(params: dict, cell: str | None = None) -> dict:
@@ -92,11 +98,10 @@ def model_config(params: dict, cell: str | None = None) -> dict:
     ``cell``: the cell the model was built with, recorded as given; ``None``
     infers it from the params (:func:`infer_cell`).
     """
-    first = params["stack"][0]
     return {
         "cell": _cell(params, cell),
         "layers": len(params["stack"]),
-        "hidden": int(first["w_h"].shape[0]),
+        "hidden": _hidden(params),
         "vocab_size": int(params["readout"]["b"].shape[0]),
         "embed_dim": int(params["embed"].shape[1]) if "embed" in params else None,
     }
