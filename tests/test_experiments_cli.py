@@ -207,3 +207,14 @@ def test_gate_activity_reads_the_cell_from_the_checkpoint(tmp_path):
     gru_params = cm.init_char_model(jax.random.PRNGKey(0), 5, 4, 1, "gru")
     assert script("gate_activity").checkpoint_cell(gru_params, {"model": {"cell": "gru"}}) == "gru"
     assert script("gate_activity").checkpoint_cell(gru_params, {}) == "gru"
+
+
+def test_resume_on_an_empty_run_directory_prints_only_the_error_line(tmp_path):
+    """The Orbax manager is closed on the error path: no absl/asyncio tracebacks after the one line."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cmd = [sys.executable, "-m", "experiments.char_lstm", "train", "--resume", "--out", str(tmp_path / "empty"),
+           "--steps", "2", "--no-progress"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert lines == [f"error: --resume: no checkpoint to resume from in {tmp_path / 'empty' / 'checkpoints'}"], lines
