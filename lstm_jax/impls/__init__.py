@@ -19,6 +19,7 @@ just a time-major *core*::
 ``hoisted`` input projection as one matmul before the scan, autodiff
 ``manual``  hoisted forward + the hand-derived BPTT (``jax.custom_vjp``)
 ``remat``   checkpointed segments (options ``segment``, ``inner``), O(sqrt T) memory
+``deer``    parallel-in-time Newton (DEER / quasi-DEER), implicit-function gradients
 =========== ==================================================================
 
 To add one: write its core in a module here and add a :class:`LayerImpl` to
@@ -32,6 +33,8 @@ from typing import Callable
 
 from ..cells import get_cell
 from ..sequence import run_layer
+from .deer import check_options as _deer_options
+from .deer import deer_core
 from .hoisted import hoisted_core
 from .manual import manual_core
 from .remat import check_options as _remat_options
@@ -87,6 +90,8 @@ register(LayerImpl("scan", scan_core, "the cell's readable step under lax.scan; 
 register(LayerImpl("hoisted", hoisted_core, "input projection as one matmul before the scan; autodiff"))
 register(LayerImpl("manual", manual_core, "hoisted forward, hand-derived BPTT as a custom_vjp"))
 register(LayerImpl("remat", remat_core, "checkpointed segments of ~sqrt(T) steps; O(sqrt T) memory", _remat_options))
+register(LayerImpl("deer", deer_core, "parallel-in-time Newton (DEER); options method, tol, max_iters, on_fail",
+                   _deer_options))
 
 
 def layer_impl(name: str | LayerImpl, **options) -> LayerImpl:
