@@ -51,7 +51,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
 import jax
 
 from experiments.common import cli
-from experiments.common.harness import REPO_ROOT, build_benches, matmul_peak, minflt, train_flops
+from experiments.common.harness import build_benches, matmul_peak, minflt, result_path, train_flops
 from experiments.common.machine import finish_machine_info, machine_info
 
 SIZES = [(128, 64, 128, 256), (128, 64, 128, 512), (784, 32, 1, 128), (28, 128, 28, 128), (100, 32, 65, 512)]
@@ -160,7 +160,7 @@ def build_parser():
     p.add_argument("--block-seconds", type=float, default=0.3, help="target duration of one timed block")
     cli.add_flag(p, "quick", help="tiny sizes, 2 repeats (smoke test)")
     cli.add_flag(p, "budget_minutes", help="stop starting new sizes after this")
-    cli.add_flag(p, "out", help="JSON path (default results/benchmark[_tag].json)")
+    cli.add_flag(p, "out", help="JSON path (default results/benchmark[_tag].json; with --quick runs/benchmark_quick.json)")
     p.add_argument("--tag", default="", help="suffix for the default output name, e.g. hugetlb")
     p.add_argument(
         "--omp-wait-policy", default="PASSIVE",
@@ -187,9 +187,7 @@ def benchmark(args):
         args.repeats = min(args.repeats, 2)
         args.block_seconds = 0.0
     sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
-    out = Path(args.out) if args.out else REPO_ROOT / "results" / (
-        "benchmark" + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "") + ".json"
-    )
+    out = Path(args.out) if args.out else result_path("benchmark", quick=args.quick, tag=args.tag)
     start = time.perf_counter()
     peak_med, peak_best = matmul_peak(1024 if args.quick else 2048, 3 if args.quick else 9)
     print(f"fp32 matmul (jnp.dot 2048^2): median {peak_med:.1f} GFLOP/s, best {peak_best:.1f}", flush=True)

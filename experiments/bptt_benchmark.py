@@ -37,7 +37,7 @@ import numpy as np
 import optax
 
 from experiments.common import cli
-from experiments.common.harness import REPO_ROOT, memory_analysis
+from experiments.common.harness import memory_analysis, result_path
 from experiments.common.machine import finish_machine_info, machine_info
 from lstm_jax.layers import apply_stack, init_stack
 
@@ -121,7 +121,7 @@ def build_parser():
     cli.add_flag(p, "unroll")
     cli.add_flag(p, "budget_minutes", aliases=("--max-minutes",), default=20.0,
                  help="wall-clock budget; remaining cases are skipped")
-    cli.add_flag(p, "out", help="JSON path (default results/bptt_benchmark[_quick].json)")
+    cli.add_flag(p, "out", help="JSON path (default results/bptt_benchmark.json; with --quick runs/bptt_benchmark_quick.json)")
     cli.add_malloc_flag(p)
     return p
 
@@ -130,7 +130,7 @@ def bptt_benchmark(args):
     malloc = cli.apply_malloc(args)
     sizes_list = QUICK_SIZES if args.quick else FULL_SIZES
     repeats = args.repeats or (5 if args.quick else 20)
-    out_path = Path(args.out) if args.out else REPO_ROOT / "results" / f"bptt_benchmark{'_quick' if args.quick else ''}.json"
+    out_path = Path(args.out) if args.out else result_path("bptt_benchmark", quick=args.quick)
     start = time.time()
     meta = {
         "command": " ".join([Path(sys.executable).name] + sys.argv),

@@ -249,6 +249,11 @@ def load_run_checkpoint(args, mode: str):
     params, meta = load_checkpoint(args.checkpoint, args.which)
     if "vocab" not in meta:
         raise SystemExit(f"error: {args.checkpoint} has no vocabulary in its metadata; was it written by char_lstm.py?")
+    # Say which step was loaded and why: "best" is selected by validation loss
+    # and is often not the last step, whose sample training printed.
+    why = {"best": "lowest validation loss", "last": "latest step"}.get(args.which, "requested with --which")
+    print(f"{mode}: checkpoint step {meta['step']} of {args.checkpoint} (--which {args.which}: {why}; "
+          "--which best|last|STEP)", file=sys.stderr)
     return params, meta, Vocab.from_json(meta["vocab"])
 
 

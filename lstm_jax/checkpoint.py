@@ -26,6 +26,7 @@ step directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -236,14 +237,30 @@ def open_run_directory(out_dir: str | Path, *, keep: int, best_metric: str, resu
     """
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     ckpt = Checkpointer(out_dir, keep=keep, best_metric=best_metric)
-    if resume and ckpt.latest_step() is None:
-        raise CheckpointError(f"resume=True: no checkpoint to resume from in {ckpt.directory}")
-    if not resume and ckpt.latest_step() is not None:
-        raise CheckpointError(
-            f"{ckpt.directory} already holds checkpoints (steps {ckpt.all_steps()}); pass resume=True "
-            "to continue that run, or choose another out_dir"
-        )
+    with closed_on_error(ckpt):
+        if resume and ckpt.latest_step() is None:
+            raise CheckpointError(f"resume=True: no checkpoint to resume from in {ckpt.directory}")
+        if not resume and ckpt.latest_step() is not None:
+            raise CheckpointError(
+                f"{ckpt.directory} already holds checkpoints (steps {ckpt.all_steps()}); pass resume=True "
+                "to continue that run, or choose another out_dir"
+            )
     return ckpt
+
+
+@contextlib.contextmanager
+def closed_on_error(ckpt: Checkpointer):
+    """Close ``ckpt`` if the block raises, then re-raise.
+
+    An Orbax manager left open when an error ends the program has live threads
+    at interpreter shutdown, which then print ~40 lines of absl / asyncio
+    tracebacks after the one clear error line.
+    """
+    try:
+        yield ckpt
+    except BaseException:
+        ckpt.close()
+        raise
 
 
 def _shape_mismatch(like, state) -> str | None:

@@ -59,7 +59,9 @@ class StepLogger:
     Args:
         log: where the ``kind="train"`` records go.
         total_steps, log_every: the run's ``config.steps`` and ``config.log_every``;
-            a record is written every ``log_every`` steps and at the last step.
+            a record is written every ``log_every`` steps, at the last step and
+            when the loop stops inside a window; ``window_steps`` says how many
+            steps its means cover, and ``partial: true`` marks a short window.
         start_step: the step the loop starts from (``> 0`` when resumed).
         schedule: ``schedule(step) -> learning rate``; each record holds the rate
             of its window's last step.
@@ -107,6 +109,7 @@ class StepLogger:
         loss = stats["loss"]
         self.running_loss = loss if self.running_loss is None else 0.98 * self.running_loss + 0.02 * loss
         self._n += 1
+        self._last_step = step
         for k, v in stats.items():
             self._sums[k] = self._sums.get(k, 0.0) + v
         if step % self.log_every == 0 or step == self.total_steps:
@@ -130,6 +133,12 @@ class StepLogger:
         if self.items_per_batch:
             rec[f"{self.item_name}_per_s"] = self._n * self.items_per_batch / dt
         rec["elapsed_s"] = now - self.t_start
+        # How many steps the means cover. A window is short after a resume from a
+        # step inside a window, at a time-budget stop and at the run's last step;
+        # it is marked so that its mean is not read as one of log_every steps.
+        rec["window_steps"] = self._n
+        if self._n < self.log_every:
+            rec["partial"] = True
         self.log.write(rec)
         self._reset_window()
 
@@ -143,6 +152,9 @@ class StepLogger:
         (self.bar.write if self.bar is not None else print)(text)
 
     def close(self) -> None:
+        """Write the steps of an unfinished window (a stop inside one), then close the bar."""
+        if self._n:
+            self._write_window(self._last_step)
         if self.bar is not None:
             self.bar.close()
 

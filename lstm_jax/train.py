@@ -43,7 +43,10 @@ import numpy as np
 import optax
 
 from . import parallel
-from .checkpoint import CheckpointError, Checkpointer, load_checkpoint, open_run_directory, write_metadata
+from .checkpoint import (
+    CheckpointError, Checkpointer, closed_on_error, load_checkpoint, open_run_directory, write_metadata,
+)
+from .divergence import PARAMS_FINITE, DivergenceGuard, TrainingDiverged
 from .reporting import MetricsLog, StepLogger, plot_history, save_loss_curve
 
 __all__ = [
@@ -72,6 +75,9 @@ class TrainConfig:
     wall-clock budget: when exceeded, the loop stops after the current step,
     saves a checkpoint and returns (``TrainResult.stop_reason == "time budget"``);
     ``fit(..., resume=True)`` then continues the same schedule.
+    ``blowup_factor``: a loss more than this many times the running median
+    (and the first loss) stops the run as diverged, before it reaches NaN
+    (:mod:`lstm_jax.divergence`); ``None`` stops only at NaN/inf.
     """
 
     steps: int = 1000
@@ -87,6 +93,7 @@ class TrainConfig:
     max_minutes: float | None = None
     seed: int = 0
     progress: bool = True
+    blowup_factor: float | None = 10.0
 
     def validate(self) -> None:
         def positive_int(name):
@@ -106,6 +113,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
         if self.clip_norm is not None and self.clip_norm <= 0:
             raise ValueError(f"TrainConfig.clip_norm must be > 0 (or None to disable), got {self.clip_norm}")
+        if self.blowup_factor is not None and not self.blowup_factor > 1:
+            raise ValueError(f"TrainConfig.blowup_factor must be > 1 (or None to disable), got {self.blowup_factor!r}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"TrainConfig.max_minutes must be > 0 or None, got {self.max_minutes}")
 
@@ -120,10 +129,6 @@ class TrainResult:
     best: dict | None
     stop_reason: str = "completed"  # "completed" | "time budget"
     wall_seconds: float = 0.0
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss (or gradient norm) became NaN/inf; no checkpoint was written for it."""
 
 
 # ---------------------------------------------------------------------------
@@ -162,7 +167,6 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 # The step
 
 
-_FINITE = "params_finite"
 _OPTIMIZER_FIELDS = ("steps", "learning_rate", "warmup_steps", "end_lr_ratio", "weight_decay", "clip_norm")
 
 
@@ -183,7 +187,7 @@ def _train_step(params, opt_state, model_state, batch, step, *, loss_fn, opt_key
     if grad_metrics is not None:
         stats.update(grad_metrics(grads))
     # Cheap divergence check on the *updated* params (the loss above is of the old ones).
-    stats[_FINITE] = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(params)]))
+    stats[PARAMS_FINITE] = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(params)]))
     return params, opt_state, new_model_state, stats
 
 
@@ -256,6 +260,11 @@ def _restore_or_start(out, config, params, opt_state, model_state, *, resume, be
     if out is None:
         return _RunStart(params, opt_state, model_state, 0, None, None)
     ckpt = open_run_directory(out, keep=config.keep_checkpoints, best_metric=best_metric, resume=resume)
+    with closed_on_error(ckpt):
+        return _restore_into(ckpt, config, params, opt_state, model_state, resume=resume, run_meta=run_meta, out=out)
+
+
+def _restore_into(ckpt, config, params, opt_state, model_state, *, resume, run_meta, out) -> _RunStart:
     start_step, best = 0, None
     if resume:
         like = {"params": params, "opt_state": opt_state, "model_state": model_state, "step": np.int64(0)}
@@ -275,23 +284,6 @@ def _restore_or_start(out, config, params, opt_state, model_state, *, resume, be
         best = ckpt.best_record()
     write_metadata(out, run_meta)
     return _RunStart(params, opt_state, model_state, start_step, ckpt, best)
-
-
-def _check_finite(stats: dict, step: int, lr: float, ckpt: Checkpointer | None) -> None:
-    """Raise :class:`TrainingDiverged` if the step's loss, gradient norm or updated params are not finite."""
-    params_finite = bool(stats.pop(_FINITE, True))
-    if math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"]) and params_finite:
-        return
-    last = ckpt.latest_step() if ckpt is not None else None
-    where = f"last good checkpoint: step {last} in {ckpt.directory}" if last is not None else "no checkpoint was written"
-    what = f"loss={stats['loss']}, grad_norm={stats['grad_norm']}"
-    if not params_finite:
-        what += ", parameters NaN/inf after the update"
-    raise TrainingDiverged(
-        f"training diverged at step {step}: {what} (learning rate {lr:.3g}). "
-        f"Nothing was saved for this step; {where}. "
-        "Try a lower config.learning_rate, a smaller config.clip_norm, or a longer config.warmup_steps."
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -342,8 +334,10 @@ def fit(
             ``put_batch`` of your own is an error.
 
     Raises:
-        TrainingDiverged: loss or gradient norm became NaN/inf. Nothing is
-            saved for the bad step; earlier checkpoints are kept.
+        TrainingDiverged: loss or gradient norm became NaN/inf, or the loss
+            blew up (:mod:`lstm_jax.divergence`). Nothing is saved for the bad
+            step; earlier checkpoints are kept, and the message names the
+            last good one.
     """
     config.validate()
     if resume and out_dir is None:
@@ -369,6 +363,7 @@ def fit(
     if data_parallel:
         params, opt_state, model_state, put_batch = parallel.replicate_train_state(params, opt_state, model_state)
     step_fn = make_step(loss_fn, config)
+    guard = DivergenceGuard(config.blowup_factor)
     t_start = time.perf_counter()
     deadline = None if config.max_minutes is None else t_start + 60.0 * config.max_minutes
     last_saved = start_step if resume else None
@@ -404,7 +399,7 @@ def fit(
                 params, opt_state, model_state, batch, step
             )
             stats = {k: float(v) for k, v in jax.device_get(stats).items()}
-            _check_finite(stats, step, float(schedule(step)), ckpt)
+            guard.check(step + 1, stats, float(schedule(step)), ckpt)
             params, opt_state, model_state = new_params, new_opt_state, new_model_state
             step += 1
             logger.step_done(step, stats)

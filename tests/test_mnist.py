@@ -162,3 +162,47 @@ def test_resume_continues_exactly(tmp_path):
     assert resumed.step == 12
     for a, b in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(resumed.params)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------
+# Offline: a fast one-line error instead of minutes of download retries
+
+
+OFFLINE = pytest.mark.skipif(
+    img.paths.reachable(), reason="the TFDS download host is reachable: these check the offline path"
+)
+
+
+@OFFLINE
+def test_offline_mnist_train_split_fails_within_seconds(tmp_path, monkeypatch):
+    """No MNIST train split on disk, none prepared for TFDS, no network: the error comes in seconds.
+
+    (A bound in seconds is a correctness check on a retry loop here: before,
+    TFDS retried every file for minutes.)
+    """
+    import time
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    start = time.monotonic()
+    with pytest.raises(img.paths.DataUnavailable, match=r"mnist/train is not prepared .* cannot be reached"):
+        img.load_images("mnist", source="auto")
+    assert time.monotonic() - start < 15
+
+
+@OFFLINE
+def test_offline_mnist_cli_error_is_one_line_saying_what_exists(tmp_path):
+    """The script's stderr is the one ``error:`` line (no chained tracebacks), naming the local data."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, TFDS_DATA_DIR=str(tmp_path / "tfds"), JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.mnist_lstm", "--dataset", "mnist", "--out", str(tmp_path / "run")],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: mnist/train is not prepared"), proc.stderr[-2000:]
+    assert "cannot be reached" in lines[0] and "fashion_mnist" in lines[0] and "test" in lines[0]

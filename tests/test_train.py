@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import jax
@@ -238,8 +240,62 @@ def test_nan_guard_without_checkpoints():
         return jnp.sum(p["w"] ** 2) * jnp.where(batch >= 3, jnp.nan, 1.0), (state, {})
 
     cfg = TrainConfig(steps=10, **QUIET)
-    with pytest.raises(TrainingDiverged, match="diverged at step 3: loss=nan.*no checkpoint was written"):
+    with pytest.raises(TrainingDiverged, match="diverged at step 4: loss=nan.*no checkpoint was written"):
         fit(loss_fn, {"w": jnp.ones(3)}, lambda s: np.float32(s), cfg)
+
+
+def noisy_regression(seed=0, n=256, d=8, noise=0.3):
+    """Least squares with label noise: the loss has a floor (~noise**2), so "within a factor" means something."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    y = (x @ rng.normal(size=(d,)) + noise * rng.normal(size=(n,))).astype(np.float32)
+
+    def loss_fn(params, batch, key, state):
+        xb, yb = batch
+        return jnp.mean((xb @ params["w"] - yb) ** 2), (state, {})
+
+    def get_batch(step):
+        idx = np.random.default_rng([seed, step]).integers(0, n, 32)
+        return x[idx], y[idx]
+
+    def full_loss(params):
+        return float(jnp.mean((x @ params["w"] - y) ** 2))
+
+    return loss_fn, get_batch, {"w": jnp.zeros((d,))}, full_loss
+
+
+def test_blowup_stops_before_nan_and_names_a_sane_checkpoint(tmp_path):
+    """A learning rate ramping to 1e4 (no clipping): the loss climbs, then explodes. The guard stops at the
+    blow-up while the loss is still finite, and the checkpoint it names as good is from before the climb."""
+    loss_fn, get_batch, params, full_loss = noisy_regression()
+    cfg = TrainConfig(steps=400, learning_rate=1e4, warmup_steps=400, clip_norm=None, weight_decay=0.0,
+                      checkpoint_every=1, keep_checkpoints=400, eval_every=10_000, **QUIET)
+    with pytest.raises(TrainingDiverged) as err:
+        fit(loss_fn, params, get_batch, cfg, out_dir=tmp_path)
+    msg = str(err.value)
+    assert re.search(rf"diverged at step {err.value.step}: loss=[0-9.e+]+ is a blow-up", msg), msg
+    assert f"last good checkpoint: step {err.value.good_step}" in msg
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r.get("kind") == "train"]
+    assert all(np.isfinite(losses)) and len(losses) == err.value.step - 1  # stopped at the blow-up, before NaN
+    saved = [full_loss(load_checkpoint(tmp_path, s)[0]) for s in range(1, err.value.step)]
+    good = full_loss(load_checkpoint(tmp_path, err.value.good_step)[0])
+    assert good <= 3.0 * min(saved), (good, min(saved))
+    assert max(saved) > 30.0 * good  # the climb was real: the run did write far worse checkpoints
+
+
+def test_blowup_factor_none_waits_for_nan_and_bad_values_are_refused():
+    with pytest.raises(ValueError, match="blowup_factor must be > 1"):
+        TrainConfig(blowup_factor=0.5).validate()
+
+    def loss_fn(p, batch, key, state):  # 1, 1, 1, 1e6, ... : a blow-up, but finite
+        return jnp.sum(p["w"]) * jnp.where(batch >= 3, 1e6, 1.0), (state, {})
+
+    cfg = TrainConfig(steps=5, **QUIET)
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 4: loss=9\.9\d*e\+05 is a blow-up"):
+        fit(loss_fn, {"w": jnp.ones(1)}, lambda s: np.float32(s), cfg)
+    out = fit(loss_fn, {"w": jnp.ones(1)}, lambda s: np.float32(s), dataclasses.replace(cfg, blowup_factor=None))
+    assert out.step == 5
 
 
 def test_library_errors_name_arguments_not_flags(tmp_path):
@@ -287,6 +343,21 @@ def test_step_logger_window_means_lr_and_throughput(tmp_path):
     # Resuming at step 4 keeps the records up to it and drops the later ones from the file.
     assert [r["step"] for r in MetricsLog(tmp_path / "metrics.jsonl", 4).records] == [2, 4]
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_short_windows_are_marked_and_a_stop_inside_a_window_is_logged(tmp_path):
+    """Resumed at step 3 with log_every=4: the first window covers steps 4 only and says so; a stop at
+    step 10 (inside the window 9-12) still writes steps 9-10, marked partial."""
+    log = MetricsLog(tmp_path / "metrics.jsonl", None)
+    logger = StepLogger(log, total_steps=20, log_every=4, start_step=3, schedule=lambda s: 0.1,
+                        progress=False)
+    for step in range(4, 11):
+        logger.step_done(step, {"loss": float(step), "grad_norm": 1.0})
+    logger.close()
+    recs = log.records
+    assert [(r["step"], r["window_steps"], r.get("partial", False)) for r in recs] == [
+        (4, 1, True), (8, 4, False), (10, 2, True)]
+    assert [r["loss"] for r in recs] == [4.0, 6.5, 9.5]
 
 
 def test_plot_history_lives_in_reporting_and_is_reexported(tmp_path):

@@ -49,12 +49,23 @@ __all__ = [
     "memory_analysis",
     "minflt",
     "parse_impl_spec",
+    "result_path",
     "run_python",
     "time_calls",
     "train_flops",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def result_path(name: str, *, quick: bool = False, tag: str = "") -> Path:
+    """Default JSON path of a benchmark: ``results/<name>[_tag].json``, or ``runs/<name>_quick[_tag].json``.
+
+    Quick (smoke-test) runs go under the untracked ``runs/``, so that a test or
+    a try-out never writes into, or over, the results the README quotes.
+    """
+    stem = name + ("_quick" if quick else "") + (f"_{tag}" if tag else "")
+    return REPO_ROOT / ("runs" if quick else "results") / f"{stem}.json"
 
 _MEMORY_FIELDS = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes", "generated_code_size_in_bytes")
 

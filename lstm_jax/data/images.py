@@ -86,6 +86,20 @@ def default_idx_folders(name: str) -> list[Path]:
     return [root / "fashion_mnist", root / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")]
 
 
+def _local_summary() -> str:
+    """What IDX data exists on this machine, for the offline error: ``"mnist in DIR: test; ..."``."""
+    found = []
+    for name in DATASETS:
+        for folder in default_idx_folders(name):
+            splits = available_splits(folder) if folder.is_dir() else []
+            if splits:
+                found.append(f"{name} in {folder}: {', '.join(splits)}")
+                break
+    if not found:
+        return "no IDX files (put them in a folder and pass source='idx' with folder=)"
+    return "; ".join(found) + " (use source='idx'; training needs a train split)"
+
+
 def _check_name(name: str) -> None:
     if name not in DATASETS:
         raise ValueError(f"unknown image dataset {name!r}; choose one of {list(DATASETS)}")
@@ -154,9 +168,14 @@ def load_idx_dataset(
 
 def load_tfds_split(name: str, split: str, data_dir: str | Path | None = None, download: bool = True):
     """``(images uint8 (N,28,28), labels int32 (N,))`` of one TFDS split, as numpy."""
+    _check_name(name)
+    if download and not paths.tfds_prepared(name, data_dir) and not paths.reachable():
+        raise paths.DataUnavailable(
+            f"{name}/{split} is not prepared in {paths.tfds_data_dir(data_dir)} and "
+            f"{paths.DOWNLOAD_HOST} cannot be reached (offline?). Available locally: {_local_summary()}"
+        )
     import tensorflow_datasets as tfds
 
-    _check_name(name)
     try:
         ds = tfds.load(
             name,
@@ -165,8 +184,8 @@ def load_tfds_split(name: str, split: str, data_dir: str | Path | None = None, d
             as_supervised=True,
             download=download,
         )
-    except Exception as err:  # network, checksum or missing-data errors from TFDS
-        raise RuntimeError(
+    except Exception as err:  # network, checksum or missing-data errors from TFDS: one line, not a chain
+        raise paths.DataUnavailable(
             f"tfds.load({name!r}, split={split!r}, data_dir={data_dir!r}) failed: "
             f"{type(err).__name__}: {str(err)[:300]}. Without a network, use source='idx' "
             f"with a folder of IDX files (defaults: {[str(f) for f in default_idx_folders(name)]})"
