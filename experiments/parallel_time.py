@@ -30,7 +30,7 @@ expected to be slower here at every T; its win needs many processors (a GPU
 or TPU with far more lanes than ``B H``). The iteration counts and memory are
 machine-independent; the times are not.
 
-    python experiments/parallel_time.py --quick                   # seconds, writes to a temp dir
+    python experiments/parallel_time.py --quick                   # seconds; writes runs/parallel_time_quick.json
     python experiments/parallel_time.py --budget-minutes 30       # the real run -> results/parallel_time.json
 """
 
@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -50,7 +49,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments.common import cli
-from experiments.common.harness import REPO_ROOT, layer_problem, matmul_peak, memory_analysis, time_calls
+from experiments.common.harness import layer_problem, matmul_peak, memory_analysis, result_path, time_calls
 from experiments.common.machine import finish_machine_info, machine_info
 from lstm_jax.cells import CELLS, get_cell
 from lstm_jax.impls import IMPLS, layer_impl
@@ -65,7 +64,7 @@ CASES = (
     ("min_gru-parallel", "min_gru", "parallel", {}),
     ("min_gru-scan", "min_gru", "scan", {}),
 )
-QUICK = {"lengths": [16, 64], "batch_size": 2, "input": 4, "hidden": 8, "repeats": 2}
+QUICK = {"lengths": [16], "batch_size": 2, "input": 4, "hidden": 8, "repeats": 2}
 
 
 def available_cases(names):
@@ -159,9 +158,9 @@ def build_parser():
     cli.add_flag(p, "repeats", default=5)
     p.add_argument("--max-jacobian-mib", type=float, default=1024.0,
                    help="skip full DEER where its Jacobians (T B (2H)^2 floats) exceed this")
-    cli.add_flag(p, "quick", help=f"tiny sizes {QUICK}, output in a temporary directory (smoke test)")
+    cli.add_flag(p, "quick", help=f"tiny sizes {QUICK}, output under the untracked runs/ (smoke test)")
     cli.add_flag(p, "budget_minutes", default=30.0)
-    cli.add_flag(p, "out", help="JSON path (default results/parallel_time.json; quick: a temporary directory)")
+    cli.add_flag(p, "out", help="JSON path (default results/parallel_time.json; with --quick runs/parallel_time_quick.json)")
     cli.add_malloc_flag(p)
     return p
 
@@ -171,9 +170,7 @@ def parallel_time(args):
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
-    default_out = Path(tempfile.gettempdir()) / "lstm_jax_parallel_time_quick.json" if args.quick else \
-        REPO_ROOT / "results" / "parallel_time.json"
-    out = Path(args.out) if args.out else default_out
+    out = Path(args.out) if args.out else result_path("parallel_time", quick=args.quick)
     B, I, H = args.batch_size, args.input, args.hidden
     cases = available_cases(args.cases)
     names = [c[0] for c in cases]

@@ -38,9 +38,9 @@ def x64():
         yield
 
 
-def _stack_problem(cell, dtype, *, T=9, B=3, I=2, H=3, seed=0):
+def _stack_problem(cell, dtype, *, T=9, B=3, I=2, H=3, seed=0, bidirectional=True):
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
-    params = init_stack(k1, cell, I, H, bidirectional=True, dtype=dtype)
+    params = init_stack(k1, cell, I, H, bidirectional=bidirectional, dtype=dtype)
     xs = jax.random.normal(k2, (B, T, I), dtype)
     carry = jax.tree_util.tree_map(
         lambda z: 0.3 * jax.random.normal(k3, z.shape, dtype), zeros_stack_carry(cell, params, (B,))
@@ -66,14 +66,14 @@ def _assert_trees_close(got, ref, tol, what):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=what)
 
 
-@pytest.mark.parametrize("method", ["full", "diagonal"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_matches_scan_float64_bidirectional_with_lengths(x64, cell, method):
-    params, xs, carry = _stack_problem(cell, jnp.float64)
+def test_matches_scan_float64_with_lengths(x64, cell):
+    params, xs, carry = _stack_problem(cell, jnp.float64, bidirectional=cell == "lstm")  # one bidirectional
     lengths = jnp.array([9, 0, 4])  # full, empty, padded
     ref = _value_and_grads(cell, "scan", lengths, params, xs, carry)
-    got = _value_and_grads(cell, layer_impl("deer", method=method), lengths, params, xs, carry)
-    _assert_trees_close(got, ref, 1e-9, f"{cell} {method}")
+    for method in ("full", "diagonal"):
+        got = _value_and_grads(cell, layer_impl("deer", method=method), lengths, params, xs, carry)
+        _assert_trees_close(got, ref, 1e-9, f"{cell} {method}")
 
 
 def test_reverse_without_lengths_and_single_sequence(x64):
@@ -117,27 +117,31 @@ def _scan_states(cell, params, xs_tm, carry):
 def test_first_k_steps_exact_after_k_iterations_and_warm_start(x64, method):
     cell, params, xs_tm, carry = _layer_problem("lstm", T=12)
     ref = _scan_states(cell, params, xs_tm, carry)
-    solve = jax.jit(functools.partial(deer_solve, cell), static_argnames=("max_iters", "tol", "method"))
-    for k in (1, 3, 6):
-        states, iters, converged = solve(params, xs_tm, carry, method=method, max_iters=k, tol=1e-300)
+    solve = jax.jit(functools.partial(deer_solve, cell, method=method), static_argnames=("max_iters", "tol"))
+    for k in (1, 4):
+        states, iters, converged = solve(params, xs_tm, carry, max_iters=k, tol=1e-300)
         assert int(iters) == k and not bool(converged)
         np.testing.assert_allclose(states[:k], ref[:k], rtol=1e-12, atol=1e-12)
-        if k == 1:  # the rest is not exact yet (full Newton may be done by k = 6)
+        if k == 1:  # the rest is not exact yet (full Newton may be done by k = 4)
             assert np.abs(np.asarray(states[k:]) - np.asarray(ref[k:])).max() > 1e-9
-    states, iters, converged = solve(params, xs_tm, carry, method=method, max_iters=13, tol=1e-300)
-    np.testing.assert_allclose(states, ref, rtol=1e-12, atol=1e-12)  # T iterations: all exact
-    cold_states, cold, ok = solve(params, xs_tm, carry, method=method)
-    assert bool(ok) and 1 < int(cold) <= 13
-    _, warm, ok = deer_solve(cell, params, xs_tm, carry, method=method, init=cold_states)
-    assert bool(ok) and int(warm) == 1
+    cold = jnp.broadcast_to(jnp.concatenate(carry, axis=-1), ref.shape)  # the default initial guess
+    states, iters, converged = solve(params, xs_tm, carry, init=cold)
+    assert bool(converged) and 1 < int(iters) <= 13  # at most T + 1
+    np.testing.assert_allclose(states, ref, rtol=1e-9, atol=1e-9)
+    _, warm, converged = solve(params, xs_tm, carry, init=states)  # warm start at the answer
+    assert bool(converged) and int(warm) == 1
 
 
 def _chaotic():
-    """An Elman RNN with recurrent weights x5 (orthogonal init): expanding Jacobians, T = 64."""
-    return _layer_problem("rnn", T=64, B=2, I=2, H=8, scale=5.0, seed=3, dtype=jnp.float32)
+    """An Elman RNN with recurrent weights x5 (orthogonal init): expanding Jacobians, T = 64.
+
+    float64, because its gradients (~1e6) amplify float32 rounding differences
+    between any two evaluation orders to ~1e-4 relative.
+    """
+    return _layer_problem("rnn", T=64, B=2, I=2, H=8, scale=5.0, seed=3, dtype=jnp.float64)
 
 
-def test_chaotic_rnn_falls_back_to_the_scan_or_raises():
+def test_chaotic_rnn_falls_back_to_the_scan_or_raises(x64):
     cell, params, xs_tm, carry = _chaotic()
     _, iters, converged = deer_solve(cell, params, xs_tm, carry, max_iters=3)
     assert int(iters) == 3 and not bool(converged)  # so the fallback below is really taken
@@ -152,7 +156,7 @@ def test_chaotic_rnn_falls_back_to_the_scan_or_raises():
 
     ref = run(layer_impl("scan"))
     got = run(layer_impl("deer", max_iters=3))  # on_fail="fallback" is the default
-    _assert_trees_close(got, ref, 1e-5, "fallback")
+    _assert_trees_close(got, ref, 1e-8, "fallback")
 
     strict = layer_impl("deer", max_iters=3, on_fail="error")
     with pytest.raises(DeerNotConverged, match=r"Newton did not converge.*max_iters=3"):
@@ -194,7 +198,7 @@ def test_bad_init_shape():
 
 
 @pytest.mark.parametrize("scan", ["associative", "doubling"])
-@pytest.mark.parametrize("T", [1, 5, 70])
+@pytest.mark.parametrize("T", [1, 70])
 def test_linear_recurrence_against_a_loop(x64, scan, T):
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(T), 3)
     a_full = 0.5 * jax.random.normal(k1, (T, 2, 3, 3))
@@ -205,7 +209,7 @@ def test_linear_recurrence_against_a_loop(x64, scan, T):
         for t in range(T):
             x = (a[t] * x if diagonal else np.einsum("bij,bj->bi", a[t], x)) + b[t]
             expected.append(x)
-        got = linear_recurrence(a, b, diagonal=diagonal, scan=scan)
+        got = jax.jit(functools.partial(linear_recurrence, diagonal=diagonal, scan=scan))(a, b)
         np.testing.assert_allclose(got, np.stack(expected), rtol=1e-10, atol=1e-10)
 
 
@@ -213,12 +217,12 @@ def test_parallel_time_experiment_quick(tmp_path):
     from experiments import parallel_time
 
     out = tmp_path / "parallel_time.json"
-    parallel_time.main(["--quick", "--out", str(out)])
+    parallel_time.main(["--quick", "--cases", "manual,quasi-deer", "--out", str(out)])
     data = json.loads(out.read_text())
     assert data["machine"]["matmul_gflops"] > 0 and data["machine"]["load_average_at_end"] is not None
     rows = data["rows"]
     names = {r["name"] for r in rows}
-    assert {"manual", "deer", "quasi-deer"} <= names
+    assert names == {"manual", "quasi-deer"}
     for r in rows:
         assert r["forward_s"] > 0 and r["train_step_s"] > 0
         assert r["temp_size_in_bytes"] >= 0

@@ -226,32 +226,55 @@ def sequential_states(cfg: Config, params, xw: Array, s0: Array, mask: Array) ->
     return jax.lax.scan(body, s0, (xw, mask), unroll=cfg.unroll)[1]
 
 
-def _report_failure(failed: Array, what: str, cfg: Config) -> None:
-    """Raise :class:`DeerNotConverged` if ``failed``: now when concrete, else when the computation runs."""
-    message = (
+def _failure_message(cfg: Config, what: str) -> str:
+    return (
         f"deer ({cfg.method}): {what} did not converge to tol={cfg.tol:g} in max_iters={cfg.max_iters}; "
         "use on_fail='fallback' (the sequential scan's answer), a larger max_iters or tol, or another impl"
     )
 
-    def check(failed):
-        if bool(failed):
-            raise DeerNotConverged(message)
 
-    if isinstance(failed, jax.core.Tracer):
-        jax.debug.callback(check, failed)
-    else:
-        check(failed)
+def settle(cfg: Config, ok, result, fallback: Callable, what: str):
+    """``result`` where ``ok``; otherwise ``on_fail``: ``fallback()`` (the sequential answer) or raise.
+
+    Eagerly (a concrete ``ok``) the choice is made here, so only the branch taken
+    runs and the error is a plain :class:`DeerNotConverged`. Traced, the fallback
+    is a ``lax.cond`` and the error a ``jax.debug.callback`` that raises when
+    the compiled computation runs.
+    """
+    if not isinstance(ok, jax.core.Tracer):
+        if bool(ok):
+            return result
+        if cfg.on_fail == "error":
+            raise DeerNotConverged(_failure_message(cfg, what))
+        return fallback()
+    if cfg.on_fail == "fallback":
+        return jax.lax.cond(ok, lambda: result, fallback)
+
+    def check(ok):
+        if not bool(ok):
+            raise DeerNotConverged(_failure_message(cfg, what))
+
+    jax.debug.callback(check, ok)
+    return result
+
+
+# Jitted with the static Config, so eager calls compile each piece once (not op by op) and
+# only the branch that settle() takes runs; inside an outer jit they are inlined.
+_newton = jax.jit(newton, static_argnums=0)
+_sequential = jax.jit(sequential_states, static_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _evaluate(cfg: Config, params, xw, s0, mask, states):
+    """One parallel evaluation at the fixed point: ``(ys, states)``, the states then exactly ``f(prev)``."""
+    out_states, ys = cfg.steps(params, _previous(s0, states), xw, mask)
+    return ys, out_states
 
 
 def solve_states(cfg: Config, params, xw, s0, mask, init) -> Array:
     """Newton, then ``on_fail`` (see the module docstring): the fixed-point trajectory ``(T,B,D)``."""
-    states, _, converged = newton(cfg, params, xw, s0, mask, init)
-    if cfg.on_fail == "error":
-        _report_failure(~converged, "Newton", cfg)
-        return states
-    return jax.lax.cond(
-        converged, lambda: states, lambda: sequential_states(cfg, params, xw, s0, mask)
-    )
+    states, _, converged = _newton(cfg, params, xw, s0, mask, init)
+    return settle(cfg, converged, states, lambda: _sequential(cfg, params, xw, s0, mask), "Newton")
 
 
 # --------------------------------------------------------------------------- custom_vjp (implicit function theorem)
@@ -259,16 +282,12 @@ def solve_states(cfg: Config, params, xw, s0, mask, init) -> Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _deer(cfg: Config, params, xw, s0, mask, init):
-    states = solve_states(cfg, params, xw, s0, mask, init)
-    # One parallel evaluation at the fixed point gives the outputs (and states exactly f(prev)).
-    out_states, ys = cfg.steps(params, _previous(s0, states), xw, mask)
-    return ys, out_states
+    return _evaluate(cfg, params, xw, s0, mask, solve_states(cfg, params, xw, s0, mask, init))
 
 
 def _deer_fwd(cfg, params, xw, s0, mask, init):
-    states = solve_states(cfg, params, xw, s0, mask, init)
-    out_states, ys = cfg.steps(params, _previous(s0, states), xw, mask)
-    return (ys, out_states), (params, xw, s0, mask, out_states)
+    ys, states = _evaluate(cfg, params, xw, s0, mask, solve_states(cfg, params, xw, s0, mask, init))
+    return (ys, states), (params, xw, s0, mask, states)
 
 
 def solve_adjoint(cfg: Config, params, xw, mask, prev, vjp_prev: Callable, rhs: Array, dys: Array) -> Array:
@@ -299,11 +318,11 @@ def solve_adjoint(cfg: Config, params, xw, mask, prev, vjp_prev: Callable, rhs: 
         lam = solve(rhs + shift_back(jl - jac * lam))
         return lam, jt_lam(lam), iters + 1
 
-    lam = solve(rhs) if not diagonal else rhs
-    state = (lam, jt_lam(lam), jnp.asarray(0 if diagonal else cfg.max_iters, jnp.int32))
     if diagonal:
-        state = jax.lax.while_loop(not_done, body, state)
-    lam, jl, _ = state
+        lam, jl, _ = jax.lax.while_loop(not_done, body, (rhs, jt_lam(rhs), jnp.asarray(0, jnp.int32)))
+    else:  # one exact solve with the full Jᵀ
+        lam = solve(rhs)
+        jl = jt_lam(lam)
     res, scale = residual(lam, jl)
     return lam, res <= cfg.tol * scale
 
@@ -322,11 +341,16 @@ def sequential_adjoint(cfg: Config, params, xw, mask, prev, rhs, dys) -> Array:
     return jax.lax.scan(body, back0, (prev, xw, mask, rhs, dys), reverse=True, unroll=cfg.unroll)[1]
 
 
-def _deer_bwd(cfg, saved, cotangents):
-    params, xw, s0, mask, states = saved
-    dys, dstates = cotangents
+def _linearised(cfg: Config, params, xw, s0, mask, states):
+    """``(prev, vjp)`` of all steps at the fixed point, w.r.t. ``(params, prev, xw)``."""
     prev = _previous(s0, states)
-    _, vjp_all = jax.vjp(lambda p, pv, x: cfg.steps(p, pv, x, mask), params, prev, xw)
+    return prev, jax.vjp(lambda p, pv, x: cfg.steps(p, pv, x, mask), params, prev, xw)[1]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _adjoint(cfg: Config, params, xw, s0, mask, states, dys, dstates):
+    """``(λ, ok, rhs)``: the adjoint by the parallel solve, whether its residual passed, and ``ḡ``."""
+    prev, vjp_all = _linearised(cfg, params, xw, s0, mask, states)
 
     def vjp_prev(cts):
         return (vjp_all(cts)[1],)
@@ -334,12 +358,29 @@ def _deer_bwd(cfg, saved, cotangents):
     # ḡ_t: the direct cotangent on s_t plus what reaches it through y_{t+1} (s_t is step t+1's input).
     rhs = dstates + shift_back(vjp_prev((jnp.zeros_like(states), dys))[0])
     lam, ok = solve_adjoint(cfg, params, xw, mask, prev, vjp_prev, rhs, dys)
-    if cfg.on_fail == "error":
-        _report_failure(~ok, "the adjoint (gradient) solve", cfg)
-    else:
-        lam = jax.lax.cond(ok, lambda: lam, lambda: sequential_adjoint(cfg, params, xw, mask, prev, rhs, dys))
-    dparams, dprev, dxw = vjp_all((lam, dys))
-    return dparams, dxw, dprev[0], None, jnp.zeros_like(states)
+    return lam, ok, rhs
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _sequential_lam(cfg: Config, params, xw, s0, mask, states, rhs, dys):
+    return sequential_adjoint(cfg, params, xw, mask, _previous(s0, states), rhs, dys)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _cotangents(cfg: Config, params, xw, s0, mask, states, lam, dys):
+    """One vjp of all steps at the fixed point: ``(dparams, dxw, ds0)``."""
+    dparams, dprev, dxw = _linearised(cfg, params, xw, s0, mask, states)[1]((lam, dys))
+    return dparams, dxw, dprev[0]
+
+
+def _deer_bwd(cfg, saved, cotangents):
+    params, xw, s0, mask, states = saved
+    dys, dstates = cotangents
+    lam, ok, rhs = _adjoint(cfg, params, xw, s0, mask, states, dys, dstates)
+    lam = settle(cfg, ok, lam, lambda: _sequential_lam(cfg, params, xw, s0, mask, states, rhs, dys),
+                 "the adjoint (gradient) solve")
+    dparams, dxw, ds0 = _cotangents(cfg, params, xw, s0, mask, states, lam, dys)
+    return dparams, dxw, ds0, None, jnp.zeros_like(states)
 
 
 _deer.defvjp(_deer_fwd, _deer_bwd)
@@ -380,7 +421,7 @@ def deer_solve(cell, params, xs_tm, carry, mask=None, *, method="full", tol=None
     ``mask (T,B)`` or None; ``states[t]`` is the flattened carry after step ``t``.
     """
     cfg, xw, s0, mask = _prepare(cell, params, xs_tm, carry, mask, compute_dtype, method, tol, max_iters, "error", scan)
-    return newton(cfg, params, xw, s0, mask, _initial_guess(s0, xs_tm.shape[0], init))
+    return _newton(cfg, params, xw, s0, mask, _initial_guess(s0, xs_tm.shape[0], init))
 
 
 def deer_time_major(cell, params, xs_tm, carry, mask=None, *, method="full", tol=None, max_iters=None,
