@@ -48,6 +48,7 @@ def apply_stack(
     dropout: float = 0.0,
     key: Array | None = None,
     impl: str | LayerImpl = "scan",
+    checked_lengths: bool = False,
 ):
     """Run a stack of recurrent layers (from :func:`init_stack`) over ``xs``.
 
@@ -66,6 +67,9 @@ def apply_stack(
         impl: how each layer runs over time: a name in
             :data:`lstm_jax.impls.IMPLS`, or ``layer_impl(name, **options)``
             (e.g. ``layer_impl("remat", segment=32)``).
+        checked_lengths: under ``jit``, check ``lengths`` against ``[0, time]``
+            with ``checkify`` instead of clipping them (a debug mode; run the
+            function through :func:`lstm_jax.sequence.with_length_checks`).
 
     Returns:
         ``(ys, final_carry)``: ``ys`` is the last layer's outputs,
@@ -86,7 +90,10 @@ def apply_stack(
     dropout_key = [key]  # split once per layer, in order (the sequence of masks is part of the results)
 
     def layer(p, h, c, reverse):
-        ys, final = run(cell, p, h, c, reverse=reverse, lengths=lengths, unroll=unroll, compute_dtype=compute_dtype)
+        ys, final = run(
+            cell, p, h, c, reverse=reverse, lengths=lengths, unroll=unroll, compute_dtype=compute_dtype,
+            checked_lengths=checked_lengths,
+        )
         return ys, final, None
 
     def drop(k, h):

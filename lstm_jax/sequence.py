@@ -13,9 +13,11 @@ mean the same everywhere:
   arithmetic (they are replaced by zeros first), so NaN or inf in the padding
   changes neither outputs nor gradients. Concrete lengths outside
   ``[0, time]`` are an error; traced ones (under ``jit``) cannot be checked
-  without a host round trip, so they are clipped to ``[0, time]``, the same in
+  without a host round trip, so by default they are clipped to ``[0, time]``, the same in
   both directions and every implementation (``lengths=T+5`` means the whole
-  sequence, ``-1`` means none of it).
+  sequence, ``-1`` means none of it). With ``checked_lengths=True`` they are
+  checked instead (``jax.experimental.checkify``; run the function through
+  :func:`with_length_checks`): an out-of-range length raises, naming the values.
 * ``reverse``: read each sequence from its end. With ``lengths`` each sequence
   is read from its own last real step back to 0 (flip within length, run
   forwards, flip back), as PyTorch's packed sequences do; outputs are always
@@ -47,9 +49,33 @@ def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def check_lengths(lengths, batch: int, seq_len: int) -> Array:
+def with_length_checks(fn: Callable) -> Callable:
+    """``checkify`` ``fn`` and raise its failed checks: the runner for ``checked_lengths=True``.
+
+    With ``apply_stack(..., checked_lengths=True)`` (or a layer impl called so)
+    out-of-range *traced* lengths are checked with :func:`jax.experimental.checkify.check`
+    instead of clipped; such a check must run under ``checkify.checkify``. This
+    does that and raises ``checkify.JaxRuntimeError`` ("lengths must lie in
+    [0, seq_len=T]; got min ..., max ...") on a failed check. Use it outside
+    ``jit``: ``with_length_checks(jax.jit(loss))``. The check costs a reduction
+    over ``lengths`` and a host round trip per call; it is a debug mode.
+    """
+    from jax.experimental import checkify
+
+    checked = checkify.checkify(fn, errors=checkify.user_checks)
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        err, out = checked(*args, **kwargs)
+        err.throw()
+        return out
+
+    return run
+
+
+def check_lengths(lengths, batch: int, seq_len: int, checked: bool = False) -> Array:
     """``lengths`` must be ``(batch,)`` integers; concrete values must lie in ``[0, seq_len]``,
-    traced ones are clipped to it (see the module docstring)."""
+    traced ones are clipped to it, or with ``checked`` checked by checkify (see the module docstring)."""
     lengths = jnp.asarray(lengths)
     if lengths.shape != (batch,):
         raise ValueError(f"lengths must have shape (batch,) = ({batch},), got {lengths.shape}")
@@ -62,6 +88,14 @@ def check_lengths(lengths, batch: int, seq_len: int) -> Array:
                 f"lengths must lie in [0, seq_len={seq_len}]; got min {values.min()}, max {values.max()}"
             )
         return lengths
+    if checked:
+        from jax.experimental import checkify
+
+        checkify.check(
+            jnp.all((lengths >= 0) & (lengths <= seq_len)),
+            f"lengths must lie in [0, seq_len={seq_len}]; got min {{lo}}, max {{hi}}",
+            lo=jnp.min(lengths), hi=jnp.max(lengths),
+        )
     return jnp.clip(lengths, 0, seq_len)
 
 
@@ -140,7 +174,9 @@ def check_sequence_inputs(xs: Array, carry: Any, lengths: Array | None):
     return None if lengths is None else check_lengths(lengths, batch, seq_len)
 
 
-def check_layer_inputs(cell: str | Cell, params, xs: Array, carry, lengths, unroll, compute_dtype):
+def check_layer_inputs(
+    cell: str | Cell, params, xs: Array, carry, lengths, unroll, compute_dtype, checked_lengths: bool = False
+):
     """Everything one layer's inputs must satisfy, checked once for every implementation.
 
     Returns ``(cell, lengths, unroll, compute_dtype)`` normalised.
@@ -165,7 +201,7 @@ def check_layer_inputs(cell: str | Cell, params, xs: Array, carry, lengths, unro
         f"to match xs {xs.shape}; got {jax.tree_util.tree_map(lambda a: getattr(a, 'shape', None), carry)})",
     )
     if lengths is not None:
-        lengths = check_lengths(lengths, batch, seq_len)
+        lengths = check_lengths(lengths, batch, seq_len, checked_lengths)
     return cell, lengths, check_unroll(unroll), normalize_compute_dtype(compute_dtype)
 
 
@@ -184,7 +220,7 @@ def over_time(core: Callable, xs: Array, carry, *, lengths: Array | None, revers
 
 def run_layer(
     core: Callable, cell, params, xs, carry, *, reverse=False, lengths=None, unroll=1, compute_dtype=None,
-    **options,
+    checked_lengths=False, **options,
 ):
     """Validate, then run ``core(cell, params, xs_tm, carry, mask, reverse, *, unroll, compute_dtype, **options)``.
 
@@ -196,9 +232,11 @@ def run_layer(
     if xs.ndim == 2:
         return with_batch_axis(
             functools.partial(run_layer, core, cell, params), xs, carry, lengths=lengths, reverse=reverse,
-            unroll=unroll, compute_dtype=compute_dtype, **options,
+            unroll=unroll, compute_dtype=compute_dtype, checked_lengths=checked_lengths, **options,
         )
-    cell, lengths, unroll, cd = check_layer_inputs(cell, params, xs, carry, lengths, unroll, compute_dtype)
+    cell, lengths, unroll, cd = check_layer_inputs(
+        cell, params, xs, carry, lengths, unroll, compute_dtype, checked_lengths
+    )
 
     def timed(xs_tm, carry, mask, scan_reverse):
         return core(cell, params, xs_tm, carry, mask, scan_reverse, unroll=unroll, compute_dtype=cd, **options)

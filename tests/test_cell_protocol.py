@@ -225,3 +225,24 @@ def test_traced_lengths_are_clipped_like_eager(impl):
     for a, b in zip(jax.tree_util.tree_leaves((ys, finals)), jax.tree_util.tree_leaves((ys_ref, finals_ref))):
         assert np.isfinite(a).all()
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("impl", ["scan", "manual"])
+def test_with_length_checks_reports_traced_out_of_range_lengths(impl):
+    """The opt-in debug mode: under jit, lengths outside [0, T] raise (naming them) instead of being clipped."""
+    from jax.experimental import checkify
+
+    from lstm_jax.sequence import with_length_checks
+
+    params = init_stack(jax.random.PRNGKey(2), "lstm", 3, 4, bidirectional=True)
+    xs = jax.random.normal(jax.random.PRNGKey(3), (3, 5, 3))
+
+    def total(xs, lengths, checked=False):
+        return jnp.sum(apply_stack("lstm", params, xs, lengths=lengths, impl=impl, checked_lengths=checked)[0])
+
+    checked = with_length_checks(jax.jit(functools.partial(total, checked=True)))
+    good = jnp.array([5, 0, 3])
+    np.testing.assert_allclose(checked(xs, good), jax.jit(total)(xs, good), rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(total)(xs, jnp.array([9, -1, 3])), jax.jit(total)(xs, jnp.array([5, 0, 3])))
+    with pytest.raises(checkify.JaxRuntimeError, match=r"lengths must lie in \[0, seq_len=5\]; got min -1, max 9"):
+        checked(xs, jnp.array([9, -1, 3]))

@@ -60,10 +60,13 @@ class LayerImpl:
     check_options: Callable = _no_options
     options: tuple = ()
 
-    def __call__(self, cell, params, xs, carry, *, reverse=False, lengths=None, unroll=1, compute_dtype=None):
+    def __call__(
+        self, cell, params, xs, carry, *, reverse=False, lengths=None, unroll=1, compute_dtype=None,
+        checked_lengths=False,
+    ):
         return run_layer(
             self.core, get_cell(cell), params, xs, carry, reverse=reverse, lengths=lengths, unroll=unroll,
-            compute_dtype=compute_dtype, **dict(self.options),
+            compute_dtype=compute_dtype, checked_lengths=checked_lengths, **dict(self.options),
         )
 
     def with_options(self, **options) -> "LayerImpl":
