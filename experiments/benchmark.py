@@ -59,8 +59,13 @@ QUICK_SIZES = [(6, 3, 4, 8)]
 LIB_IMPLS = ["scan", "hoisted", "manual"]
 
 
-def measure_size(cell, size, impls, *, repeats, block_seconds, key, log=print):
-    benches = build_benches(cell, size, impls, key)
+def measure_size(cell, size, impls, *, repeats, block_seconds, key, precisions=("fp32",), log=print):
+    """Time every impl in every precision at one size, interleaved round by round (one set of conditions)."""
+    benches, precision_of = [], {}
+    for precision in precisions:
+        for b in build_benches(cell, size, impls, key, precision):
+            benches.append(b)
+            precision_of[b.name] = precision
     compile_s, warm = {}, {}
     for b in benches:
         compile_s[b.name] = b.compile()
@@ -89,6 +94,7 @@ def measure_size(cell, size, impls, *, repeats, block_seconds, key, log=print):
         rows.append(
             {
                 "impl": b.name,
+                "precision": precision_of[b.name],
                 "compile_s": compile_s[b.name],
                 "median_ms": 1e3 * med,
                 "min_ms": 1e3 * min(times[b.name]),
@@ -103,30 +109,39 @@ def measure_size(cell, size, impls, *, repeats, block_seconds, key, log=print):
     return rows
 
 
-def _ref_time(rows, prefix):
+def _ref_time(rows, prefix, precision="fp32"):
+    """Median ms of the reference ``prefix`` (torch, flax) on CPU in ``precision``."""
     for r in rows:
-        if r["impl"].startswith(prefix) and not r["impl"].endswith("cuda"):
+        if r["impl"].startswith(prefix) and "cuda" not in r["impl"] and r.get("precision", "fp32") == precision:
             return r["median_ms"]
     return None
 
 
+def _own_fp32(rows, row):
+    """Median ms of the same implementation in fp32 (bf16 rows are named like fp32 ones plus a suffix)."""
+    base = row["impl"].removesuffix(" bf16").removesuffix(" autocast-bf16")
+    return next((o["median_ms"] for o in rows if o.get("precision", "fp32") == "fp32" and o["impl"] == base), None)
+
+
 def markdown(cell, size, rows, peak):
     T, B, I, H = size
-    torch_ms, flax_ms = _ref_time(rows, "torch"), _ref_time(rows, "flax")
     lines = [
         f"**{cell.upper()}** T={T}, B={B}, I={I}, H={H} "
         f"(train step {train_flops(cell, *size) / 1e9:.2f} GFLOP)",
         "",
-        "| impl | compile s | median ms | min-max ms | steps/s | GFLOP/s | % matmul peak | speed vs torch | speed vs flax | minflt/step |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| impl | compile s | median ms | min-max ms | steps/s | GFLOP/s | % matmul peak | speed vs torch | speed vs flax | vs own fp32 | minflt/step |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        torch_ms, flax_ms = (_ref_time(rows, ref, r.get("precision", "fp32")) for ref in ("torch", "flax"))
         vs_t = f"{torch_ms / r['median_ms']:.2f}x" if torch_ms else "-"
         vs_f = f"{flax_ms / r['median_ms']:.2f}x" if flax_ms else "-"
+        own = _own_fp32(rows, r)
+        vs_own = f"{own / r['median_ms']:.2f}x" if own and r.get("precision", "fp32") != "fp32" else "-"
         lines.append(
             f"| {r['impl']} | {r['compile_s']:.2f} | {r['median_ms']:.2f} | "
             f"{r['min_ms']:.2f}-{r['max_ms']:.2f} | {r['steps_per_s']:.1f} | {r['gflops']:.1f} | "
-            f"{100 * r['gflops'] / peak:.0f}% | {vs_t} | {vs_f} | {r['minflt_per_step']:.0f} |"
+            f"{100 * r['gflops'] / peak:.0f}% | {vs_t} | {vs_f} | {vs_own} | {r['minflt_per_step']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -157,6 +172,9 @@ def build_parser():
         f"(default: lib:{{{','.join(LIB_IMPLS)}}} where registered, and all references)",
     )
     cli.add_flag(p, "repeats", default=7)
+    p.add_argument("--precisions", action=cli.ListAction, default=["fp32", "bf16"],
+                   help="precision policies timed side by side (lstm_jax.precision): fp32, bf16 or both; bf16 "
+                   "rows are lstm_jax's bf16 policy, Flax dtype=bfloat16 and torch under autocast-bf16")
     p.add_argument("--block-seconds", type=float, default=0.3, help="target duration of one timed block")
     cli.add_flag(p, "quick", help="tiny sizes, 2 repeats (smoke test)")
     cli.add_flag(p, "budget_minutes", help="stop starting new sizes after this")
@@ -207,7 +225,8 @@ def benchmark(args):
                 stopped_early = True
                 break
             rows = measure_size(
-                cell, size, impls, repeats=args.repeats, block_seconds=args.block_seconds, key=key
+                cell, size, impls, repeats=args.repeats, block_seconds=args.block_seconds, key=key,
+                precisions=args.precisions,
             )
             result["results"].append({"cell": cell, "size": dict(zip("TBIH", size)), "rows": rows})
             print(markdown(cell, size, rows, peak_med) + "\n", flush=True)
@@ -219,8 +238,10 @@ def benchmark(args):
     result["wall_seconds"] = time.perf_counter() - start
     result["load_average_at_end"] = finish_machine_info(environment)["load_average_at_end"]
     for entry in result["results"]:
-        torch_ms, flax_ms = _ref_time(entry["rows"], "torch"), _ref_time(entry["rows"], "flax")
         for r in entry["rows"]:
+            torch_ms, flax_ms = (_ref_time(entry["rows"], ref, r["precision"]) for ref in ("torch", "flax"))
+            own_fp32 = _own_fp32(entry["rows"], r)
+            r["speed_vs_own_fp32"] = own_fp32 / r["median_ms"] if own_fp32 else None
             r["fraction_of_matmul_peak"] = r["gflops"] / peak
             r["speed_vs_torch"] = torch_ms / r["median_ms"] if torch_ms else None
             r["speed_vs_flax"] = flax_ms / r["median_ms"] if flax_ms else None

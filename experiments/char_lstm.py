@@ -7,6 +7,11 @@ Train (default: the embedded Zen of Python, about a minute on a laptop CPU)::
         --seq-len 100 --batch-size 32 --steps 6000 --out runs/shakespeare --max-minutes 30
     python experiments/char_lstm.py --out runs/shakespeare --resume ...   # same flags, continues exactly
 
+Across processes (each loads only its rows of every batch; the run equals the
+one-process run)::
+
+    python -m lstm_jax.launch --processes 2 --local-devices 2 -- experiments/char_lstm.py --out runs/mp
+
 Sample from a run directory::
 
     python experiments/char_lstm.py sample --checkpoint runs/shakespeare --prompt "ROMEO:" \\
@@ -37,6 +42,7 @@ from experiments.common import cli
 from experiments.common.machine import finish_machine_info, machine_info
 from lstm_jax.checkpoint import load_checkpoint
 from lstm_jax.data.text import DATASETS, StatefulWindows, Vocab, eval_windows, load_text, random_windows
+from lstm_jax import multiprocess, parallel
 from lstm_jax.models import char_model as cm
 from lstm_jax.train import evaluate, fit
 
@@ -55,6 +61,7 @@ def build_parser():
     m.add_argument("--embed-dim", type=int, default=None, help="learned embedding size (default: one-hot input)")
     cli.add_flag(m, "dropout", help="dropout between layers and before the readout")
     cli.add_flag(m, "impl")
+    cli.add_flag(m, "precision")
     cli.add_flag(m, "unroll")
     t = cli.add_training_flags(
         p,
@@ -95,7 +102,7 @@ def check_args(args) -> None:
         raise SystemExit("error: --resume needs --out (the run directory to continue)")
 
 
-def make_loss_fn(*, dropout: float, stateful: bool, impl: str, unroll: int, cell: str | None = None):
+def make_loss_fn(*, dropout: float, stateful: bool, impl, unroll: int, cell: str | None = None):
     """``loss_fn`` for :func:`lstm_jax.train.fit`: mean nats/char; with ``stateful`` the carry is the model_state."""
     def loss_fn(params, batch, key, model_state):
         if stateful:
@@ -113,7 +120,7 @@ def make_loss_fn(*, dropout: float, stateful: bool, impl: str, unroll: int, cell
     return loss_fn
 
 
-def eval_split(params, ids, batch_size: int, seq_len: int, impl: str = "scan", cell: str | None = None) -> dict:
+def eval_split(params, ids, batch_size: int, seq_len: int, impl="scan", cell: str | None = None) -> dict:
     """Nats and bits per character over every character of ``ids``, windows of ``seq_len`` from a zero state."""
     step = functools.partial(cm.eval_step, impl=impl, cell=cell)
     nats = evaluate(step, params, eval_windows(ids, batch_size, seq_len))["nats"]
@@ -127,6 +134,8 @@ def default_prompt(text_ids, vocab: Vocab) -> str:
 
 def train(args, malloc: dict | None = None) -> dict:
     check_args(args)
+    main_process = parallel.is_main_process()
+    print_ = print if main_process else (lambda *a, **k: None)  # one copy of the report in a multi-process job
     dataset = "file" if args.text_file else args.dataset
     splits = load_text(dataset, text_file=args.text_file, data_dir=args.data_dir)
     vocab = splits.vocab
@@ -140,7 +149,7 @@ def train(args, malloc: dict | None = None) -> dict:
             + (" or --batch-size" if args.stateful else "")
         )
     out = Path(args.out) if args.out else Path("runs/char_lstm") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(
+    print_(
         f"data: {splits.name}: train {len(splits.train):,} / val {len(splits.validation):,} / "
         f"test {len(splits.test):,} chars, vocab {vocab.size}"
     )
@@ -149,25 +158,28 @@ def train(args, malloc: dict | None = None) -> dict:
         jax.random.PRNGKey(args.seed), vocab.size, args.hidden, args.layers, args.cell, args.embed_dim
     )
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
-    print(f"model: {args.layers}x{args.cell.upper()} H={args.hidden}, {n_params:,} params; out: {out}")
+    print_(f"model: {args.layers}x{args.cell.upper()} H={args.hidden}, {n_params:,} params; out: {out}")
 
+    rows = multiprocess.process_rows(args.batch_size)  # this process's rows of every global batch
     if args.stateful:
         windows = StatefulWindows(splits.train, args.batch_size, args.seq_len)
 
         def get_batch(step):
-            x, y = windows(step)
+            x, y = windows(step, rows)
             return x, y, np.bool_(windows.is_stream_start(step))
 
-        model_state = cm.zeros_carry(params, args.batch_size)
+        model_state = cm.zeros_carry(params, args.batch_size)  # global: fit keeps each process's rows
     else:
 
         def get_batch(step):
-            return random_windows(splits.train, args.batch_size, args.seq_len, seed=args.seed, step=step)
+            return random_windows(splits.train, args.batch_size, args.seq_len, seed=args.seed, step=step, rows=rows)
 
         model_state = None
 
+    layer = cli.layer_from_args(args)  # the impl with the --precision policy bound
+
     def eval_fn(p):
-        r = eval_split(p, splits.validation, args.eval_batch_size, args.eval_seq_len, args.impl, args.cell)
+        r = eval_split(p, splits.validation, args.eval_batch_size, args.eval_seq_len, layer, args.cell)
         return {"val_loss": r["nats_per_char"], "val_bpc": r["bits_per_char"]}
 
     config = cli.train_config(args)
@@ -177,7 +189,7 @@ def train(args, malloc: dict | None = None) -> dict:
         "model": cm.model_config(params, args.cell),
         "args": {k: v for k, v in vars(args).items()},
     }
-    loss_fn = make_loss_fn(dropout=args.dropout, stateful=args.stateful, impl=args.impl, unroll=args.unroll,
+    loss_fn = make_loss_fn(dropout=args.dropout, stateful=args.stateful, impl=layer, unroll=args.unroll,
                            cell=args.cell)
     t0 = time.perf_counter()
     machine = machine_info(malloc=malloc)
@@ -200,8 +212,8 @@ def train(args, malloc: dict | None = None) -> dict:
     # Final params, and the best-by-validation checkpoint (model selection), on val and test.
     final = {
         "step": result.step,
-        "val": eval_split(result.params, splits.validation, args.eval_batch_size, args.eval_seq_len, args.impl, args.cell),
-        "test": eval_split(result.params, splits.test, args.eval_batch_size, args.eval_seq_len, args.impl, args.cell),
+        "val": eval_split(result.params, splits.validation, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
+        "test": eval_split(result.params, splits.test, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
     }
     best_params, best_meta = load_checkpoint(out, "best", like=result.params)
     if best_meta["step"] == result.step:
@@ -209,8 +221,8 @@ def train(args, malloc: dict | None = None) -> dict:
     else:
         best = {
             "step": best_meta["step"],
-            "val": eval_split(best_params, splits.validation, args.eval_batch_size, args.eval_seq_len, args.impl, args.cell),
-            "test": eval_split(best_params, splits.test, args.eval_batch_size, args.eval_seq_len, args.impl, args.cell),
+            "val": eval_split(best_params, splits.validation, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
+            "test": eval_split(best_params, splits.test, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
         }
     prompt = args.prompt or default_prompt(splits.train, vocab)
     text = cm.sample(result.params, vocab, prompt, args.length, temperature=args.temperature, top_k=args.top_k,
@@ -227,6 +239,8 @@ def train(args, malloc: dict | None = None) -> dict:
         "sample": {"from": "final params", "prompt": prompt, "temperature": args.temperature, "top_k": args.top_k, "seed": args.seed, "text": text},
         "params": n_params,
     }
+    if not main_process:
+        return results
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\ntrained to step {result.step} in {train_seconds:.1f} s this invocation ({result.stop_reason})")
     for label, r in (("final", final), ("best val", best)):
@@ -286,6 +300,7 @@ def eval_mode(args) -> dict:
 
 
 def char_lstm(args):
+    multiprocess.initialize_from_env()  # a no-op unless started by lstm_jax.launch or a cluster (first JAX call)
     malloc = cli.apply_malloc(args)
     if args.mode == "sample":
         return sample_mode(args)

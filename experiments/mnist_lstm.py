@@ -65,7 +65,7 @@ def build_parser():
     d.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test examples only")
     m = cli.add_model_flags(p, ("cell", "hidden", "layers"))
     m.add_argument("--bidirectional", action="store_true")
-    for name in ("dropout", "unroll", "impl"):
+    for name in ("dropout", "unroll", "impl", "precision"):
         cli.add_flag(m, name)
     t = cli.add_training_flags(
         p,
@@ -188,13 +188,14 @@ def mnist_lstm(args, argv=None) -> dict:
     model_cfg = ClassifierConfig(
         input_size=features, num_classes=img.NUM_CLASSES, cell=args.cell, hidden_size=args.hidden,
         num_layers=args.layers, bidirectional=args.bidirectional, dropout=args.dropout, unroll=args.unroll,
-        impl=args.impl,
+        impl=args.impl, precision=args.precision,
     )
     train_cfg = cli.train_config(
         args, steps=steps, warmup_steps=min(args.warmup_steps, max(steps // 10, 1)), checkpoint_every=args.eval_every
     )
     params = init_classifier(jax.random.PRNGKey(args.seed), model_cfg)
     predict = make_predict_fn(model_cfg)
+    cli.layer_from_args(args)  # says which impl and precision policy run
 
     def eval_fn(p):
         r = evaluate(predict, p, img.eval_batches(val_xs, val_ys, args.eval_batch_size))

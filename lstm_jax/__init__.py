@@ -10,7 +10,8 @@ Layout (the folder tree is the architecture; imports run downward only)::
     impls/      layer implementations and their registry: scan (reference), hoisted,
                 manual (custom_vjp over bptt), remat
     layers      scan_layer, init_stack / apply_stack: the user-facing layer API
-    parallel    data parallelism over local devices with jax.sharding, placement of training state
+    parallel    data parallelism over all devices with jax.sharding, placement of training state
+    multiprocess  joining a multi-process job (env vars), each process's rows; launch: the local launcher
     train       the shared training loop (Optax, restore-or-start, guards); checkpoint: Orbax I/O;
                 reporting: the step logger and loss-curve plots
     analysis    gradient flow through time, gate traces

@@ -36,6 +36,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -73,8 +74,19 @@ def _json_default(o):
 
 
 def _to_numpy(tree):
-    """Host numpy copy of a pytree of arrays (None leaves are kept)."""
-    return jax.tree_util.tree_map(lambda x: np.asarray(x), tree)
+    """Host numpy copy of a pytree of arrays (None leaves are kept).
+
+    An array split over several processes (e.g. a data-parallel carry) is
+    gathered first, so every checkpoint holds whole arrays and restores into
+    any process count; Orbax then writes them from the primary process.
+    """
+    return jax.tree_util.tree_map(_host_array, tree)
+
+
+def _host_array(x):
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+        return multihost_utils.process_allgather(x, tiled=True)  # a collective: every process saves
+    return np.asarray(x)
 
 
 def _abstract(tree):

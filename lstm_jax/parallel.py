@@ -23,8 +23,9 @@ Typical use (this is what :func:`lstm_jax.train.fit` does when
 or, in one call, :func:`parallelize`.
 
 Multi-host (several machines / processes, e.g. a TPU pod or several GPU nodes):
-call :func:`initialize_distributed` (``jax.distributed.initialize``) at the
-very start of *every* process, before any other JAX call; then
+call :func:`initialize_distributed` (``jax.distributed.initialize``; or
+:func:`lstm_jax.multiprocess.initialize_from_env`, which ``python -m lstm_jax.launch``
+feeds) at the very start of *every* process, before any other JAX call; then
 ``jax.devices()`` lists the devices of all processes and
 :func:`make_data_mesh` spans them. Each process loads only its own share of
 the batch (``global_batch / jax.process_count()`` examples, e.g. by using
@@ -58,6 +59,8 @@ __all__ = [
     "replicate",
     "parallelize",
     "should_parallelize",
+    "is_main_process",
+    "shard_global",
 ]
 
 #: Name of the mesh axis the batch is split over.
@@ -95,6 +98,11 @@ def initialize_distributed(
 def should_parallelize() -> bool:
     """True when more than one device is visible (the training loop then shards the batch)."""
     return jax.device_count() > 1
+
+
+def is_main_process() -> bool:
+    """True in process 0, the one that writes logs, metrics and figures in a multi-process job."""
+    return jax.process_index() == 0
 
 
 def make_data_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = DATA_AXIS) -> Mesh:
@@ -139,8 +147,8 @@ def shard_batch(batch: Any, mesh: Mesh, axis_name: str = DATA_AXIS) -> Any:
             local = n // jax.process_count()
             if leaf_arr.shape[0] % max(local, 1):
                 raise ValueError(
-                    f"shard_batch: local batch dimension {leaf_arr.shape[0]} is not divisible by "
-                    f"this process's {local} devices"
+                    f"shard_batch: this process's batch of {leaf_arr.shape[0]} rows is not divisible by its "
+                    f"{local} devices (the global batch must be a multiple of all {n} devices)"
                 )
             return jax.make_array_from_process_local_data(sharding, np.asarray(leaf_arr))
         if leaf_arr.shape[0] % n:
@@ -153,8 +161,32 @@ def shard_batch(batch: Any, mesh: Mesh, axis_name: str = DATA_AXIS) -> Any:
     return jax.tree_util.tree_map(put, batch)
 
 
+def shard_global(tree: Any, mesh: Mesh, axis_name: str = DATA_AXIS) -> Any:
+    """Like :func:`shard_batch`, but every process passes the *whole* array (e.g. an initial carry).
+
+    Each process keeps only its devices' rows. Scalars are replicated.
+    """
+    n = _axis_size(mesh, axis_name)
+
+    def put(leaf):
+        arr = np.asarray(leaf)
+        if arr.ndim == 0:
+            return jax.device_put(arr, replicated_sharding(mesh))
+        if arr.shape[0] % n:
+            raise ValueError(f"shard_global: leading dimension {arr.shape[0]} is not divisible by {n} devices")
+        return jax.device_put(arr, batch_sharding(mesh, axis_name))
+
+    return jax.tree_util.tree_map(put, tree)
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """A full copy of every leaf of ``tree`` on every device of ``mesh`` (params, optimizer state)."""
+    if jax.process_count() > 1:
+        # A committed single-device array (e.g. restored from a checkpoint) cannot be put onto other
+        # processes' devices (no cross-host transfers on CPU); every process holds the same values.
+        tree = jax.tree_util.tree_map(
+            lambda x: np.asarray(x) if isinstance(x, jax.Array) and x.is_fully_addressable else x, tree
+        )
     return jax.device_put(tree, replicated_sharding(mesh))
 
 
@@ -234,8 +266,8 @@ def replicate_train_state(params, opt_state, model_state):
     mesh = make_data_mesh()
     params, opt_state = replicate((params, opt_state), mesh)
     if model_state is not None:
-        try:  # e.g. a truncated-BPTT carry with a leading batch axis
-            model_state = shard_batch(model_state, mesh)
+        try:  # e.g. a truncated-BPTT carry with a leading (global) batch axis
+            model_state = shard_global(model_state, mesh)
         except ValueError:  # no batch axis that splits evenly: keep a full copy everywhere
             model_state = replicate(model_state, mesh)
     return params, opt_state, model_state, functools.partial(shard_batch, mesh=mesh)

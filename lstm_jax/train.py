@@ -7,7 +7,8 @@ The loop is model-agnostic. A task supplies
   across steps, e.g. the recurrent carry for truncated BPTT; ``None`` if
   unused) and a dict of scalar metrics to log. ``fit`` jits and differentiates it.
 * ``get_batch(step) -> batch``: a pytree of arrays, a pure function of ``step``
-  (so a resumed run sees exactly the batches the uninterrupted run would).
+  (so a resumed run sees exactly the batches the uninterrupted run would); in a
+  multi-process job, this process's rows of it (:mod:`lstm_jax.multiprocess`).
 * optionally ``eval_fn(params) -> {"val_loss": ..., ...}`` (lower is better for
   ``best_metric``).
 
@@ -282,7 +283,8 @@ def _restore_into(ckpt, config, params, opt_state, model_state, *, resume, run_m
         if changed:
             print(f"warning: resuming with a changed config {changed}; the run will not match an uninterrupted one")
         best = ckpt.best_record()
-    write_metadata(out, run_meta)
+    if parallel.is_main_process():  # one writer in a multi-process job
+        write_metadata(out, run_meta)
     return _RunStart(params, opt_state, model_state, start_step, ckpt, best)
 
 
@@ -347,6 +349,8 @@ def fit(
         raise ValueError("data_parallel=True shards the batch itself: give put_batch or data_parallel=True, not both")
     if data_parallel is None:
         data_parallel = not own_put_batch and jax.device_count() > 1
+    if jax.process_count() > 1 and not (data_parallel or own_put_batch):
+        raise ValueError("data_parallel=False in a multi-process job would train each process on its own rows")
     if not own_put_batch:
         put_batch = _default_put_batch
 
@@ -358,7 +362,8 @@ def fit(
     params, opt_state, model_state, start_step, ckpt, best = _restore_or_start(
         out, config, params, opt_state, model_state, resume=resume, best_metric=best_metric, run_meta=run_meta
     )
-    log = MetricsLog(out / "metrics.jsonl" if out else None, start_step if resume else None)
+    log_dir = out if parallel.is_main_process() else None  # metrics, figures: process 0 only
+    log = MetricsLog(log_dir / "metrics.jsonl" if log_dir else None, start_step if resume else None)
 
     if data_parallel:
         params, opt_state, model_state, put_batch = parallel.replicate_train_state(params, opt_state, model_state)
@@ -388,7 +393,8 @@ def fit(
 
     logger = StepLogger(
         log, total_steps=config.steps, log_every=config.log_every, start_step=start_step, schedule=schedule,
-        items_per_batch=items_per_batch, item_name=item_name, progress=config.progress, t_start=t_start,
+        items_per_batch=items_per_batch, item_name=item_name, progress=config.progress and parallel.is_main_process(),
+        t_start=t_start,
     )
     stop_reason = "completed"
     step = start_step
@@ -411,8 +417,8 @@ def fit(
                 logger.eval_done(step, metrics)
             if metrics is not None or step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
                 save(step, metrics)
-                if out is not None and metrics is not None:
-                    save_loss_curve(log.records, out / "loss_curve.png")
+                if log_dir is not None and metrics is not None:
+                    save_loss_curve(log.records, log_dir / "loss_curve.png")
             if out_of_time and step < config.steps:
                 stop_reason = "time budget"
                 msg = f"stopping at step {step}/{config.steps}: time budget of {config.max_minutes} min reached"
@@ -420,8 +426,8 @@ def fit(
                 break
     finally:
         logger.close()
-        if out is not None and log.records:
-            save_loss_curve(log.records, out / "loss_curve.png")
+        if log_dir is not None and log.records:
+            save_loss_curve(log.records, log_dir / "loss_curve.png")
         if ckpt is not None:
             ckpt.close()
 

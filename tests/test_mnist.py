@@ -95,6 +95,7 @@ def test_config_validation():
 # The experiment on real Fashion-MNIST
 
 
+@pytest.mark.slow  # end-to-end; `python -m pytest -m slow`
 @needs_fashion
 def test_short_real_training_run_reaches_70_percent(tmp_path):
     script = load_script()

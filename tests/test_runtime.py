@@ -51,6 +51,7 @@ def _faults_per_step(mode):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # end-to-end; `python -m pytest -m slow`
 @pytest.mark.skipif(not GLIBC, reason="mallopt needs glibc")
 def test_tuned_malloc_removes_per_step_page_faults():
     default = _faults_per_step("default")

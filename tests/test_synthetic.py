@@ -150,6 +150,7 @@ def test_model_shapes():
     assert np.isfinite(loss) and set(metrics) == {"xent", "accuracy"}
 
 
+@pytest.mark.slow  # end-to-end; `python -m pytest -m slow`
 def test_lstm_learns_adding_T10():
     """A real training run: LSTM (H=32) on T=10, 400 Adam steps -> test MSE < 0.05
     (the memoryless baseline is 0.167)."""
@@ -172,6 +173,7 @@ def test_lstm_learns_adding_T10():
     assert float(mse) < 0.05, float(mse)
 
 
+@pytest.mark.slow  # end-to-end; `python -m pytest -m slow`
 def test_long_range_script_smoke(tmp_path):
     """experiments/long_range.py end to end on a tiny sweep: JSON, table and PNG written."""
     import importlib

@@ -166,6 +166,7 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow  # end-to-end; `python -m pytest -m slow`
 def test_resume_equals_continuous_run(tmp_path, zen, char_task):
     """2N steps == N steps, crash, resume, N more steps (stateful carry, dropout, AdamW, schedule)."""
     n = 8

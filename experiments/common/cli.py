@@ -37,6 +37,8 @@ import re
 from typing import Any, Callable, Sequence, TypeVar
 
 from lstm_jax.checkpoint import CheckpointError
+from lstm_jax.impls import LayerImpl, layer_impl
+from lstm_jax.precision import PRECISIONS, get_precision
 from lstm_jax.runtime import add_malloc_argument, apply_malloc_argument
 from lstm_jax.train import TrainConfig, TrainingDiverged
 
@@ -56,6 +58,7 @@ __all__ = [
     "checkpoint_which",
     "flag_for",
     "flag_message",
+    "layer_from_args",
     "make_parser",
     "report_stop",
     "run",
@@ -127,6 +130,9 @@ FLAGS: dict[str, Flag] = {
     "impl": Flag("--impl", {"default": "scan", "help": "layer implementation (see lstm_jax.impls.IMPLS); "
                             "'manual' is the fastest on CPU"}),
     "impls": Flag("--impls", _list(help="layer implementations (see lstm_jax.impls.IMPLS)")),
+    "precision": Flag("--precision", {"choices": sorted(PRECISIONS), "default": "fp32",
+                                      "help": "matmul precision policy: fp32, or bf16 operands with float32 "
+                                      "accumulation and float32 params/state (lstm_jax.precision)"}),
     "unroll": Flag("--unroll", {"type": int, "default": 1, "help": "lax.scan unroll factor"}),
     # -- data / problem size
     "batch_size": Flag("--batch-size", {"type": int, "default": 32, "help": "sequences per batch"}, ("--batch",)),
@@ -290,6 +296,13 @@ def flag_message(parser: argparse.ArgumentParser, message: str) -> str:
         return flag_for(parser, dest) or match.group(0)
 
     return _LIBRARY_NAME.sub(flag, message)
+
+
+def layer_from_args(args: argparse.Namespace) -> LayerImpl:
+    """The layer implementation ``--impl`` with the policy ``--precision`` bound (and said on stdout)."""
+    impl = layer_impl(args.impl, precision=getattr(args, "precision", None))
+    print(f"layers: impl {impl.name!r}, precision {get_precision(impl.precision).describe()}", flush=True)
+    return impl
 
 
 def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], T], argv: Sequence[str] | None) -> T:

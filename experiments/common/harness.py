@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from lstm_jax.cells import get_cell
 from lstm_jax.impls import layer_impl
 from lstm_jax.layers import apply_stack, init_stack
+from lstm_jax.precision import get_precision
 
 __all__ = [
     "REPO_ROOT",
@@ -192,29 +193,37 @@ def jax_bench(name, loss, params, xs) -> Bench:
     return Bench(name, compile_, step)
 
 
-def make_lib(cell, impl_spec, T, B, I, H, key) -> Bench | None:
+def _suffix(precision) -> str:
+    return "" if get_precision(precision).name == "fp32" else f" {get_precision(precision).name}"
+
+
+def make_lib(cell, impl_spec, T, B, I, H, key, precision="fp32") -> Bench | None:
     """lstm_jax's layer with ``impl_spec`` (:func:`parse_impl_spec`); None if that impl is not registered."""
     impl, unroll = parse_impl_spec(impl_spec)
     if not impl_available(impl):
         return None
-    loss, params, xs = layer_problem(cell, impl, T, B, I, H, unroll=unroll, key=key)
-    return jax_bench(f"lstm_jax {impl_spec}", loss, params, xs)
+    layer = layer_impl(impl, precision=precision)
+    loss, params, xs = layer_problem(cell, layer, T, B, I, H, unroll=unroll, key=key)
+    return jax_bench(f"lstm_jax {impl_spec}{_suffix(precision)}", loss, params, xs)
 
 
-def make_flax(cell, T, B, I, H, key) -> Bench:
+def make_flax(cell, T, B, I, H, key, precision="fp32") -> Bench:
     import flax.linen as nn
 
-    module_cell = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell, "rnn": nn.SimpleCell}[cell](H)
+    dtype = get_precision(precision).compute_dtype  # None: float32; params stay float32 either way
+    module_cell = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell, "rnn": nn.SimpleCell}[cell](
+        H, dtype=dtype, param_dtype=jnp.float32
+    )
     model = nn.RNN(module_cell)
     k1, k2 = jax.random.split(key)
     xs = jax.random.normal(k2, (B, T, I))
     variables = model.init(k1, xs)
 
     def loss(v, x):
-        return jnp.mean(model.apply(v, x) ** 2)
+        return jnp.mean(model.apply(v, x).astype(jnp.float32) ** 2)
 
     label = {"lstm": "OptimizedLSTMCell", "gru": "GRUCell", "rnn": "SimpleCell"}[cell]
-    return jax_bench(f"flax RNN({label})", loss, variables, xs)
+    return jax_bench(f"flax RNN({label}){_suffix(precision)}", loss, variables, xs)
 
 
 def make_equinox(cell, T, B, I, H, key) -> Bench | None:
@@ -245,8 +254,14 @@ def make_equinox(cell, T, B, I, H, key) -> Bench | None:
     return jax_bench(name, loss, params, xs)
 
 
-def make_torch(cell, T, B, I, H, key, device="cpu") -> Bench:
+def make_torch(cell, T, B, I, H, key, device="cpu", precision="fp32") -> Bench:
+    """``torch.nn.LSTM/GRU/RNN``; ``precision="bf16"``: the forward under ``torch.autocast`` (bf16)."""
+    import contextlib
+
     import torch
+
+    bf16 = get_precision(precision).name == "bf16"
+    autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     torch.manual_seed(0)
     cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
@@ -257,8 +272,9 @@ def make_torch(cell, T, B, I, H, key, device="cpu") -> Bench:
     def step():
         for p in model.parameters():
             p.grad = None
-        y, _ = model(x)
-        (y**2).mean().backward()
+        with autocast():
+            y, _ = model(x)
+        (y.float() ** 2).mean().backward()
         sync()
 
     def compile_():  # first call: allocator and oneDNN/cuDNN primitive set-up
@@ -267,7 +283,8 @@ def make_torch(cell, T, B, I, H, key, device="cpu") -> Bench:
         return time.perf_counter() - t0
 
     label = {"lstm": "nn.LSTM", "gru": "nn.GRU", "rnn": "nn.RNN"}[cell]
-    return Bench(f"torch {label}" + (" cuda" if device == "cuda" else ""), compile_, step)
+    name = f"torch {label}" + (" cuda" if device == "cuda" else "") + (" autocast-bf16" if bf16 else "")
+    return Bench(name, compile_, step)
 
 
 def make_jax_cudnn(cell, T, B, I, H, key) -> Bench | None:
@@ -289,25 +306,31 @@ def make_jax_cudnn(cell, T, B, I, H, key) -> Bench | None:
     return jax_bench("jax.experimental.rnn (cuDNN)", loss, weights, xs)
 
 
-def build_benches(cell, size, impls, key) -> list[Bench]:
-    """A :class:`Bench` per impl spec in ``impls`` for ``size = (T, B, I, H)``; unavailable ones are left out."""
+def build_benches(cell, size, impls, key, precision: str = "fp32") -> list[Bench]:
+    """A :class:`Bench` per impl spec in ``impls`` for ``size = (T, B, I, H)``; unavailable ones are left out.
+
+    ``precision="bf16"``: lstm_jax under its bf16 policy, Flax with ``dtype=bfloat16,
+    param_dtype=float32``, torch under ``torch.autocast(dtype=torch.bfloat16)``; the
+    references without a bf16 mode (Equinox, the cuDNN wrapper) are left out.
+    """
     T, B, I, H = size
+    bf16 = get_precision(precision).name == "bf16"
     out = []
     for spec in impls:
         if spec.startswith("lib:"):
-            b = make_lib(cell, spec[4:], T, B, I, H, key)
+            b = make_lib(cell, spec[4:], T, B, I, H, key, precision)
         elif spec == "flax":
-            b = make_flax(cell, T, B, I, H, key)
+            b = make_flax(cell, T, B, I, H, key, precision)
         elif spec == "equinox":
-            b = make_equinox(cell, T, B, I, H, key)
+            b = None if bf16 else make_equinox(cell, T, B, I, H, key)
         elif spec == "torch":
-            b = make_torch(cell, T, B, I, H, key)
+            b = make_torch(cell, T, B, I, H, key, precision=precision)
         elif spec == "torch-cuda":
             import torch
 
-            b = make_torch(cell, T, B, I, H, key, "cuda") if torch.cuda.is_available() else None
+            b = make_torch(cell, T, B, I, H, key, "cuda", precision) if torch.cuda.is_available() else None
         elif spec == "jax-cudnn":
-            b = make_jax_cudnn(cell, T, B, I, H, key)
+            b = None if bf16 else make_jax_cudnn(cell, T, B, I, H, key)
         else:
             raise ValueError(f"unknown impl {spec!r}")
         if b is not None:

@@ -113,8 +113,16 @@ def backward_scan(cell: Cell, params, residuals, dys_tm, dfinal, mask, reverse: 
 
 
 def mm_sum(a: Array, b: Array, compute_dtype, out_dtype) -> Array:
-    """``Σ_{t,b} a[t,b,:]ᵀ b[t,b,:]``: ``(T,B,M), (T,B,N) -> (M,N)``, one matmul over all steps."""
-    return matmul(a.reshape(-1, a.shape[-1]).T, b.reshape(-1, b.shape[-1]), compute_dtype, out_dtype)
+    """``Σ_{t,b} a[t,b,:]ᵀ b[t,b,:]``: ``(T,B,M), (T,B,N) -> (M,N)``, one matmul over all steps.
+
+    Contracts the two leading axes in one ``dot_general``: XLA:CPU then lays
+    ``a`` out as ``(M, T*B)`` and keeps a bf16 product in bf16, whereas the 2-D
+    ``a.reshape(-1, M).T @ b`` form becomes a float32 product (optimized HLO).
+    """
+    if compute_dtype is not None:
+        a, b = a.astype(compute_dtype), b.astype(compute_dtype)
+    dims = (((0, 1), (0, 1)), ((), ()))
+    return jax.lax.dot_general(a, b, dims, preferred_element_type=out_dtype).astype(out_dtype)
 
 
 def layer_grads(cell: Cell, params, xs_tm, h_prev, dz_in, dz_rec, compute_dtype):
@@ -136,7 +144,7 @@ def layer_grads(cell: Cell, params, xs_tm, h_prev, dz_in, dz_rec, compute_dtype)
     for key, dz in ((cell.input_bias, dz_in), (cell.recurrent_bias, dz_rec)):
         if key is not None:
             grads[key] = dz.sum(axis=(0, 1)).astype(params[key].dtype)
-    dxs_tm = matmul(dz_in, params["w_x"].T, compute_dtype, h_prev.dtype).astype(xs_tm.dtype)
+    dxs_tm = matmul(dz_in, params["w_x"], compute_dtype, h_prev.dtype, transpose_w=True).astype(xs_tm.dtype)
     return grads, dxs_tm
 
 

@@ -68,7 +68,7 @@ def gru_backward_step(params, res, dh_next: Array, dy: Array, compute_dtype=None
     ds_z = dz * z * (1.0 - z)
     da = jnp.concatenate([ds_r, ds_z, ds_n], axis=-1)
     du = jnp.concatenate([ds_r, ds_z, ds_n * r], axis=-1)
-    dh_prev = dh * z + matmul(du, params["w_h"].T, compute_dtype, dh.dtype)
+    dh_prev = dh * z + matmul(du, params["w_h"], compute_dtype, dh.dtype, transpose_w=True)
     return da, du, dh_prev
 
 

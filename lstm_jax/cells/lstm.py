@@ -119,7 +119,7 @@ def lstm_backward_step(params, res, dcarry: LSTMCarry, dy: Array, compute_dtype=
     dg = dct * i
     dc_prev = dct * f
     dz = jnp.concatenate([di, df, dg, do], axis=-1) * gate_derivatives(res["gates"])
-    dh_prev = matmul(dz, params["w_h"].T, compute_dtype, dh.dtype)
+    dh_prev = matmul(dz, params["w_h"], compute_dtype, dh.dtype, transpose_w=True)
     return dz, None, LSTMCarry(hidden=dh_prev, cell=dc_prev)
 
 

@@ -36,7 +36,7 @@ def rnn_backward_step(params, res, dh_next: Array, dy: Array, compute_dtype=None
     after the scan, in :mod:`lstm_jax.bptt`). Returns ``(dz_t, None, dh_{t-1})``.
     """
     dz = (dh_next + dy) * (1.0 - res["h"] ** 2)
-    return dz, None, matmul(dz, params["w_h"].T, compute_dtype, dz.dtype)
+    return dz, None, matmul(dz, params["w_h"], compute_dtype, dz.dtype, transpose_w=True)
 
 
 def init_rnn(key: Array, input_size: int, hidden_size: int, dtype=jnp.float32) -> dict:

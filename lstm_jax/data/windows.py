@@ -27,13 +27,14 @@ def _check_positive(name: str, value) -> int:
     return int(value)
 
 
-def random_windows(ids, batch_size: int, seq_len: int, *, seed: int, step: int):
+def random_windows(ids, batch_size: int, seq_len: int, *, seed: int, step: int, rows: slice | None = None):
     """``batch_size`` windows at random offsets: ``(inputs, targets)``, each ``(B, T)`` int32.
 
     The offsets come from ``np.random.default_rng([seed, step])``, so the batch is a
     pure function of ``(seed, step)`` (exact resume). Every offset in
     ``[0, len(ids) - seq_len - 1]`` is equally likely; ``targets`` is ``inputs``
-    shifted left by one character.
+    shifted left by one character. ``rows``: only these rows of that batch
+    (one process's share, :func:`lstm_jax.multiprocess.process_rows`).
     """
     ids = _as_ids(ids)
     batch_size = _check_positive("batch_size", batch_size)
@@ -45,7 +46,9 @@ def random_windows(ids, batch_size: int, seq_len: int, *, seed: int, step: int):
     if seed < 0 or step < 0:
         raise ValueError(f"seed and step must be non-negative, got seed={seed}, step={step}")
     rng = np.random.default_rng([int(seed), int(step)])
-    offsets = rng.integers(0, len(ids) - seq_len, size=batch_size)
+    offsets = rng.integers(0, len(ids) - seq_len, size=batch_size)  # all rows': the same batch for any split
+    if rows is not None:
+        offsets = offsets[rows]
     chunk = ids[offsets[:, None] + np.arange(seq_len + 1)[None, :]]
     return np.ascontiguousarray(chunk[:, :-1]), np.ascontiguousarray(chunk[:, 1:])
 
@@ -93,10 +96,12 @@ class StatefulWindows:
             raise ValueError(f"step must be non-negative, got {step}")
         return int(step) // self.num_windows
 
-    def __call__(self, step: int):
+    def __call__(self, step: int, rows: slice | None = None):
+        """Window ``step`` of every stream, or of the streams ``rows`` (one process's share)."""
         k = self.window_index(step)
         sl = slice(k * self.seq_len, (k + 1) * self.seq_len)
-        return np.ascontiguousarray(self._inputs[:, sl]), np.ascontiguousarray(self._targets[:, sl])
+        rows = slice(None) if rows is None else rows
+        return np.ascontiguousarray(self._inputs[rows, sl]), np.ascontiguousarray(self._targets[rows, sl])
 
     def is_stream_start(self, step: int) -> bool:
         """True when ``step`` starts a new pass over the streams (the caller resets the carry)."""

@@ -32,6 +32,7 @@ import dataclasses
 from typing import Callable
 
 from ..cells import get_cell
+from ..precision import get_precision
 from ..sequence import run_layer
 from .deer import check_options as _deer_options
 from .deer import deer_core
@@ -52,6 +53,8 @@ class LayerImpl:
 
     ``options`` are the keyword options bound by :func:`layer_impl` (name, value pairs);
     ``check_options(**options)`` validates them (``ValueError`` on a bad one).
+    ``precision`` is the policy (:mod:`lstm_jax.precision`) used when a call
+    gives no ``compute_dtype`` of its own.
     """
 
     name: str
@@ -59,11 +62,14 @@ class LayerImpl:
     summary: str
     check_options: Callable = _no_options
     options: tuple = ()
+    precision: str = "fp32"
 
     def __call__(
         self, cell, params, xs, carry, *, reverse=False, lengths=None, unroll=1, compute_dtype=None,
         checked_lengths=False,
     ):
+        if compute_dtype is None:
+            compute_dtype = get_precision(self.precision).compute_dtype
         return run_layer(
             self.core, get_cell(cell), params, xs, carry, reverse=reverse, lengths=lengths, unroll=unroll,
             compute_dtype=compute_dtype, checked_lengths=checked_lengths, **dict(self.options),
@@ -97,8 +103,9 @@ register(LayerImpl("deer", deer_core, "parallel-in-time Newton (DEER); options m
                    _deer_options))
 
 
-def layer_impl(name: str | LayerImpl, **options) -> LayerImpl:
-    """The layer implementation called ``name``, with ``options`` bound (``layer_impl("remat", segment=16)``)."""
+def layer_impl(name: str | LayerImpl, *, precision: str | None = None, **options) -> LayerImpl:
+    """The layer implementation called ``name``, with ``options`` bound (``layer_impl("remat", segment=16)``)
+    and, if given, a precision policy (``layer_impl("manual", precision="bf16")``)."""
     if isinstance(name, LayerImpl):
         impl = name
     else:
@@ -106,7 +113,10 @@ def layer_impl(name: str | LayerImpl, **options) -> LayerImpl:
             impl = IMPLS[name]
         except (KeyError, TypeError):
             raise ValueError(f"unknown layer impl {name!r}; choose one of {sorted(IMPLS)}") from None
-    return impl.with_options(**options) if options else impl
+    impl = impl.with_options(**options) if options else impl
+    if precision is not None:
+        impl = dataclasses.replace(impl, precision=get_precision(precision).name)
+    return impl
 
 
 __all__ = [

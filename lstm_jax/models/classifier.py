@@ -28,7 +28,8 @@ import numpy as np
 import optax
 
 from ..cells import get_cell
-from ..layers import apply_stack, init_stack
+from ..layers import apply_stack, init_stack, layer_impl
+from ..precision import get_precision
 from .losses import cross_entropy
 
 Array = jax.Array
@@ -47,9 +48,11 @@ class ClassifierConfig:
     dropout: float = 0.0  # between recurrent layers, training only
     unroll: int = 1
     impl: str = "scan"
+    precision: str = "fp32"  # lstm_jax.precision policy; params stay float32 under any
 
     def __post_init__(self):
         get_cell(self.cell)  # validates the name
+        get_precision(self.precision)
         if self.input_size < 1 or self.num_classes < 2 or self.hidden_size < 1:
             raise ValueError(f"bad sizes in {self}")
         if not 0.0 <= self.dropout < 1.0:
@@ -114,7 +117,7 @@ def classifier_logits(
         compute_dtype=compute_dtype,
         dropout=dropout,
         key=key if dropout else None,
-        impl=config.impl,
+        impl=layer_impl(config.impl, precision=config.precision),
     )
     h = last_hidden(finals, config.cell)
     return h @ params["head"]["w"] + params["head"]["b"]

@@ -1,0 +1,226 @@
+"""Several processes, one data-parallel job: joining it, and each process's share of a batch.
+
+A multi-process job runs the *same* script in every process (SPMD). Each
+process calls :func:`initialize_from_env` first (before any other JAX call);
+afterwards ``jax.devices()`` lists the devices of every process,
+:func:`lstm_jax.parallel.make_data_mesh` spans them, and
+:func:`lstm_jax.train.fit` trains across all of them unchanged.
+
+Where the job's shape comes from (read by :func:`initialize_from_env`):
+
+* ``LSTM_JAX_NUM_PROCESSES`` / ``LSTM_JAX_PROCESS_ID`` / ``LSTM_JAX_COORDINATOR``
+  (``host:port`` of process 0): set by ``python -m lstm_jax.launch`` for
+  processes on this machine, or by hand.
+* ``LSTM_JAX_DISTRIBUTED=auto``: let ``jax.distributed.initialize()`` detect
+  everything (SLURM, Open MPI, Cloud TPU).
+* none of them: a single process; nothing to do.
+* ``LSTM_JAX_INIT_TIMEOUT`` (seconds, default 300): how long to wait for the
+  coordinator and the other processes before giving up with one line naming
+  the address (XLA itself would abort the process with a C++ stack trace).
+* ``LSTM_JAX_HEARTBEAT_TIMEOUT`` (seconds, default JAX's 100): how soon the
+  survivors notice a dead process when no launcher is there to stop them.
+
+Batches: ``get_batch(step)`` returns *this process's* rows of the global batch
+of ``step``. :func:`process_rows` says which rows those are: process ``p`` of
+``n`` gets the ``p``-th of ``n`` equal contiguous blocks, so the global batch
+(and hence the run) is the same whatever the process count; data loaders take
+``rows=`` (e.g. :func:`lstm_jax.data.windows.random_windows`) and read only
+those rows.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from . import parallel
+
+__all__ = [
+    "ENV_AUTO",
+    "ENV_COORDINATOR",
+    "ENV_HEARTBEAT_TIMEOUT",
+    "ENV_INIT_TIMEOUT",
+    "ENV_NUM_PROCESSES",
+    "ENV_PROCESS_ID",
+    "DistributedError",
+    "JobSpec",
+    "job_from_env",
+    "initialize_from_env",
+    "process_rows",
+    "local_rows",
+]
+
+ENV_COORDINATOR = "LSTM_JAX_COORDINATOR"
+ENV_NUM_PROCESSES = "LSTM_JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "LSTM_JAX_PROCESS_ID"
+ENV_AUTO = "LSTM_JAX_DISTRIBUTED"
+ENV_INIT_TIMEOUT = "LSTM_JAX_INIT_TIMEOUT"
+ENV_HEARTBEAT_TIMEOUT = "LSTM_JAX_HEARTBEAT_TIMEOUT"
+
+
+class DistributedError(ValueError):
+    """The multi-process job is misconfigured (bad variables, unreachable coordinator, wrong counts).
+
+    A ``ValueError`` so that the experiment scripts report it as one ``error:`` line.
+    """
+
+
+class JobSpec(dict):
+    """What :func:`job_from_env` read: ``num_processes``, ``process_id``, ``coordinator``, ``auto``, timeouts."""
+
+
+def _int_var(env: Mapping[str, str], name: str, default: int | None = None, minimum: int = 0) -> int | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise DistributedError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise DistributedError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def job_from_env(environ: Mapping[str, str] | None = None) -> JobSpec:
+    """Read and check the job's variables (see the module docstring); pure, touches no JAX state."""
+    env = os.environ if environ is None else environ
+    auto = env.get(ENV_AUTO, "") == "auto"
+    if env.get(ENV_AUTO, "") not in ("", "auto"):
+        raise DistributedError(f"{ENV_AUTO}={env[ENV_AUTO]!r}: the only value is 'auto'")
+    n = _int_var(env, ENV_NUM_PROCESSES, None, minimum=1)
+    pid = _int_var(env, ENV_PROCESS_ID, None)
+    coordinator = env.get(ENV_COORDINATOR) or None
+    spec = JobSpec(
+        auto=auto, num_processes=n, process_id=pid, coordinator=coordinator,
+        init_timeout=_int_var(env, ENV_INIT_TIMEOUT, 300, minimum=1),
+        heartbeat_timeout=_int_var(env, ENV_HEARTBEAT_TIMEOUT, None, minimum=1),
+    )
+    if auto or n is None or n == 1:
+        return spec
+    if pid is None or coordinator is None:
+        missing = [v for v, x in ((ENV_PROCESS_ID, pid), (ENV_COORDINATOR, coordinator)) if x is None]
+        raise DistributedError(f"{ENV_NUM_PROCESSES}={n} needs {' and '.join(missing)} as well")
+    if pid >= n:
+        raise DistributedError(f"process count mismatch: {ENV_PROCESS_ID}={pid} but only {n} processes "
+                               f"({ENV_NUM_PROCESSES}); ids run from 0 to {n - 1}")
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit():
+        raise DistributedError(f"{ENV_COORDINATOR}={coordinator!r} is not host:port")
+    return spec
+
+
+def _reachable(address: str, deadline: float) -> bool:
+    """Try to open a TCP connection to ``host:port`` until ``deadline`` (``time.monotonic``)."""
+    host, _, port = address.rpartition(":")
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.5):
+                return True
+        except OSError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+
+
+def _watchdog(seconds: float, message: str) -> threading.Event:
+    """Exit the process with ``error: message`` unless the returned event is set within ``seconds``.
+
+    ``jax.distributed.initialize`` releases the GIL while it waits and, on
+    timeout, aborts the whole process from C++ (a stack trace, no exception);
+    this thread fires first, so the user sees one line instead.
+    """
+    done = threading.Event()
+
+    def run():
+        if not done.wait(seconds):
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            os._exit(1)
+
+    threading.Thread(target=run, name="distributed-init-watchdog", daemon=True).start()
+    return done
+
+
+def initialize_from_env(environ: Mapping[str, str] | None = None) -> int:
+    """Join the job described by the environment (see the module docstring); returns the process count.
+
+    A no-op returning 1 when no job variables are set. Call it at the start of
+    every process, before any other JAX call. CPU devices use Gloo collectives,
+    so processes on one machine (or CPU hosts) can all-reduce across processes.
+    JAX shuts the runtime down at exit (it registers ``jax.distributed.shutdown``).
+
+    Raises:
+        DistributedError: bad variables, or (in this process, as one line on
+            stderr, exit status 1) the coordinator or the other processes did
+            not show up within ``LSTM_JAX_INIT_TIMEOUT`` seconds.
+    """
+    spec = job_from_env(environ)
+    if not spec["auto"] and (spec["num_processes"] or 1) == 1:
+        return 1
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    timeout = spec["init_timeout"]
+    kwargs = {"initialization_timeout": timeout + 30}  # our watchdog, not XLA's abort, reports a timeout
+    if spec["heartbeat_timeout"] is not None:
+        kwargs["heartbeat_timeout_seconds"] = spec["heartbeat_timeout"]
+    if spec["auto"]:
+        done = _watchdog(timeout, f"jax.distributed.initialize() (auto-detected cluster) did not complete "
+                                  f"within {timeout} s ({ENV_INIT_TIMEOUT})")
+        parallel.initialize_distributed(**kwargs)
+        done.set()
+        return jax.process_count()
+    n, pid, address = spec["num_processes"], spec["process_id"], spec["coordinator"]
+    deadline = time.monotonic() + timeout
+    if pid != 0 and not _reachable(address, deadline):
+        raise DistributedError(f"could not reach the coordinator (process 0) at {address} within {timeout} s "
+                               f"({ENV_INIT_TIMEOUT}); is process 0 running, and is the address right?")
+    done = _watchdog(max(deadline - time.monotonic(), 1.0),
+                     f"process {pid}: not all {n} processes joined the coordinator at {address} within "
+                     f"{timeout} s ({ENV_INIT_TIMEOUT}); are all of them started, with the same "
+                     f"{ENV_NUM_PROCESSES} and distinct {ENV_PROCESS_ID}s?")
+    parallel.initialize_distributed(address, n, pid, **kwargs)
+    done.set()
+    if jax.process_count() != n:
+        raise DistributedError(f"process count mismatch: {ENV_NUM_PROCESSES}={n} but JAX sees "
+                               f"{jax.process_count()} processes")
+    return n
+
+
+def process_rows(global_batch: int, process_index: int | None = None, process_count: int | None = None,
+                 device_count: int | None = None) -> slice:
+    """The rows of a global batch of ``global_batch`` examples that this process loads.
+
+    Process ``p`` of ``n`` gets rows ``[p * global_batch / n, (p + 1) * global_batch / n)``:
+    the order in which ``jax.make_array_from_process_local_data`` stacks the
+    processes' pieces on a 1-D mesh over ``jax.devices()`` (ordered by process).
+    Defaults are JAX's current process index/count and global device count.
+
+    Raises:
+        ValueError: ``global_batch`` is not divisible by the device count (each
+            device gets the same number of rows).
+    """
+    p = jax.process_index() if process_index is None else process_index
+    n = jax.process_count() if process_count is None else process_count
+    d = jax.device_count() if device_count is None else device_count
+    if global_batch < 1 or global_batch % d:
+        raise ValueError(
+            f"global batch of {global_batch} is not divisible by the {d} devices "
+            f"({n} process{'es' if n > 1 else ''} x {d // max(n, 1)} local); choose a multiple of {d}"
+        )
+    per = global_batch // n
+    return slice(p * per, (p + 1) * per)
+
+
+def local_rows(batch: Any, rows: slice) -> Any:
+    """Rows ``rows`` of every leaf of ``batch`` with a leading axis; scalars are kept whole.
+
+    For a loader that can only produce the global batch; one that takes
+    ``rows=`` avoids reading the other processes' examples at all.
+    """
+    return jax.tree_util.tree_map(lambda x: x if np.ndim(x) == 0 else x[rows], batch)

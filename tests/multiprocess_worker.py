@@ -1,0 +1,84 @@
+"""A tiny real training run for tests/test_multiprocess.py, run as every process of a job.
+
+    python -m lstm_jax.launch --processes 2 --local-devices 2 -- tests/multiprocess_worker.py --out DIR --steps 6
+
+A 1-layer LSTM char model (H=8, dropout 0.1) on the built-in Zen of Python,
+stateful truncated BPTT (so the carry, split over processes, is checkpointed
+too), global batch 8 of 8-char windows. Each process loads only its rows
+(:func:`lstm_jax.multiprocess.process_rows`). ``--crash-process P --crash-step S``
+makes process P kill itself (SIGKILL) when it reaches step S, after the
+checkpoints of the earlier steps (a crash, not an error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: import this checkout
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lstm_jax import multiprocess
+from lstm_jax.data.text import StatefulWindows, load_text
+from lstm_jax.models import char_model as cm
+from lstm_jax.train import TrainConfig, fit
+
+GLOBAL_BATCH, SEQ_LEN = 8, 8
+
+
+def loss_fn(p, batch, key, state):
+    x, y, reset = batch
+    carry = jax.tree_util.tree_map(lambda c: jnp.where(reset, 0.0, c), state)
+    loss, final = cm.char_loss(p, x, y, carry, dropout=0.1, key=key, impl="scan")
+    return loss, (jax.lax.stop_gradient(final), {})
+
+
+def run(out, steps, *, resume=False, crash_process=None, crash_step=None, global_batch=GLOBAL_BATCH):
+    """Train and return the :class:`~lstm_jax.train.TrainResult` (the same in every process count)."""
+    zen = load_text("zen")
+    windows = StatefulWindows(zen.train, global_batch, SEQ_LEN)
+    rows = multiprocess.process_rows(global_batch)
+    params = cm.init_char_model(jax.random.PRNGKey(1), zen.vocab.size, 8, 1, "lstm")
+
+    def get_batch(step):
+        if step == crash_step and jax.process_index() == crash_process:
+            os.kill(os.getpid(), signal.SIGKILL)
+        x, y = windows(step, rows)
+        return x, y, np.bool_(windows.is_stream_start(step))
+
+    config = TrainConfig(steps=steps, learning_rate=1e-2, warmup_steps=2, log_every=1, eval_every=10**6,
+                         checkpoint_every=1, keep_checkpoints=100, progress=False)
+    return fit(loss_fn, params, get_batch, config, out_dir=out, model_state=cm.zeros_carry(params, global_batch),
+               resume=resume)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--crash-process", type=int)
+    p.add_argument("--crash-step", type=int)
+    p.add_argument("--global-batch", type=int, default=GLOBAL_BATCH)
+    p.add_argument("--dump", help="process 0 writes the final params here (.npz, leaves in tree order)")
+    args = p.parse_args(argv)
+    try:
+        multiprocess.initialize_from_env()
+        result = run(args.out, args.steps, resume=args.resume, crash_process=args.crash_process,
+                     crash_step=args.crash_step, global_batch=args.global_batch)
+    except ValueError as e:  # what a user script does: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
+    if args.dump and jax.process_index() == 0:
+        np.savez(args.dump, *[np.asarray(x) for x in jax.tree_util.tree_leaves(result.params)])
+    print(f"process {jax.process_index()}/{jax.process_count()}: {jax.device_count()} devices, "
+          f"step {result.step}, loss {result.history[-1]['loss']:.6f}")
+
+
+if __name__ == "__main__":
+    main()
