@@ -21,6 +21,7 @@ just a time-major *core*::
 ``remat``   checkpointed segments (options ``segment``, ``inner``), O(sqrt T) memory
 ``parallel`` associative scan over time (option ``space``); only cells linear in the
             state (``min_gru``, ``min_lstm``), see :mod:`.parallel_scan`
+``deer``    parallel-in-time Newton (DEER / quasi-DEER), implicit-function gradients
 =========== ==================================================================
 
 An implementation that runs only some cells says so with ``supports(cell)``
@@ -41,6 +42,8 @@ from typing import Callable
 from ..cells import CELLS, get_cell
 from ..precision import get_precision
 from ..sequence import run_layer
+from .deer import check_options as _deer_options
+from .deer import deer_core
 from .hoisted import hoisted_core
 from .manual import manual_core
 from .parallel_scan import REQUIREMENT as _PARALLEL_REQUIREMENT
@@ -132,6 +135,8 @@ register(LayerImpl(
     "parallel", parallel_core, "associative scan over time (log space); cells linear in the state only",
     _parallel_options, supports=_parallel_supports, requirement=_PARALLEL_REQUIREMENT,
 ))
+register(LayerImpl("deer", deer_core, "parallel-in-time Newton (DEER); options method, tol, max_iters, on_fail",
+                   _deer_options))
 
 
 def layer_impl(name: str | LayerImpl, *, precision: str | None = None, **options) -> LayerImpl:
