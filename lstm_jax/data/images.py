@@ -38,6 +38,7 @@ refuse them, but the IDX content is the dataset) and the MNIST test split from
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -169,11 +170,15 @@ def load_idx_dataset(
 def load_tfds_split(name: str, split: str, data_dir: str | Path | None = None, download: bool = True):
     """``(images uint8 (N,28,28), labels int32 (N,))`` of one TFDS split, as numpy."""
     _check_name(name)
-    if download and not paths.tfds_prepared(name, data_dir) and not paths.reachable():
-        raise paths.DataUnavailable(
-            f"{name}/{split} is not prepared in {paths.tfds_data_dir(data_dir)} and "
-            f"{paths.DOWNLOAD_HOST} cannot be reached (offline?). Available locally: {_local_summary()}"
-        )
+    offline = download and not paths.tfds_prepared(name, data_dir) and not paths.reachable()
+    offline_error = paths.DataUnavailable(
+        f"{name}/{split} is not prepared in {paths.tfds_data_dir(data_dir)} and "
+        f"{paths.DOWNLOAD_HOST} cannot be reached (offline?). Available locally: {_local_summary()}"
+    )
+    if offline:
+        if "tensorflow_datasets" not in sys.modules:  # importing TF alone takes seconds: say it now
+            raise offline_error
+        download = False  # TFDS is loaded already (its mock_data, say): let it answer without the network
     import tensorflow_datasets as tfds
 
     try:
@@ -185,6 +190,8 @@ def load_tfds_split(name: str, split: str, data_dir: str | Path | None = None, d
             download=download,
         )
     except Exception as err:  # network, checksum or missing-data errors from TFDS: one line, not a chain
+        if offline:
+            raise offline_error from None
         raise paths.DataUnavailable(
             f"tfds.load({name!r}, split={split!r}, data_dir={data_dir!r}) failed: "
             f"{type(err).__name__}: {str(err)[:300]}. Without a network, use source='idx' "
