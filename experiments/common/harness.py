@@ -217,10 +217,15 @@ def make_flax(cell, T, B, I, H, key, precision="fp32") -> Bench:
     model = nn.RNN(module_cell)
     k1, k2 = jax.random.split(key)
     xs = jax.random.normal(k2, (B, T, I))
-    variables = model.init(k1, xs)
+    # With dtype=bfloat16 a Flax cell returns its carry in bf16, so the scan needs a bf16 initial carry
+    # (Flax's policy: the carry in `dtype`; lstm_jax keeps it float32).
+    carry0 = module_cell.initialize_carry(k1, (B, I))
+    if dtype is not None:
+        carry0 = jax.tree_util.tree_map(lambda c: c.astype(dtype), carry0)
+    variables = model.init(k1, xs, initial_carry=carry0)
 
     def loss(v, x):
-        return jnp.mean(model.apply(v, x).astype(jnp.float32) ** 2)
+        return jnp.mean(model.apply(v, x, initial_carry=carry0).astype(jnp.float32) ** 2)
 
     label = {"lstm": "OptimizedLSTMCell", "gru": "GRUCell", "rnn": "SimpleCell"}[cell]
     return jax_bench(f"flax RNN({label}){_suffix(precision)}", loss, variables, xs)
@@ -254,7 +259,7 @@ def make_equinox(cell, T, B, I, H, key) -> Bench | None:
     return jax_bench(name, loss, params, xs)
 
 
-def make_torch(cell, T, B, I, H, key, device="cpu", precision="fp32") -> Bench:
+def make_torch(cell, T, B, I, H, key, device="cpu", precision="fp32") -> Bench | None:
     """``torch.nn.LSTM/GRU/RNN``; ``precision="bf16"``: the forward under ``torch.autocast`` (bf16)."""
     import contextlib
 
@@ -284,6 +289,12 @@ def make_torch(cell, T, B, I, H, key, device="cpu", precision="fp32") -> Bench:
 
     label = {"lstm": "nn.LSTM", "gru": "nn.GRU", "rnn": "nn.RNN"}[cell]
     name = f"torch {label}" + (" cuda" if device == "cuda" else "") + (" autocast-bf16" if bf16 else "")
+    if bf16:
+        try:  # oneDNN has no bf16 RNN primitive on CPUs without bf16 instructions (e.g. AMD EPYC, no AMX)
+            step()
+        except RuntimeError as err:
+            print(f"{name}: not available on this machine ({str(err).splitlines()[0][:120]})", flush=True)
+            return None
     return Bench(name, compile_, step)
 
 
