@@ -97,6 +97,7 @@ class StepLogger:
 
             self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step")
         self.running_loss: float | None = None  # exponential moving average, for the bar
+        self._last_step = start_step
         self._reset_window()
 
     def _reset_window(self) -> None:

@@ -282,7 +282,11 @@ def make_torch(cell, T, B, I, H, key, device="cpu", precision="fp32") -> Bench |
         (y.float() ** 2).mean().backward()
         sync()
 
+    first_call_s = []  # set when the first call already ran (the bf16 availability probe below)
+
     def compile_():  # first call: allocator and oneDNN/cuDNN primitive set-up
+        if first_call_s:
+            return first_call_s.pop()
         t0 = time.perf_counter()
         step()
         return time.perf_counter() - t0
@@ -291,7 +295,7 @@ def make_torch(cell, T, B, I, H, key, device="cpu", precision="fp32") -> Bench |
     name = f"torch {label}" + (" cuda" if device == "cuda" else "") + (" autocast-bf16" if bf16 else "")
     if bf16:
         try:  # oneDNN has no bf16 RNN primitive on CPUs without bf16 instructions (e.g. AMD EPYC, no AMX)
-            step()
+            first_call_s.append(compile_())
         except RuntimeError as err:
             print(f"{name}: not available on this machine ({str(err).splitlines()[0][:120]})", flush=True)
             return None

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from ..cells import Cell
-from ..cells.base import matmul
+from ..cells.base import contract, matmul
 
 Array = jax.Array
 
@@ -119,10 +119,7 @@ def mm_sum(a: Array, b: Array, compute_dtype, out_dtype) -> Array:
     ``a`` out as ``(M, T*B)`` and keeps a bf16 product in bf16, whereas the 2-D
     ``a.reshape(-1, M).T @ b`` form becomes a float32 product (optimized HLO).
     """
-    if compute_dtype is not None:
-        a, b = a.astype(compute_dtype), b.astype(compute_dtype)
-    dims = (((0, 1), (0, 1)), ((), ()))
-    return jax.lax.dot_general(a, b, dims, preferred_element_type=out_dtype).astype(out_dtype)
+    return contract(a, b, ((0, 1), (0, 1)), compute_dtype, out_dtype)
 
 
 def layer_grads(cell: Cell, params, xs_tm, h_prev, dz_in, dz_rec, compute_dtype):

@@ -63,11 +63,15 @@ def matmul(x: Array, w: Array, compute_dtype: Any, out_dtype: Any, *, transpose_
     seen in the optimized HLO), losing the AMX bf16 rate, while the
     ``dot_general`` form stays a bf16 product with f32 accumulation.
     """
+    return contract(x, w, ((x.ndim - 1,), (1 if transpose_w else 0,)), compute_dtype, out_dtype)
+
+
+def contract(a: Array, b: Array, axes: tuple, compute_dtype: Any, out_dtype: Any) -> Array:
+    """``dot_general`` of ``a`` and ``b`` over ``axes = (a_axes, b_axes)``, operands in ``compute_dtype``
+    (if given), accumulated in ``out_dtype``: the one place the library casts matmul operands."""
     if compute_dtype is not None:
-        x = x.astype(compute_dtype)
-        w = w.astype(compute_dtype)
-    dims = (((x.ndim - 1,), (1 if transpose_w else 0,)), ((), ()))
-    return jax.lax.dot_general(x, w, dims, preferred_element_type=out_dtype).astype(out_dtype)
+        a, b = a.astype(compute_dtype), b.astype(compute_dtype)
+    return jax.lax.dot_general(a, b, (axes, ((), ())), preferred_element_type=out_dtype).astype(out_dtype)
 
 
 def _identity(carry):

@@ -171,13 +171,16 @@ def load_tfds_split(name: str, split: str, data_dir: str | Path | None = None, d
     """``(images uint8 (N,28,28), labels int32 (N,))`` of one TFDS split, as numpy."""
     _check_name(name)
     offline = download and not paths.tfds_prepared(name, data_dir) and not paths.reachable()
-    offline_error = paths.DataUnavailable(
-        f"{name}/{split} is not prepared in {paths.tfds_data_dir(data_dir)} and "
-        f"{paths.DOWNLOAD_HOST} cannot be reached (offline?). Available locally: {_local_summary()}"
-    )
+
+    def offline_error():  # built only when needed: it lists the IDX folders on disk
+        return paths.DataUnavailable(
+            f"{name}/{split} is not prepared in {paths.tfds_data_dir(data_dir)} and "
+            f"{paths.DOWNLOAD_HOST} cannot be reached (offline?). Available locally: {_local_summary()}"
+        )
+
     if offline:
         if "tensorflow_datasets" not in sys.modules:  # importing TF alone takes seconds: say it now
-            raise offline_error
+            raise offline_error()
         download = False  # TFDS is loaded already (its mock_data, say): let it answer without the network
     import tensorflow_datasets as tfds
 
@@ -191,7 +194,7 @@ def load_tfds_split(name: str, split: str, data_dir: str | Path | None = None, d
         )
     except Exception as err:  # network, checksum or missing-data errors from TFDS: one line, not a chain
         if offline:
-            raise offline_error from None
+            raise offline_error() from None
         raise paths.DataUnavailable(
             f"tfds.load({name!r}, split={split!r}, data_dir={data_dir!r}) failed: "
             f"{type(err).__name__}: {str(err)[:300]}. Without a network, use source='idx' "
