@@ -43,6 +43,7 @@ from experiments.common.machine import finish_machine_info, machine_info
 from lstm_jax.checkpoint import load_checkpoint
 from lstm_jax.data.text import DATASETS, StatefulWindows, Vocab, eval_windows, load_text, random_windows
 from lstm_jax import multiprocess, parallel
+from lstm_jax.layers import count_params
 from lstm_jax.models import char_model as cm
 from lstm_jax.train import evaluate, fit
 
@@ -57,7 +58,7 @@ def build_parser():
     d.add_argument("--dataset", default="zen", help=f"one of {', '.join(DATASETS)} ('file' is implied by --text-file)")
     cli.add_flag(d, "text_file", help="train on this UTF-8 text file (split 90/5/5)")
     cli.add_flag(d, "data_dir", help="TFDS data dir for tiny_shakespeare (default: TFDS default)")
-    m = cli.add_model_flags(p, ("cell", "layers", "hidden"))
+    m = cli.add_model_flags(p, ("cell", "layers", "hidden", "match_params"))
     m.add_argument("--embed-dim", type=int, default=None, help="learned embedding size (default: one-hot input)")
     cli.add_flag(m, "dropout", help="dropout between layers and before the readout")
     cli.add_flag(m, "impl")
@@ -154,10 +155,12 @@ def train(args, malloc: dict | None = None) -> dict:
         f"test {len(splits.test):,} chars, vocab {vocab.size}"
     )
 
+    cli.match_params(args, lambda cell, hidden: cm.init_char_model(
+        jax.random.PRNGKey(args.seed), vocab.size, hidden, args.layers, cell, args.embed_dim))
     params = cm.init_char_model(
         jax.random.PRNGKey(args.seed), vocab.size, args.hidden, args.layers, args.cell, args.embed_dim
     )
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
+    n_params = count_params(params)
     print_(f"model: {args.layers}x{args.cell.upper()} H={args.hidden}, {n_params:,} params; out: {out}")
 
     rows = multiprocess.process_rows(args.batch_size)  # this process's rows of every global batch
@@ -176,7 +179,8 @@ def train(args, malloc: dict | None = None) -> dict:
 
         model_state = None
 
-    layer = cli.layer_from_args(args)  # the impl with the --precision policy bound
+    # the impl with the --precision policy bound; "auto" measured on one layer of this run's shape
+    layer = cli.layer_from_args(args, T=args.seq_len, B=args.batch_size, I=args.embed_dim or vocab.size, H=args.hidden)
 
     def eval_fn(p):
         r = eval_split(p, splits.validation, args.eval_batch_size, args.eval_seq_len, layer, args.cell)
@@ -238,6 +242,9 @@ def train(args, malloc: dict | None = None) -> dict:
         "machine": finish_machine_info(machine),
         "sample": {"from": "final params", "prompt": prompt, "temperature": args.temperature, "top_k": args.top_k, "seed": args.seed, "text": text},
         "params": n_params,
+        "hidden": args.hidden,
+        "matched_params_of": getattr(args, "matched", None),
+        "layer": args.layer_choice,
     }
     if not main_process:
         return results

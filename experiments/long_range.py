@@ -19,6 +19,7 @@ Example (the README numbers)::
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -42,14 +43,14 @@ REPLOT_KEYS = ("task", "hidden", "batch_size", "steps", "max_minutes", "num_symb
 _OLD_KEYS = {"batch_size": "batch", "max_minutes": "minutes_per_run"}
 
 
-def make_eval(task, cell, test_batch, chunk: int = 500):
+def make_eval(task, cell, test_batch, chunk: int = 500, impl="scan"):
     """Mean test loss and metrics over the fixed test set, in chunks (jitted)."""
     inputs, targets = test_batch
     n = inputs.shape[0]
 
     @jax.jit
     def chunk_metrics(params, batch):
-        _, metrics = task.model_loss(cell, params, batch)
+        _, metrics = task.model_loss(cell, params, batch, impl=impl)
         return metrics
 
     def eval_fn(params):
@@ -72,15 +73,18 @@ def run_one(task, cell: str, args, test_batch) -> dict:
     key = jax.random.key(args.seed)
     k_init, k_data = jax.random.split(key)
     params = init_sequence_model(k_init, cell, task.input_size, args.hidden, task.output_size)
+    # "auto": the fastest impl/precision for this cell and T, measured on one layer (the model has one)
+    choice_args = argparse.Namespace(cell=cell, impl=args.impl, precision=args.precision)
+    impl = cli.layer_from_args(choice_args, T=task.T, B=args.batch_size, I=task.input_size, H=args.hidden)
 
     def loss_fn(params, batch, key, model_state):
-        loss, metrics = task.model_loss(cell, params, batch)
+        loss, metrics = task.model_loss(cell, params, batch, impl=impl)
         return loss, (model_state, metrics)
 
     config = cli.train_config(
         args, log_every=args.eval_every, checkpoint_every=max(args.steps, 1), progress=False
     )
-    eval_fn = make_eval(task, cell, test_batch)
+    eval_fn = make_eval(task, cell, test_batch, impl=impl)
     t0 = time.perf_counter()
     result = fit(loss_fn, params, task.batch_fn(k_data, args.batch_size), config, eval_fn=eval_fn)
     seconds = time.perf_counter() - t0
@@ -100,6 +104,7 @@ def run_one(task, cell: str, args, test_batch) -> dict:
         "seconds": round(seconds, 1),
         "stop_reason": getattr(result, "stop_reason", None),
         "solved_at_step": solved_at,
+        "layer": choice_args.layer_choice,
         "curve": curve,
         "train_loss_curve": [(r["step"], r["loss"]) for r in trains],
     }
@@ -213,6 +218,8 @@ def build_parser():
     cli.add_flag(p, "lengths", default=[50, 100, 200, 400])
     model = cli.add_model_flags(p, ("hidden",), hidden=64)
     cli.add_flag(model, "cells", default=["rnn", "gru", "lstm"], choices=cli.CELL_NAMES)
+    cli.add_flag(model, "impl")
+    cli.add_flag(model, "precision")
     t = cli.add_training_flags(
         p,
         dict(steps=4000, max_minutes=2.5, learning_rate=2e-3, warmup_steps=100, weight_decay=0.0, clip_norm=1.0,

@@ -185,6 +185,8 @@ def mnist_lstm(args, argv=None) -> dict:
 
     batches = img.ShuffledBatches(train_xs, train_ys, args.batch_size, seed=args.seed)
     steps = args.steps if args.epochs is None else max(1, round(args.epochs * batches.steps_per_epoch))
+    # "auto" impl/precision: measured on one layer at this run's shape (says what runs)
+    cli.layer_from_args(args, T=int(steps_t), B=args.batch_size, I=int(features), H=args.hidden)
     model_cfg = ClassifierConfig(
         input_size=features, num_classes=img.NUM_CLASSES, cell=args.cell, hidden_size=args.hidden,
         num_layers=args.layers, bidirectional=args.bidirectional, dropout=args.dropout, unroll=args.unroll,
@@ -195,7 +197,6 @@ def mnist_lstm(args, argv=None) -> dict:
     )
     params = init_classifier(jax.random.PRNGKey(args.seed), model_cfg)
     predict = make_predict_fn(model_cfg)
-    cli.layer_from_args(args)  # says which impl and precision policy run
 
     def eval_fn(p):
         r = evaluate(predict, p, img.eval_batches(val_xs, val_ys, args.eval_batch_size))
@@ -248,7 +249,7 @@ def mnist_lstm(args, argv=None) -> dict:
         "train_images_per_s_median": float(np.median(rates)) if rates else None,
         "test_eval_seconds": eval_seconds,
         "per_class_accuracy": (np.diag(cm) / np.maximum(cm.sum(1), 1)).round(4).tolist(),
-        "confusion_matrix": cm.tolist(), "resumed": args.resume,
+        "confusion_matrix": cm.tolist(), "resumed": args.resume, "layer": args.layer_choice,
         "machine": finish_machine_info(machine),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))

@@ -54,15 +54,21 @@ from experiments.common.machine import finish_machine_info, machine_info
 from lstm_jax.cells import CELLS, get_cell
 from lstm_jax.impls import IMPLS, layer_impl
 from lstm_jax.impls.deer import deer_solve
+from lstm_jax.layers import count_params, hidden_for_params, init_stack
 
-#: (name, cell, impl, impl options); cases whose cell or impl is not registered are skipped.
+#: (name, cell, impl, impl options, width); ``width`` is ``"H"`` (the run's ``--hidden``) or ``"params"``
+#: (the largest hidden size whose layer has no more parameters than the LSTM's at ``--hidden``:
+#: the minimal cells have no ``w_h``, so at equal H they are several times smaller).
+#: Cases whose cell or impl is not registered are skipped.
 CASES = (
-    ("manual", "lstm", "manual", {}),
-    ("deer", "lstm", "deer", {"method": "full"}),
-    ("quasi-deer", "lstm", "deer", {"method": "diagonal"}),
-    ("min_lstm-parallel", "min_lstm", "parallel", {}),
-    ("min_gru-parallel", "min_gru", "parallel", {}),
-    ("min_gru-scan", "min_gru", "scan", {}),
+    ("manual", "lstm", "manual", {}, "H"),
+    ("deer", "lstm", "deer", {"method": "full"}, "H"),
+    ("quasi-deer", "lstm", "deer", {"method": "diagonal"}, "H"),
+    ("min_lstm-parallel", "min_lstm", "parallel", {}, "H"),
+    ("min_gru-parallel", "min_gru", "parallel", {}, "H"),
+    ("min_gru-scan", "min_gru", "scan", {}, "H"),
+    ("min_lstm-parallel=P", "min_lstm", "parallel", {}, "params"),
+    ("min_gru-parallel=P", "min_gru", "parallel", {}, "params"),
 )
 QUICK = {"lengths": [16], "batch_size": 2, "input": 4, "hidden": 8, "repeats": 2}
 
@@ -78,12 +84,23 @@ def jacobian_mib(T, B, H, cell="lstm"):
     return 4.0 * T * B * width**2 / 2**20
 
 
+def case_hidden(case, I, H) -> int:
+    """The hidden size a case runs at: ``H``, or the parameter-matched width (see :data:`CASES`)."""
+    cell, width = case[1], case[4]
+    if width == "H":
+        return H
+    key = jax.random.PRNGKey(0)
+    return hidden_for_params(lambda h: init_stack(key, cell, I, h), count_params(init_stack(key, "lstm", I, H)))
+
+
 def measure(case, T, B, I, H, repeats):
     """One row: forward / train-step medians, XLA memory of the train step, Newton iterations."""
-    name, cell, impl_name, options = case
+    name, cell, impl_name, options, _ = case
+    H = case_hidden(case, I, H)
     impl = layer_impl(impl_name, **options)
     loss, params, xs = layer_problem(cell, impl, T, B, I, H)
-    row = {"name": name, "cell": cell, "impl": impl_name, "options": options, "T": T}
+    row = {"name": name, "cell": cell, "impl": impl_name, "options": options, "T": T, "H": H,
+           "params": count_params(params)}
     t0 = time.perf_counter()
     forward = jax.jit(loss).lower(params, xs).compile()
     train = jax.jit(jax.value_and_grad(loss)).lower(params, xs).compile()
@@ -129,20 +146,41 @@ def plot(rows, names, cfg, path, load):
 
 
 def table(rows, names):
-    """Markdown: per T, each case's train-step ms and Newton iterations."""
-    lines = ["| T | " + " | ".join(f"{n} fwd ms | {n} step ms | {n} temp MiB" for n in names) + " |",
-             "|---:|" + "---:|" * (3 * len(names))]
+    """Markdown: the cases (with their H and parameter count), then per T one table each of forward ms
+    (with DEER's Newton iterations), training-step ms and the training step's XLA temp MiB."""
     by = {(r["T"], r["name"]): r for r in rows}
+    lengths = sorted({r["T"] for r in rows})
+    widths = {r["name"]: (r.get("H"), r.get("params")) for r in rows}
+    out = ["| case | cell | impl | H | params |", "|---|---|---|---:|---:|"]
+    out += [f"| {n} | {by[(lengths[0], n)]['cell'] if (lengths[0], n) in by else '-'} | "
+            f"{by[(lengths[0], n)]['impl'] if (lengths[0], n) in by else '-'} | {widths.get(n, ('-', '-'))[0]} | "
+            f"{widths.get(n, ('-', 0))[1] or 0:,} |" for n in names if n in widths]
+
+    def metric(title, fmt):
+        lines = ["", f"{title}:", "", "| T | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
+        for T in lengths:
+            lines.append(f"| {T} | " + " | ".join(fmt(by[(T, n)]) if (T, n) in by else "-" for n in names) + " |")
+        return lines
+
+    def forward(r):
+        iters = f" ({r['newton_iters']} it{'' if r['converged'] else ', fell back'})" if "newton_iters" in r else ""
+        return f"{1e3 * r['forward_s']:.2f}{iters}"
+
+    out += metric("forward ms (DEER: Newton iterations)", forward)
+    out += metric("training step ms (value_and_grad)", lambda r: f"{1e3 * r['train_step_s']:.2f}")
+    out += metric("training step XLA temp MiB", lambda r: f"{r.get('temp_size_in_bytes', -1) / 2**20:.2f}")
+    return "\n".join(out)
+
+
+def speedups(rows, names, reference="manual"):
+    """Markdown: per T, the reference case's training-step time over each other case's (> 1: faster)."""
+    by = {(r["T"], r["name"]): r for r in rows}
+    others = [n for n in names if n != reference]
+    lines = [f"| T | " + " | ".join(f"{n} vs {reference}" for n in others) + " |", "|---:|" + "---:|" * len(others)]
     for T in sorted({r["T"] for r in rows}):
-        cells = []
-        for n in names:
-            r = by.get((T, n))
-            if r is None:
-                cells += ["-"] * 3
-                continue
-            iters = f" ({r['newton_iters']} it{'' if r['converged'] else ', fell back'})" if "newton_iters" in r else ""
-            cells += [f"{1e3 * r['forward_s']:.2f}{iters}", f"{1e3 * r['train_step_s']:.2f}",
-                      f"{r.get('temp_size_in_bytes', -1) / 2**20:.2f}"]
+        ref = by.get((T, reference))
+        cells = [f"{ref['train_step_s'] / by[(T, n)]['train_step_s']:.2f}x" if ref and (T, n) in by else "-"
+                 for n in others]
         lines.append(f"| {T} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -200,6 +238,9 @@ def parallel_time(args):
     print(f"\nB={B}, I={I}, H={H}; fp32 matmul {gflops_start:.0f} -> {gflops_end:.0f} GFLOP/s; load average "
           f"{machine['load_average_at_start']} -> {machine['load_average_at_end']}\n")
     print(table(rows, names))
+    if "manual" in names:
+        print("\ntraining step, sequential LSTM (manual) time / case time:\n")
+        print(speedups(rows, names))
     if over_budget:
         print(f"\nnot run, over the {args.budget_minutes} min budget: {over_budget}")
     cfg = {"B": B, "I": I, "H": H, "repeats": args.repeats, "lengths": args.lengths, "quick": args.quick}

@@ -22,7 +22,8 @@ and outputs are returned in the original time order (:mod:`lstm_jax.sequence`).
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,7 @@ from .stack import DIRECTIONS, init_stack, is_bidirectional, run_stack, zeros_st
 
 Array = jax.Array
 
-__all__ = ["scan_layer", "init_stack", "zeros_stack_carry", "apply_stack", "layer_impl", "DIRECTIONS", "is_bidirectional"]
+__all__ = ["scan_layer", "init_stack", "count_params", "hidden_for_params", "zeros_stack_carry", "apply_stack", "layer_impl", "DIRECTIONS", "is_bidirectional"]
 
 
 def apply_stack(
@@ -103,3 +104,32 @@ def apply_stack(
 
     ys, finals, _ = run_stack(layer, params, xs, carry, between=drop if dropout else None)
     return ys, finals
+
+
+def count_params(params) -> int:
+    """Number of scalars in a params pytree (arrays or ``jax.ShapeDtypeStruct``s)."""
+    return sum(int(math.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
+
+
+def hidden_for_params(make_params: Callable[[int], object], target: int, *, max_hidden: int = 1 << 16) -> int:
+    """The largest hidden size ``H`` whose ``make_params(H)`` has at most ``target`` scalars.
+
+    ``make_params(H)`` builds the whole model's params for hidden size ``H``
+    (e.g. ``lambda H: init_stack(key, "min_gru", I, H, num_layers=2)``); it is
+    only traced (``jax.eval_shape``), so nothing is allocated. Used to compare
+    cells at equal parameter count (a minGRU has ``2H(I+1)`` params per layer,
+    an LSTM ``4H(I+H+1)``). The count must grow with ``H``.
+    """
+    def count(hidden: int) -> int:
+        return count_params(jax.eval_shape(lambda: make_params(hidden)))
+
+    if count(1) > target:
+        raise ValueError(f"even hidden size 1 has {count(1)} params, more than the target {target}")
+    lo, hi = 1, 2
+    while hi <= max_hidden and count(hi) <= target:
+        lo, hi = hi, 2 * hi
+    hi = min(hi, max_hidden + 1)
+    while hi - lo > 1:  # count(lo) <= target < count(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if count(mid) <= target else (lo, mid)
+    return lo

@@ -225,12 +225,16 @@ def test_parallel_time_experiment_quick(tmp_path):
     from experiments import parallel_time
 
     out = tmp_path / "parallel_time.json"
-    parallel_time.main(["--quick", "--cases", "manual,quasi-deer", "--out", str(out)])
+    parallel_time.main(["--quick", "--cases", "manual,quasi-deer,min_gru-parallel=P", "--out", str(out)])
     data = json.loads(out.read_text())
     assert data["machine"]["matmul_gflops"] > 0 and data["machine"]["load_average_at_end"] is not None
     rows = data["rows"]
-    names = {r["name"] for r in rows}
-    assert names == {"manual", "quasi-deer"}
+    by_name = {r["name"]: r for r in rows}
+    assert set(by_name) == {"manual", "quasi-deer", "min_gru-parallel=P"}
+    # The parameter-matched minGRU is wider than the LSTM but no larger, and within one hidden unit of it.
+    lstm, min_gru = by_name["manual"], by_name["min_gru-parallel=P"]
+    assert min_gru["H"] > lstm["H"] and min_gru["params"] <= lstm["params"]
+    assert min_gru["params"] + 2 * (4 + 1) > lstm["params"]  # one more unit (2 (I + 1) params) would exceed it
     for r in rows:
         assert r["forward_s"] > 0 and r["train_step_s"] > 0
         assert r["temp_size_in_bytes"] >= 0

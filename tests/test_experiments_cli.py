@@ -26,7 +26,7 @@ def script(name):
 
 
 def test_every_script_builds_its_parser_and_hides_old_spellings():
-    assert len(SCRIPTS) == 11, SCRIPTS  # parallel_time.py is the eleventh
+    assert len(SCRIPTS) == 13, SCRIPTS  # results_table.py and seeds.py are the twelfth and thirteenth
     hidden = {"--warmup", "--minutes-per-run", "--minutes-per-cell", "--batch", "--keep"}
     for name in SCRIPTS:
         parser = script(name).build_parser()  # argparse refuses conflicting option strings here

@@ -268,3 +268,18 @@ def test_unknown_impl_and_bad_params(lstm_params):
         layer_impl("nope")
     with pytest.raises(TypeError, match="non-empty list of per-layer params"):
         apply_stack("lstm", lstm_params[0], jnp.ones((2, 6, 3)))
+
+
+def test_hidden_for_params_matches_parameter_counts():
+    from lstm_jax.layers import count_params, hidden_for_params
+
+    key = jax.random.PRNGKey(0)
+    lstm = count_params(init_stack(key, "lstm", 16, 32, num_layers=2))
+    assert lstm == 4 * 32 * (16 + 32 + 1) + 4 * 32 * (32 + 32 + 1)
+    assert hidden_for_params(lambda h: init_stack(key, "lstm", 16, h, num_layers=2), lstm) == 32
+    for cell in ("min_gru", "gru", "rnn"):
+        h = hidden_for_params(lambda h: init_stack(key, cell, 16, h, num_layers=2), lstm)
+        assert count_params(init_stack(key, cell, 16, h, num_layers=2)) <= lstm
+        assert count_params(init_stack(key, cell, 16, h + 1, num_layers=2)) > lstm
+    with pytest.raises(ValueError, match="hidden size 1 has"):
+        hidden_for_params(lambda h: init_stack(key, "lstm", 16, h), 10)

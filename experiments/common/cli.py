@@ -36,12 +36,18 @@ import dataclasses
 import re
 from typing import Any, Callable, Sequence, TypeVar
 
+import jax
+
 from lstm_jax.cells import CELLS
 from lstm_jax.checkpoint import CheckpointError
 from lstm_jax.impls import LayerImpl, layer_impl
+from lstm_jax.layers import count_params, hidden_for_params
 from lstm_jax.precision import PRECISIONS, get_precision
 from lstm_jax.runtime import add_malloc_argument, apply_malloc_argument
 from lstm_jax.train import TrainConfig, TrainingDiverged
+
+from . import fastest
+from .fastest import AUTO
 
 __all__ = [
     "CELL_NAMES",
@@ -61,6 +67,7 @@ __all__ = [
     "flag_for",
     "flag_message",
     "layer_from_args",
+    "match_params",
     "make_parser",
     "report_stop",
     "run",
@@ -131,14 +138,19 @@ FLAGS: dict[str, Flag] = {
     "cell": Flag("--cell", {"choices": CELL_NAMES, "default": "lstm", "help": "recurrent cell"}),
     "cells": Flag("--cells", _list(choices=CLASSIC_CELLS, default=list(CLASSIC_CELLS), help="recurrent cells to run")),
     "hidden": Flag("--hidden", {"type": int, "default": 128, "help": "hidden size H of every layer"}),
+    "match_params": Flag("--match-params", {"choices": CELL_NAMES, "default": None, "metavar": "CELL",
+                                            "help": "set --hidden to the largest hidden size at which this model "
+                                            "has no more parameters than the same model with CELL at --hidden "
+                                            "(compare cells at equal parameter count)"}),
     "layers": Flag("--layers", {"type": int, "default": 1, "help": "stacked recurrent layers"}),
     "dropout": Flag("--dropout", {"type": float, "default": 0.0, "help": "dropout between recurrent layers"}),
-    "impl": Flag("--impl", {"default": "scan", "help": "layer implementation (see lstm_jax.impls.IMPLS); "
-                            "'manual' is the fastest on CPU"}),
+    "impl": Flag("--impl", {"default": "auto", "help": "layer implementation (see lstm_jax.impls.IMPLS; 'scan' is "
+                            "the reference); 'auto': the fastest measured here (experiments/common/fastest.py)"}),
     "impls": Flag("--impls", _list(help="layer implementations (see lstm_jax.impls.IMPLS)")),
-    "precision": Flag("--precision", {"choices": sorted(PRECISIONS), "default": "fp32",
+    "precision": Flag("--precision", {"choices": ["auto", *sorted(PRECISIONS)], "default": "auto",
                                       "help": "matmul precision policy: fp32, or bf16 operands with float32 "
-                                      "accumulation and float32 params/state (lstm_jax.precision)"}),
+                                      "accumulation and float32 params/state (lstm_jax.precision); 'auto': "
+                                      "the faster one measured here"}),
     "unroll": Flag("--unroll", {"type": int, "default": 1, "help": "lax.scan unroll factor"}),
     # -- data / problem size
     "batch_size": Flag("--batch-size", {"type": int, "default": 32, "help": "sequences per batch"}, ("--batch",)),
@@ -304,10 +316,36 @@ def flag_message(parser: argparse.ArgumentParser, message: str) -> str:
     return _LIBRARY_NAME.sub(flag, message)
 
 
-def layer_from_args(args: argparse.Namespace) -> LayerImpl:
-    """The layer implementation ``--impl`` with the policy ``--precision`` bound (and said on stdout)."""
-    impl = layer_impl(args.impl, precision=getattr(args, "precision", None))
-    print(f"layers: impl {impl.name!r}, precision {get_precision(impl.precision).describe()}", flush=True)
+def match_params(args: argparse.Namespace, make_params: Callable[[str, int], Any]) -> None:
+    """``--match-params CELL``: replace ``args.hidden`` by the parameter-matched hidden size of ``args.cell``.
+
+    ``make_params(cell, hidden)`` builds the script's whole model (it is only
+    traced). Sets ``args.matched`` to ``{"cell", "hidden", "params"}`` of the
+    model matched against. A no-op without the flag.
+    """
+    if getattr(args, "match_params", None) is None:
+        return
+    target = count_params(jax.eval_shape(lambda: make_params(args.match_params, args.hidden)))
+    args.matched = {"cell": args.match_params, "hidden": args.hidden, "params": target}
+    args.hidden = hidden_for_params(lambda h: make_params(args.cell, h), target)
+    print(f"--match-params {args.match_params}: hidden {args.hidden} (a {args.match_params} model at hidden "
+          f"{args.matched['hidden']} has {target:,} params)", flush=True)
+
+
+def layer_from_args(args: argparse.Namespace, *, T: int, B: int, I: int, H: int, cell: str | None = None,
+                    quiet: bool = False) -> LayerImpl:
+    """The layer implementation ``--impl`` with the policy ``--precision`` bound (and said on stdout).
+
+    ``auto`` in either is resolved by measuring one layer of ``cell`` (default
+    ``args.cell``) at ``T, B, I, H`` (:func:`experiments.common.fastest.choose`);
+    ``args.impl`` / ``args.precision`` are then set to what was chosen, and the
+    choice with its timings to ``args.layer_choice`` (for the run's results.json).
+    """
+    choice = fastest.choose(cell or args.cell, T, B, I, H, impl=args.impl, precision=getattr(args, "precision", AUTO))
+    args.impl, args.precision, args.layer_choice = choice["impl"], choice["precision"], choice
+    impl = layer_impl(args.impl, precision=args.precision)
+    if not quiet:
+        print(f"layers: {fastest.describe(choice)} [{get_precision(impl.precision).describe()}]", flush=True)
     return impl
 
 

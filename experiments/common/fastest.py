@@ -1,0 +1,96 @@
+"""``--impl auto`` / ``--precision auto``: the fastest layer configuration, measured on the machine that runs.
+
+The fastest layer implementation and precision policy depend on the machine
+(bf16 pays only where the CPU has AMX-BF16 or on a GPU; ``"parallel"`` runs only
+cells linear in the state) and on the problem size, so the training scripts
+measure instead of guessing: :func:`choose` times one training step
+(``value_and_grad`` of one layer at the run's ``T, B, I, H``, the problem of
+:func:`experiments.common.harness.layer_problem`) for every candidate
+``(impl, precision)`` that runs the cell here, a few calls each after a warm-up,
+and takes the smallest median. Candidates, in order of preference (the first
+one wins ties and problems too small to time):
+
+* a cell linear in its state (``min_gru``, ``min_lstm``): ``parallel``, ``manual``;
+* any other cell: ``manual`` (the fast path on CPU), ``scan`` (the reference);
+* each with every policy of :data:`lstm_jax.precision.PRECISIONS` (``fp32``, ``bf16``).
+
+A problem with less than :data:`MIN_TIMED_FLOPS` matmul FLOPs per forward pass
+is not timed (compilation would cost more than the choice could save, and
+its step time is mostly overhead): it gets the first candidate. What was
+chosen, how, and every timing land in the run's ``results.json`` (``"layer"``).
+An explicit ``--impl`` / ``--precision`` is used as given (only the other one
+is chosen).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import jax
+
+from lstm_jax.cells import get_cell
+from lstm_jax.impls import IMPLS, layer_impl
+from lstm_jax.precision import PRECISIONS
+
+from .harness import forward_flops, layer_problem, time_calls
+
+AUTO = "auto"
+
+#: Forward-pass matmul FLOPs below which the first candidate is taken without timing.
+MIN_TIMED_FLOPS = 5e7
+
+#: Preference order of the layer implementations, by whether the cell is linear in its state.
+PREFERENCE = {True: ("parallel", "manual"), False: ("manual", "scan")}
+
+
+def candidates(cell, impl: str = AUTO, precision: str = AUTO) -> list[tuple[str, str]]:
+    """The ``(impl, precision)`` pairs :func:`choose` times for ``cell``, preferred first."""
+    cell = get_cell(cell)
+    impls = [impl] if impl != AUTO else [
+        name for name in PREFERENCE[bool(cell.linear_recurrence)] if name in IMPLS and _runs(IMPLS[name], cell)
+    ]
+    precisions = [precision] if precision != AUTO else list(PRECISIONS)
+    return [(i, p) for i in impls for p in precisions]
+
+
+def _runs(impl, cell) -> bool:
+    available = getattr(impl, "available", None)
+    return impl.supports(cell) and (available is None or available() is None)
+
+
+def choose(cell, T: int, B: int, I: int, H: int, *, impl: str = AUTO, precision: str = AUTO,
+           repeats: int = 3) -> dict:
+    """Resolve ``impl`` / ``precision`` (either may be ``"auto"``) for one layer of ``cell`` at ``T, B, I, H``.
+
+    Returns ``{"impl", "precision", "chosen_by", "candidates", "step_ms"}``:
+    ``chosen_by`` is ``"given"`` (nothing was auto), ``"single candidate"``,
+    ``"rule"`` (too small to time: the first candidate) or ``"measured"``
+    (``step_ms`` then maps ``"impl/precision"`` to its median step time).
+    """
+    pairs = candidates(cell, impl, precision)
+    record = {"candidates": [f"{i}/{p}" for i, p in pairs], "step_ms": {}}
+    if impl != AUTO and precision != AUTO:
+        return {"impl": impl, "precision": precision, "chosen_by": "given", **record}
+    if len(pairs) == 1:
+        return {"impl": pairs[0][0], "precision": pairs[0][1], "chosen_by": "single candidate", **record}
+    if forward_flops(get_cell(cell).name, T, B, I, H) < MIN_TIMED_FLOPS:
+        return {"impl": pairs[0][0], "precision": pairs[0][1], "chosen_by": "rule", **record}
+    for name, policy in pairs:
+        loss, params, xs = layer_problem(cell, layer_impl(name, precision=policy), T, B, I, H)
+        step = jax.jit(jax.value_and_grad(loss))
+        jax.block_until_ready(step(params, xs))  # compile and warm up
+        times = time_calls(lambda: jax.block_until_ready(step(params, xs)), repeats)
+        record["step_ms"][f"{name}/{policy}"] = round(1e3 * statistics.median(times), 3)
+    best = min(pairs, key=lambda pair: record["step_ms"][f"{pair[0]}/{pair[1]}"])  # ties: the earlier
+    return {"impl": best[0], "precision": best[1], "chosen_by": "measured", **record}
+
+
+def describe(choice: dict) -> str:
+    """One line for the run's log: what was chosen and why."""
+    what = f"impl {choice['impl']!r}, precision {choice['precision']!r}"
+    if choice["chosen_by"] == "measured":
+        timings = ", ".join(f"{k} {v:.1f} ms" for k, v in choice["step_ms"].items())
+        return f"{what}: the fastest one-layer training step here ({timings})"
+    if choice["chosen_by"] == "rule":
+        return f"{what}: problem too small to time (< {MIN_TIMED_FLOPS:.0e} FLOPs), first of {choice['candidates']}"
+    return f"{what} ({choice['chosen_by']})"

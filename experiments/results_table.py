@@ -1,0 +1,127 @@
+"""The README's "Results at a glance" table, generated from the runs' JSON files so that it cannot drift from them.
+
+The rows are declared in a manifest (default ``results/glance.json``), a JSON
+list of entries::
+
+    {"experiment": "Tiny Shakespeare, 2xLSTM-256, 30 min, 3 seeds",
+     "file": "results/char_shakespeare_seeds/seeds.json",
+     "values": {"test": "metrics[path=final.test.nats_per_char].mean",
+                "std": "metrics[path=final.test.nats_per_char].std"},
+     "result": "test {test:.3f} ± {std:.3f} nats/char",
+     "target": "≤ 1.50 in 30 min",
+     "goal": {"value": "test", "max": 1.50},
+     "section": "[char model](#character-level-language-model-experimentschar_lstmpy)"}
+
+``values`` maps names to paths into the file (:mod:`experiments.common.records`);
+``result`` is a :meth:`str.format` template over them; ``goal`` (optional)
+says which value must be at most ``max`` / at least ``min`` for the "met"
+column. The table replaces the text between the markers
+``<!-- results-table:start -->`` and ``<!-- results-table:end -->`` of the
+README::
+
+    python experiments/results_table.py              # rewrite README.md's table from results/glance.json
+    python experiments/results_table.py --check      # exit 1 if README.md's table differs (the test suite runs this)
+    python experiments/results_table.py --print      # print the table only
+
+A missing file or path is an error naming the entry, not an empty cell.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
+    import _bootstrap  # noqa: F401
+
+from experiments.common import cli
+from experiments.common.records import RecordError, lookup, read_json
+
+REPO = Path(__file__).resolve().parent.parent
+START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
+REQUIRED = ("experiment", "file", "values", "result", "target", "section")
+
+
+def entry_row(entry: dict, root: Path) -> str:
+    """One markdown row for a manifest entry (its values read from its file under ``root``)."""
+    name = entry.get("experiment", "?")
+    missing = [k for k in REQUIRED if k not in entry]
+    if missing:
+        raise RecordError(f"manifest entry {name!r} lacks {missing}")
+    record = read_json(root / entry["file"])
+    try:
+        values = {k: lookup(record, path) for k, path in entry["values"].items()}
+        result = entry["result"].format(**values)
+    except RecordError as err:
+        raise RecordError(f"{name!r}: {entry['file']}: {err}") from None
+    except (KeyError, ValueError, TypeError) as err:
+        raise RecordError(f"{name!r}: result template {entry['result']!r} does not fit the values {values}: {err}") from None
+    met = ""
+    goal = entry.get("goal")
+    if goal:
+        v = values.get(goal.get("value"))
+        if not isinstance(v, (int, float)):
+            raise RecordError(f"{name!r}: goal value {goal.get('value')!r} is {v!r}, not a number")
+        ok = (goal.get("max") is None or v <= goal["max"]) and (goal.get("min") is None or v >= goal["min"])
+        met = "met" if ok else "**not met**"
+    source = f"[{Path(entry['file']).name}]({entry['file']})"
+    return f"| {name} | {result} | {entry['target']} | {met} | {entry['section']} | {source} |"
+
+
+def render(manifest: list, root: Path) -> str:
+    """The whole table (header and one row per manifest entry)."""
+    if not isinstance(manifest, list) or not manifest:
+        raise RecordError("the manifest must be a non-empty JSON list of entries")
+    lines = ["| experiment | result | target | | section | from |", "|---|---|---|---|---|---|"]
+    return "\n".join(lines + [entry_row(e, root) for e in manifest])
+
+
+def replace_table(readme: str, table: str) -> str:
+    """``readme`` with the text between the markers replaced by ``table``."""
+    if readme.count(START) != 1 or readme.count(END) != 1 or readme.index(START) > readme.index(END):
+        raise RecordError(f"the README needs exactly one {START} ... {END} pair, in that order")
+    head, rest = readme.split(START)
+    _, tail = rest.split(END)
+    return f"{head}{START}\n{table}\n{END}{tail}"
+
+
+def build_parser():
+    p = cli.make_parser(__doc__, first_paragraph=True)
+    p.add_argument("--manifest", default=str(REPO / "results" / "glance.json"), help="the rows (JSON list)")
+    p.add_argument("--readme", default=str(REPO / "README.md"), help="the README to update")
+    p.add_argument("--root", default=str(REPO), help="directory the entries' file paths are relative to")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="only compare; exit 1 if the README's table differs")
+    mode.add_argument("--print", action="store_true", help="only print the table")
+    return p
+
+
+def results_table(args) -> str:
+    try:
+        table = render(read_json(args.manifest), Path(args.root))
+        if args.print:
+            print(table)
+            return table
+        readme_path = Path(args.readme)
+        readme = readme_path.read_text()
+        updated = replace_table(readme, table)
+    except RecordError as err:
+        raise SystemExit(f"error: {err}") from None
+    if args.check:
+        if updated != readme:
+            raise SystemExit(f"error: {readme_path}'s results table differs from {args.manifest}'s runs; "
+                             f"run python experiments/results_table.py")
+        print(f"{readme_path}: results table up to date")
+    elif updated != readme:
+        readme_path.write_text(updated)
+        print(f"updated {readme_path}")
+    else:
+        print(f"{readme_path}: results table already up to date")
+    return table
+
+
+def main(argv=None):
+    return cli.run(build_parser(), results_table, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""The tools that turn runs into reported results: record paths, the seed runner, the README table, --impl auto."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import results_table, seeds
+from experiments.common import fastest
+from experiments.common.records import RecordError, lookup, split_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RECORD = {
+    "final": {"test": {"nats_per_char": 1.5}},
+    "runs": [{"cell": "lstm", "T": 100, "final_test": 0.001}, {"cell": "rnn", "T": 100, "final_test": 0.16},
+             {"cell": "lstm", "T": 400, "final_test": 0.004}],
+    "metrics": [{"path": "final.test.nats_per_char", "mean": 1.49}],
+}
+
+
+def test_lookup_follows_keys_selectors_and_indices():
+    assert split_path("metrics[path=a.b].mean") == ["metrics[path=a.b]", "mean"]
+    assert lookup(RECORD, "final.test.nats_per_char") == 1.5
+    assert lookup(RECORD, "runs[cell=lstm,T=400].final_test") == 0.004
+    assert lookup(RECORD, "runs[1].cell") == "rnn" and lookup(RECORD, "runs[-1].T") == 400
+    assert lookup(RECORD, "metrics[path=final.test.nats_per_char].mean") == 1.49
+
+
+@pytest.mark.parametrize("path, message", [
+    ("final.val", r"no key 'val' in final"),
+    ("runs[cell=lstm].final_test", r"matches 2 of 3 entries"),
+    ("runs[cell=gru].final_test", r"matches 0 of 3"),
+    ("runs[7]", r"index 7 out of range"),
+    ("final[0]", r"selects from a list, found dict"),
+    ("runs[cell].T", r"not key=value"),
+    ("final..test", r"empty key"),
+    ("runs[cell=lstm", r"unbalanced"),
+])
+def test_lookup_names_what_is_wrong(path, message):
+    with pytest.raises(RecordError, match=message):
+        lookup(RECORD, path)
+
+
+# --------------------------------------------------------------------------- seed runner
+
+CHAR_QUICK = ["experiments/char_lstm.py", "--steps", "12", "--hidden", "8", "--seq-len", "8", "--batch-size", "4",
+              "--no-progress", "--eval-every", "12", "--length", "10", "--impl", "scan", "--precision", "fp32"]
+
+
+def test_seed_runner_reports_each_seed_and_their_mean(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    summary = seeds.main(["--seeds", "3,5", "--metrics", "final.test.nats_per_char", "steps_done",
+                          "--out", str(out), "--", *CHAR_QUICK])
+    per_seed = [json.loads((out / f"seed_{s}" / "results.json").read_text()) for s in (3, 5)]
+    losses = [r["final"]["test"]["nats_per_char"] for r in per_seed]
+    assert losses[0] != losses[1]  # the seed reached the run: different init and data order
+    saved = json.loads((out / "seeds.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    loss = saved["metrics"][0]
+    assert loss["path"] == "final.test.nats_per_char" and loss["values"] == losses and loss["n"] == 2
+    assert loss["mean"] == pytest.approx(statistics.fmean(losses))
+    assert loss["std"] == pytest.approx(statistics.stdev(losses))
+    assert saved["metrics"][1]["values"] == [12, 12] and saved["metrics"][1]["std"] == 0.0
+    assert [r["seed"] for r in saved["runs"]] == [3, 5]
+    table = (out / "seeds.md").read_text()
+    assert f"{loss['mean']:.4g} ± {loss['std']:.4g} (2)" in table and "| seed 3 | seed 5 |" in table
+    assert "[seed 5] " in capsys.readouterr().out  # each run's output, prefixed
+
+    # --reuse keeps finished seeds (no rerun: the file is not rewritten) and runs the rest
+    before = (out / "seed_3" / "results.json").stat().st_mtime_ns
+    again = seeds.main(["--seeds", "3", "--metrics", "steps_done", "--out", str(out), "--reuse", "--", *CHAR_QUICK])
+    assert (out / "seed_3" / "results.json").stat().st_mtime_ns == before
+    assert again["metrics"][0]["values"] == [12]
+    # a metric path the results do not have: one line naming the seed and the path
+    with pytest.raises(SystemExit, match=r"seed 3: final.nope: no key 'nope'"):
+        seeds.main(["--seeds", "3", "--metrics", "final.nope", "--out", str(out), "--reuse", "--", *CHAR_QUICK])
+
+
+def test_seed_runner_refuses_bad_commands_with_one_line(tmp_path):
+    with pytest.raises(SystemExit, match="must not set --seed"):
+        seeds.main(["--metrics", "x", "--out", str(tmp_path), "--", "experiments/char_lstm.py", "--seed", "1"])
+    with pytest.raises(SystemExit, match="no experiment script"):
+        seeds.main(["--metrics", "x", "--out", str(tmp_path), "--", "experiments/nope.py"])
+    # a run that fails stops the sweep, naming the seed and its log
+    with pytest.raises(SystemExit, match=r"seed 0: .*char_lstm.py exited with status 1 \(log: .*seeds_stdout.log\)"):
+        seeds.main(["--seeds", "0", "--metrics", "x", "--out", str(tmp_path / "f"), "--",
+                    "experiments/char_lstm.py", "--hidden", "0"])
+
+
+def test_summaries_leave_missing_values_out_of_the_mean():
+    s = seeds.summarize([1.0, None, 3.0])
+    assert (s["n"], s["missing"], s["mean"], s["min"], s["max"]) == (2, 1, 2.0, 1.0, 3.0)
+    assert seeds.summarize([None])["n"] == 0 and "mean" not in seeds.summarize([None])
+
+
+# --------------------------------------------------------------------------- README table
+
+
+def _manifest(tmp_path, entries):
+    path = tmp_path / "glance.json"
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def test_results_table_is_built_from_the_json_it_reads(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "a.json").write_text(json.dumps(RECORD))
+    entries = [
+        {"experiment": "char", "file": "r/a.json", "values": {"test": "final.test.nats_per_char"},
+         "result": "test {test:.3f} nats/char", "target": "≤ 1.50", "goal": {"value": "test", "max": 1.50},
+         "section": "[s](#s)"},
+        {"experiment": "adding T=400", "file": "r/a.json",
+         "values": {"lstm": "runs[cell=lstm,T=400].final_test", "rnn": "runs[cell=rnn,T=100].final_test"},
+         "result": "LSTM {lstm:.4f}, RNN {rnn:.3f}", "target": "≤ 0.01", "goal": {"value": "lstm", "max": 0.001},
+         "section": "[t](#t)"},
+    ]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{results_table.START}\nold table\n{results_table.END}\nrest\n")
+    args = ["--manifest", str(_manifest(tmp_path, entries)), "--readme", str(readme), "--root", str(tmp_path)]
+    with pytest.raises(SystemExit, match="differs"):
+        results_table.main([*args, "--check"])
+    results_table.main(args)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{results_table.END}\nrest\n") and "old table" not in text
+    assert "| char | test 1.500 nats/char | ≤ 1.50 | met | [s](#s) | [a.json](r/a.json) |" in text
+    assert "| adding T=400 | LSTM 0.0040, RNN 0.160 | ≤ 0.01 | **not met** |" in text
+    results_table.main([*args, "--check"])  # now up to date
+
+    # a value that changes in the run's JSON makes the README stale
+    changed = dict(RECORD, final={"test": {"nats_per_char": 1.7}})
+    (tmp_path / "r" / "a.json").write_text(json.dumps(changed))
+    with pytest.raises(SystemExit, match="differs"):
+        results_table.main([*args, "--check"])
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"file": "r/a.json"}, r"lacks \["),
+    ({"experiment": "x", "file": "r/none.json", "values": {}, "result": "", "target": "", "section": ""},
+     r"none.json: no such file"),
+    ({"experiment": "x", "file": "r/a.json", "values": {"v": "final.val"}, "result": "{v}", "target": "",
+      "section": ""}, r"'x': r/a.json: final.val: no key 'val'"),
+    ({"experiment": "x", "file": "r/a.json", "values": {"v": "final.test.nats_per_char"}, "result": "{w}",
+      "target": "", "section": ""}, r"does not fit the values"),
+])
+def test_results_table_names_a_broken_entry(tmp_path, entry, message):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "a.json").write_text(json.dumps(RECORD))
+    with pytest.raises(SystemExit, match=message):
+        results_table.main(["--manifest", str(_manifest(tmp_path, [entry])), "--root", str(tmp_path), "--print"])
+
+
+def test_the_readme_results_table_matches_the_committed_runs():
+    """The README's "Results at a glance" table is exactly what results/glance.json's runs give."""
+    results_table.main(["--check"])
+
+
+# --------------------------------------------------------------------------- --impl auto
+
+
+def test_auto_times_every_candidate_and_takes_the_fastest():
+    choice = fastest.choose("lstm", 32, 16, 32, 96)
+    assert choice["chosen_by"] == "measured"
+    assert set(choice["step_ms"]) == {"manual/fp32", "manual/bf16", "scan/fp32", "scan/bf16"}
+    best = min(choice["step_ms"], key=choice["step_ms"].get)
+    assert f"{choice['impl']}/{choice['precision']}" == best
+    given = fastest.choose("lstm", 32, 16, 32, 96, impl="scan", precision="fp32")
+    assert (given["impl"], given["precision"], given["chosen_by"], given["step_ms"]) == ("scan", "fp32", "given", {})
+
+
+def test_auto_candidates_follow_the_cell():
+    assert fastest.candidates("min_gru")[0] == ("parallel", "fp32")
+    assert [i for i, _ in fastest.candidates("gru")] == ["manual", "manual", "scan", "scan"]
+    assert fastest.candidates("lstm", impl="scan") == [("scan", "fp32"), ("scan", "bf16")]
+    tiny = fastest.choose("min_lstm", 8, 2, 4, 8)
+    assert (tiny["impl"], tiny["precision"], tiny["chosen_by"]) == ("parallel", "fp32", "rule")
