@@ -12,7 +12,8 @@ list of entries::
      "goal": {"value": "test", "max": 1.50},
      "section": "[char model](#character-level-language-model-experimentschar_lstmpy)"}
 
-``values`` maps names to paths into the file (:mod:`experiments.common.records`);
+``values`` maps names to paths into the file (:mod:`experiments.common.records`),
+or to ``{"min" | "max" | "mean": [paths]}`` or ``{"ratio": [numerator, denominator]}``;
 ``result`` is a :meth:`str.format` template over them; ``goal`` (optional)
 says which value must be at most ``max`` / at least ``min`` for the "met"
 column. The table replaces the text between the markers
@@ -41,6 +42,21 @@ START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
 REQUIRED = ("experiment", "file", "values", "result", "target", "section")
 
 
+OPS = {"min": min, "max": max, "mean": lambda xs: sum(xs) / len(xs), "ratio": lambda xs: xs[0] / xs[1]}
+
+
+def value(record, spec):
+    """A path's value, or an :data:`OPS` entry over several paths' values."""
+    if isinstance(spec, str):
+        return lookup(record, spec)
+    if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in OPS):
+        raise RecordError(f"a value is a path or one of {{{', '.join(OPS)}: [paths]}}, got {spec!r}")
+    (op, paths), = spec.items()
+    if not isinstance(paths, list) or not paths or (op == "ratio" and len(paths) != 2):
+        raise RecordError(f"{op} needs a list of paths{' (two)' if op == 'ratio' else ''}, got {paths!r}")
+    return OPS[op]([lookup(record, p) for p in paths])
+
+
 def entry_row(entry: dict, root: Path) -> str:
     """One markdown row for a manifest entry (its values read from its file under ``root``)."""
     name = entry.get("experiment", "?")
@@ -49,7 +65,7 @@ def entry_row(entry: dict, root: Path) -> str:
         raise RecordError(f"manifest entry {name!r} lacks {missing}")
     record = read_json(root / entry["file"])
     try:
-        values = {k: lookup(record, path) for k, path in entry["values"].items()}
+        values = {k: value(record, spec) for k, spec in entry["values"].items()}
         result = entry["result"].format(**values)
     except RecordError as err:
         raise RecordError(f"{name!r}: {entry['file']}: {err}") from None

@@ -20,6 +20,7 @@ RECORD = {
     "runs": [{"cell": "lstm", "T": 100, "final_test": 0.001}, {"cell": "rnn", "T": 100, "final_test": 0.16},
              {"cell": "lstm", "T": 400, "final_test": 0.004}],
     "metrics": [{"path": "final.test.nats_per_char", "mean": 1.49}],
+    "results": [{"size": {"T": 28, "H": 128}, "ms": 12.0}, {"size": {"T": 128, "H": 128}, "ms": 75.3}],
 }
 
 
@@ -29,6 +30,7 @@ def test_lookup_follows_keys_selectors_and_indices():
     assert lookup(RECORD, "runs[cell=lstm,T=400].final_test") == 0.004
     assert lookup(RECORD, "runs[1].cell") == "rnn" and lookup(RECORD, "runs[-1].T") == 400
     assert lookup(RECORD, "metrics[path=final.test.nats_per_char].mean") == 1.49
+    assert lookup(RECORD, "results[size.T=128,size.H=128].ms") == 75.3
 
 
 @pytest.mark.parametrize("path, message", [
@@ -115,8 +117,10 @@ def test_results_table_is_built_from_the_json_it_reads(tmp_path):
          "result": "test {test:.3f} nats/char", "target": "≤ 1.50", "goal": {"value": "test", "max": 1.50},
          "section": "[s](#s)"},
         {"experiment": "adding T=400", "file": "r/a.json",
-         "values": {"lstm": "runs[cell=lstm,T=400].final_test", "rnn": "runs[cell=rnn,T=100].final_test"},
-         "result": "LSTM {lstm:.4f}, RNN {rnn:.3f}", "target": "≤ 0.01", "goal": {"value": "lstm", "max": 0.001},
+         "values": {"lstm": "runs[cell=lstm,T=400].final_test", "rnn": "runs[cell=rnn,T=100].final_test",
+                    "worst": {"max": ["runs[0].final_test", "runs[2].final_test"]},
+                    "ratio": {"ratio": ["results[1].ms", "results[0].ms"]}},
+         "result": "LSTM {lstm:.4f}, RNN {rnn:.3f}, worst {worst:.3f}, {ratio:.2f}x", "target": "≤ 0.01", "goal": {"value": "lstm", "max": 0.001},
          "section": "[t](#t)"},
     ]
     readme = tmp_path / "README.md"
@@ -128,7 +132,7 @@ def test_results_table_is_built_from_the_json_it_reads(tmp_path):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith(f"{results_table.END}\nrest\n") and "old table" not in text
     assert "| char | test 1.500 nats/char | ≤ 1.50 | met | [s](#s) | [a.json](r/a.json) |" in text
-    assert "| adding T=400 | LSTM 0.0040, RNN 0.160 | ≤ 0.01 | **not met** |" in text
+    assert "| adding T=400 | LSTM 0.0040, RNN 0.160, worst 0.004, 6.27x | ≤ 0.01 | **not met** |" in text
     results_table.main([*args, "--check"])  # now up to date
 
     # a value that changes in the run's JSON makes the README stale
@@ -146,6 +150,8 @@ def test_results_table_is_built_from_the_json_it_reads(tmp_path):
       "section": ""}, r"'x': r/a.json: final.val: no key 'val'"),
     ({"experiment": "x", "file": "r/a.json", "values": {"v": "final.test.nats_per_char"}, "result": "{w}",
       "target": "", "section": ""}, r"does not fit the values"),
+    ({"experiment": "x", "file": "r/a.json", "values": {"v": {"median": ["final"]}}, "result": "{v}",
+      "target": "", "section": ""}, r"a value is a path or one of \{min, max, mean, ratio"),
 ])
 def test_results_table_names_a_broken_entry(tmp_path, entry, message):
     (tmp_path / "r").mkdir()

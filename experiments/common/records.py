@@ -1,12 +1,14 @@
 """Reading values out of the experiments' JSON records by path: one syntax for the seed runner and the README table.
 
 A path is dot-separated keys; a list is entered by selecting the one element
-whose fields match, ``name[key=value,key2=value2]`` (values compared as text),
+whose fields match, ``name[key=value,key2=value2]`` (values compared as text;
+a dotted key reaches into the element, ``[size.T=128]``),
 or by position, ``name[3]``::
 
     final.test.nats_per_char                       # char_lstm.py's results.json
     test_accuracy                                  # mnist_lstm.py's
     runs[cell=lstm,T=400].final_test               # long_range.py's
+    results[cell=lstm,size.H=512,size.T=128].rows[impl=lstm_jax manual].median_ms   # benchmark.py's
     metrics[path=final.test.nats_per_char].mean    # seeds.py's summary
 
 Dots inside brackets belong to the selector. A missing key, no match or more
@@ -47,6 +49,15 @@ def split_path(path: str) -> list[str]:
     return parts
 
 
+def _field(item: dict, key: str) -> Any:
+    """``item[key]``, following dots (``size.T``); ``None`` where it is absent."""
+    for part in key.split("."):
+        if not isinstance(item, dict) or part not in item:
+            return None
+        item = item[part]
+    return item
+
+
 def _select(items: Any, selector: str, where: str) -> Any:
     if not isinstance(items, list):
         raise RecordError(f"{where}: [{selector}] selects from a list, found {type(items).__name__}")
@@ -61,7 +72,7 @@ def _select(items: Any, selector: str, where: str) -> Any:
         if not sep or not key.strip():
             raise RecordError(f"{where}: selector term {term!r} is not key=value")
         wanted[key.strip()] = value.strip()
-    matches = [x for x in items if isinstance(x, dict) and all(str(x.get(k)) == v for k, v in wanted.items())]
+    matches = [x for x in items if isinstance(x, dict) and all(str(_field(x, k)) == v for k, v in wanted.items())]
     if len(matches) != 1:
         raise RecordError(f"{where}: [{selector}] matches {len(matches)} of {len(items)} entries (needs exactly 1)")
     return matches[0]
