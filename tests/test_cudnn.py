@@ -8,6 +8,7 @@ and must equal ``"scan"``. The cuDNN kernel itself runs only on a GPU; those
 tests skip elsewhere, with that reason.
 """
 
+import contextlib
 import dataclasses
 import functools
 
@@ -221,3 +222,54 @@ def test_cudnn_under_default_precision_is_within_tf32_tolerance():
     for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_ref)):
         scale = float(jnp.max(jnp.abs(b))) or 1.0
         assert float(jnp.max(jnp.abs(a - b))) <= 5e-2 * scale
+
+
+# --------------------------------------------------------------------------- the kernel call, traced on any backend
+
+
+def _rnn_eqns(jaxpr):
+    """Every rnn_fwd / rnn_bwd equation of a jaxpr, those of sub-jaxprs (jit, custom_vjp, ...) included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("rnn_fwd", "rnn_bwd"):
+            found.append(eqn)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr
+                if hasattr(sub, "eqns"):
+                    found += _rnn_eqns(sub)
+    return found
+
+
+@pytest.mark.default_matmul_precision  # on a GPU too: the test sets the precision it checks
+@pytest.mark.parametrize("precision", [None, "highest"])
+def test_cudnn_kernel_traces_with_the_layers_sizes_and_the_tf32_switch(monkeypatch, precision):
+    """Traced (not run) on any backend: what the registered impl hands cuDNN, forwards and backwards.
+
+    Off a GPU jaxlib has no workspace-size query, so a stand-in answers it; the traced
+    primitives then carry the sizes cuDNN would get, and ``cudnn_allow_tf32`` follows
+    ``jax.default_matmul_precision``."""
+    T, B, I, H = 7, 4, 3, 5
+    monkeypatch.setattr(rnn.gpu_rnn, "compute_rnn_workspace_reserve_space_sizes", lambda *args: (0, 8), raising=False)
+    forced = dataclasses.replace(IMPLS["cudnn"], available=lambda: None)
+    params, xs, carry = _problem(T=T, B=B, I=I, H=H)
+
+    def loss(p, c):
+        ys, final = forced("lstm", p, xs, c, lengths=jnp.array([7, 3, 0, 1]), reverse=True)
+        return jnp.sum(ys) + jnp.sum(final.cell)
+
+    with jax.default_matmul_precision(precision) if precision else contextlib.nullcontext():
+        jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(params[0], carry[0])
+    eqns = _rnn_eqns(jaxpr.jaxpr)
+    assert sorted(e.primitive.name for e in eqns) == ["rnn_bwd", "rnn_fwd"]
+    for e in eqns:
+        assert (e.params["input_size"], e.params["hidden_size"], e.params["num_layers"]) == (I, H, 1)
+        assert e.params["bidirectional"] is False and e.params["dropout"] == 0.0
+        assert e.params["cudnn_allow_tf32"] is (precision is None)
+    fwd = next(e for e in eqns if e.primitive.name == "rnn_fwd")
+    x, h0, c0, w, lengths = (v.aval for v in fwd.invars)
+    assert x.shape == (B, T, I) and h0.shape == c0.shape == (1, B, H)
+    assert w.shape == (num_weights(I, H),) and lengths.shape == (B,) and lengths.dtype == jnp.int32
+    grads = jax.eval_shape(jax.grad(loss, argnums=(0, 1)), params[0], carry[0])
+    assert jax.tree_util.tree_map(lambda g: g.shape, grads) == jax.tree_util.tree_map(
+        lambda a: a.shape, (params[0], carry[0]))
