@@ -31,8 +31,13 @@ buffers and of PyTorch's; ``--malloc default`` leaves glibc alone. Either way,
 and like the environment variables that change allocation (``GLIBC_TUNABLES``,
 ``MALLOC_*``, ``XLA_FLAGS``), it applies to the whole process, so every
 implementation in one run sees the same settings; all are recorded in the JSON.
-On a GPU the same script also times cuDNN via ``torch.nn.LSTM`` on CUDA and,
-for the LSTM, ``jax.experimental.rnn.lstm``.
+On a GPU the same script also times ``lib:cudnn`` (the library's ``impl="cudnn"``,
+fp32 only: it has no bf16 policy), cuDNN via ``torch.nn.LSTM`` on CUDA
+(``torch-cuda``; torch lets cuDNN use TF32 by default, recorded in the JSON) and,
+for the LSTM, bare ``jax.experimental.rnn.lstm`` (``jax-cudnn``). JAX's float32
+matmuls on NVIDIA GPUs may run in TF32 too unless
+``jax.default_matmul_precision`` says otherwise (also recorded). Elsewhere
+those are left out, each with a printed note for the ``lib:`` ones.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ from experiments.common.machine import finish_machine_info, machine_info
 
 SIZES = [(128, 64, 128, 256), (128, 64, 128, 512), (784, 32, 1, 128), (28, 128, 28, 128), (100, 32, 65, 512)]
 QUICK_SIZES = [(6, 3, 4, 8)]
-LIB_IMPLS = ["scan", "hoisted", "manual"]
+LIB_IMPLS = ["scan", "hoisted", "manual", "cudnn"]  # cudnn: GPU only; left out elsewhere with a printed note
 
 
 def measure_size(cell, size, impls, *, repeats, block_seconds, key, precisions=("fp32",), log=print):
@@ -110,9 +115,11 @@ def measure_size(cell, size, impls, *, repeats, block_seconds, key, precisions=(
 
 
 def _ref_time(rows, prefix, precision="fp32"):
-    """Median ms of the reference ``prefix`` (torch, flax) on CPU in ``precision``."""
+    """Median ms of the reference ``prefix`` (torch, flax) in ``precision``, on JAX's device:
+    in a GPU run "torch" means torch on CUDA, elsewhere torch on the CPU."""
+    cuda = prefix == "torch" and jax.default_backend() == "gpu"
     for r in rows:
-        if r["impl"].startswith(prefix) and "cuda" not in r["impl"] and r.get("precision", "fp32") == precision:
+        if r["impl"].startswith(prefix) and ("cuda" in r["impl"]) == cuda and r.get("precision", "fp32") == precision:
             return r["median_ms"]
     return None
 
@@ -215,6 +222,14 @@ def benchmark(args):
         import torch
 
         environment.update(torch_threads=torch.get_num_threads(), torch_cuda=torch.cuda.is_available())
+        if torch.cuda.is_available():  # what torch's cuDNN LSTM may use: TF32 is on by default for cuDNN in torch
+            environment.update(
+                torch_cuda_device=torch.cuda.get_device_name(), torch_cuda_version=torch.version.cuda,
+                torch_cudnn=torch.backends.cudnn.version(), torch_cudnn_enabled=torch.backends.cudnn.enabled,
+                torch_cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+                torch_matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+            )
+    environment["jax_default_matmul_precision"] = str(jax.config.jax_default_matmul_precision)
     result = {"environment": environment, "malloc": malloc, "matmul_gflops_median_start": peak_med, "results": []}
     key = jax.random.PRNGKey(0)
     stopped_early = False

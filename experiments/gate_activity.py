@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import cli
-from experiments.common.figures import copy_figures
+from experiments.common.figures import can_plot, copy_figures
 from lstm_jax.analysis import lstm_gate_trace
 from lstm_jax.checkpoint import load_checkpoint
 from lstm_jax.data.paths import data_dir
@@ -116,6 +116,8 @@ def show_char(ch: str) -> str:
 
 
 def plot_heatmap(path: Path, text: str, layer: dict, units: list[int], title: str) -> None:
+    if not can_plot(path):
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,6 +157,8 @@ def plot_heatmap(path: Path, text: str, layer: dict, units: list[int], title: st
 
 
 def plot_cell_text(path: Path, text: str, values: np.ndarray, title: str, width: int = 80) -> None:
+    if not can_plot(path):
+        return
     import matplotlib
 
     matplotlib.use("Agg")

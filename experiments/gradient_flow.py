@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import cli
-from experiments.common.figures import copy_figures
+from experiments.common.figures import can_plot, copy_figures
 from experiments.common.machine import machine_info
 from lstm_jax.analysis import recurrent_grad_norms, state_gradient_profile
 from lstm_jax.models.sequence_regressor import init_sequence_model, make_task
@@ -68,6 +68,8 @@ def recurrent_grad_norm(grads) -> dict:
 
 
 def plot_profiles(path, results, T):
+    if not can_plot(path):
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,6 +97,8 @@ def plot_profiles(path, results, T):
 
 
 def plot_weight_norms(path, results, baseline):
+    if not can_plot(path):
+        return
     import matplotlib
 
     matplotlib.use("Agg")

@@ -30,7 +30,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
 import jax
 
 from experiments.common import cli
-from experiments.common.figures import copy_figures
+from experiments.common.figures import can_plot, copy_figures
 from experiments.common.machine import finish_machine_info, machine_info
 from lstm_jax.models.sequence_regressor import init_sequence_model, make_task
 from lstm_jax.train import fit
@@ -148,6 +148,8 @@ def write_table(path: Path, task, runs: list[dict], args) -> None:
 
 
 def plot(path: Path, task, runs: list[dict], args) -> None:
+    if not can_plot(path):
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,6 +182,8 @@ def plot(path: Path, task, runs: list[dict], args) -> None:
 
 def plot_curves(path: Path, task, runs: list[dict], args) -> None:
     """Test error vs training step, one panel per T, one line per cell."""
+    if not can_plot(path):
+        return
     import matplotlib
 
     matplotlib.use("Agg")

@@ -37,6 +37,7 @@ import jax
 import numpy as np
 
 from experiments.common import cli
+from experiments.common.figures import can_plot
 from experiments.common.machine import finish_machine_info, machine_info
 from lstm_jax.checkpoint import load_checkpoint
 from lstm_jax.data import images as img
@@ -125,6 +126,8 @@ def prepare_data(args):
 
 
 def plot_confusion(cm: np.ndarray, class_names, path: Path, title: str) -> None:
+    if not can_plot(path):
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,6 +153,8 @@ def plot_confusion(cm: np.ndarray, class_names, path: Path, title: str) -> None:
 
 
 def plot_misclassified(images, labels, preds, probs, class_names, path: Path, max_items: int = 36) -> None:
+    if not can_plot(path):
+        return
     import matplotlib
 
     matplotlib.use("Agg")

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments.common.figures import matplotlib_installed
 from lstm_jax.analysis import (
     LINEAR_RNN,
     carry_gradients,
@@ -180,4 +181,5 @@ def test_gradient_flow_script_smoke(tmp_path):
     assert len(r["init"]["h"]) == len(r["init"]["c"]) == len(r["trained"]["h"]) == 6
     assert r["steps"] == [1, 2, 3, 4, 5] and len(r["w_h_grad_norm"]) == 5
     assert all(g > 0 for g in r["w_h_grad_norm"])
-    assert (tmp_path / "gradient_flow.png").exists() and (tmp_path / "recurrent_grad_norm.png").exists()
+    if matplotlib_installed():  # plots are conveniences: without matplotlib the script skips them, saying so
+        assert (tmp_path / "gradient_flow.png").exists() and (tmp_path / "recurrent_grad_norm.png").exists()

@@ -67,11 +67,13 @@ def python_loop(params, xs, h0):
 
 
 def skip_unless_runs(impl: str, cell) -> None:
-    """An impl that does not run ``cell`` (``"parallel"``: linear recurrences only) is skipped
-    visibly; ``tests/test_impls.py`` checks that it refuses the cell with one clear error."""
+    """An impl that does not run ``cell`` (``"parallel"``: linear recurrences only) or cannot run on
+    this machine is skipped visibly; ``tests/test_impls.py`` checks that it refuses the cell with one clear error."""
     cell = cell if isinstance(cell, Cell) else get_cell(cell)
     if not IMPLS[impl].supports(cell):
         pytest.skip(f"impl {impl!r} does not run cell {cell.name!r}")
+    if IMPLS[impl].unavailable() is not None:  # e.g. "cudnn" without a GPU; tests/test_cudnn.py checks the refusal
+        pytest.skip(IMPLS[impl].unavailable())
 
 
 @pytest.mark.parametrize("impl", sorted(IMPLS))

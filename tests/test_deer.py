@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments.common.figures import matplotlib_installed
 from lstm_jax.cells import get_cell
 from lstm_jax.impls import layer_impl
 from lstm_jax.impls.deer import DeerNotConverged, deer_solve, deer_time_major
@@ -240,4 +241,5 @@ def test_parallel_time_experiment_quick(tmp_path):
         assert r["temp_size_in_bytes"] >= 0
         if r["name"] in ("deer", "quasi-deer"):
             assert 1 <= r["newton_iters"] <= r["T"] + 1 and r["converged"]
-    assert out.with_suffix(".png").exists()
+    if matplotlib_installed():  # without matplotlib the plot is skipped, saying so
+        assert out.with_suffix(".png").exists()

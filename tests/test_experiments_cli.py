@@ -198,7 +198,8 @@ def test_gate_activity_reads_the_cell_from_the_checkpoint(tmp_path):
                                   "--figure-dir", str(tmp_path / "figs")])
     summary = json.loads((out / "gate_activity.json").read_text())
     assert len(summary["units"]) == 4 and all(0 <= u < 8 for u in summary["units"])
-    assert (tmp_path / "figs" / "gate_activity.png").stat().st_size > 0
+    if figures.matplotlib_installed():  # without matplotlib the figures are skipped, saying so
+        assert (tmp_path / "figs" / "gate_activity.png").stat().st_size > 0
     # The recorded cell decides; the shapes only for a record without one.
     import jax
 

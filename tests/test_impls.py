@@ -8,6 +8,7 @@ in float64 as well.)
 """
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,19 @@ def runs(impl: str, cell) -> bool:
     """Whether ``impl`` claims to run ``cell``; the claim itself is tested in
     :func:`test_every_impl_runs_or_refuses_every_cell`, so skipping on it hides nothing."""
     return REGISTRY[impl].supports(get_cell(cell))
+
+
+def skip_if_unavailable(impl: str) -> None:
+    """An impl that cannot run on this machine (``"cudnn"`` without a GPU) is skipped with its own reason;
+    ``tests/test_cudnn.py`` checks the refusal."""
+    reason = REGISTRY[impl].unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+# Compared by _compare_all on this machine; the others must be refused with their reason (tested below).
+HERE = [name for name in IMPLS if REGISTRY[name].unavailable() is None]
+
 # (T, B, I, H): the benchmark sizes scaled down (wide, long-thin).
 SIZES = [(13, 4, 8, 16), (40, 3, 1, 8)]
 
@@ -65,7 +79,7 @@ def _run(cell, name, params, xs, carry, lengths, bidirectional):
 def _compare_all(cell, params, xs, carry, lengths=None, bidirectional=False, tol=2e-5):
     """Each impl in IMPLS against the reference (computed once)."""
     (_, (ys_ref, fin_ref)), g_ref = _run(cell, "scan", params, xs, carry, lengths, bidirectional)
-    for impl in [name for name in IMPLS if runs(name, cell)]:
+    for impl in [name for name in HERE if runs(name, cell)]:
         (_, (ys_got, fin_got)), g_got = _run(cell, impl, params, xs, carry, lengths, bidirectional)
         np.testing.assert_allclose(ys_got, ys_ref, rtol=tol, atol=tol, err_msg=f"{impl} outputs")
         for a, b in zip(jax.tree_util.tree_leaves(fin_got), jax.tree_util.tree_leaves(fin_ref)):
@@ -90,6 +104,14 @@ def test_matches_reference_lengths_bidirectional_stack(cell):
     _compare_all(cell, params, xs, carry, lengths=lengths, bidirectional=True)
 
 
+@pytest.mark.parametrize("impl", sorted(set(IMPLS) - set(HERE)))
+def test_impls_left_out_here_are_refused_with_their_reason(impl):
+    """An impl the comparisons above leave out on this machine is refused, with its reason, not run."""
+    c = get_cell("lstm")
+    with pytest.raises(ValueError, match=f"^{re.escape(REGISTRY[impl].unavailable())}$"):
+        layer_impl(impl)(c, c.init(jax.random.PRNGKey(0), 2, 3), jnp.ones((1, 2, 2)), c.zeros_carry(3, (1,)))
+
+
 @pytest.mark.parametrize("impl", sorted(REGISTRY))
 @pytest.mark.parametrize("cell", sorted(CELL_REGISTRY))
 def test_every_impl_runs_or_refuses_every_cell(impl, cell):
@@ -98,6 +120,7 @@ def test_every_impl_runs_or_refuses_every_cell(impl, cell):
     params = c.init(jax.random.PRNGKey(0), 2, 3)
     xs, carry = jnp.ones((1, 2, 2)), c.zeros_carry(3, (1,))
     if runs(impl, cell):
+        skip_if_unavailable(impl)
         ys, _ = layer_impl(impl)(c, params, xs, carry)
         assert ys.shape == (1, 2, 3)
     else:
@@ -108,6 +131,7 @@ def test_every_impl_runs_or_refuses_every_cell(impl, cell):
 
 @pytest.mark.parametrize("impl", [name for name in IMPLS if runs(name, "lstm")])
 def test_single_sequence_and_unroll(impl):
+    skip_if_unavailable(impl)
     cell = get_cell("lstm")
     params, xs, carry = _setup("lstm", (10, 1, 3, 6), seed=2)
     p, x, c = params[0], xs[0], jax.tree_util.tree_map(lambda a: a[0], carry[0])

@@ -23,6 +23,13 @@ from lstm_jax.impls import IMPLS, layer_impl
 from lstm_jax.layers import apply_stack, init_stack, zeros_stack_carry
 
 MIN_CELLS = ["min_gru", "min_lstm"]
+
+
+def impls_running(cell) -> list:
+    """The registered impls that run ``cell`` on this machine (``"cudnn"``: LSTM on a GPU only;
+    ``tests/test_impls.py`` checks every refusal)."""
+    cell = get_cell(cell)
+    return [name for name, impl in IMPLS.items() if impl.supports(cell) and impl.unavailable() is None]
 SPACES = ["log", "linear"]
 LN3 = math.log(3.0)
 
@@ -53,7 +60,7 @@ def test_min_gru_one_step_by_hand():
     np.testing.assert_allclose(jnp.exp(log_a), [0.5, 0.25], rtol=1e-6)
     np.testing.assert_allclose(jnp.exp(log_b), [0.75, 0.1875], rtol=1e-6)
     # T = 1 through every impl (the parallel scan of a single pair).
-    for impl in IMPLS:
+    for impl in impls_running(MIN_GRU):
         ys, final = layer_impl(impl)(MIN_GRU, params, x[None, None], h_prev[None])
         np.testing.assert_allclose(ys[0, 0], [1.75, -0.8125], rtol=1e-6, err_msg=impl)
         np.testing.assert_allclose(final[0], [1.75, -0.8125], rtol=1e-6, err_msg=impl)
@@ -73,7 +80,7 @@ def test_min_lstm_one_step_by_hand():
     log_a, log_b = MIN_LSTM.linear_recurrence(params, params["w_x"][0])
     np.testing.assert_allclose(jnp.exp(log_a), [0.5, 0.75], rtol=1e-6)
     np.testing.assert_allclose(jnp.exp(log_b), [0.5, 0.125], rtol=1e-6)
-    for impl in IMPLS:
+    for impl in impls_running(MIN_LSTM):
         ys, final = layer_impl(impl)(MIN_LSTM, params, x[None, None], h_prev[None])
         np.testing.assert_allclose(final[0], [1.5, -2.875], rtol=1e-6, err_msg=impl)
 
@@ -186,7 +193,7 @@ def test_every_impl_matches_scan_in_bidirectional_stacks(cell):
         )
 
     (_, ref), g_ref = run("scan")
-    for impl in sorted(set(IMPLS) - {"scan"}):
+    for impl in sorted(set(impls_running(cell)) - {"scan"}):
         (_, got), g_got = run(impl)
         _leaves_close(got, ref, 2e-5, f"{impl} outputs")
         _leaves_close(g_got, g_ref, 1e-4, f"{impl} gradients")

@@ -1,11 +1,33 @@
-"""Copy a run's figures to a second place (e.g. ``docs/figures``), the one way every script does it."""
+"""Figures: whether they can be drawn here, and copying a run's figures to a second place (e.g. ``docs/figures``).
+
+Plots are conveniences (every number is in the JSON next to them): without
+matplotlib a script says so and carries on (:func:`can_plot`), and
+:func:`copy_figures` leaves out the figures that were never drawn.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Mapping, Sequence
 
-__all__ = ["copy_figures"]
+__all__ = ["can_plot", "copy_figures", "matplotlib_installed"]
+
+
+def matplotlib_installed() -> bool:
+    """Whether matplotlib can be imported (checked without importing it)."""
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def can_plot(path) -> bool:
+    """``True`` if matplotlib is installed; otherwise print that the figure ``path`` is skipped and return ``False``."""
+    if matplotlib_installed():
+        return True
+    print(f"figure {path} skipped: matplotlib is not installed", flush=True)
+    return False
 
 
 def copy_figures(src_dir: str | Path, dest: str | Path | None, names: Sequence[str] | Mapping[str, str]) -> list[Path]:
@@ -21,6 +43,8 @@ def copy_figures(src_dir: str | Path, dest: str | Path | None, names: Sequence[s
     dest.mkdir(parents=True, exist_ok=True)
     written = []
     for src_name, dest_name in pairs:
+        if not (Path(src_dir) / src_name).exists() and not matplotlib_installed():
+            continue  # never drawn: can_plot said so
         target = dest / dest_name
         target.write_bytes((Path(src_dir) / src_name).read_bytes())
         written.append(target)

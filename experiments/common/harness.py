@@ -114,6 +114,16 @@ def impl_available(impl: str) -> bool:
         return False
 
 
+_NOTED: set = set()
+
+
+def _note_once(text: str) -> None:
+    """Print ``text`` the first time only (a bench left out is said once per run, not once per size)."""
+    if text not in _NOTED:
+        _NOTED.add(text)
+        print(text, flush=True)
+
+
 # --------------------------------------------------------------------------- timing
 
 
@@ -198,9 +208,18 @@ def _suffix(precision) -> str:
 
 
 def make_lib(cell, impl_spec, T, B, I, H, key, precision="fp32") -> Bench | None:
-    """lstm_jax's layer with ``impl_spec`` (:func:`parse_impl_spec`); None if that impl is not registered."""
+    """lstm_jax's layer with ``impl_spec`` (:func:`parse_impl_spec`); None (with a printed note where the
+    impl is registered) if it is not registered, cannot run on this machine or has no such precision policy."""
     impl, unroll = parse_impl_spec(impl_spec)
     if not impl_available(impl):
+        return None
+    registered = layer_impl(impl)
+    if (reason := registered.unavailable()) is not None:
+        _note_once(f"lib:{impl_spec} left out: {reason}")
+        return None
+    policy = get_precision(precision).name
+    if policy not in registered.precisions:
+        _note_once(f"lib:{impl_spec} {policy} left out: layer impl {impl!r} runs only {', '.join(registered.precisions)}")
         return None
     layer = layer_impl(impl, precision=precision)
     loss, params, xs = layer_problem(cell, layer, T, B, I, H, unroll=unroll, key=key)

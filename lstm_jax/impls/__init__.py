@@ -22,12 +22,19 @@ just a time-major *core*::
 ``parallel`` associative scan over time (option ``space``); only cells linear in the
             state (``min_gru``, ``min_lstm``), see :mod:`.parallel_scan`
 ``deer``    parallel-in-time Newton (DEER / quasi-DEER), implicit-function gradients
+``cudnn``   cuDNN's fused LSTM (``jax.experimental.rnn.lstm``); LSTM only, CUDA GPUs
+            only, the ``fp32`` policy only, see :mod:`.cudnn`
 =========== ==================================================================
 
 An implementation that runs only some cells says so with ``supports(cell)``
 (and ``requirement``, the reason in words); any other cell is refused with one
 ``ValueError`` naming the implementations that do run it, after the inputs
 have been validated (so a bad input gets the same message from every impl).
+An implementation that runs only on some machines says so with
+``available() -> str | None`` (``None``: it runs here; else the reason it
+cannot); called here it is refused the same way, with that reason, and the
+test suite skips it with that reason. ``precisions`` names the precision
+policies it has (:mod:`lstm_jax.precision`); :func:`layer_impl` refuses any other.
 
 To add one: write its core in a module here and add a :class:`LayerImpl` to
 :data:`IMPLS` (:func:`register` does it from outside the package).
@@ -40,8 +47,12 @@ import functools
 from typing import Callable
 
 from ..cells import CELLS, get_cell
-from ..precision import get_precision
+from ..precision import PRECISIONS, get_precision
 from ..sequence import run_layer
+from .cudnn import REQUIREMENT as _CUDNN_REQUIREMENT
+from .cudnn import cudnn_core
+from .cudnn import supports as _cudnn_supports
+from .cudnn import unavailable_reason as _cudnn_unavailable
 from .deer import check_options as _deer_options
 from .deer import deer_core
 from .hoisted import hoisted_core
@@ -63,6 +74,10 @@ def _any_cell(cell) -> bool:
     return True
 
 
+def _runs_here() -> None:
+    return None
+
+
 def _refuse(impl: "LayerImpl", cell, *args, **kwargs):
     """Stands in for the core of an impl that cannot run ``cell``: raised once the inputs are validated."""
     runs = [name for name, other in IMPLS.items() if other.supports(cell)]
@@ -71,6 +86,11 @@ def _refuse(impl: "LayerImpl", cell, *args, **kwargs):
         f"layer impl {impl.name!r} cannot run cell {cell.name!r}: it runs only {impl.requirement}: "
         f"{', '.join(cells) or 'none registered'}; impls that run {cell.name!r}: {', '.join(runs)}"
     )
+
+
+def _unavailable(message: str, cell, *args, **kwargs):
+    """Stands in for the core of an impl that cannot run on this machine: raised once the inputs are validated."""
+    raise ValueError(message)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +102,9 @@ class LayerImpl:
     ``supports(cell) -> bool``: whether it runs that cell (default: every cell);
     ``requirement``: what it needs of a cell, in words, for the refusal message.
     ``precision`` is the policy (:mod:`lstm_jax.precision`) used when a call
-    gives no ``compute_dtype`` of its own.
+    gives no ``compute_dtype`` of its own; ``precisions`` the policies it has.
+    ``available() -> str | None``: ``None`` if it runs on this machine, else why
+    not (completing "layer impl '<name>' ..."; see :meth:`unavailable`).
     """
 
     name: str
@@ -93,13 +115,25 @@ class LayerImpl:
     supports: Callable = _any_cell
     requirement: str = ""
     precision: str = "fp32"
+    precisions: tuple = tuple(PRECISIONS)
+    available: Callable[[], str | None] = _runs_here
+
+    def unavailable(self) -> str | None:
+        """``None`` if this impl runs on this machine, else the one-line reason it cannot."""
+        reason = self.available()
+        return None if reason is None else f"layer impl {self.name!r} {reason}"
 
     def __call__(
         self, cell, params, xs, carry, *, reverse=False, lengths=None, unroll=1, compute_dtype=None,
         checked_lengths=False,
     ):
         cell = get_cell(cell)
-        core = self.core if self.supports(cell) else functools.partial(_refuse, self)
+        if not self.supports(cell):
+            core = functools.partial(_refuse, self)
+        elif (reason := self.unavailable()) is not None:
+            core = functools.partial(_unavailable, reason)
+        else:
+            core = self.core
         if compute_dtype is None:
             compute_dtype = get_precision(self.precision).compute_dtype
         return run_layer(
@@ -137,6 +171,10 @@ register(LayerImpl(
 ))
 register(LayerImpl("deer", deer_core, "parallel-in-time Newton (DEER); options method, tol, max_iters, on_fail",
                    _deer_options))
+register(LayerImpl(
+    "cudnn", cudnn_core, "cuDNN's fused LSTM via jax.experimental.rnn; CUDA GPUs, float32 only",
+    supports=_cudnn_supports, requirement=_CUDNN_REQUIREMENT, precisions=("fp32",), available=_cudnn_unavailable,
+))
 
 
 def layer_impl(name: str | LayerImpl, *, precision: str | None = None, **options) -> LayerImpl:
@@ -151,7 +189,14 @@ def layer_impl(name: str | LayerImpl, *, precision: str | None = None, **options
             raise ValueError(f"unknown layer impl {name!r}; choose one of {sorted(IMPLS)}") from None
     impl = impl.with_options(**options) if options else impl
     if precision is not None:
-        impl = dataclasses.replace(impl, precision=get_precision(precision).name)
+        policy = get_precision(precision).name
+        if policy not in impl.precisions:
+            others = [n for n, other in IMPLS.items() if policy in other.precisions]
+            raise ValueError(
+                f"layer impl {impl.name!r} has no {policy!r} precision policy (it runs {', '.join(impl.precisions)}); "
+                f"impls with {policy!r}: {', '.join(others)}"
+            )
+        impl = dataclasses.replace(impl, precision=policy)
     return impl
 
 
