@@ -182,5 +182,7 @@ def test_auto_candidates_follow_the_cell():
     assert fastest.candidates("min_gru")[0] == ("parallel", "fp32")
     assert [i for i, _ in fastest.candidates("gru")] == ["manual", "manual", "scan", "scan"]
     assert fastest.candidates("lstm", impl="scan") == [("scan", "fp32"), ("scan", "bf16")]
+    assert fastest.candidates("lstm", impl="cudnn") == [("cudnn", "fp32")]  # the only policy it offers
+    assert fastest.candidates("lstm", impl="manual", precision="bf16") == [("manual", "bf16")]
     tiny = fastest.choose("min_lstm", 8, 2, 4, 8)
     assert (tiny["impl"], tiny["precision"], tiny["chosen_by"]) == ("parallel", "fp32", "rule")

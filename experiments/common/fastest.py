@@ -11,8 +11,8 @@ and takes the smallest median. Candidates, in order of preference (the first
 one wins ties and problems too small to time):
 
 * a cell linear in its state (``min_gru``, ``min_lstm``): ``parallel``, ``manual``;
-* any other cell: ``manual`` (the fast path on CPU), ``scan`` (the reference);
-* each with every policy of :data:`lstm_jax.precision.PRECISIONS` (``fp32``, ``bf16``).
+* any other cell: ``cudnn`` (on a GPU, LSTM only), ``manual`` (the fast path on CPU), ``scan`` (the reference);
+* each with every policy of :data:`lstm_jax.precision.PRECISIONS` (``fp32``, ``bf16``) that the impl offers.
 
 A problem with less than :data:`MIN_TIMED_FLOPS` matmul FLOPs per forward pass
 is not timed (compilation would cost more than the choice could save, and
@@ -40,17 +40,25 @@ AUTO = "auto"
 MIN_TIMED_FLOPS = 5e7
 
 #: Preference order of the layer implementations, by whether the cell is linear in its state.
-PREFERENCE = {True: ("parallel", "manual"), False: ("manual", "scan")}
+PREFERENCE = {True: ("parallel", "manual"), False: ("cudnn", "manual", "scan")}
 
 
 def candidates(cell, impl: str = AUTO, precision: str = AUTO) -> list[tuple[str, str]]:
-    """The ``(impl, precision)`` pairs :func:`choose` times for ``cell``, preferred first."""
+    """The ``(impl, precision)`` pairs :func:`choose` times for ``cell``, preferred first.
+
+    A given ``impl`` / ``precision`` is kept as given (an unknown or unsupported
+    one is then refused by :func:`lstm_jax.impls.layer_impl` with its reason);
+    ``"auto"`` precision takes only the policies the impl offers.
+    """
     cell = get_cell(cell)
     impls = [impl] if impl != AUTO else [
         name for name in PREFERENCE[bool(cell.linear_recurrence)] if name in IMPLS and _runs(IMPLS[name], cell)
     ]
-    precisions = [precision] if precision != AUTO else list(PRECISIONS)
-    return [(i, p) for i in impls for p in precisions]
+    pairs = []
+    for name in impls:
+        offered = getattr(IMPLS.get(name), "precisions", PRECISIONS)
+        pairs += [(name, p) for p in ([precision] if precision != AUTO else [p for p in PRECISIONS if p in offered])]
+    return pairs
 
 
 def _runs(impl, cell) -> bool:
