@@ -39,6 +39,20 @@ only) can also give it in log space::
 which lets the layer impl ``"parallel"`` (:mod:`lstm_jax.impls.parallel_scan`)
 evaluate all steps at once with an associative scan. It must describe the same
 function as ``recurrence`` (``tests/test_min_cells.py`` checks it).
+
+For quasi-DEER (layer impl ``"deer"``, ``method="diagonal"``) a cell can give
+the diagonal of its step's Jacobian at about the cost of one step::
+
+    jacobian_diagonal(params, carry_{t-1}, xw_t, compute_dtype) -> diag    # carry-shaped, leaves (..., H)
+
+``diag`` has the carry's pytree structure and shapes; each leaf holds, per
+unit ``j``, ``∂ leaf_t[j] / ∂ leaf_{t-1}[j]`` of the same leaf (LSTM:
+``(∂h_t[j]/∂h_{t-1}[j], ∂c_t[j]/∂c_{t-1}[j])``), i.e. the diagonal of the
+``D x D`` Jacobian of the flattened carry. The pre-activation of unit ``j`` of
+gate block ``k`` depends on ``h_{t-1}[j]`` through ``w_h[j, k H + j]``
+(:func:`recurrent_diagonal`). Without it ``"deer"`` takes the same diagonal by
+``D`` JVPs (``D`` steps of work); ``tests/test_jacobian_diagonal.py`` checks
+each cell's against ``jax.jacfwd``.
 """
 
 from __future__ import annotations
@@ -72,6 +86,18 @@ def contract(a: Array, b: Array, axes: tuple, compute_dtype: Any, out_dtype: Any
     if compute_dtype is not None:
         a, b = a.astype(compute_dtype), b.astype(compute_dtype)
     return jax.lax.dot_general(a, b, (axes, ((), ())), preferred_element_type=out_dtype).astype(out_dtype)
+
+
+def recurrent_diagonal(w_h: Array, compute_dtype: Any, dtype: Any) -> Array:
+    """``w_h[j, k H + j]`` for every gate block ``k`` and unit ``j``: ``(H, G*H) -> (G*H,)`` in ``dtype``.
+
+    ``∂ z[k H + j] / ∂ h_{t-1}[j]`` of ``z = h_{t-1} @ w_h``. Rounded through
+    ``compute_dtype`` (if given) as :func:`matmul` rounds ``w_h``, so it is the
+    derivative of the product as computed, not of the float32 weights.
+    """
+    hidden = w_h.shape[0]
+    diag = jnp.diagonal(w_h.reshape(hidden, -1, hidden), axis1=0, axis2=2).reshape(-1)  # [k, j] -> k H + j
+    return (diag if compute_dtype is None else diag.astype(compute_dtype)).astype(dtype)
 
 
 def _identity(carry):
@@ -112,6 +138,8 @@ class Cell:
                     whose state enters only elementwise (then ``H = w_x.shape[1] // G``).
     linear_recurrence: ``(params, xw, compute_dtype) -> (log_a, log_b)`` for a cell with
                     ``h_t = a_t ⊙ h_{t-1} + b_t`` (see the module docstring), else ``None``.
+    jacobian_diagonal: ``(params, carry_{t-1}, xw_t, compute_dtype) -> diag``, carry-shaped
+                    ``∂carry_t[k] / ∂carry_{t-1}[k]`` for quasi-DEER (module docstring), else ``None``.
     """
 
     name: str
@@ -126,6 +154,7 @@ class Cell:
     hidden: Callable = _identity
     recurrent_weight: str | None = "w_h"
     linear_recurrence: Callable | None = None
+    jacobian_diagonal: Callable | None = None
 
     # -- shapes ---------------------------------------------------------------
 

@@ -11,6 +11,12 @@ Equations::
     h_t = (1 - z_t) ⊙ n_t + z_t ⊙ h_{t-1}
     y_t = h_t
 
+Jacobian diagonal (quasi-DEER), per unit ``j``, with ``w_h``'s diagonal per block::
+
+    ∂r = r(1-r) w_h[j, j],   ∂z = z(1-z) w_h[j, H+j],   ∂u_n = w_h[j, 2H+j]
+    ∂n = (1 - n²) ⊙ (∂r ⊙ u_n + r ⊙ ∂u_n)      # u_n includes b_h[n]
+    ∂h_t[j]/∂h_{t-1}[j] = z + ∂z ⊙ (h_{t-1} - n) + (1 - z) ⊙ ∂n
+
 Because of the reset gate's position the two biases are not interchangeable,
 so both are kept. Params: ``w_x (I, 3H)``, ``w_h (H, 3H)``, ``b_x (3H,)``,
 ``b_h (3H,)``, gate order :data:`GRU_GATES`. Carry: ``h (..., H)``.
@@ -21,7 +27,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .base import Cell, check_sizes, glorot_blocks, matmul, orthogonal_blocks, zeros_carry
+from .base import Cell, check_sizes, glorot_blocks, matmul, orthogonal_blocks, recurrent_diagonal, zeros_carry
 
 Array = jax.Array
 
@@ -72,6 +78,15 @@ def gru_backward_step(params, res, dh_next: Array, dy: Array, compute_dtype=None
     return da, du, dh_prev
 
 
+def gru_jacobian_diagonal(params, h_prev: Array, xw_t: Array, compute_dtype=None) -> Array:
+    """``∂h_t[j] / ∂h_{t-1}[j]``, ``(..., H)``, from one step's gates (equations in the module docstring)."""
+    _, _, res = gru_recurrence(params, h_prev, xw_t, compute_dtype)
+    r, z, n = res["r"], res["z"], res["n"]
+    w_r, w_z, w_n = jnp.split(recurrent_diagonal(params["w_h"], compute_dtype, h_prev.dtype), 3)
+    dn = (1.0 - n**2) * (r * (1.0 - r) * w_r * res["u_n"] + r * w_n)
+    return z + z * (1.0 - z) * w_z * (h_prev - n) + (1.0 - z) * dn
+
+
 def init_gru(key: Array, input_size: int, hidden_size: int, dtype=jnp.float32) -> dict:
     """Params for :func:`gru_step`: w_x (I, 3H) Glorot-uniform per block, w_h (H, 3H)
     orthogonal per block, b_x and b_h (3H,) zeros."""
@@ -88,7 +103,7 @@ def init_gru(key: Array, input_size: int, hidden_size: int, dtype=jnp.float32) -
 GRU = Cell(
     name="gru", init=init_gru, zeros_carry=zeros_carry, recurrence=gru_recurrence, num_gates=3,
     param_keys=("w_x", "w_h", "b_x", "b_h"), input_bias="b_x", recurrent_bias="b_h",
-    backward_step=gru_backward_step,
+    backward_step=gru_backward_step, jacobian_diagonal=gru_jacobian_diagonal,
 )
 
 

@@ -11,6 +11,17 @@ Equations (``σ`` = logistic sigmoid, ``⊙`` = elementwise product)::
     h_t = o_t ⊙ tanh(c_t)
     y_t = h_t
 
+Jacobian diagonal (quasi-DEER), per unit ``j``; ``∂a = ∂a_t[j]/∂h_{t-1}[j]`` for a gate ``a``,
+``∂i = i(1-i) w_h[j, j]``, ``∂f = f(1-f) w_h[j, H+j]``, ``∂g = (1-g²) w_h[j, 2H+j]``,
+``∂o = o(1-o) w_h[j, 3H+j]``::
+
+    ∂c_t[j]/∂h_{t-1}[j] = ∂f ⊙ c_{t-1} + ∂i ⊙ g + i ⊙ ∂g        (inside the next line only)
+    ∂h_t[j]/∂h_{t-1}[j] = ∂o ⊙ tanh(c_t) + o ⊙ (1 - tanh²(c_t)) ⊙ ∂c_t[j]/∂h_{t-1}[j]
+    ∂c_t[j]/∂c_{t-1}[j] = f_t
+
+(the blocks ``∂h_t/∂c_{t-1}`` and ``∂c_t/∂h_{t-1}`` of the ``2H x 2H`` Jacobian
+are off its diagonal: quasi-DEER drops them).
+
 Params: ``w_x (I, 4H)``, ``w_h (H, 4H)``, ``b (4H,)``, gate order :data:`LSTM_GATES`
 (PyTorch's ``W_ii|W_if|W_ig|W_io``, Flax's ``OptimizedLSTMCell``).
 Carry: :class:`LSTMCarry` ``(hidden, cell)``, each ``(..., H)``.
@@ -23,7 +34,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .base import Cell, check_sizes, glorot_blocks, matmul, orthogonal_blocks
+from .base import Cell, check_sizes, glorot_blocks, matmul, orthogonal_blocks, recurrent_diagonal
 
 Array = jax.Array
 
@@ -123,6 +134,18 @@ def lstm_backward_step(params, res, dcarry: LSTMCarry, dy: Array, compute_dtype=
     return dz, None, LSTMCarry(hidden=dh_prev, cell=dc_prev)
 
 
+def lstm_jacobian_diagonal(params, carry: LSTMCarry, xw_t: Array, compute_dtype=None) -> LSTMCarry:
+    """``LSTMCarry(∂h_t/∂h_{t-1}, ∂c_t/∂c_{t-1})`` elementwise, ``(..., H)`` each, from one step's gates
+    (equations in the module docstring): ``[∂i|∂f|∂g|∂o]`` is one pass over the ``4H`` block."""
+    _, _, res = lstm_recurrence(params, carry, xw_t, compute_dtype)
+    gates, tanh_c = res["gates"], res["tanh_c"]
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    dz = gate_derivatives(gates) * recurrent_diagonal(params["w_h"], compute_dtype, gates.dtype)
+    di, df, dg, do = jnp.split(dz, 4, axis=-1)
+    dc = df * carry.cell + di * g + i * dg
+    return LSTMCarry(hidden=do * tanh_c + o * (1.0 - tanh_c**2) * dc, cell=f)
+
+
 def init_lstm(key: Array, input_size: int, hidden_size: int, dtype=jnp.float32, forget_bias: float = 1.0) -> dict:
     """Params for :func:`lstm_step`.
 
@@ -153,7 +176,7 @@ def _hidden(carry: LSTMCarry) -> Array:
 
 LSTM = Cell(
     name="lstm", init=init_lstm, zeros_carry=lstm_zeros_carry, recurrence=lstm_recurrence, num_gates=4,
-    backward_step=lstm_backward_step, hidden=_hidden,
+    backward_step=lstm_backward_step, hidden=_hidden, jacobian_diagonal=lstm_jacobian_diagonal,
 )
 
 

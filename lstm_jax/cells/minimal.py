@@ -19,7 +19,9 @@ log space (no exponent of a large number is ever taken)::
     log a_t = log σ(-u) = -softplus(u)
     log b_t = log σ(u) + log g(a_h) = -softplus(-u) + log g(a_h)
 
-which is what the layer impl ``"parallel"`` scans over. Using ``g`` rather
+which is what the layer impl ``"parallel"`` scans over. Its Jacobian is the
+diagonal ``∂h_t/∂h_{t-1} = k_t`` (the cell's ``jacobian_diagonal``), so
+quasi-DEER is exact Newton on these cells and ends in one iteration. Using ``g`` rather
 than the identity for ``h̃`` is the paper's log-space variant and the default
 (and only) variant here: it keeps ``b_t > 0``, so ``log b_t`` exists, and the
 sequential step computes exactly the same function in linear space.
@@ -117,6 +119,9 @@ def min_cell(name: str, num_gates: int, logits: Callable, logits_backward: Calla
     def linear_recurrence(params, xw, compute_dtype=None):
         return mix_log_coefficients(logits, params, xw, compute_dtype)
 
+    def jacobian_diagonal(params, h_prev, xw_t, compute_dtype=None):  # ∂h_t/∂h_{t-1} = keep, (..., H)
+        return mix_recurrence(logits, params, h_prev, xw_t, compute_dtype)[2]["keep"]
+
     init.__name__ = init.__qualname__ = f"init_{name}"
     init.__doc__ = (
         f"Params for {name}: w_x (I, {num_gates}H) Glorot-uniform per H-wide block, "
@@ -125,5 +130,5 @@ def min_cell(name: str, num_gates: int, logits: Callable, logits_backward: Calla
     return Cell(
         name=name, init=init, zeros_carry=zeros_carry, recurrence=recurrence, num_gates=num_gates,
         param_keys=("w_x", "b"), backward_step=backward_step, recurrent_weight=None,
-        linear_recurrence=linear_recurrence,
+        linear_recurrence=linear_recurrence, jacobian_diagonal=jacobian_diagonal,
     )

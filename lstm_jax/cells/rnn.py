@@ -5,6 +5,8 @@ Equations (``@`` = matrix product on the last axis)::
     h_t = tanh(x_t @ w_x + b + h_{t-1} @ w_h)
     y_t = h_t
 
+Jacobian diagonal (quasi-DEER): ``∂h_t[j]/∂h_{t-1}[j] = (1 - h_t[j]²) w_h[j, j]``.
+
 Params: ``w_x (I, H)`` Glorot-uniform, ``w_h (H, H)`` orthogonal, ``b (H,)`` zeros.
 Carry: ``h (..., H)``.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .base import Cell, check_sizes, glorot_uniform, matmul, orthogonal_blocks, zeros_carry
+from .base import Cell, check_sizes, glorot_uniform, matmul, orthogonal_blocks, recurrent_diagonal, zeros_carry
 
 Array = jax.Array
 
@@ -39,6 +41,12 @@ def rnn_backward_step(params, res, dh_next: Array, dy: Array, compute_dtype=None
     return dz, None, matmul(dz, params["w_h"], compute_dtype, dz.dtype, transpose_w=True)
 
 
+def rnn_jacobian_diagonal(params, h_prev: Array, xw_t: Array, compute_dtype=None) -> Array:
+    """``∂h_t[j] / ∂h_{t-1}[j] = (1 - h_t[j]²) w_h[j, j]``, ``(..., H)``: one step's work (tanh' from ``h_t``)."""
+    h = rnn_recurrence(params, h_prev, xw_t, compute_dtype)[0]
+    return (1.0 - h**2) * recurrent_diagonal(params["w_h"], compute_dtype, h.dtype)
+
+
 def init_rnn(key: Array, input_size: int, hidden_size: int, dtype=jnp.float32) -> dict:
     """Params for :func:`rnn_step`: w_x (I, H) Glorot-uniform, w_h (H, H) orthogonal, b (H,) zeros."""
     check_sizes("init_rnn", input_size, hidden_size)
@@ -52,7 +60,7 @@ def init_rnn(key: Array, input_size: int, hidden_size: int, dtype=jnp.float32) -
 
 RNN = Cell(
     name="rnn", init=init_rnn, zeros_carry=zeros_carry, recurrence=rnn_recurrence, num_gates=1,
-    backward_step=rnn_backward_step,
+    backward_step=rnn_backward_step, jacobian_diagonal=rnn_jacobian_diagonal,
 )
 
 
