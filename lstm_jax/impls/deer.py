@@ -43,9 +43,10 @@ cotangents. Nothing of the Newton iterations is differentiated or stored.
 
 Cost of the Jacobians: ``J_t`` comes from ``jax.jacfwd`` of the cell's own
 recurrence (``D`` JVPs per step, ``O(D · H · G H)`` per step per example, and
-``T·B·D²`` floats for ``"full"``). ``"diagonal"`` takes the exact diagonal as
-``D`` JVPs one after the other (``lax.map``), so it keeps ``O(T B D)`` memory but
-not the ``O(H²)`` per-step cost a per-cell analytic diagonal would have.
+``T·B·D²`` floats for ``"full"``). ``"diagonal"`` calls the cell's hand-derived
+``jacobian_diagonal`` (:mod:`lstm_jax.cells.base`; every built-in cell has one)
+over all steps at once: about one step of work. A cell without one gets the same
+exact diagonal from ``D`` JVPs one after the other (``lax.map``: ``D`` steps of work).
 
 Options (``layer_impl("deer", method="diagonal", tol=1e-7)``): ``method``
 (``"full"``), ``tol`` (``None``: :func:`default_tol` of the carry dtype),
@@ -152,29 +153,28 @@ class Config:
         per_b = jax.vmap(self.step, in_axes=(None, 0, 0, 0))
         return jax.vmap(per_b, in_axes=(None, 0, 0, 0))(params, prev, xw, mask)
 
+    def diagonal(self, params, s_prev: Array, xw_t: Array, m_t: Array) -> Array:
+        """One example, one step: the cell's ``jacobian_diagonal`` flattened, ``(D,)``; 1 where masked (``J = I``)."""
+        diag = self.cell.jacobian_diagonal(params, self.layout.unflat(s_prev), xw_t, self.compute_dtype)
+        return jnp.where(m_t, self.layout.flat(diag), 1.0)
+
     def jacobians(self, params, prev: Array, xw: Array, mask: Array):
         """``(J, f)`` at every step: ``J (T,B,D,D)`` (``"full"``) or its diagonal ``(T,B,D)``; ``f (T,B,D)``."""
 
         def state(s, x, m):
             return self.step(params, s, x, m)[0]
 
-        if self.method == "full":
-
-            def one(s, x, m):
-                out = state(s, x, m)
-                return out, out
-
-            jac = jax.vmap(jax.vmap(jax.jacfwd(one, has_aux=True)))
-            return jac(prev, xw, mask)
-        # Exact diagonal, one basis direction at a time: O(T B D) memory, D JVPs of work.
         batched = jax.vmap(jax.vmap(state))
-        width = prev.shape[-1]
+        if self.method == "full":  # has_aux: f from the same evaluation
+            return jax.vmap(jax.vmap(jax.jacfwd(lambda s, x, m: (state(s, x, m),) * 2, has_aux=True)))(prev, xw, mask)
+        if self.cell.jacobian_diagonal is not None:  # XLA merges the step inside it with f's (CSE): one step of work
+            return jax.vmap(jax.vmap(functools.partial(self.diagonal, params)))(prev, xw, mask), batched(prev, xw, mask)
 
-        def column(i):
+        def column(i):  # no analytic diagonal: the exact one, a basis direction at a time (D JVPs of work)
             tangent = jnp.zeros_like(prev).at[..., i].set(1.0)
             return jax.jvp(lambda s: batched(s, xw, mask), (prev,), (tangent,))[1][..., i]
 
-        diag = jnp.moveaxis(jax.lax.map(column, jnp.arange(width)), 0, -1)
+        diag = jnp.moveaxis(jax.lax.map(column, jnp.arange(prev.shape[-1])), 0, -1)
         return diag, batched(prev, xw, mask)
 
 
