@@ -5,7 +5,11 @@ For each T in ``--lengths`` (default 64, 128, ..., 16384) and each case:
 * ``manual``: the sequential LSTM (hoisted forward, hand-derived BPTT);
 * ``deer``: the same LSTM, evaluated by Newton over the whole trajectory
   (``impl="deer"``, full ``2H x 2H`` Jacobians, associative scan);
-* ``quasi-deer``: the same with the diagonal of the Jacobians only;
+* ``quasi-deer``: the same with the diagonal of the Jacobians only (the
+  LSTM's hand-derived ``jacobian_diagonal``: about one step of work);
+* ``quasi-deer-jvp`` (only when named in ``--cases``): quasi-DEER with that
+  diagonal taken by ``D`` JVPs instead, what a cell without
+  ``jacobian_diagonal`` gets (the same iterates, ``D`` steps of work);
 * ``min_lstm-parallel``, ``min_gru-parallel``, ``min_gru-scan``: the minimal
   cells (linear in their state, so one parallel scan is exact), where those
   cells and the ``"parallel"`` impl are registered (they are skipped otherwise);
@@ -23,19 +27,21 @@ rate and the load average are measured in the same run (start and end).
 What a 2-core CPU can show: the *work* of each method, not the speed-up of
 parallel-in-time evaluation. DEER trades depth for work: the sequential scan
 does ``T`` dependent steps of ``O(B H^2)``; one Newton iteration does
-``O(T B D^3)`` (full, ``D = 2H``) or ``O(T B D H)`` (quasi, the exact diagonal
-by ``D`` JVPs) work in ``O(log T)`` depth, times the iteration count. With two
-cores there is no idle hardware for that extra work to run on, so DEER is
-expected to be slower here at every T; its win needs many processors (a GPU
-or TPU with far more lanes than ``B H``). The iteration counts and memory are
-machine-independent; the times are not.
+``O(T B D^3)`` (full, ``D = 2H``) or ``O(T B G H^2)`` (quasi: the diagonal
+costs one step, ``D`` steps by JVPs) work in ``O(log T)`` depth, times the
+iteration count. With two cores there is no idle hardware for that extra
+work to run on, so DEER is expected to be slower here at every T; its win
+needs many processors (a GPU or TPU with far more lanes than ``B H``). The
+iteration counts and memory are machine-independent; the times are not.
 
     python experiments/parallel_time.py --quick                   # seconds; writes runs/parallel_time_quick.json
     python experiments/parallel_time.py --budget-minutes 30       # the real run -> results/parallel_time.json
+    python experiments/parallel_time.py --cases quasi-deer,quasi-deer-jvp --lengths 256,1024,4096 --out runs/qd.json
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -64,6 +70,7 @@ CASES = (
     ("manual", "lstm", "manual", {}, "H"),
     ("deer", "lstm", "deer", {"method": "full"}, "H"),
     ("quasi-deer", "lstm", "deer", {"method": "diagonal"}, "H"),
+    ("quasi-deer-jvp", "lstm", "deer", {"method": "diagonal"}, "H"),
     ("min_lstm-parallel", "min_lstm", "parallel", {}, "H"),
     ("min_gru-parallel", "min_gru", "parallel", {}, "H"),
     ("min_gru-scan", "min_gru", "scan", {}, "H"),
@@ -71,6 +78,10 @@ CASES = (
     ("min_gru-parallel=P", "min_gru", "parallel", {}, "params"),
 )
 QUICK = {"lengths": [16], "batch_size": 2, "input": 4, "hidden": 8, "repeats": 2}
+#: Cases that run with a changed cell: the JVP-diagonal one drops the cell's ``jacobian_diagonal``.
+CELL_CHANGES = {"quasi-deer-jvp": lambda cell: dataclasses.replace(cell, jacobian_diagonal=None)}
+#: Cases left out of the default ``--cases`` (a comparison of two ways to the same iterates, not a method).
+OPT_IN = ("quasi-deer-jvp",)
 
 
 def available_cases(names):
@@ -98,7 +109,8 @@ def measure(case, T, B, I, H, repeats):
     name, cell, impl_name, options, _ = case
     H = case_hidden(case, I, H)
     impl = layer_impl(impl_name, **options)
-    loss, params, xs = layer_problem(cell, impl, T, B, I, H)
+    c = CELL_CHANGES.get(name, lambda same: same)(get_cell(cell))
+    loss, params, xs = layer_problem(c, impl, T, B, I, H)
     row = {"name": name, "cell": cell, "impl": impl_name, "options": options, "T": T, "H": H,
            "params": count_params(params)}
     t0 = time.perf_counter()
@@ -113,7 +125,6 @@ def measure(case, T, B, I, H, repeats):
     row.update(forward_s=statistics.median(fwd_times), forward_times_s=fwd_times,
                train_step_s=statistics.median(train_times), train_step_times_s=train_times)
     if impl_name == "deer":
-        c = get_cell(cell)
         solve = jax.jit(lambda p, x: deer_solve(c, p, x, c.zeros_carry(H, (B,), x.dtype), **options))
         _, iters, converged = solve(params[0], jnp.swapaxes(xs, 0, 1))
         row.update(newton_iters=int(iters), converged=bool(converged))
@@ -188,8 +199,8 @@ def speedups(rows, names, reference="manual"):
 def build_parser():
     p = cli.make_parser(__doc__, first_paragraph=True)
     cli.add_flag(p, "lengths", default=[2**k for k in range(6, 15)])
-    p.add_argument("--cases", action=cli.ListAction, default=[c[0] for c in CASES],
-                   help="cases to run (unregistered ones are skipped)")
+    p.add_argument("--cases", action=cli.ListAction, default=[c[0] for c in CASES if c[0] not in OPT_IN],
+                   help=f"cases to run (unregistered ones are skipped; {', '.join(OPT_IN)} only when named)")
     cli.add_flag(p, "batch_size", default=4)
     p.add_argument("--input", type=int, default=16, help="input size I")
     cli.add_flag(p, "hidden", default=32)
