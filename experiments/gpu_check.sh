@@ -17,7 +17,10 @@
 #               -> benchmark.json
 #   scaling_*   experiments/scaling.py --only sizes (batch, sequence length, hidden size) for impl
 #               cudnn and manual -> scaling_<impl>.json
+#   parallel_time experiments/parallel_time.py, minGRU/minLSTM parallel vs the sequential LSTM, T up to
+#               16384 (does its time grow sub-linearly in T on a GPU?) -> parallel_time.json
 #   tests_rest  the rest of the fast suite (-m 'not slow'), cut off by the overall deadline -> junit_rest.xml
+#   (pytest runs with -o addopts=-ra: the GPU machine's Python has no pytest-xdist, which pyproject's addopts use)
 #   summary     summary.txt: each step's exit status, seconds, test counts, benchmark medians
 #
 # Step timeouts send SIGINT first (pytest then still writes its junit file and summary).
@@ -113,7 +116,7 @@ echo "jax backend: ${BACKEND:-unknown}" | tee -a "$SUMMARY"
 # No preallocation: some tests start subprocesses, each of which would otherwise claim 75% of the GPU.
 if [ "$QUICK" = 1 ]; then GPU_TESTS="tests/test_cudnn.py"; fi
 # shellcheck disable=SC2086
-step tests_gpu 200 XLA_PYTHON_CLIENT_PREALLOCATE=false "$PY" -m pytest -m "not slow" -q -p no:cacheprovider \
+step tests_gpu 200 XLA_PYTHON_CLIENT_PREALLOCATE=false "$PY" -m pytest -o addopts=-ra -m "not slow" -q -p no:cacheprovider \
     --maxfail="$MAXFAIL" --durations=10 --junitxml="$OUT_DIR/junit_gpu.xml" $GPU_TESTS
 
 # --------------------------------------------------------------------------- benchmark
@@ -138,6 +141,16 @@ for impl in $SCALING_IMPLS; do
         --out "$OUT_DIR/scaling_$impl.json"
 done
 
+# --------------------------------------------------------------------------- parallel in time (issue: sub-linear in T on a GPU)
+if [ "$QUICK" = 1 ]; then
+    step parallel_time 120 "$PY" experiments/parallel_time.py --quick --cases manual,min_gru-parallel,min_gru-scan \
+        --out "$OUT_DIR/parallel_time.json"
+else
+    step parallel_time 120 "$PY" experiments/parallel_time.py --cases manual,min_gru-parallel,min_lstm-parallel,min_gru-scan \
+        --batch-size 16 --input 64 --hidden 256 --lengths 256 1024 4096 16384 --repeats 3 --budget-minutes 1.5 \
+        --out "$OUT_DIR/parallel_time.json"
+fi
+
 # --------------------------------------------------------------------------- the rest of the fast suite
 if [ "$QUICK" = 1 ]; then
     printf '%-16s skipped (GPU_CHECK_QUICK=1)\n' tests_rest | tee -a "$SUMMARY"
@@ -145,7 +158,7 @@ else
     IGNORE=""
     for f in $GPU_TESTS; do IGNORE="$IGNORE --ignore=$f"; done
     # shellcheck disable=SC2086
-    step tests_rest 600 XLA_PYTHON_CLIENT_PREALLOCATE=false "$PY" -m pytest -m "not slow" -q -p no:cacheprovider \
+    step tests_rest 600 XLA_PYTHON_CLIENT_PREALLOCATE=false "$PY" -m pytest -o addopts=-ra -m "not slow" -q -p no:cacheprovider \
         --maxfail="$MAXFAIL" --durations=10 --junitxml="$OUT_DIR/junit_rest.xml" $IGNORE
 fi
 
