@@ -19,7 +19,6 @@ Example (the README numbers)::
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -74,8 +73,8 @@ def run_one(task, cell: str, args, test_batch) -> dict:
     k_init, k_data = jax.random.split(key)
     params = init_sequence_model(k_init, cell, task.input_size, args.hidden, task.output_size)
     # "auto": the fastest impl/precision for this cell and T, measured on one layer (the model has one)
-    choice_args = argparse.Namespace(cell=cell, impl=args.impl, precision=args.precision)
-    impl = cli.layer_from_args(choice_args, T=task.T, B=args.batch_size, I=task.input_size, H=args.hidden)
+    impl, choice = cli.choose_layer(cell, args.impl, args.precision, T=task.T, B=args.batch_size,
+                                    I=task.input_size, H=args.hidden)
 
     def loss_fn(params, batch, key, model_state):
         loss, metrics = task.model_loss(cell, params, batch, impl=impl)
@@ -104,7 +103,7 @@ def run_one(task, cell: str, args, test_batch) -> dict:
         "seconds": round(seconds, 1),
         "stop_reason": getattr(result, "stop_reason", None),
         "solved_at_step": solved_at,
-        "layer": choice_args.layer_choice,
+        "layer": choice,
         "curve": curve,
         "train_loss_curve": [(r["step"], r["loss"]) for r in trains],
     }

@@ -35,9 +35,9 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
     import _bootstrap  # noqa: F401
 
 from experiments.common import cli
+from experiments.common.harness import REPO_ROOT
 from experiments.common.records import RecordError, lookup, read_json
 
-REPO = Path(__file__).resolve().parent.parent
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
 REQUIRED = ("experiment", "file", "values", "result", "target", "section")
 
@@ -66,9 +66,10 @@ def entry_row(entry: dict, root: Path) -> str:
     record = read_json(root / entry["file"])
     try:
         values = {k: value(record, spec) for k, spec in entry["values"].items()}
-        result = entry["result"].format(**values)
     except RecordError as err:
         raise RecordError(f"{name!r}: {entry['file']}: {err}") from None
+    try:
+        result = entry["result"].format(**values)
     except (KeyError, ValueError, TypeError) as err:
         raise RecordError(f"{name!r}: result template {entry['result']!r} does not fit the values {values}: {err}") from None
     met = ""
@@ -102,9 +103,9 @@ def replace_table(readme: str, table: str) -> str:
 
 def build_parser():
     p = cli.make_parser(__doc__, first_paragraph=True)
-    p.add_argument("--manifest", default=str(REPO / "results" / "glance.json"), help="the rows (JSON list)")
-    p.add_argument("--readme", default=str(REPO / "README.md"), help="the README to update")
-    p.add_argument("--root", default=str(REPO), help="directory the entries' file paths are relative to")
+    p.add_argument("--manifest", default=str(REPO_ROOT / "results" / "glance.json"), help="the rows (JSON list)")
+    p.add_argument("--readme", default=str(REPO_ROOT / "README.md"), help="the README to update")
+    p.add_argument("--root", default=str(REPO_ROOT), help="directory the entries' file paths are relative to")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="only compare; exit 1 if the README's table differs")
     mode.add_argument("--print", action="store_true", help="only print the table")

@@ -45,6 +45,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
 from experiments.common import cli
 from experiments.common.harness import REPO_ROOT, layer_problem, result_path, run_python, time_calls, train_flops
 from experiments.common.machine import finish_machine_info, machine_info
+from lstm_jax.layers import count_params
 
 BASE = {"T": 64, "B": 32, "I": 32, "H": 128}
 SWEEPS = {
@@ -127,7 +128,7 @@ def process_step(T, B, I, H, impl, repeats):
     compile_s = time.perf_counter() - t0
     jax.block_until_ready(compiled(params, xs))
     step_s = statistics.median(time_calls(lambda: jax.block_until_ready(compiled(params, xs)), repeats))
-    n = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
+    n = count_params(params)
     d = jax.device_count()
     buf = parallel.shard_global(np.ones((d, n), np.float32), mesh)
     reduce = jax.jit(lambda g: g.sum(0), out_shardings=parallel.replicated_sharding(mesh)).lower(buf).compile()

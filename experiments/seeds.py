@@ -38,9 +38,9 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
     import _bootstrap  # noqa: F401
 
 from experiments.common import cli
+from experiments.common.harness import REPO_ROOT
 from experiments.common.records import RecordError, lookup, read_json
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def build_parser():
@@ -108,8 +108,8 @@ def seeds(args) -> dict:
         if any(a == flag or a.startswith(flag + "=") for a in command[1:]):
             raise SystemExit(f"error: the command must not set {flag}: seeds.py sets it per run")
     script = Path(command[0])
-    if script.suffix == ".py" and not script.exists() and (REPO / script).exists():
-        command[0] = str(REPO / script)
+    if script.suffix == ".py" and not script.exists() and (REPO_ROOT / script).exists():
+        command[0] = str(REPO_ROOT / script)
     if not Path(command[0]).exists():
         raise SystemExit(f"error: no experiment script {command[0]!r}")
     if len(set(args.seeds)) != len(args.seeds):

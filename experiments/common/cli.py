@@ -66,6 +66,7 @@ __all__ = [
     "checkpoint_which",
     "flag_for",
     "flag_message",
+    "choose_layer",
     "layer_from_args",
     "match_params",
     "make_parser",
@@ -332,21 +333,25 @@ def match_params(args: argparse.Namespace, make_params: Callable[[str, int], Any
           f"{args.matched['hidden']} has {target:,} params)", flush=True)
 
 
-def layer_from_args(args: argparse.Namespace, *, T: int, B: int, I: int, H: int, cell: str | None = None,
-                    quiet: bool = False) -> LayerImpl:
-    """The layer implementation ``--impl`` with the policy ``--precision`` bound (and said on stdout).
+def choose_layer(cell: str, impl: str, precision: str, *, T: int, B: int, I: int, H: int) -> tuple[LayerImpl, dict]:
+    """The layer implementation ``impl`` with the policy ``precision`` bound (and said on stdout), and the choice.
 
-    ``auto`` in either is resolved by measuring one layer of ``cell`` (default
-    ``args.cell``) at ``T, B, I, H`` (:func:`experiments.common.fastest.choose`);
-    ``args.impl`` / ``args.precision`` are then set to what was chosen, and the
-    choice with its timings to ``args.layer_choice`` (for the run's results.json).
+    ``auto`` in either is resolved by measuring one layer of ``cell`` at
+    ``T, B, I, H`` (:func:`experiments.common.fastest.choose`, whose record,
+    with its timings, is the second value: it goes into the run's results.json).
     """
-    choice = fastest.choose(cell or args.cell, T, B, I, H, impl=args.impl, precision=getattr(args, "precision", AUTO))
+    choice = fastest.choose(cell, T, B, I, H, impl=impl, precision=precision)
+    layer = layer_impl(choice["impl"], precision=choice["precision"])
+    print(f"layers: {fastest.describe(choice)} [{get_precision(layer.precision).describe()}]", flush=True)
+    return layer, choice
+
+
+def layer_from_args(args: argparse.Namespace, *, T: int, B: int, I: int, H: int) -> LayerImpl:
+    """:func:`choose_layer` for ``--cell``, ``--impl`` and ``--precision``; ``args.impl`` / ``args.precision``
+    are then set to what was chosen (so the run's metadata records it), ``args.layer_choice`` to the choice."""
+    layer, choice = choose_layer(args.cell, args.impl, getattr(args, "precision", AUTO), T=T, B=B, I=I, H=H)
     args.impl, args.precision, args.layer_choice = choice["impl"], choice["precision"], choice
-    impl = layer_impl(args.impl, precision=args.precision)
-    if not quiet:
-        print(f"layers: {fastest.describe(choice)} [{get_precision(impl.precision).describe()}]", flush=True)
-    return impl
+    return layer
 
 
 def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], T], argv: Sequence[str] | None) -> T:

@@ -52,18 +52,14 @@ def candidates(cell, impl: str = AUTO, precision: str = AUTO) -> list[tuple[str,
     """
     cell = get_cell(cell)
     impls = [impl] if impl != AUTO else [
-        name for name in PREFERENCE[bool(cell.linear_recurrence)] if name in IMPLS and _runs(IMPLS[name], cell)
+        name for name in PREFERENCE[bool(cell.linear_recurrence)]
+        if name in IMPLS and IMPLS[name].supports(cell) and IMPLS[name].available() is None
     ]
     pairs = []
     for name in impls:
-        offered = getattr(IMPLS.get(name), "precisions", PRECISIONS)
+        offered = IMPLS[name].precisions if name in IMPLS else PRECISIONS
         pairs += [(name, p) for p in ([precision] if precision != AUTO else [p for p in PRECISIONS if p in offered])]
     return pairs
-
-
-def _runs(impl, cell) -> bool:
-    available = getattr(impl, "available", None)
-    return impl.supports(cell) and (available is None or available() is None)
 
 
 def choose(cell, T: int, B: int, I: int, H: int, *, impl: str = AUTO, precision: str = AUTO,
