@@ -161,11 +161,12 @@ def table(rows, names):
     (with DEER's Newton iterations), training-step ms and the training step's XLA temp MiB."""
     by = {(r["T"], r["name"]): r for r in rows}
     lengths = sorted({r["T"] for r in rows})
-    widths = {r["name"]: (r.get("H"), r.get("params")) for r in rows}
+    first = {}  # name -> one of its rows: cell, impl, H and params do not change with T
+    for r in rows:
+        first.setdefault(r["name"], r)
     out = ["| case | cell | impl | H | params |", "|---|---|---|---:|---:|"]
-    out += [f"| {n} | {by[(lengths[0], n)]['cell'] if (lengths[0], n) in by else '-'} | "
-            f"{by[(lengths[0], n)]['impl'] if (lengths[0], n) in by else '-'} | {widths.get(n, ('-', '-'))[0]} | "
-            f"{widths.get(n, ('-', 0))[1] or 0:,} |" for n in names if n in widths]
+    out += [f"| {n} | {first[n]['cell']} | {first[n]['impl']} | {first[n]['H']} | {first[n]['params']:,} |"
+            for n in names if n in first]
 
     def metric(title, fmt):
         lines = ["", f"{title}:", "", "| T | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
