@@ -19,7 +19,11 @@ Sample from a run directory::
 
 Losses are reported in nats/char (natural log) and bits/char (nats / ln 2).
 Evaluation covers every character of the split once, in windows of
-``--seq-len`` characters that each start from a zero recurrent state.
+``--seq-len`` characters that each start from a zero recurrent state; the
+final figures also give the full-context loss (``stream_nats_per_char``: the
+split read as one sequence with the state carried across windows)::
+
+    python experiments/char_lstm.py eval --checkpoint runs/shakespeare --which last --save eval.json
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from lstm_jax.models import char_model as cm
 from lstm_jax.train import evaluate, fit
 
 LN2 = math.log(2.0)
+EVAL_CONTEXTS = ("window", "stream")  # see eval_split
 
 
 def build_parser():
@@ -82,6 +87,10 @@ def build_parser():
     s = p.add_argument_group("sampling")
     cli.add_flag(s, "checkpoint", help="run directory to sample from or evaluate (sample/eval modes)")
     cli.add_flag(s, "which")
+    s.add_argument("--eval-context", action=cli.ListAction, choices=EVAL_CONTEXTS, default=list(EVAL_CONTEXTS),
+                   help="eval mode: 'window' (windows of --eval-seq-len from a zero state, as training reports) "
+                        "and/or 'stream' (the split as one sequence, state carried: full context)")
+    s.add_argument("--save", default=None, help="eval mode: also write the figures to this JSON file")
     s.add_argument("--prompt", default=None, help="text to condition on (default: the corpus' first line)")
     s.add_argument("--length", type=int, default=300, help="characters to generate")
     s.add_argument("--temperature", type=float, default=0.5)
@@ -121,11 +130,40 @@ def make_loss_fn(*, dropout: float, stateful: bool, impl, unroll: int, cell: str
     return loss_fn
 
 
-def eval_split(params, ids, batch_size: int, seq_len: int, impl="scan", cell: str | None = None) -> dict:
-    """Nats and bits per character over every character of ``ids``, windows of ``seq_len`` from a zero state."""
-    step = functools.partial(cm.eval_step, impl=impl, cell=cell)
-    nats = evaluate(step, params, eval_windows(ids, batch_size, seq_len))["nats"]
+def eval_split(params, ids, batch_size: int, seq_len: int, impl="scan", cell: str | None = None,
+               context: str = "window") -> dict:
+    """Nats and bits per character over every character of ``ids``.
+
+    ``context="window"``: windows of ``seq_len`` characters, ``batch_size`` at a
+    time, each from a zero state, so a prediction sees at most the ``seq_len - 1``
+    characters before it in its window (the first of each window sees none).
+    ``context="stream"``: the split read once as one sequence, in windows of
+    ``seq_len`` with the state carried from each window into the next, so every
+    prediction conditions on all earlier characters of the split (char-rnn's
+    evaluation). One sequence, so ``batch_size`` is unused and it runs serially.
+    """
+    if context == "window":
+        step = functools.partial(cm.eval_step, impl=impl, cell=cell)
+        nats = evaluate(step, params, eval_windows(ids, batch_size, seq_len))["nats"]
+    elif context == "stream":
+        carry = cm.zeros_carry(params, 1, cell=cell)
+        total, count = 0.0, 0.0
+        for batch in eval_windows(ids, 1, seq_len):  # (1, seq_len) windows in reading order, then the tail
+            carry, sums = cm.eval_stream_step(params, carry, batch, impl=impl, cell=cell)
+            sums = jax.device_get(sums)
+            total, count = total + float(sums["nats"]), count + float(sums["count"])
+        nats = total / count
+    else:
+        raise ValueError(f"context must be one of {EVAL_CONTEXTS}, got {context!r}")
     return {"nats_per_char": nats, "bits_per_char": nats / LN2}
+
+
+def eval_both(params, ids, batch_size: int, seq_len: int, impl="scan", cell: str | None = None) -> dict:
+    """:func:`eval_split` with windows from a zero state, plus the full-context figure as ``stream_*``."""
+    out = eval_split(params, ids, batch_size, seq_len, impl, cell)
+    stream = eval_split(params, ids, batch_size, seq_len, impl, cell, context="stream")
+    out.update({f"stream_{k}": v for k, v in stream.items()})
+    return out
 
 
 def default_prompt(text_ids, vocab: Vocab) -> str:
@@ -216,8 +254,8 @@ def train(args, malloc: dict | None = None) -> dict:
     # Final params, and the best-by-validation checkpoint (model selection), on val and test.
     final = {
         "step": result.step,
-        "val": eval_split(result.params, splits.validation, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
-        "test": eval_split(result.params, splits.test, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
+        "val": eval_both(result.params, splits.validation, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
+        "test": eval_both(result.params, splits.test, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
     }
     best_params, best_meta = load_checkpoint(out, "best", like=result.params)
     if best_meta["step"] == result.step:
@@ -225,8 +263,8 @@ def train(args, malloc: dict | None = None) -> dict:
     else:
         best = {
             "step": best_meta["step"],
-            "val": eval_split(best_params, splits.validation, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
-            "test": eval_split(best_params, splits.test, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
+            "val": eval_both(best_params, splits.validation, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
+            "test": eval_both(best_params, splits.test, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
         }
     prompt = args.prompt or default_prompt(splits.train, vocab)
     text = cm.sample(result.params, vocab, prompt, args.length, temperature=args.temperature, top_k=args.top_k,
@@ -256,7 +294,8 @@ def train(args, malloc: dict | None = None) -> dict:
         print(
             f"{label} (step {r['step']}): val {r['val']['nats_per_char']:.4f} nats/char "
             f"({r['val']['bits_per_char']:.4f} bits), test {r['test']['nats_per_char']:.4f} nats/char "
-            f"({r['test']['bits_per_char']:.4f} bits)"
+            f"({r['test']['bits_per_char']:.4f} bits); full context (one stream): val "
+            f"{r['val']['stream_nats_per_char']:.4f}, test {r['test']['stream_nats_per_char']:.4f} nats/char"
         )
     print(f"\nsample (temperature {args.temperature}, seed {args.seed}):\n{text}\n")
     print(f"run directory: {out} (metrics.jsonl, loss_curve.png, checkpoints/, results.json)")
@@ -296,13 +335,21 @@ def eval_mode(args) -> dict:
     if splits.vocab != vocab:
         raise SystemExit(f"error: the vocabulary of {splits.name} differs from the checkpoint's")
     seq_len = args.eval_seq_len or saved.get("seq_len", args.seq_len)
-    out = {"step": meta["step"], "eval_seq_len": seq_len}
+    cell = meta.get("model", {}).get("cell")
+    out = {"checkpoint": str(args.checkpoint), "which": args.which, "step": meta["step"], "eval_seq_len": seq_len}
+    how = {"window": f"windows of {seq_len} chars from a zero state",
+           "stream": f"the split as one stream, state carried across windows of {seq_len}"}
     for split, ids in (("val", splits.validation), ("test", splits.test)):
-        out[split] = eval_split(params, ids, args.eval_batch_size, seq_len, cell=meta.get("model", {}).get("cell"))
-        print(
-            f"{split}: {out[split]['nats_per_char']:.4f} nats/char = {out[split]['bits_per_char']:.4f} bits/char "
-            f"(step {meta['step']}, windows of {seq_len} chars from a zero state)"
-        )
+        out[split] = {}
+        for context in args.eval_context:
+            r = eval_split(params, ids, args.eval_batch_size, seq_len, cell=cell, context=context)
+            prefix = "" if context == "window" else f"{context}_"
+            out[split].update({prefix + k: v for k, v in r.items()})
+            print(f"{split}: {r['nats_per_char']:.4f} nats/char = {r['bits_per_char']:.4f} bits/char "
+                  f"(step {meta['step']}, {how[context]})")
+    if args.save:
+        Path(args.save).write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.save}", file=sys.stderr)
     return out
 
 

@@ -13,7 +13,7 @@ requested values (paths as in :mod:`experiments.common.records`)::
         --metrics "runs[cell=lstm,T=400].final_test" "runs[cell=lstm,T=400].solved_at_step" \\
         -- experiments/long_range.py --task adding --lengths 400 --cells lstm
 
-Writes ``OUT/seeds.json`` (the command, per-seed values and run directories,
+Writes ``OUT/seeds.json`` (``--name``; the command, per-seed values and run directories,
 and per metric ``n, mean, std`` (sample standard deviation, ``ddof=1``),
 ``min, max``) and ``OUT/seeds.md``. Each run's output goes to the console
 prefixed ``[seed S]`` and to ``OUT/seed_S/seeds_stdout.log``. ``--reuse`` keeps
@@ -51,6 +51,9 @@ def build_parser():
     p.add_argument("--out", required=True, help="sweep directory: OUT/seed_S per run, OUT/seeds.json")
     p.add_argument("--results-file", default="results.json", help="the JSON each run writes in its --out")
     p.add_argument("--reuse", action="store_true", help="keep seeds whose results file already exists")
+    p.add_argument("--name", default="seeds",
+                   help="write OUT/NAME.json and OUT/NAME.md (another name keeps a second summary, e.g. of "
+                        "--results-file eval.json, beside the first)")
     p.add_argument("command", nargs="+", metavar="SCRIPT [ARGS]", help="after --: the experiment and its flags")
     return p
 
@@ -140,15 +143,16 @@ def seeds(args) -> dict:
     summary = {
         "command": command,
         "seeds": list(args.seeds),
+        "results_file": args.results_file,
         "runs": runs,
         "metrics": [{"path": path, **summarize([r["values"][path] for r in runs])} for path in args.metrics],
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "seeds.json").write_text(json.dumps(summary, indent=1))
+    (out / f"{args.name}.json").write_text(json.dumps(summary, indent=1))
     table = markdown(summary)
-    (out / "seeds.md").write_text(table + "\n")
-    print("\n" + table + f"\n\nwrote {out / 'seeds.json'} and {out / 'seeds.md'}")
+    (out / f"{args.name}.md").write_text(table + "\n")
+    print("\n" + table + f"\n\nwrote {out / (args.name + '.json')} and {out / (args.name + '.md')}")
     return summary
 
 

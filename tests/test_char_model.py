@@ -162,6 +162,22 @@ def test_eval_on_held_out_split(trained, zen, script):
     assert train_nats < nats
 
 
+def test_stream_eval_is_one_pass_over_the_whole_split(trained, zen, script):
+    """context="stream" equals scoring the whole split in one call from one zero state."""
+    res, _ = trained
+    ids = np.asarray(zen.validation)
+    logits, _ = cm.char_logits(res.params, ids[None, :-1])
+    whole = float(jnp.mean(losses.cross_entropy_per_item(logits, ids[None, 1:])))
+    for seq_len in (7, 32, len(ids) - 1):  # 7 and 32 leave a short tail window
+        r = script.eval_split(res.params, zen.validation, 8, seq_len, context="stream")
+        assert r["nats_per_char"] == pytest.approx(whole, rel=1e-5)
+    # Zero-state windows lose the context at every window start: a worse loss on short windows.
+    windowed = script.eval_split(res.params, zen.validation, 8, 7)["nats_per_char"]
+    assert windowed > whole + 0.05
+    with pytest.raises(ValueError, match="context must be one of"):
+        script.eval_split(res.params, zen.validation, 8, 7, context="carried")
+
+
 def test_sampling_reproducible_and_reproduces_corpus(trained, zen):
     res, _ = trained
     vocab = zen.vocab
@@ -208,9 +224,13 @@ def test_script_train_then_sample_from_checkpoint(tmp_path, script, capsys):
     assert Vocab.from_json(meta["vocab"]) == load_text("zen").vocab
     assert meta["model"]["cell"] == "lstm" and meta["model"]["layers"] == 2
 
-    ev = script.main(["eval", "--checkpoint", str(out), "--which", "last"])
+    ev = script.main(["eval", "--checkpoint", str(out), "--which", "last", "--save", str(tmp_path / "ev.json")])
     assert ev["step"] == 30 and ev["eval_seq_len"] == 16
-    assert ev["test"]["nats_per_char"] == pytest.approx(results["final"]["test"]["nats_per_char"], abs=1e-5)
+    for key in ("nats_per_char", "stream_nats_per_char"):  # training's final figures, both protocols
+        assert ev["test"][key] == pytest.approx(results["final"]["test"][key], abs=1e-5)
+    assert json.loads((tmp_path / "ev.json").read_text())["test"] == pytest.approx(ev["test"])
+    only = script.main(["eval", "--checkpoint", str(out), "--eval-context", "stream"])
+    assert set(only["val"]) == {"stream_nats_per_char", "stream_bits_per_char"}
 
     sample_args = ["sample", "--checkpoint", str(out), "--prompt", "Simple", "--length", "50", "--seed", "7", "--top-k", "5"]
     s1 = script.main(sample_args)

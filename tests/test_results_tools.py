@@ -78,6 +78,13 @@ def test_seed_runner_reports_each_seed_and_their_mean(tmp_path, capsys):
     again = seeds.main(["--seeds", "3", "--metrics", "steps_done", "--out", str(out), "--reuse", "--", *CHAR_QUICK])
     assert (out / "seed_3" / "results.json").stat().st_mtime_ns == before
     assert again["metrics"][0]["values"] == [12]
+    # --name writes a second summary beside the first (here: the full-context loss every run also reports)
+    first = (out / "seeds.json").read_text()
+    stream = seeds.main(["--seeds", "3,5", "--metrics", "final.test.stream_nats_per_char", "--name", "stream",
+                         "--out", str(out), "--reuse", "--", *CHAR_QUICK])
+    assert (out / "seeds.json").read_text() == first
+    assert stream["metrics"][0]["values"] == [r["final"]["test"]["stream_nats_per_char"] for r in per_seed]
+    assert "`final.test.stream_nats_per_char`" in (out / "stream.md").read_text()
     # a metric path the results do not have: one line naming the seed and the path
     with pytest.raises(SystemExit, match=r"seed 3: final.nope: no key 'nope'"):
         seeds.main(["--seeds", "3", "--metrics", "final.nope", "--out", str(out), "--reuse", "--", *CHAR_QUICK])

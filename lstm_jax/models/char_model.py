@@ -193,6 +193,20 @@ def eval_step(params, batch, impl: str = "scan", cell: str | None = None):
     return {"nats": nats, "count": jnp.asarray(targets.size, jnp.float32)}
 
 
+@functools.partial(jax.jit, static_argnames=("impl", "cell"))
+def eval_stream_step(params, carry, batch, impl: str = "scan", cell: str | None = None):
+    """Summed loss over a batch ``(inputs, targets)`` continuing from ``carry``.
+
+    Returns ``(final_carry, {"nats": sum, "count": n})``: feeding consecutive
+    windows of one text through it, each carry into the next, scores every
+    character given all the characters before it (no reset at window edges).
+    """
+    inputs, targets = batch
+    logits, carry = char_logits(params, inputs, carry, cell=cell, impl=impl)
+    nats = jnp.sum(cross_entropy_per_item(logits, targets))
+    return carry, {"nats": nats, "count": jnp.asarray(targets.size, jnp.float32)}
+
+
 def _filter_logits(logits: Array, temperature: float, top_k: int | None) -> Array:
     logits = logits.astype(jnp.float32) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
