@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import cli
+from experiments.common.harness import run_matmul_gflops
 from experiments.common.machine import finish_machine_info, machine_info
 from lstm_jax.checkpoint import load_checkpoint
 from lstm_jax.data.text import DATASETS, StatefulWindows, Vocab, eval_windows, load_text, random_windows
@@ -234,7 +235,7 @@ def train(args, malloc: dict | None = None) -> dict:
     loss_fn = make_loss_fn(dropout=args.dropout, stateful=args.stateful, impl=layer, unroll=args.unroll,
                            cell=args.cell)
     t0 = time.perf_counter()
-    machine = machine_info(malloc=malloc)
+    machine = machine_info(malloc=malloc, matmul_gflops=run_matmul_gflops())  # the rate this run saw
     result = fit(
         loss_fn,
         params,
@@ -277,7 +278,7 @@ def train(args, malloc: dict | None = None) -> dict:
         "final": final,
         "best_by_val": best,
         "train_seconds_this_invocation": round(train_seconds, 1),
-        "machine": finish_machine_info(machine),
+        "machine": finish_machine_info(machine, matmul_gflops=run_matmul_gflops()),
         "sample": {"from": "final params", "prompt": prompt, "temperature": args.temperature, "top_k": args.top_k, "seed": args.seed, "text": text},
         "params": n_params,
         "hidden": args.hidden,

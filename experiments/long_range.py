@@ -30,6 +30,7 @@ import jax
 
 from experiments.common import cli
 from experiments.common.figures import can_plot, copy_figures
+from experiments.common.harness import run_matmul_gflops
 from experiments.common.machine import finish_machine_info, machine_info
 from lstm_jax.models.sequence_regressor import init_sequence_model, make_task
 from lstm_jax.train import fit
@@ -268,7 +269,7 @@ def long_range(args):
         print((out / "results.md").read_text())
         return
     out.mkdir(parents=True, exist_ok=True)
-    record = {"args": vars(args), "machine": machine_info(), "runs": []}
+    record = {"args": vars(args), "machine": machine_info(matmul_gflops=run_matmul_gflops()), "runs": []}
     if args.append and (out / "results.json").exists():
         old = json.loads((out / "results.json").read_text())
         if old["args"]["task"] != args.task:
@@ -295,7 +296,7 @@ def long_range(args):
             write_table(out / "results.md", task, record["runs"], args)
             plot(out / "long_range.png", task, record["runs"], args)
             plot_curves(out / "curves.png", task, record["runs"], args)
-    finish_machine_info(record["machine"])
+    finish_machine_info(record["machine"], matmul_gflops=run_matmul_gflops())
     (out / "results.json").write_text(json.dumps(record, indent=1))
     _copy_figures(args, out)
     print((out / "results.md").read_text())

@@ -38,6 +38,7 @@ import numpy as np
 
 from experiments.common import cli
 from experiments.common.figures import can_plot
+from experiments.common.harness import run_matmul_gflops
 from experiments.common.machine import finish_machine_info, machine_info
 from lstm_jax.checkpoint import load_checkpoint
 from lstm_jax.data import images as img
@@ -180,7 +181,7 @@ def plot_misclassified(images, labels, preds, probs, class_names, path: Path, ma
 
 def mnist_lstm(args, argv=None) -> dict:
     malloc = cli.apply_malloc(args)
-    machine = machine_info(malloc=malloc, note=args.note)
+    machine = machine_info(malloc=malloc, note=args.note, matmul_gflops=run_matmul_gflops())  # the rate this run saw
     out = Path(args.out)
     t0 = time.perf_counter()
     data = prepare_data(args)
@@ -255,7 +256,7 @@ def mnist_lstm(args, argv=None) -> dict:
         "test_eval_seconds": eval_seconds,
         "per_class_accuracy": (np.diag(cm) / np.maximum(cm.sum(1), 1)).round(4).tolist(),
         "confusion_matrix": cm.tolist(), "resumed": args.resume, "layer": args.layer_choice,
-        "machine": finish_machine_info(machine),
+        "machine": finish_machine_info(machine, matmul_gflops=run_matmul_gflops()),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     if not args.no_plots:

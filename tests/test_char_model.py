@@ -220,6 +220,7 @@ def test_script_train_then_sample_from_checkpoint(tmp_path, script, capsys):
         assert math.isfinite(r["nats_per_char"]) and r["bits_per_char"] == pytest.approx(r["nats_per_char"] / math.log(2))
     saved = json.loads((out / "results.json").read_text())
     assert saved["sample"]["text"] == results["sample"]["text"]
+    assert saved["machine"]["matmul_gflops"] > 0 and saved["machine"]["matmul_gflops_at_end"] > 0
     meta = json.loads((out / "metadata.json").read_text())
     assert Vocab.from_json(meta["vocab"]) == load_text("zen").vocab
     assert meta["model"]["cell"] == "lstm" and meta["model"]["layers"] == 2

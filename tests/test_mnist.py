@@ -117,6 +117,7 @@ def test_short_real_training_run_reaches_70_percent(tmp_path):
         assert (out / name).is_file(), name
     saved = json.loads((out / "results.json").read_text())
     assert np.array(saved["confusion_matrix"]).sum() == 2000
+    assert saved["machine"]["matmul_gflops"] > 0 and saved["machine"]["matmul_gflops_at_end"] > 0
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["mode"] == "rows" and meta["sequence_shape"] == [28, 28]
     assert 0.28 < meta["normalization"]["mean"] < 0.29

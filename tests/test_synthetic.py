@@ -187,6 +187,7 @@ def test_long_range_script_smoke(tmp_path):
     assert [(r["cell"], r["T"], r["steps"]) for r in record["runs"]] == [("rnn", 4, 6), ("lstm", 4, 6)]
     assert all(np.isfinite(r["final_test"]) for r in record["runs"])
     assert len(record["machine"]["load_average_at_start"]) == 3
+    assert record["machine"]["matmul_gflops"] > 0 and record["machine"]["matmul_gflops_at_end"] > 0  # measured here
     assert "| lstm |" in (tmp_path / "results.md").read_text()
     if matplotlib_installed():  # without matplotlib the figures are skipped, saying so
         assert (tmp_path / "long_range.png").stat().st_size > 0

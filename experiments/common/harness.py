@@ -147,6 +147,17 @@ def matmul_peak(n=2048, repeats=7):
     return 2.0 * n**3 / statistics.median(times) / 1e9, 2.0 * n**3 / min(times) / 1e9
 
 
+def run_matmul_gflops() -> float:
+    """A training run's quick matmul-rate probe: median fp32 GFLOP/s of (1024, 1024) x (1024, 1024), ~0.1 s.
+
+    Recorded at the start and end of a run (``machine.matmul_gflops``,
+    ``machine.matmul_gflops_at_end``) so its timings can be read against what
+    the machine delivered that day; smaller than :func:`matmul_peak`'s default
+    so that it costs the suite's many short runs almost nothing.
+    """
+    return round(matmul_peak(n=1024, repeats=5)[0], 1)
+
+
 def minflt() -> int:
     """Minor page faults of this process so far (``getrusage``)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
