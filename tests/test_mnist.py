@@ -111,6 +111,10 @@ def test_short_real_training_run_reaches_70_percent(tmp_path):
     # held-out test images (never seen in training or model selection); chance is 10%
     assert results["test_examples"] == 2000
     assert results["test_accuracy"] >= 0.70, results["test_accuracy"]
+    if results["checkpoint_step"] == results["steps_done"]:  # the final params were the best checkpoint
+        assert results["final_test_accuracy"] == results["test_accuracy"]
+    else:
+        assert results["final_test_accuracy"] >= 0.70 and results["final_test_loss"] != results["test_loss"]
     assert results["steps_done"] == 300 and results["stop_reason"] == "completed"
     figures = ("confusion_matrix.png", "misclassified.png") if matplotlib_installed() else ()
     for name in ("results.json", *figures, "metrics.jsonl", "metadata.json"):
