@@ -248,6 +248,11 @@ def open_run_directory(out_dir: str | Path, *, keep: int, best_metric: str, resu
         CheckpointError: one of the two cases above.
     """
     Path(out_dir).mkdir(parents=True, exist_ok=True)
+    directory = Path(out_dir).resolve() / CHECKPOINT_SUBDIR
+    if resume and not _has_step_dirs(directory):
+        # Refused before an Orbax manager exists: even a closed one can leave a
+        # signalling thread that prints tracebacks at interpreter shutdown.
+        raise CheckpointError(f"resume=True: no checkpoint to resume from in {directory}")
     ckpt = Checkpointer(out_dir, keep=keep, best_metric=best_metric)
     with closed_on_error(ckpt):
         if resume and ckpt.latest_step() is None:
@@ -258,6 +263,11 @@ def open_run_directory(out_dir: str | Path, *, keep: int, best_metric: str, resu
                 "to continue that run, or choose another out_dir"
             )
     return ckpt
+
+
+def _has_step_dirs(directory: Path) -> bool:
+    """Whether ``directory`` holds a step directory (Orbax names them by the step number)."""
+    return directory.is_dir() and any(p.is_dir() and p.name.isdigit() for p in directory.iterdir())
 
 
 @contextlib.contextmanager
