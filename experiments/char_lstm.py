@@ -159,11 +159,22 @@ def eval_split(params, ids, batch_size: int, seq_len: int, impl="scan", cell: st
     return {"nats_per_char": nats, "bits_per_char": nats / LN2}
 
 
-def eval_both(params, ids, batch_size: int, seq_len: int, impl="scan", cell: str | None = None) -> dict:
-    """:func:`eval_split` with windows from a zero state, plus the full-context figure as ``stream_*``."""
-    out = eval_split(params, ids, batch_size, seq_len, impl, cell)
-    stream = eval_split(params, ids, batch_size, seq_len, impl, cell, context="stream")
-    out.update({f"stream_{k}": v for k, v in stream.items()})
+def context_prefix(context: str) -> str:
+    """Key prefix of a context's figures in results: none for ``window``, ``"stream_"`` for ``stream``."""
+    return "" if context == "window" else f"{context}_"
+
+
+def eval_contexts(params, ids, batch_size: int, seq_len: int, impl="scan", cell: str | None = None,
+                  contexts=EVAL_CONTEXTS) -> dict:
+    """:func:`eval_split` under each of ``contexts``, in one dict: ``window`` keys plain, the others prefixed.
+
+    E.g. ``{"nats_per_char", "bits_per_char", "stream_nats_per_char", "stream_bits_per_char"}``.
+    """
+    out = {}
+    for context in contexts:
+        prefix = context_prefix(context)
+        r = eval_split(params, ids, batch_size, seq_len, impl, cell, context=context)
+        out.update({prefix + k: v for k, v in r.items()})
     return out
 
 
@@ -255,8 +266,8 @@ def train(args, malloc: dict | None = None) -> dict:
     # Final params, and the best-by-validation checkpoint (model selection), on val and test.
     final = {
         "step": result.step,
-        "val": eval_both(result.params, splits.validation, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
-        "test": eval_both(result.params, splits.test, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
+        "val": eval_contexts(result.params, splits.validation, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
+        "test": eval_contexts(result.params, splits.test, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
     }
     best_params, best_meta = load_checkpoint(out, "best", like=result.params)
     if best_meta["step"] == result.step:
@@ -264,8 +275,8 @@ def train(args, malloc: dict | None = None) -> dict:
     else:
         best = {
             "step": best_meta["step"],
-            "val": eval_both(best_params, splits.validation, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
-            "test": eval_both(best_params, splits.test, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
+            "val": eval_contexts(best_params, splits.validation, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
+            "test": eval_contexts(best_params, splits.test, args.eval_batch_size, args.eval_seq_len, layer, args.cell),
         }
     prompt = args.prompt or default_prompt(splits.train, vocab)
     text = cm.sample(result.params, vocab, prompt, args.length, temperature=args.temperature, top_k=args.top_k,
@@ -341,13 +352,12 @@ def eval_mode(args) -> dict:
     how = {"window": f"windows of {seq_len} chars from a zero state",
            "stream": f"the split as one stream, state carried across windows of {seq_len}"}
     for split, ids in (("val", splits.validation), ("test", splits.test)):
-        out[split] = {}
+        out[split] = r = eval_contexts(params, ids, args.eval_batch_size, seq_len, cell=cell,
+                                       contexts=args.eval_context)
         for context in args.eval_context:
-            r = eval_split(params, ids, args.eval_batch_size, seq_len, cell=cell, context=context)
-            prefix = "" if context == "window" else f"{context}_"
-            out[split].update({prefix + k: v for k, v in r.items()})
-            print(f"{split}: {r['nats_per_char']:.4f} nats/char = {r['bits_per_char']:.4f} bits/char "
-                  f"(step {meta['step']}, {how[context]})")
+            prefix = context_prefix(context)
+            print(f"{split}: {r[prefix + 'nats_per_char']:.4f} nats/char = {r[prefix + 'bits_per_char']:.4f} "
+                  f"bits/char (step {meta['step']}, {how[context]})")
     if args.save:
         Path(args.save).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.save}", file=sys.stderr)

@@ -236,12 +236,13 @@ def mnist_lstm(args, argv=None) -> dict:
     # Test with the best checkpoint by --best-metric (the last one if no validation).
     which = "best" if len(val_xs) else "last"
     params, ck_meta = load_checkpoint(out, which, like=result.params)
+    ck_step = int(ck_meta.get("step", -1))
     test_xs, test_ys = data["test"]
     t_eval = time.perf_counter()
     r = evaluate(predict, params, img.eval_batches(test_xs, test_ys, args.eval_batch_size))
     eval_seconds = time.perf_counter() - t_eval
     # The final params too: with an accuracy target the last step can beat the checkpoint picked by val loss.
-    final = r if int(ck_meta.get("step", -1)) == result.step else evaluate(
+    final = r if ck_step == result.step else evaluate(
         predict, result.params, img.eval_batches(test_xs, test_ys, args.eval_batch_size))
     cm = confusion_matrix(test_ys, r["predictions"], img.NUM_CLASSES)
     train_records = [h for h in result.history if h.get("kind") == "train"]
@@ -250,7 +251,7 @@ def mnist_lstm(args, argv=None) -> dict:
         "dataset": args.dataset, "mode": args.mode, "cell": args.cell, "hidden": args.hidden,
         "layers": args.layers, "bidirectional": args.bidirectional,
         "test_accuracy": r["accuracy"], "test_loss": r["loss"], "test_examples": r["count"],
-        "checkpoint": which, "checkpoint_step": int(ck_meta.get("step", -1)),
+        "checkpoint": which, "checkpoint_step": ck_step,
         "final_test_accuracy": final["accuracy"], "final_test_loss": final["loss"],
         "steps_done": int(result.step), "steps_planned": int(steps),
         "epochs_done": result.step / batches.steps_per_epoch, "stop_reason": result.stop_reason,

@@ -80,7 +80,8 @@ def finish_machine_info(info: dict, *, matmul_gflops: float | None = None) -> di
     """Add ``load_average_at_end`` (and, when given, ``matmul_gflops_at_end``) to a :func:`machine_info` record.
 
     In place; returns it. A run that measured the matmul rate at its start
-    measures it again here, so a machine that got busier meanwhile shows.
+    passes the rate measured again at its end, so a machine that got busier
+    meanwhile shows.
     """
     info["load_average_at_end"] = load_average()
     if matmul_gflops is not None:

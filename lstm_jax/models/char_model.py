@@ -187,15 +187,12 @@ def char_loss(params, inputs, targets, carry=None, **kwargs):
 @functools.partial(jax.jit, static_argnames=("impl", "cell"))
 def eval_step(params, batch, impl: str = "scan", cell: str | None = None):
     """Summed loss over a batch ``(inputs, targets)`` from a zero state: ``{"nats": sum, "count": n}``."""
-    inputs, targets = batch
-    logits, _ = char_logits(params, inputs, cell=cell, impl=impl)
-    nats = jnp.sum(cross_entropy_per_item(logits, targets))
-    return {"nats": nats, "count": jnp.asarray(targets.size, jnp.float32)}
+    return eval_stream_step(params, None, batch, impl=impl, cell=cell)[1]
 
 
 @functools.partial(jax.jit, static_argnames=("impl", "cell"))
 def eval_stream_step(params, carry, batch, impl: str = "scan", cell: str | None = None):
-    """Summed loss over a batch ``(inputs, targets)`` continuing from ``carry``.
+    """Summed loss over a batch ``(inputs, targets)`` continuing from ``carry`` (``None``: zeros).
 
     Returns ``(final_carry, {"nats": sum, "count": n})``: feeding consecutive
     windows of one text through it, each carry into the next, scores every
