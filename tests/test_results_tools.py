@@ -179,10 +179,22 @@ def test_auto_times_every_candidate_and_takes_the_fastest():
     choice = fastest.choose("lstm", 32, 16, 32, 96)
     assert choice["chosen_by"] == "measured"
     assert set(choice["step_ms"]) == {"manual/fp32", "manual/bf16", "scan/fp32", "scan/bf16"}
-    best = min(choice["step_ms"], key=choice["step_ms"].get)
-    assert f"{choice['impl']}/{choice['precision']}" == best
+    pairs = fastest.candidates("lstm")
+    assert (choice["impl"], choice["precision"]) == fastest.pick(pairs, choice["step_ms"])
+    chosen = choice["step_ms"][f"{choice['impl']}/{choice['precision']}"]
+    assert chosen <= min(choice["step_ms"].values()) * (1 + fastest.TIE_TOLERANCE)
     given = fastest.choose("lstm", 32, 16, 32, 96, impl="scan", precision="fp32")
     assert (given["impl"], given["precision"], given["chosen_by"], given["step_ms"]) == ("scan", "fp32", "given", {})
+
+
+def test_auto_prefers_the_earlier_candidate_unless_a_later_one_wins_by_more_than_noise():
+    pairs = [("manual", "fp32"), ("manual", "bf16"), ("scan", "fp32")]
+    ms = {"manual/fp32": 100.0, "manual/bf16": 99.0, "scan/fp32": 60.0}
+    assert fastest.pick(pairs, ms) == ("scan", "fp32")  # 40% faster: measured, not noise
+    ms["scan/fp32"] = 98.0
+    assert fastest.pick(pairs, ms) == ("manual", "fp32")  # within 3% of the fastest: the preferred one
+    ms["manual/fp32"] = 110.0
+    assert fastest.pick(pairs, ms) == ("manual", "bf16")
 
 
 def test_auto_candidates_follow_the_cell():

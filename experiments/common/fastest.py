@@ -6,9 +6,11 @@ cells linear in the state) and on the problem size, so the training scripts
 measure instead of guessing: :func:`choose` times one training step
 (``value_and_grad`` of one layer at the run's ``T, B, I, H``, the problem of
 :func:`experiments.common.harness.layer_problem`) for every candidate
-``(impl, precision)`` that runs the cell here, a few calls each after a warm-up,
-and takes the smallest median. Candidates, in order of preference (the first
-one wins ties and problems too small to time):
+``(impl, precision)`` that runs the cell here: all are compiled and warmed up
+first, then timed in interleaved rounds (one call of each per round, so load
+that comes and goes hits them alike), and the smallest median wins. Candidates,
+in order of preference (the first one wins ties within :data:`TIE_TOLERANCE`
+and problems too small to time):
 
 * a cell linear in its state (``min_gru``, ``min_lstm``): ``parallel``, ``manual``;
 * any other cell: ``cudnn`` (on a GPU, LSTM only), ``manual`` (the fast path on CPU), ``scan`` (the reference);
@@ -39,6 +41,10 @@ AUTO = "auto"
 #: Forward-pass matmul FLOPs below which the first candidate is taken without timing.
 MIN_TIMED_FLOPS = 5e7
 
+#: Relative step-time difference below which the earlier (preferred) candidate wins: on a
+#: shared 2-core machine medians of a few calls differ by a few % between identical runs.
+TIE_TOLERANCE = 0.03
+
 #: Preference order of the layer implementations, by whether the cell is linear in its state.
 PREFERENCE = {True: ("parallel", "manual"), False: ("cudnn", "manual", "scan")}
 
@@ -62,8 +68,15 @@ def candidates(cell, impl: str = AUTO, precision: str = AUTO) -> list[tuple[str,
     return pairs
 
 
+def pick(pairs: list[tuple[str, str]], step_ms: dict) -> tuple[str, str]:
+    """The first of ``pairs`` (preference order) whose ``step_ms["impl/precision"]`` is within
+    :data:`TIE_TOLERANCE` of the smallest: a faster candidate must win by more than noise."""
+    fastest = min(step_ms[f"{i}/{p}"] for i, p in pairs)
+    return next((i, p) for i, p in pairs if step_ms[f"{i}/{p}"] <= fastest * (1 + TIE_TOLERANCE))
+
+
 def choose(cell, T: int, B: int, I: int, H: int, *, impl: str = AUTO, precision: str = AUTO,
-           repeats: int = 3) -> dict:
+           repeats: int = 5) -> dict:
     """Resolve ``impl`` / ``precision`` (either may be ``"auto"``) for one layer of ``cell`` at ``T, B, I, H``.
 
     Returns ``{"impl", "precision", "chosen_by", "candidates", "step_ms"}``:
@@ -79,13 +92,20 @@ def choose(cell, T: int, B: int, I: int, H: int, *, impl: str = AUTO, precision:
         return {"impl": pairs[0][0], "precision": pairs[0][1], "chosen_by": "single candidate", **record}
     if forward_flops(get_cell(cell).name, T, B, I, H) < MIN_TIMED_FLOPS:
         return {"impl": pairs[0][0], "precision": pairs[0][1], "chosen_by": "rule", **record}
-    for name, policy in pairs:
+    steps = {}
+    for name, policy in pairs:  # compile and warm up every candidate before timing any
         loss, params, xs = layer_problem(cell, layer_impl(name, precision=policy), T, B, I, H)
         step = jax.jit(jax.value_and_grad(loss))
-        jax.block_until_ready(step(params, xs))  # compile and warm up
-        times = time_calls(lambda: jax.block_until_ready(step(params, xs)), repeats)
-        record["step_ms"][f"{name}/{policy}"] = round(1e3 * statistics.median(times), 3)
-    best = min(pairs, key=lambda pair: record["step_ms"][f"{pair[0]}/{pair[1]}"])  # ties: the earlier
+        jax.block_until_ready(step(params, xs))
+        steps[f"{name}/{policy}"] = (step, params, xs)
+    # Interleaved rounds (one call of each candidate per round), so a burst of load
+    # from a neighbour slows every candidate's median alike instead of one candidate's.
+    times = {label: [] for label in steps}
+    for _ in range(repeats):
+        for label, (step, params, xs) in steps.items():
+            times[label] += time_calls(lambda: jax.block_until_ready(step(params, xs)), 1)
+    record["step_ms"] = {label: round(1e3 * statistics.median(t), 3) for label, t in times.items()}
+    best = pick(pairs, record["step_ms"])
     return {"impl": best[0], "precision": best[1], "chosen_by": "measured", **record}
 
 
