@@ -32,15 +32,19 @@ from experiments.common import cli
 from experiments.common.figures import can_plot, copy_figures
 from experiments.common.harness import run_matmul_gflops
 from experiments.common.machine import finish_machine_info, machine_info
+from lstm_jax.cells import get_cell
 from lstm_jax.models.sequence_regressor import init_sequence_model, make_task
+from lstm_jax.stack import chrono_init_stack
 from lstm_jax.train import fit
 
 #: Table and plot order: the classic cells from the simplest up, then any other registered cell.
 CELL_ORDER = ["rnn", "gru", "lstm"] + [c for c in cli.CELL_NAMES if c not in ("rnn", "gru", "lstm")]
 
 #: Record keys that ``--replot`` takes from a saved sweep (older records spell max_minutes as minutes_per_run).
-REPLOT_KEYS = ("task", "hidden", "batch_size", "steps", "max_minutes", "num_symbols", "copy_length", "solved_threshold")
+REPLOT_KEYS = ("task", "init", "hidden", "batch_size", "steps", "max_minutes", "num_symbols", "copy_length", "solved_threshold")
 _OLD_KEYS = {"batch_size": "batch", "max_minutes": "minutes_per_run"}
+#: Values of keys that older records lack (sweeps from before ``--init`` used the cells' own init).
+_DEFAULTS = {"init": "standard"}
 
 
 def make_eval(task, cell, test_batch, chunk: int = 500, impl="scan"):
@@ -73,6 +77,9 @@ def run_one(task, cell: str, args, test_batch) -> dict:
     key = jax.random.key(args.seed)
     k_init, k_data = jax.random.split(key)
     params = init_sequence_model(k_init, cell, task.input_size, args.hidden, task.output_size)
+    if args.init == "chrono":  # memory ranges up to the whole sequence (Tallec & Ollivier 2018)
+        seq_len = test_batch[0].shape[1]
+        params["stack"] = chrono_init_stack(jax.random.fold_in(k_init, 1), cell, params["stack"], seq_len)
     # "auto": the fastest impl/precision for this cell and T, measured on one layer (the model has one)
     impl, choice = cli.choose_layer(cell, args.impl, args.precision, T=task.T, B=args.batch_size,
                                     I=task.input_size, H=args.hidden)
@@ -119,6 +126,7 @@ def write_table(path: Path, task, runs: list[dict], args) -> None:
     what = "test MSE" if task.name == "adding" else "test cross-entropy on the recall steps (nats)"
     lines = [
         f"Task: {task.name}; {what}, final (after the budget); trivial baseline {task.baseline:.3f}; "
+        f"H={args.hidden}, {args.init} gate-bias init; "
         f"**bold** = at most {args.solved_threshold}. Cell entries: final error (steps run, seconds).",
         "",
         "| cell | " + " | ".join(f"T={T}" for T in lengths) + " |",
@@ -222,6 +230,9 @@ def build_parser():
     cli.add_flag(p, "lengths", default=[50, 100, 200, 400])
     model = cli.add_model_flags(p, ("hidden",), hidden=64)
     cli.add_flag(model, "cells", default=["rnn", "gru", "lstm"], choices=cli.CELL_NAMES)
+    model.add_argument("--init", choices=["standard", "chrono"], default="standard",
+                       help="gate-bias init: the cell's own (LSTM forget bias 1) or chrono "
+                            "(keep-gate biases log U(1, seq_len - 1); lstm and gru only)")
     cli.add_flag(model, "impl")
     cli.add_flag(model, "precision")
     t = cli.add_training_flags(
@@ -258,7 +269,7 @@ def long_range(args):
         record = json.loads((out / "results.json").read_text())
         saved = record["args"]
         for k in REPLOT_KEYS:
-            setattr(args, k, saved[k] if k in saved else saved[_OLD_KEYS[k]])
+            setattr(args, k, saved[k] if k in saved else saved[_OLD_KEYS[k]] if k in _OLD_KEYS else _DEFAULTS[k])
         args.cells = [c for c in CELL_ORDER if any(r["cell"] == c for r in record["runs"])]
         T0 = min(r["T"] for r in record["runs"])
         task = make_task(args.task, T0, num_symbols=args.num_symbols, length=args.copy_length)
@@ -268,12 +279,19 @@ def long_range(args):
         _copy_figures(args, out)
         print((out / "results.md").read_text())
         return
+    if args.init == "chrono":  # refuse before any run trains, not at the first cell without a keep gate
+        no_gate = [c for c in args.cells if get_cell(c).chrono_init is None]
+        if no_gate:
+            raise SystemExit(f"--init chrono: cells {no_gate} have no keep gate to set (it applies to lstm, gru)")
     out.mkdir(parents=True, exist_ok=True)
     record = {"args": vars(args), "machine": machine_info(matmul_gflops=run_matmul_gflops()), "runs": []}
     if args.append and (out / "results.json").exists():
         old = json.loads((out / "results.json").read_text())
         if old["args"]["task"] != args.task:
             raise SystemExit(f"--append: {out} holds a {old['args']['task']} sweep, not {args.task}")
+        old_init = old["args"].get("init", _DEFAULTS["init"])
+        if old_init != args.init:
+            raise SystemExit(f"--append: {out} holds a sweep with --init {old_init}, not {args.init}")
         new_pairs = {(c, T) for c in args.cells for T in args.lengths}
         record["runs"] = [r for r in old["runs"] if (r["cell"], r["T"]) not in new_pairs]
         record["earlier_invocations"] = old.get("earlier_invocations", []) + [

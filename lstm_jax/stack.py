@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from .cells import Cell, get_cell
+from .cells import CELLS, Cell, get_cell
 
 Array = jax.Array
 
@@ -66,6 +66,26 @@ def init_stack(
             layers.append(cell.init(layer_key, in_size, hidden_size, dtype))
         in_size = hidden_size * (2 if bidirectional else 1)
     return layers
+
+
+def chrono_init_stack(key: Array, cell: str | Cell, params: Sequence, max_timescale: float) -> list:
+    """A stack's params with every layer's gate biases set by the cell's chrono init.
+
+    ``cell.chrono_init`` (e.g. :func:`lstm_jax.cells.lstm.chrono_lstm`) draws each
+    layer's (and direction's) memory ranges with its own key; weights are unchanged.
+    """
+    cell = get_cell(cell)
+    if cell.chrono_init is None:
+        chrono = [name for name, c in CELLS.items() if c.chrono_init is not None]
+        raise ValueError(f"chrono init: cell {cell.name!r} has no keep gate to set; cells with one: {chrono}")
+    out = []
+    for layer_key, p in zip(jax.random.split(key, len(params)), params):
+        if is_bidirectional(p):
+            keys = dict(zip(DIRECTIONS, jax.random.split(layer_key)))
+            out.append({d: cell.chrono_init(keys[d], p[d], max_timescale) for d in DIRECTIONS})
+        else:
+            out.append(cell.chrono_init(layer_key, p, max_timescale))
+    return out
 
 
 def zeros_stack_carry(cell: str | Cell, params: Sequence, batch_shape: tuple = (), dtype=None) -> list:

@@ -223,3 +223,52 @@ def test_unknown_cell_and_bad_sizes():
         get_cell("lstmm")
     with pytest.raises(ValueError, match="hidden_size must be a positive int"):
         init_lstm(jax.random.PRNGKey(0), 3, 0)
+
+
+def _keep_gate_timescales(name, params, H):
+    """``1 / (1 - keep gate)`` per unit at zero weights, input and state: the memory range in steps."""
+    zero_w = {**params, "w_x": jnp.zeros_like(params["w_x"]), "w_h": jnp.zeros_like(params["w_h"])}
+    if name == "lstm":
+        carry = LSTMCarry(hidden=jnp.zeros(H), cell=jnp.ones(H))
+        new, _ = lstm_step(zero_w, carry, jnp.zeros(3))
+        return 1 / (1 - np.asarray(new.cell))  # c = f * 1 + i * tanh(0) = f
+    new, _ = gru_step(zero_w, jnp.ones(H), jnp.zeros(3))  # h = (1 - z) tanh(b_n) + z * 1, b_n = 0
+    return 1 / (1 - np.asarray(new))
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_chrono_init_spreads_memory_ranges_over_the_sequence(name):
+    """Tallec & Ollivier's chrono init: keep-gate bias log u, u ~ U(1, T-1), so each unit remembers ~1+u steps."""
+    H, T = 256, 100
+    cell = get_cell(name)
+    params = cell.init(jax.random.PRNGKey(0), 3, H, jnp.float32)
+    chrono = cell.chrono_init(jax.random.PRNGKey(1), params, T)
+    for k in ("w_x", "w_h"):  # only the gate biases move
+        np.testing.assert_array_equal(chrono[k], params[k])
+    timescales = _keep_gate_timescales(name, chrono, H)
+    assert timescales.min() >= 2 - 1e-3 and timescales.max() <= T + 1e-2
+    assert np.median(timescales) > 30  # spread over [2, T], not a few steps per unit
+    assert _keep_gate_timescales(name, params, H).max() < 3.72  # 1 + e (LSTM forget bias 1), 2 (GRU)
+    if name == "lstm":  # the input gate writes what the forget gate lets go: b_i = -b_f
+        b = np.asarray(chrono["b"])
+        np.testing.assert_array_equal(b[:H], -b[H : 2 * H])
+        np.testing.assert_array_equal(b[2 * H :], 0.0)
+    else:
+        np.testing.assert_array_equal(np.delete(np.asarray(chrono["b_x"]), np.s_[H : 2 * H]), 0.0)
+        np.testing.assert_array_equal(chrono["b_h"], 0.0)
+    other = cell.chrono_init(jax.random.PRNGKey(2), params, T)
+    assert not np.array_equal(other["b" if name == "lstm" else "b_x"], chrono["b" if name == "lstm" else "b_x"])
+
+
+def test_chrono_init_stack_and_its_errors():
+    from lstm_jax.stack import chrono_init_stack, init_stack
+
+    layers = init_stack(jax.random.PRNGKey(0), "lstm", 3, 8, num_layers=2, bidirectional=True)
+    chrono = chrono_init_stack(jax.random.PRNGKey(1), "lstm", layers, 50)
+    forget = [np.asarray(p[d]["b"][8:16]) for p in chrono for d in ("forward", "backward")]
+    assert all(0 <= f.min() and f.max() <= np.log(49) for f in forget)
+    assert len({f.tobytes() for f in forget}) == 4  # every layer and direction draws its own ranges
+    with pytest.raises(ValueError, match=r"cell 'rnn' has no keep gate.*\['lstm', 'gru'\]"):
+        chrono_init_stack(jax.random.PRNGKey(1), "rnn", init_stack(jax.random.PRNGKey(0), "rnn", 3, 8), 50)
+    with pytest.raises(ValueError, match="max_timescale must be >= 3"):
+        chrono_init_stack(jax.random.PRNGKey(1), "lstm", layers, 2)

@@ -100,6 +100,23 @@ def recurrent_diagonal(w_h: Array, compute_dtype: Any, dtype: Any) -> Array:
     return (diag if compute_dtype is None else diag.astype(compute_dtype)).astype(dtype)
 
 
+def chrono_timescales(key: Array, hidden_size: int, max_timescale: float, dtype=jnp.float32) -> Array:
+    """``log u`` with ``u ~ U(1, max_timescale - 1)`` per unit, shape ``(H,)``: chrono gate biases.
+
+    Tallec & Ollivier (2018, "Can recurrent neural networks warp time?"): a keep
+    gate ``σ(b)`` with ``b = log u`` holds a unit's state for about
+    ``1 / (1 - σ(b)) = 1 + u`` steps when the input is quiet, so drawing ``u``
+    uniformly spreads the units' memory ranges over ``[2, max_timescale]``
+    instead of starting every unit at the ``1 + e ≈ 3.7`` steps of ``σ(1)``. Set
+    ``max_timescale`` to the longest dependency the data is expected to have
+    (e.g. the sequence length).
+    """
+    if not max_timescale >= 3:
+        raise ValueError(f"chrono init: max_timescale must be >= 3 (units of time steps), got {max_timescale!r}")
+    u = jax.random.uniform(key, (hidden_size,), jnp.float32, 1.0, float(max_timescale) - 1.0)
+    return jnp.log(u).astype(dtype)
+
+
 def _identity(carry):
     return carry
 
@@ -140,6 +157,9 @@ class Cell:
                     ``h_t = a_t ⊙ h_{t-1} + b_t`` (see the module docstring), else ``None``.
     jacobian_diagonal: ``(params, carry_{t-1}, xw_t, compute_dtype) -> diag``, carry-shaped
                     ``∂carry_t[k] / ∂carry_{t-1}[k]`` for quasi-DEER (module docstring), else ``None``.
+    chrono_init:    ``(key, params, max_timescale) -> params`` with the gate biases of the
+                    chrono initialisation (Tallec & Ollivier 2018; see :func:`chrono_timescales`),
+                    else ``None`` (a cell without a keep gate to set).
     """
 
     name: str
@@ -155,6 +175,7 @@ class Cell:
     recurrent_weight: str | None = "w_h"
     linear_recurrence: Callable | None = None
     jacobian_diagonal: Callable | None = None
+    chrono_init: Callable | None = None
 
     # -- shapes ---------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .base import Cell, check_sizes, glorot_blocks, matmul, orthogonal_blocks, recurrent_diagonal, zeros_carry
+from .base import Cell, check_sizes, chrono_timescales, glorot_blocks, matmul, orthogonal_blocks, recurrent_diagonal, zeros_carry
 
 Array = jax.Array
 
@@ -100,10 +100,24 @@ def init_gru(key: Array, input_size: int, hidden_size: int, dtype=jnp.float32) -
     }
 
 
+def chrono_gru(key: Array, params: dict, max_timescale: float) -> dict:
+    """``params`` with the chrono update-gate bias (Tallec & Ollivier 2018); weights unchanged.
+
+    Here ``z_t`` keeps ``h_{t-1}`` (``h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}``), so it is
+    the keep gate: ``b_x[update] = log u``, ``u ~ U(1, max_timescale - 1)`` per
+    unit (``b_h[update]`` is set to 0, so ``log u`` is the gate's whole bias),
+    giving unit ``j`` a memory of about ``1 + u_j`` steps from the start.
+    """
+    hidden = params["w_h"].shape[0]
+    log_u = chrono_timescales(key, hidden, max_timescale, params["b_x"].dtype)
+    update = slice(hidden, 2 * hidden)
+    return {**params, "b_x": params["b_x"].at[update].set(log_u), "b_h": params["b_h"].at[update].set(0.0)}
+
+
 GRU = Cell(
     name="gru", init=init_gru, zeros_carry=zeros_carry, recurrence=gru_recurrence, num_gates=3,
     param_keys=("w_x", "w_h", "b_x", "b_h"), input_bias="b_x", recurrent_bias="b_h",
-    backward_step=gru_backward_step, jacobian_diagonal=gru_jacobian_diagonal,
+    backward_step=gru_backward_step, jacobian_diagonal=gru_jacobian_diagonal, chrono_init=chrono_gru,
 )
 
 

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .base import Cell, check_sizes, glorot_blocks, matmul, orthogonal_blocks, recurrent_diagonal
+from .base import Cell, check_sizes, chrono_timescales, glorot_blocks, matmul, orthogonal_blocks, recurrent_diagonal
 
 Array = jax.Array
 
@@ -164,6 +164,21 @@ def init_lstm(key: Array, input_size: int, hidden_size: int, dtype=jnp.float32, 
     }
 
 
+def chrono_lstm(key: Array, params: dict, max_timescale: float) -> dict:
+    """``params`` with the chrono gate biases (Tallec & Ollivier 2018); weights unchanged.
+
+    ``b[forget] = log u``, ``u ~ U(1, max_timescale - 1)`` per unit, and
+    ``b[input] = -b[forget]``: unit ``j`` starts with a memory of about
+    ``1 + u_j`` steps and writes in proportion to what it forgets, so the
+    cell's memory ranges cover ``[2, max_timescale]`` from the first step
+    (the default ``forget_bias = 1`` gives every unit ``1 + e ≈ 3.7`` steps).
+    """
+    hidden = params["w_h"].shape[0]
+    log_u = chrono_timescales(key, hidden, max_timescale, params["b"].dtype)
+    b = params["b"].at[hidden : 2 * hidden].set(log_u).at[0:hidden].set(-log_u)
+    return {**params, "b": b}
+
+
 def lstm_zeros_carry(hidden_size: int, batch_shape: tuple = (), dtype=jnp.float32) -> LSTMCarry:
     """Zero :class:`LSTMCarry`, each field (*batch_shape, H)."""
     z = jnp.zeros(tuple(batch_shape) + (hidden_size,), dtype)
@@ -177,6 +192,7 @@ def _hidden(carry: LSTMCarry) -> Array:
 LSTM = Cell(
     name="lstm", init=init_lstm, zeros_carry=lstm_zeros_carry, recurrence=lstm_recurrence, num_gates=4,
     backward_step=lstm_backward_step, hidden=_hidden, jacobian_diagonal=lstm_jacobian_diagonal,
+    chrono_init=chrono_lstm,
 )
 
 
