@@ -191,3 +191,21 @@ def test_long_range_script_smoke(tmp_path):
     assert "| lstm |" in (tmp_path / "results.md").read_text()
     if matplotlib_installed():  # without matplotlib the figures are skipped, saying so
         assert (tmp_path / "long_range.png").stat().st_size > 0
+
+
+def test_long_range_chrono_init_runs_and_refuses_cells_without_a_keep_gate(tmp_path, capsys):
+    import importlib
+    import json
+
+    mod = importlib.import_module("experiments.long_range")
+    tiny = ["--task", "copy", "--lengths", "4", "--copy-length", "2", "--hidden", "4", "--batch", "8", "--steps", "2",
+            "--eval-every", "2", "--warmup", "1", "--test-size", "8", "--init", "chrono"]
+    with pytest.raises(SystemExit, match=r"--init chrono: cells \['rnn'\] have no keep gate"):
+        mod.main(tiny + ["--cells", "rnn", "lstm", "--out", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()  # refused before any run
+    mod.main(tiny + ["--cells", "lstm", "--out", str(tmp_path)])
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["args"]["init"] == "chrono" and record["runs"][0]["steps"] == 2
+    assert "chrono gate-bias init" in (tmp_path / "results.md").read_text()
+    with pytest.raises(SystemExit, match="holds a sweep with --init chrono, not standard"):
+        mod.main([a for a in tiny if a not in ("--init", "chrono")] + ["--cells", "lstm", "--append", "--out", str(tmp_path)])
