@@ -65,6 +65,10 @@ def build_parser():
     d.add_argument("--val-size", type=int, default=5000, help="validation examples carved from train")
     d.add_argument("--train-subset", type=int, default=None, help="use only the first N training examples (quick runs)")
     d.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test examples only")
+    d.add_argument("--augment-shift", type=int, default=0, metavar="PIXELS",
+                   help="train on images shifted by up to PIXELS rows and columns, drawn per example and step")
+    d.add_argument("--augment-flip", action="store_true",
+                   help="train on images mirrored left-right with probability 1/2 (fashion_mnist only)")
     m = cli.add_model_flags(p, ("cell", "hidden", "layers"))
     m.add_argument("--bidirectional", action="store_true")
     for name in ("dropout", "unroll", "impl", "precision"):
@@ -115,6 +119,8 @@ def prepare_data(args):
 
     return {
         "train": (seqs(tr_x), tr_y),
+        "train_images": tr_x,
+        "seqs": seqs,
         "val": (seqs(va_x), va_y),
         "test": (seqs(test_x), test_y),
         "test_images": test_x,
@@ -180,6 +186,10 @@ def plot_misclassified(images, labels, preds, probs, class_names, path: Path, ma
 
 
 def mnist_lstm(args, argv=None) -> dict:
+    if args.augment_flip and args.dataset != "fashion_mnist":
+        raise SystemExit(f"--augment-flip: a mirrored digit is another glyph; flips apply to fashion_mnist, not {args.dataset}")
+    if not 0 <= args.augment_shift < img.IMAGE_SHAPE[0]:
+        raise SystemExit(f"--augment-shift must be in [0, {img.IMAGE_SHAPE[0]}), got {args.augment_shift}")
     malloc = cli.apply_malloc(args)
     machine = machine_info(malloc=malloc, note=args.note, matmul_gflops=run_matmul_gflops())  # the rate this run saw
     out = Path(args.out)
@@ -189,7 +199,15 @@ def mnist_lstm(args, argv=None) -> dict:
     val_xs, val_ys = data["val"]
     steps_t, features = train_xs.shape[1:]
 
-    batches = img.ShuffledBatches(train_xs, train_ys, args.batch_size, seed=args.seed)
+    augment = {"max_shift": args.augment_shift, "flip": args.augment_flip}
+    if args.augment_shift or args.augment_flip:  # augment the raw images (background 0), then normalize
+        def transform(rng, images):
+            return data["seqs"](img.augment_images(rng, images, **augment))
+
+        batches = img.ShuffledBatches(data["train_images"], train_ys, args.batch_size, seed=args.seed,
+                                      transform=transform)
+    else:
+        batches = img.ShuffledBatches(train_xs, train_ys, args.batch_size, seed=args.seed)
     steps = args.steps if args.epochs is None else max(1, round(args.epochs * batches.steps_per_epoch))
     # "auto" impl/precision: measured on one layer at this run's shape (says what runs)
     cli.layer_from_args(args, T=int(steps_t), B=args.batch_size, I=int(features), H=args.hidden)
@@ -215,7 +233,7 @@ def mnist_lstm(args, argv=None) -> dict:
         "mode": args.mode, "perm_seed": args.perm_seed, "sequence_shape": [int(steps_t), int(features)],
         "normalization": {"mean": data["mean"], "std": data["std"]},
         "val_size": args.val_size, "train_examples": int(len(train_xs)), "batch_size": args.batch_size,
-        "steps_per_epoch": batches.steps_per_epoch, "data_seed": args.seed,
+        "steps_per_epoch": batches.steps_per_epoch, "data_seed": args.seed, "augment": augment,
         "model": {k: getattr(model_cfg, k) for k in model_cfg.__dataclass_fields__},
     }
     print(

@@ -266,6 +266,60 @@ def test_shuffled_batches_deterministic_per_step():
     assert not np.array_equal(other.indices(0), b.indices(0))
 
 
+def _shifted(image, dy, dx):
+    """``image`` moved down ``dy`` and right ``dx`` pixels, zero-filled: the reference for augment_images."""
+    out = np.zeros_like(image)
+    rows, cols = image.shape
+    out[max(dy, 0) : rows + min(dy, 0), max(dx, 0) : cols + min(dx, 0)] = \
+        image[max(-dy, 0) : rows + min(-dy, 0), max(-dx, 0) : cols + min(-dx, 0)]
+    return out
+
+
+def test_augment_images_shifts_and_flips_each_example(fashion):
+    images = fashion.train[0][:64]
+    out = img.augment_images(np.random.default_rng(0), images, max_shift=2, flip=True)
+    assert out.shape == images.shape and out.dtype == images.dtype
+    seen = set()
+    for x, y in zip(images, out):
+        matches = [(dy, dx, f) for dy in range(-2, 3) for dx in range(-2, 3) for f in (False, True)
+                   if np.array_equal(y, _shifted(x[:, ::-1] if f else x, dy, dx))]
+        assert matches, "an output that is no shift/flip of its input"
+        seen.add(matches[0])
+    assert len(seen) > 20  # drawn per example: many of the 50 (shift, flip) combinations occur
+    assert {f for _, _, f in seen} == {False, True}
+    again = img.augment_images(np.random.default_rng(0), images, max_shift=2, flip=True)
+    np.testing.assert_array_equal(out, again)  # a pure function of the generator's state
+    np.testing.assert_array_equal(img.augment_images(np.random.default_rng(0), images), images)
+    with pytest.raises(ValueError, match=r"max_shift must be an int in \[0, 28\)"):
+        img.augment_images(np.random.default_rng(0), images, max_shift=28)
+
+
+def test_shuffled_batches_transform_is_seeded_by_step():
+    x = np.zeros((40, 5, 5), np.uint8)
+    x[:, 2, 2] = np.arange(1, 41)  # one lit pixel per image, its value naming the image
+    y = np.arange(40) % 10
+
+    def shift(rng, images):
+        return img.augment_images(rng, images, max_shift=2)
+
+    b = img.ShuffledBatches(x, y, 8, seed=1, transform=shift)
+    fresh = img.ShuffledBatches(x, y, 8, seed=1, transform=shift)  # e.g. after a resume
+    for s in (0, 3, 11):
+        np.testing.assert_array_equal(b(s)["x"], fresh(s)["x"])
+        assert sorted(b(s)["x"].reshape(8, -1).max(axis=1).tolist()) == sorted((b.indices(s) + 1).tolist())
+
+    def lit_pixel_by_image(epoch):
+        where = {}
+        for s in range(epoch * b.steps_per_epoch, (epoch + 1) * b.steps_per_epoch):
+            for image in b(s)["x"]:
+                where[int(image.max())] = tuple(np.argwhere(image)[0])
+        return where
+
+    first, second = lit_pixel_by_image(0), lit_pixel_by_image(1)
+    assert len(first) == 40 and sum(first[k] != second[k] for k in first) > 20  # new shifts each epoch
+    assert not np.array_equal(img.ShuffledBatches(x, y, 8, seed=1)(0)["x"], b(0)["x"])
+
+
 def test_eval_batches_pad_and_mask():
     x = np.ones((25, 28, 28), np.float32)
     y = np.arange(25) % 10

@@ -141,6 +141,24 @@ def test_permuted_mode_run_saves_its_permutation_seed(tmp_path):
     assert results["test_examples"] == 100
 
 
+@needs_fashion
+def test_augmented_run_trains_on_shifted_flipped_images_and_refuses_flipping_digits(tmp_path):
+    script = load_script()
+    out = tmp_path / "aug"
+    results = script.main([
+        "--mode", "permuted", "--augment-shift", "2", "--augment-flip", "--train-subset", "300", "--val-size", "100",
+        "--test-subset", "100", "--hidden", "8", "--batch-size", "50", "--steps", "2",
+        "--eval-every", "2", "--no-progress", "--no-plots", "--out", str(out),
+    ])
+    assert results["steps_done"] == 2 and np.isfinite(results["test_loss"])
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["augment"] == {"max_shift": 2, "flip": True} and meta["sequence_shape"] == [784, 1]
+    with pytest.raises(SystemExit, match="a mirrored digit is another glyph"):
+        script.main(["--dataset", "mnist", "--augment-flip", "--out", str(tmp_path / "digits")])
+    with pytest.raises(SystemExit, match=r"--augment-shift must be in \[0, 28\)"):
+        script.main(["--augment-shift", "-1", "--out", str(tmp_path / "neg")])
+
+
 def test_resume_continues_exactly(tmp_path):
     """A run interrupted after a checkpoint and resumed ends with the same params as an uninterrupted one."""
     train = pytest.importorskip("lstm_jax.train")

@@ -339,6 +339,36 @@ def train_val_split(images, labels, val_size: int, seed: int):
     return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
 
 
+def augment_images(rng: np.random.Generator, images: np.ndarray, *, max_shift: int = 0, flip: bool = False) -> np.ndarray:
+    """Random translations (and horizontal flips) of images ``(N, rows, cols)``, each example its own.
+
+    Every image moves by integer ``(dy, dx)`` drawn uniformly from
+    ``[-max_shift, max_shift]²``, the uncovered border filled with 0 (the
+    background of uint8 MNIST-family images, so augment *before* normalizing);
+    with ``flip`` each image is mirrored left-right with probability 1/2 (valid
+    for clothes, not for digits). Same shape and dtype out; a pure function of
+    ``rng``'s state.
+    """
+    images = np.asarray(images)
+    if images.ndim != 3:
+        raise ValueError(f"images must be (N, rows, cols), got shape {images.shape}")
+    if not isinstance(max_shift, (int, np.integer)) or not 0 <= max_shift < min(images.shape[1:]):
+        raise ValueError(f"max_shift must be an int in [0, {min(images.shape[1:])}), got {max_shift!r}")
+    n, rows, cols = images.shape
+    out = images
+    if max_shift:
+        s = int(max_shift)
+        padded = np.pad(images, ((0, 0), (s, s), (s, s)))
+        dy, dx = (rng.integers(-s, s + 1, size=n) for _ in range(2))
+        r = (s - dy)[:, None] + np.arange(rows)  # image row i comes from padded row i + s - dy
+        c = (s - dx)[:, None] + np.arange(cols)
+        out = padded[np.arange(n)[:, None, None], r[:, :, None], c[:, None, :]]
+    if flip:
+        mirror = rng.random(n) < 0.5
+        out = np.where(mirror[:, None, None], out[:, :, ::-1], out)
+    return out
+
+
 class ShuffledBatches:
     """Per-epoch shuffled minibatches, addressable by global step.
 
@@ -348,9 +378,13 @@ class ShuffledBatches:
     reproducible from scratch, and resuming at step ``s`` continues exactly
     where an uninterrupted run would be. The last partial batch of each epoch
     is dropped (every example is still seen, in a different epoch).
+
+    ``transform(rng, x_batch) -> x_batch`` (e.g. :func:`augment_images`, then
+    :func:`normalize` and :func:`to_sequences`) is applied to every batch with a
+    generator seeded by ``(seed, step)``, so an augmented run resumes exactly too.
     """
 
-    def __init__(self, xs: np.ndarray, ys: np.ndarray, batch_size: int, seed: int = 0):
+    def __init__(self, xs: np.ndarray, ys: np.ndarray, batch_size: int, seed: int = 0, transform=None):
         if len(xs) != len(ys):
             raise ValueError(f"{len(xs)} inputs but {len(ys)} labels")
         if not 0 < batch_size <= len(xs):
@@ -358,6 +392,7 @@ class ShuffledBatches:
         self.xs, self.ys = xs, ys
         self.batch_size = batch_size
         self.seed = seed
+        self.transform = transform
         self.steps_per_epoch = len(xs) // batch_size
         self._epoch = None
         self._order = None
@@ -376,7 +411,10 @@ class ShuffledBatches:
 
     def __call__(self, step: int) -> dict:
         idx = np.sort(self.indices(step))  # sorted gather is faster; order within a batch is irrelevant
-        return {"x": self.xs[idx], "y": self.ys[idx]}
+        x = self.xs[idx]
+        if self.transform is not None:
+            x = self.transform(np.random.Generator(np.random.PCG64([self.seed, int(step), 0xA06])), x)
+        return {"x": x, "y": self.ys[idx]}
 
 
 def eval_batches(xs: np.ndarray, ys: np.ndarray, batch_size: int) -> Iterator[dict]:
