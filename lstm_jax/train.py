@@ -387,7 +387,9 @@ def fit(
         metrics = {k: float(v) for k, v in eval_fn(params).items()}
         rec = {"kind": "eval", "step": step, **metrics, "eval_seconds": round(time.perf_counter() - t0, 3)}
         log.write(rec)
-        if best_metric in metrics and (best is None or metrics[best_metric] < best[best_metric]):
+        # "<=": a tie goes to the later step, the one the checkpoint policy keeps (Orbax's BestN), so the
+        # reported best is always a checkpoint on disk
+        if best_metric in metrics and (best is None or metrics[best_metric] <= best[best_metric]):
             best = {"step": step, **metrics}
         return metrics
 

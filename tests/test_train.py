@@ -166,6 +166,21 @@ def test_keeps_last_k_and_the_best(tmp_path):
     assert meta["step"] == 50
 
 
+def test_a_tied_best_is_the_step_whose_checkpoint_is_kept(tmp_path):
+    """Two evaluations tie for best: the best that fit reports is the one checkpoint kept on disk."""
+    loss_fn, get_batch, params = linear_problem()
+    scores = iter([3.0, 1.0, 1.0, 2.0, 2.0])  # steps 20 and 30 tie; neither is among the last 2
+    cfg = TrainConfig(steps=50, eval_every=10, checkpoint_every=10, keep_checkpoints=2, **QUIET)
+    res = fit(loss_fn, params, get_batch, cfg, out_dir=tmp_path, eval_fn=lambda p: {"val_loss": next(scores)})
+    ck = Checkpointer(tmp_path, keep=2)
+    kept = ck.all_steps()
+    assert ck.best_step() in (20, 30) and len([s for s in kept if s in (20, 30)]) == 1
+    ck.close()
+    assert res.best["step"] == ck.best_step()
+    _, meta = load_checkpoint(tmp_path, "best")
+    assert meta["step"] == res.best["step"]
+
+
 # --------------------------------------------------------------------------- exact resume
 
 
