@@ -193,16 +193,25 @@ def test_long_range_script_smoke(tmp_path):
         assert (tmp_path / "long_range.png").stat().st_size > 0
 
 
-def test_long_range_chrono_init_runs_and_refuses_cells_without_a_keep_gate(tmp_path, capsys):
+_CHRONO_TINY = ["--task", "copy", "--lengths", "4", "--copy-length", "2", "--hidden", "4", "--batch", "8",
+                "--steps", "2", "--eval-every", "2", "--warmup", "1", "--test-size", "8", "--init", "chrono"]
+
+
+def test_long_range_chrono_init_refuses_cells_without_a_keep_gate_before_any_run(tmp_path):
+    import importlib
+
+    mod = importlib.import_module("experiments.long_range")
+    with pytest.raises(SystemExit, match=r"--init chrono: cells \['rnn'\] have no keep gate"):
+        mod.main(_CHRONO_TINY + ["--cells", "rnn", "lstm", "--out", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()  # refused before any run
+
+
+def test_long_range_chrono_init_runs_and_is_recorded(tmp_path):
     import importlib
     import json
 
     mod = importlib.import_module("experiments.long_range")
-    tiny = ["--task", "copy", "--lengths", "4", "--copy-length", "2", "--hidden", "4", "--batch", "8", "--steps", "2",
-            "--eval-every", "2", "--warmup", "1", "--test-size", "8", "--init", "chrono"]
-    with pytest.raises(SystemExit, match=r"--init chrono: cells \['rnn'\] have no keep gate"):
-        mod.main(tiny + ["--cells", "rnn", "lstm", "--out", str(tmp_path / "refused")])
-    assert not (tmp_path / "refused").exists()  # refused before any run
+    tiny = _CHRONO_TINY
     mod.main(tiny + ["--cells", "lstm", "--out", str(tmp_path)])
     record = json.loads((tmp_path / "results.json").read_text())
     assert record["args"]["init"] == "chrono" and record["runs"][0]["steps"] == 2
