@@ -249,25 +249,36 @@ def open_run_directory(out_dir: str | Path, *, keep: int, best_metric: str, resu
     """
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     directory = Path(out_dir).resolve() / CHECKPOINT_SUBDIR
-    if resume and not _has_step_dirs(directory):
-        # Refused before an Orbax manager exists: even a closed one can leave a
-        # signalling thread that prints tracebacks at interpreter shutdown.
+    # Both refusals happen before an Orbax manager exists where the directory
+    # alone decides: even a closed manager can leave a signalling thread that
+    # prints tracebacks at interpreter shutdown, after the one error line.
+    steps = _step_dirs(directory)
+    if resume and not steps:
         raise CheckpointError(f"resume=True: no checkpoint to resume from in {directory}")
+    if not resume and steps:
+        raise _already_holds(directory, steps)
     ckpt = Checkpointer(out_dir, keep=keep, best_metric=best_metric)
     with closed_on_error(ckpt):
         if resume and ckpt.latest_step() is None:
             raise CheckpointError(f"resume=True: no checkpoint to resume from in {ckpt.directory}")
         if not resume and ckpt.latest_step() is not None:
-            raise CheckpointError(
-                f"{ckpt.directory} already holds checkpoints (steps {ckpt.all_steps()}); pass resume=True "
-                "to continue that run, or choose another out_dir"
-            )
+            raise _already_holds(ckpt.directory, ckpt.all_steps())
     return ckpt
 
 
-def _has_step_dirs(directory: Path) -> bool:
-    """Whether ``directory`` holds a step directory (Orbax names them by the step number)."""
-    return directory.is_dir() and any(p.is_dir() and p.name.isdigit() for p in directory.iterdir())
+def _already_holds(directory: Path, steps) -> CheckpointError:
+    return CheckpointError(
+        f"{directory} already holds checkpoints (steps {list(steps)}); pass resume=True "
+        "to continue that run, or choose another out_dir"
+    )
+
+
+def _step_dirs(directory: Path) -> list[int]:
+    """The steps of ``directory``'s step directories, sorted (Orbax names them by the step number;
+    a half-written one, ``N.orbax-checkpoint-tmp-*``, is not counted)."""
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
 
 
 @contextlib.contextmanager

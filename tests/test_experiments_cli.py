@@ -219,3 +219,21 @@ def test_resume_on_an_empty_run_directory_prints_only_the_error_line(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert lines == [f"error: --resume: no checkpoint to resume from in {tmp_path / 'empty' / 'checkpoints'}"], lines
+
+
+def test_a_run_directory_with_checkpoints_is_refused_with_only_the_error_line(tmp_path):
+    """Without --resume a finished run is never overwritten, and the refusal (made before any Orbax
+    manager exists) prints one line: no absl/asyncio tracebacks from a manager's threads at shutdown."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "experiments.char_lstm", "train", "--out", str(run), "--steps", "2",
+           "--eval-every", "2", "--hidden", "8", "--impl", "scan", "--precision", "fp32", "--no-progress"]
+    first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "2" in before, before
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in again.stderr.splitlines() if line.strip()]
+    assert again.returncode == 1, again.stderr[-3000:]
+    assert len(lines) == 1 and "already holds checkpoints (steps [2])" in lines[0], lines
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
