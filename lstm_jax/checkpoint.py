@@ -256,21 +256,17 @@ def open_run_directory(out_dir: str | Path, *, keep: int, best_metric: str, resu
     if resume and not steps:
         raise CheckpointError(f"resume=True: no checkpoint to resume from in {directory}")
     if not resume and steps:
-        raise _already_holds(directory, steps)
+        raise CheckpointError(
+            f"{directory} already holds checkpoints (steps {steps}); pass resume=True "
+            "to continue that run, or choose another out_dir"
+        )
     ckpt = Checkpointer(out_dir, keep=keep, best_metric=best_metric)
     with closed_on_error(ckpt):
+        # Step directories that Orbax does not count as finished checkpoints
+        # (e.g. a save cut off before its commit) leave nothing to resume.
         if resume and ckpt.latest_step() is None:
             raise CheckpointError(f"resume=True: no checkpoint to resume from in {ckpt.directory}")
-        if not resume and ckpt.latest_step() is not None:
-            raise _already_holds(ckpt.directory, ckpt.all_steps())
     return ckpt
-
-
-def _already_holds(directory: Path, steps) -> CheckpointError:
-    return CheckpointError(
-        f"{directory} already holds checkpoints (steps {list(steps)}); pass resume=True "
-        "to continue that run, or choose another out_dir"
-    )
 
 
 def _step_dirs(directory: Path) -> list[int]:
