@@ -11,6 +11,9 @@ Outputs (in ``--out``):
     long_range.png final test error vs T per cell, trivial baseline dashed
     curves.png     test error vs training step, one panel per T
 
+Sweeps of one configuration trained side by side (``taskset -c 0`` and ``-c 1``, each with its own
+``--out``) become one table with ``--merge``.
+
 Example (the README numbers)::
 
     python experiments/long_range.py --task adding --lengths 50 100 200 400 \\
@@ -45,6 +48,19 @@ REPLOT_KEYS = ("task", "init", "hidden", "batch_size", "steps", "max_minutes", "
 _OLD_KEYS = {"batch_size": "batch", "max_minutes": "minutes_per_run"}
 #: Values of keys that older records lack (sweeps from before ``--init`` used the cells' own init).
 _DEFAULTS = {"init": "standard"}
+#: Record keys on which two sweeps must agree for ``--merge`` to put their runs in one table: everything that
+#: makes the runs comparable at equal steps (the lengths, cells and output paths may differ).
+MERGE_KEYS = REPLOT_KEYS + ("learning_rate", "warmup_steps", "weight_decay", "clip_norm", "eval_every", "seed",
+                            "test_size", "impl", "precision")
+
+
+def _saved(saved: dict, key: str):
+    """A saved record's value of ``key``, read through older spellings and defaults (None if absent)."""
+    if key in saved:
+        return saved[key]
+    if key in _OLD_KEYS and _OLD_KEYS[key] in saved:
+        return saved[_OLD_KEYS[key]]
+    return _DEFAULTS.get(key)
 
 
 def make_eval(task, cell, test_batch, chunk: int = 500, impl="scan"):
@@ -254,9 +270,58 @@ def build_parser():
                         "a (cell, T) pair present is replaced by the new run)")
     o.add_argument("--replot", action="store_true",
                    help="only rewrite results.md and the PNGs from --out/results.json (no training)")
+    o.add_argument("--merge", nargs="+", metavar="DIR", default=None,
+                   help="add the runs of these sweep directories to --out/results.json and redraw (no training); "
+                        "same task and training configuration, each (cell, T) pair from one sweep only")
     o.add_argument("--figure", default=None, help="also copy the PNG here (e.g. docs/figures/long_range_adding.png)")
     cli.add_malloc_flag(p)
     return p
+
+
+def merge_sweeps(out: Path, sources: list[Path]) -> None:
+    """Add the runs of the sweeps in ``sources`` to ``out/results.json`` (no training).
+
+    Sweeps of one configuration trained side by side (one per core, or per machine) become one table. Every
+    :data:`MERGE_KEYS` value must agree, and each (cell, T) pair may come from one sweep only; the sources'
+    arguments and machine records are kept under ``earlier_invocations``. Nothing is written on a refusal.
+    """
+    def load(d: Path) -> dict:
+        if not (d / "results.json").is_file():
+            raise SystemExit(f"--merge: {d} holds no results.json")
+        return json.loads((d / "results.json").read_text())
+
+    record = load(out)
+    pairs = {(r["cell"], r["T"]): out for r in record["runs"]}
+    for src in sources:
+        other = load(src)
+        differ = [f"{k} {_saved(other['args'], k)!r} (not {_saved(record['args'], k)!r})" for k in MERGE_KEYS
+                  if _saved(other["args"], k) != _saved(record["args"], k)]
+        if differ:
+            raise SystemExit(f"--merge: {src} is a different configuration from {out}: " + ", ".join(differ))
+        for r in other["runs"]:
+            if (r["cell"], r["T"]) in pairs:
+                raise SystemExit(f"--merge: {r['cell']} at T={r['T']} is in both {pairs[r['cell'], r['T']]} and {src}")
+            pairs[r["cell"], r["T"]] = src
+        record["runs"] += other["runs"]
+        record["earlier_invocations"] = (record.get("earlier_invocations", []) + other.get("earlier_invocations", [])
+                                         + [{"args": other["args"], "machine": other["machine"]}])
+    record["runs"].sort(key=lambda r: (r["T"], CELL_ORDER.index(r["cell"])))
+    (out / "results.json").write_text(json.dumps(record, indent=1))
+
+
+def replot(args, out: Path) -> None:
+    """Rewrite results.md and the PNGs from ``out/results.json`` with the configuration saved there."""
+    record = json.loads((out / "results.json").read_text())
+    for k in REPLOT_KEYS:
+        setattr(args, k, _saved(record["args"], k))
+    args.cells = [c for c in CELL_ORDER if any(r["cell"] == c for r in record["runs"])]
+    T0 = min(r["T"] for r in record["runs"])
+    task = make_task(args.task, T0, num_symbols=args.num_symbols, length=args.copy_length)
+    write_table(out / "results.md", task, record["runs"], args)
+    plot(out / "long_range.png", task, record["runs"], args)
+    plot_curves(out / "curves.png", task, record["runs"], args)
+    _copy_figures(args, out)
+    print((out / "results.md").read_text())
 
 
 def long_range(args):
@@ -265,19 +330,10 @@ def long_range(args):
         args.solved_threshold = 0.01 if args.task == "adding" else 0.05
 
     out = Path(args.out)
-    if args.replot:
-        record = json.loads((out / "results.json").read_text())
-        saved = record["args"]
-        for k in REPLOT_KEYS:
-            setattr(args, k, saved[k] if k in saved else saved[_OLD_KEYS[k]] if k in _OLD_KEYS else _DEFAULTS[k])
-        args.cells = [c for c in CELL_ORDER if any(r["cell"] == c for r in record["runs"])]
-        T0 = min(r["T"] for r in record["runs"])
-        task = make_task(args.task, T0, num_symbols=args.num_symbols, length=args.copy_length)
-        write_table(out / "results.md", task, record["runs"], args)
-        plot(out / "long_range.png", task, record["runs"], args)
-        plot_curves(out / "curves.png", task, record["runs"], args)
-        _copy_figures(args, out)
-        print((out / "results.md").read_text())
+    if args.merge:
+        merge_sweeps(out, [Path(d) for d in args.merge])
+    if args.replot or args.merge:
+        replot(args, out)
         return
     if args.init == "chrono":  # refuse before any run trains, not at the first cell without a keep gate
         no_gate = [c for c in args.cells if get_cell(c).chrono_init is None]

@@ -218,3 +218,33 @@ def test_long_range_chrono_init_runs_and_is_recorded(tmp_path):
     assert "chrono gate-bias init" in (tmp_path / "results.md").read_text()
     with pytest.raises(SystemExit, match="holds a sweep with --init chrono, not standard"):
         mod.main([a for a in tiny if a not in ("--init", "chrono")] + ["--cells", "lstm", "--append", "--out", str(tmp_path)])
+
+
+def test_long_range_merge_joins_side_by_side_sweeps_and_refuses_mismatches(tmp_path):
+    """--merge: two sweeps of one configuration become one table; another configuration or a pair
+    present twice is refused with one line, and the target is left as it was."""
+    import importlib
+    import json
+
+    mod = importlib.import_module("experiments.long_range")
+    tiny = ["--task", "copy", "--copy-length", "2", "--batch", "8", "--steps", "2", "--eval-every", "2",
+            "--warmup", "1", "--test-size", "8", "--cells", "lstm"]
+    mod.main(tiny + ["--lengths", "4", "--hidden", "4", "--out", str(tmp_path / "a")])
+    mod.main(tiny + ["--lengths", "6", "--hidden", "4", "--out", str(tmp_path / "b")])
+    mod.main(tiny + ["--lengths", "8", "--hidden", "5", "--out", str(tmp_path / "c")])
+
+    a_before = (tmp_path / "a" / "results.json").read_text()
+    with pytest.raises(SystemExit, match=r"--merge: .*c is a different configuration from .*a: hidden 5 \(not 4\)"):
+        mod.main(["--out", str(tmp_path / "a"), "--merge", str(tmp_path / "c")])
+    with pytest.raises(SystemExit, match=r"--merge: lstm at T=4 is in both"):
+        mod.main(["--out", str(tmp_path / "a"), "--merge", str(tmp_path / "a")])
+    assert (tmp_path / "a" / "results.json").read_text() == a_before  # nothing written on a refusal
+
+    mod.main(["--out", str(tmp_path / "a"), "--merge", str(tmp_path / "b")])
+    record = json.loads((tmp_path / "a" / "results.json").read_text())
+    b = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert [(r["cell"], r["T"]) for r in record["runs"]] == [("lstm", 4), ("lstm", 6)]
+    assert record["runs"][1] == b["runs"][0]  # the run itself, unchanged
+    assert record["earlier_invocations"][-1]["args"]["lengths"] == [6]
+    table = (tmp_path / "a" / "results.md").read_text()
+    assert "| cell | T=4 | T=6 |" in table and "H=4" in table
