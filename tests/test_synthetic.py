@@ -228,10 +228,14 @@ def test_long_range_merge_joins_side_by_side_sweeps_and_refuses_mismatches(tmp_p
 
     mod = importlib.import_module("experiments.long_range")
     tiny = ["--task", "copy", "--copy-length", "2", "--batch", "8", "--steps", "2", "--eval-every", "2",
-            "--warmup", "1", "--test-size", "8", "--cells", "lstm"]
+            "--warmup", "1", "--test-size", "8", "--cells", "lstm", "--impl", "scan", "--precision", "fp32"]
     mod.main(tiny + ["--lengths", "4", "--hidden", "4", "--out", str(tmp_path / "a")])
     mod.main(tiny + ["--lengths", "6", "--hidden", "4", "--out", str(tmp_path / "b")])
-    mod.main(tiny + ["--lengths", "8", "--hidden", "5", "--out", str(tmp_path / "c")])
+    # a sweep recorded with another hidden size (b's record, one argument changed: no third training run)
+    other = json.loads((tmp_path / "b" / "results.json").read_text())
+    other["args"]["hidden"] = 5
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "results.json").write_text(json.dumps(other))
 
     a_before = (tmp_path / "a" / "results.json").read_text()
     with pytest.raises(SystemExit, match=r"--merge: .*c is a different configuration from .*a: hidden 5 \(not 4\)"):
