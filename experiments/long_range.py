@@ -63,6 +63,11 @@ def _saved(saved: dict, key: str):
     return _DEFAULTS.get(key)
 
 
+def _invocations(record: dict) -> list[dict]:
+    """``record``'s invocations, oldest first: its earlier ones, then its own ``args`` and ``machine``."""
+    return record.get("earlier_invocations", []) + [{"args": record["args"], "machine": record["machine"]}]
+
+
 def make_eval(task, cell, test_batch, chunk: int = 500, impl="scan"):
     """Mean test loss and metrics over the fixed test set, in chunks (jitted)."""
     inputs, targets = test_batch
@@ -303,8 +308,7 @@ def merge_sweeps(out: Path, sources: list[Path]) -> None:
                 raise SystemExit(f"--merge: {r['cell']} at T={r['T']} is in both {pairs[r['cell'], r['T']]} and {src}")
             pairs[r["cell"], r["T"]] = src
         record["runs"] += other["runs"]
-        record["earlier_invocations"] = (record.get("earlier_invocations", []) + other.get("earlier_invocations", [])
-                                         + [{"args": other["args"], "machine": other["machine"]}])
+        record["earlier_invocations"] = record.get("earlier_invocations", []) + _invocations(other)
     record["runs"].sort(key=lambda r: (r["T"], CELL_ORDER.index(r["cell"])))
     (out / "results.json").write_text(json.dumps(record, indent=1))
 
@@ -345,13 +349,12 @@ def long_range(args):
         old = json.loads((out / "results.json").read_text())
         if old["args"]["task"] != args.task:
             raise SystemExit(f"--append: {out} holds a {old['args']['task']} sweep, not {args.task}")
-        old_init = old["args"].get("init", _DEFAULTS["init"])
+        old_init = _saved(old["args"], "init")
         if old_init != args.init:
             raise SystemExit(f"--append: {out} holds a sweep with --init {old_init}, not {args.init}")
         new_pairs = {(c, T) for c in args.cells for T in args.lengths}
         record["runs"] = [r for r in old["runs"] if (r["cell"], r["T"]) not in new_pairs]
-        record["earlier_invocations"] = old.get("earlier_invocations", []) + [
-            {"args": old["args"], "machine": old["machine"]}]
+        record["earlier_invocations"] = _invocations(old)
     run_cells = list(args.cells)  # what this invocation trains; args.cells: what the table and plots show
     args.cells = [c for c in CELL_ORDER if c in run_cells or any(r["cell"] == c for r in record["runs"])]
     for T in args.lengths:
