@@ -12,8 +12,11 @@ from lstm_jax.impls import IMPLS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "gpu_check.sh"
-# T, B, I, H of the GPU issue.
-ISSUE_SIZES = [(100, 256, 65, 1024), (512, 128, 256, 512), (256, 512, 512, 1024), (784, 256, 1, 128), (28, 1024, 28, 128)]
+# T, B, I, H of the GPU issue, the last FlashRNN's published configuration (T=1024, B=16, H=768).
+ISSUE_SIZES = [
+    (100, 256, 65, 1024), (512, 128, 256, 512), (256, 512, 512, 1024), (784, 256, 1, 128), (28, 1024, 28, 128),
+    (1024, 16, 768, 768),
+]
 
 
 def _assignment(name: str) -> str:
