@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from .cells import CELLS, Cell, get_cell
+from .cells.base import check_sizes, positive_size
 
 Array = jax.Array
 
@@ -49,8 +50,8 @@ def init_stack(
     bidirectional).
     """
     cell = get_cell(cell)
-    if not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+    num_layers = positive_size("init_stack", "num_layers", num_layers)
+    input_size, hidden_size = check_sizes("init_stack", input_size, hidden_size)
     layers = []
     in_size = input_size
     for layer_key in jax.random.split(key, num_layers):

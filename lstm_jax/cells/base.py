@@ -58,10 +58,12 @@ each cell's against ``jax.jacfwd``.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 Params = dict
@@ -322,10 +324,21 @@ def orthogonal_blocks(key: Array, hidden_size: int, num_blocks: int, dtype=jnp.f
     return jnp.concatenate([init(k, (hidden_size, hidden_size), dtype) for k in keys], axis=1)
 
 
-def check_sizes(name: str, input_size: int, hidden_size: int) -> None:
-    for label, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name}: {label} must be a positive int, got {value!r}")
+def positive_size(name: str, label: str, value) -> int:
+    """``value`` as a Python int if it is a positive integer of any integral type (``operator.index``:
+    int, ``np.int64``, a 0-d integer array), else one ``ValueError`` line; bools and floats are refused."""
+    try:
+        size = None if isinstance(value, (bool, np.bool_)) else operator.index(value)
+    except TypeError:
+        size = None
+    if size is None or size < 1:
+        raise ValueError(f"{name}: {label} must be a positive integer, got {value!r}")
+    return size
+
+
+def check_sizes(name: str, input_size, hidden_size) -> tuple[int, int]:
+    """``(input_size, hidden_size)`` as Python ints (:func:`positive_size`); every ``init_*`` calls it first."""
+    return positive_size(name, "input_size", input_size), positive_size(name, "hidden_size", hidden_size)
 
 
 def zeros_carry(hidden_size: int, batch_shape: tuple = (), dtype=jnp.float32) -> Array:

@@ -90,7 +90,7 @@ def gru_jacobian_diagonal(params, h_prev: Array, xw_t: Array, compute_dtype=None
 def init_gru(key: Array, input_size: int, hidden_size: int, dtype=jnp.float32) -> dict:
     """Params for :func:`gru_step`: w_x (I, 3H) Glorot-uniform per block, w_h (H, 3H)
     orthogonal per block, b_x and b_h (3H,) zeros."""
-    check_sizes("init_gru", input_size, hidden_size)
+    input_size, hidden_size = check_sizes("init_gru", input_size, hidden_size)
     k_x, k_h = jax.random.split(key)
     return {
         "w_x": glorot_blocks(k_x, input_size, hidden_size, 3, dtype),

@@ -154,7 +154,7 @@ def init_lstm(key: Array, input_size: int, hidden_size: int, dtype=jnp.float32, 
     b:   (4H,) zeros, except the forget block = ``forget_bias`` (1.0), so the
          cell starts out remembering (Jozefowicz et al., 2015).
     """
-    check_sizes("init_lstm", input_size, hidden_size)
+    input_size, hidden_size = check_sizes("init_lstm", input_size, hidden_size)
     k_x, k_h = jax.random.split(key)
     b = jnp.zeros((4 * hidden_size,), dtype).at[hidden_size : 2 * hidden_size].set(forget_bias)
     return {

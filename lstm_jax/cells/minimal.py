@@ -104,7 +104,7 @@ def min_cell(name: str, num_gates: int, logits: Callable, logits_backward: Calla
     """
 
     def init(key: Array, input_size: int, hidden_size: int, dtype=jnp.float32) -> dict:
-        check_sizes(f"init_{name}", input_size, hidden_size)
+        input_size, hidden_size = check_sizes(f"init_{name}", input_size, hidden_size)
         return {
             "w_x": glorot_blocks(key, input_size, hidden_size, num_gates, dtype),
             "b": jnp.zeros((num_gates * hidden_size,), dtype),

@@ -49,7 +49,7 @@ def rnn_jacobian_diagonal(params, h_prev: Array, xw_t: Array, compute_dtype=None
 
 def init_rnn(key: Array, input_size: int, hidden_size: int, dtype=jnp.float32) -> dict:
     """Params for :func:`rnn_step`: w_x (I, H) Glorot-uniform, w_h (H, H) orthogonal, b (H,) zeros."""
-    check_sizes("init_rnn", input_size, hidden_size)
+    input_size, hidden_size = check_sizes("init_rnn", input_size, hidden_size)
     k_x, k_h = jax.random.split(key)
     return {
         "w_x": glorot_uniform(k_x, input_size, hidden_size, dtype),

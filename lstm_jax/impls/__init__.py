@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from typing import Callable
 
 from ..cells import CELLS, get_cell
@@ -143,10 +144,12 @@ class LayerImpl:
 
     def with_options(self, **options) -> "LayerImpl":
         merged = {**dict(self.options), **options}
-        try:
-            self.check_options(**merged)
-        except TypeError as err:  # an option name the impl does not have
-            raise ValueError(f"layer impl {self.name!r}: {err}") from None
+        valid = list(inspect.signature(self.check_options).parameters)
+        unknown = sorted(set(merged) - set(valid))
+        if unknown:  # a misspelt option: name the valid ones rather than Python's "unexpected keyword"
+            raise ValueError(f"layer impl {self.name!r} has no option {', '.join(map(repr, unknown))}; "
+                             f"its options are: {', '.join(valid) if valid else '(none)'}")
+        self.check_options(**merged)
         return dataclasses.replace(self, options=tuple(sorted(merged.items())))
 
 
