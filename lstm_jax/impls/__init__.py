@@ -24,6 +24,8 @@ just a time-major *core*::
 ``deer``    parallel-in-time Newton (DEER / quasi-DEER), implicit-function gradients
 ``cudnn``   cuDNN's fused LSTM (``jax.experimental.rnn.lstm``); LSTM only, CUDA GPUs
             only, the ``fp32`` policy only, see :mod:`.cudnn`
+``onednn``  oneDNN's fused LSTM / GRU / RNN primitives through XLA's FFI; CPU only,
+            ``fp32`` and ``bf16``, calls with ``lengths`` run ``manual``, see :mod:`.onednn`
 =========== ==================================================================
 
 An implementation that runs only some cells says so with ``supports(cell)``
@@ -58,6 +60,11 @@ from .deer import check_options as _deer_options
 from .deer import deer_core
 from .hoisted import hoisted_core
 from .manual import manual_core
+from .onednn import REQUIREMENT as _ONEDNN_REQUIREMENT
+from .onednn import onednn_core
+from .onednn import precisions as _onednn_precisions
+from .onednn import supports as _onednn_supports
+from .onednn import unavailable_reason as _onednn_unavailable
 from .parallel_scan import REQUIREMENT as _PARALLEL_REQUIREMENT
 from .parallel_scan import check_options as _parallel_options
 from .parallel_scan import parallel_core
@@ -177,6 +184,11 @@ register(LayerImpl("deer", deer_core, "parallel-in-time Newton (DEER); options m
 register(LayerImpl(
     "cudnn", cudnn_core, "cuDNN's fused LSTM via jax.experimental.rnn; CUDA GPUs, float32 only",
     supports=_cudnn_supports, requirement=_CUDNN_REQUIREMENT, precisions=("fp32",), available=_cudnn_unavailable,
+))
+register(LayerImpl(
+    "onednn", onednn_core, "oneDNN's fused LSTM/GRU/RNN via XLA FFI; CPU, float32 and bf16, lengths run 'manual'",
+    supports=_onednn_supports, requirement=_ONEDNN_REQUIREMENT, precisions=_onednn_precisions(),
+    available=_onednn_unavailable,
 ))
 
 

@@ -1,0 +1,359 @@
+// oneDNN's fused RNN primitives (LSTM, linear-before-reset GRU, tanh RNN) as XLA FFI handlers.
+//
+// Built on first use by lstm_jax/impls/_onednn/build.py; called from lstm_jax/impls/onednn.py,
+// which documents the semantics. One layer, one direction per call, time-major:
+//
+//   forward  (x (T,B,I), h0 (B,H), c0 (B,H), w_layer (I,G*H), w_iter (H,G*H), bias (Gb*H) f32)
+//         -> (y (T,B,H), hT (B,H), cT (B,H) f32, workspace (bytes) u8)
+//   backward (x, h0, c0, w_layer_t (G*H,I), w_iter_t (G*H,H), bias, y, hT, cT, workspace,
+//             dy (T,B,H) f32, dhT (B,H) f32, dcT (B,H) f32)
+//         -> (dx (T,B,I) f32, dh0 (B,H) f32, dc0 (B,H) f32,
+//             dw_layer (I,G*H) f32, dw_iter (H,G*H) f32, dbias (Gb*H) f32)
+//
+// x, h0, y, hT and the weights are float32 or bfloat16 (the precision of the matmul operands);
+// the cell state, the bias and every gradient are float32. c0/cT/dc0/dcT exist for every cell
+// (the non-LSTM cells ignore them and return zeros) so one signature serves all three.
+//
+// Weights are oneDNN's ldigo (forward; the library's (I, G*H) as is) and ldgoi (backward: the
+// transposes, made by the caller). Primitive descriptors and primitives are built once per
+// (cell, direction, dtype, T, B, I, H) and kept in a process-wide cache; execution uses a
+// per-thread user scratchpad, so concurrent calls (XLA may run two directions at once) are safe.
+
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+namespace {
+
+enum CellKind : int32_t { kLstm = 0, kGru = 1, kRnn = 2 };
+
+struct Key {
+  int32_t cell, reverse, bf16;
+  int64_t T, B, I, H;
+  bool operator<(const Key& o) const {
+    return std::tie(cell, reverse, bf16, T, B, I, H) < std::tie(o.cell, o.reverse, o.bf16, o.T, o.B, o.I, o.H);
+  }
+};
+
+int64_t gates(int32_t cell) { return cell == kLstm ? 4 : cell == kGru ? 3 : 1; }
+int64_t bias_gates(int32_t cell) { return cell == kLstm ? 4 : cell == kGru ? 4 : 1; }  // lbr_gru: 4 biases
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  return eng;
+}
+
+// All memory descriptors of one layer; `data` is the dtype of the matmul operands and the hidden states.
+struct Descs {
+  memory::desc src_layer, src_iter, src_iter_c, w_layer, w_iter, w_layer_t, w_iter_t, bias;
+  memory::desc dst_layer, dst_iter, dst_iter_c;
+  memory::desc diff_src_layer, diff_src_iter, diff_src_iter_c, diff_w_layer, diff_w_iter, diff_bias;
+  memory::desc diff_dst_layer, diff_dst_iter, diff_dst_iter_c;
+  Descs(const Key& k) {
+    const dt data = k.bf16 ? dt::bf16 : dt::f32;
+    const int64_t G = gates(k.cell), Gb = bias_gates(k.cell);
+    const memory::dims x{k.T, k.B, k.I}, y{k.T, k.B, k.H}, s{1, 1, k.B, k.H};
+    const memory::dims wl{1, 1, k.I, G, k.H}, wi{1, 1, k.H, G, k.H}, b{1, 1, Gb, k.H};
+    src_layer = memory::desc(x, data, tag::tnc);
+    src_iter = memory::desc(s, data, tag::ldnc);
+    dst_layer = memory::desc(y, data, tag::tnc);
+    dst_iter = memory::desc(s, data, tag::ldnc);
+    w_layer = memory::desc(wl, data, tag::ldigo);
+    w_iter = memory::desc(wi, data, tag::ldigo);
+    w_layer_t = memory::desc(wl, data, tag::ldgoi);
+    w_iter_t = memory::desc(wi, data, tag::ldgoi);
+    bias = memory::desc(b, dt::f32, tag::ldgo);
+    if (k.cell == kLstm) {
+      src_iter_c = memory::desc(s, dt::f32, tag::ldnc);
+      dst_iter_c = memory::desc(s, dt::f32, tag::ldnc);
+      diff_src_iter_c = memory::desc(s, dt::f32, tag::ldnc);
+      diff_dst_iter_c = memory::desc(s, dt::f32, tag::ldnc);
+    }
+    diff_src_layer = memory::desc(x, dt::f32, tag::tnc);
+    diff_src_iter = memory::desc(s, dt::f32, tag::ldnc);
+    diff_dst_layer = memory::desc(y, dt::f32, tag::tnc);
+    diff_dst_iter = memory::desc(s, dt::f32, tag::ldnc);
+    diff_w_layer = memory::desc(wl, dt::f32, tag::ldigo);
+    diff_w_iter = memory::desc(wi, dt::f32, tag::ldigo);
+    diff_bias = memory::desc(b, dt::f32, tag::ldgo);
+  }
+};
+
+dnnl::primitive_attr user_scratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+// One (cell, direction, dtype, shape): the forward (training and inference) and backward primitives.
+struct Plan {
+  Descs d;
+  dnnl::primitive fwd_train, fwd_infer, bwd;
+  size_t ws_bytes = 0;
+  memory::desc fwd_train_scratch, fwd_infer_scratch, bwd_scratch;
+
+  explicit Plan(const Key& k) : d(k) {
+    auto& eng = cpu_engine();
+    auto attr = user_scratchpad();
+    const auto dir = k.reverse ? dnnl::rnn_direction::unidirectional_right2left
+                               : dnnl::rnn_direction::unidirectional_left2right;
+    const auto train = dnnl::prop_kind::forward_training, infer = dnnl::prop_kind::forward_inference;
+    const auto back = dnnl::prop_kind::backward;
+    if (k.cell == kLstm) {
+      using F = dnnl::lstm_forward;
+      F::primitive_desc pt(eng, train, dir, d.src_layer, d.src_iter, d.src_iter_c, d.w_layer, d.w_iter, d.bias,
+                           d.dst_layer, d.dst_iter, d.dst_iter_c, attr);
+      F::primitive_desc pi(eng, infer, dir, d.src_layer, d.src_iter, d.src_iter_c, d.w_layer, d.w_iter, d.bias,
+                           d.dst_layer, d.dst_iter, d.dst_iter_c, attr);
+      dnnl::lstm_backward::primitive_desc pb(
+          eng, back, dir, d.src_layer, d.src_iter, d.src_iter_c, d.w_layer_t, d.w_iter_t, d.bias, d.dst_layer,
+          d.dst_iter, d.dst_iter_c, d.diff_src_layer, d.diff_src_iter, d.diff_src_iter_c, d.diff_w_layer,
+          d.diff_w_iter, d.diff_bias, d.diff_dst_layer, d.diff_dst_iter, d.diff_dst_iter_c, pt, attr);
+      finish(pt, pi, pb);
+    } else if (k.cell == kGru) {
+      using F = dnnl::lbr_gru_forward;
+      F::primitive_desc pt(eng, train, dir, d.src_layer, d.src_iter, d.w_layer, d.w_iter, d.bias, d.dst_layer,
+                           d.dst_iter, attr);
+      F::primitive_desc pi(eng, infer, dir, d.src_layer, d.src_iter, d.w_layer, d.w_iter, d.bias, d.dst_layer,
+                           d.dst_iter, attr);
+      dnnl::lbr_gru_backward::primitive_desc pb(
+          eng, back, dir, d.src_layer, d.src_iter, d.w_layer_t, d.w_iter_t, d.bias, d.dst_layer, d.dst_iter,
+          d.diff_src_layer, d.diff_src_iter, d.diff_w_layer, d.diff_w_iter, d.diff_bias, d.diff_dst_layer,
+          d.diff_dst_iter, pt, attr);
+      finish(pt, pi, pb);
+    } else {
+      using F = dnnl::vanilla_rnn_forward;
+      const auto act = dnnl::algorithm::eltwise_tanh;
+      F::primitive_desc pt(eng, train, act, dir, d.src_layer, d.src_iter, d.w_layer, d.w_iter, d.bias,
+                           d.dst_layer, d.dst_iter, attr);
+      F::primitive_desc pi(eng, infer, act, dir, d.src_layer, d.src_iter, d.w_layer, d.w_iter, d.bias,
+                           d.dst_layer, d.dst_iter, attr);
+      dnnl::vanilla_rnn_backward::primitive_desc pb(
+          eng, back, act, dir, d.src_layer, d.src_iter, d.w_layer_t, d.w_iter_t, d.bias, d.dst_layer, d.dst_iter,
+          d.diff_src_layer, d.diff_src_iter, d.diff_w_layer, d.diff_w_iter, d.diff_bias, d.diff_dst_layer,
+          d.diff_dst_iter, pt, attr);
+      finish(pt, pi, pb);
+    }
+  }
+
+  template <typename PT, typename PI, typename PB>
+  void finish(const PT& pt, const PI& pi, const PB& pb) {
+    ws_bytes = pt.workspace_desc().get_size();
+    fwd_train_scratch = pt.scratchpad_desc();
+    fwd_infer_scratch = pi.scratchpad_desc();
+    bwd_scratch = pb.scratchpad_desc();
+    fwd_train = dnnl::primitive(pt);
+    fwd_infer = dnnl::primitive(pi);
+    bwd = dnnl::primitive(pb);
+  }
+};
+
+std::mutex cache_mutex;
+
+// The cached plan for `k`, built on first request (a build failure throws dnnl::error; nothing is cached).
+const Plan& plan_for(const Key& k) {
+  static std::map<Key, std::unique_ptr<Plan>> cache;
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  auto it = cache.find(k);
+  if (it == cache.end()) it = cache.emplace(k, std::make_unique<Plan>(k)).first;
+  return *it->second;
+}
+
+// A per-thread scratchpad, grown as needed: oneDNN's user scratchpad mode makes concurrent execution safe.
+void* scratch(size_t bytes) {
+  thread_local std::vector<uint8_t> buf;
+  if (buf.size() < bytes) buf.resize(bytes);
+  return buf.data();
+}
+
+memory mem(const memory::desc& md, const void* ptr) {
+  return memory(md, cpu_engine(), const_cast<void*>(ptr));
+}
+
+void run(const dnnl::primitive& p, std::unordered_map<int, memory>& args, const memory::desc& scratch_md) {
+  args.insert({DNNL_ARG_SCRATCHPAD, mem(scratch_md, scratch(scratch_md.get_size()))});
+  dnnl::stream s(cpu_engine());
+  p.execute(s, args);
+  s.wait();
+}
+
+ffi::Error key_from(const ffi::AnyBuffer& x, const ffi::AnyBuffer& h0, int32_t cell, bool reverse, Key* k) {
+  auto xd = x.dimensions();
+  auto hd = h0.dimensions();
+  if (xd.size() != 3 || hd.size() != 2) return ffi::Error::InvalidArgument("onednn rnn: x must be (T,B,I), h0 (B,H)");
+  if (cell < kLstm || cell > kRnn) return ffi::Error::InvalidArgument("onednn rnn: unknown cell kind");
+  const bool bf16 = x.element_type() == ffi::DataType::BF16;
+  if (!bf16 && x.element_type() != ffi::DataType::F32)
+    return ffi::Error::InvalidArgument("onednn rnn: x must be float32 or bfloat16");
+  *k = Key{cell, reverse ? 1 : 0, bf16 ? 1 : 0, xd[0], xd[1], xd[2], hd[1]};
+  return ffi::Error::Success();
+}
+
+ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi::AnyBuffer w_layer,
+                   ffi::AnyBuffer w_iter, ffi::AnyBuffer bias, ffi::Result<ffi::AnyBuffer> y,
+                   ffi::Result<ffi::AnyBuffer> hT, ffi::Result<ffi::AnyBuffer> cT,
+                   ffi::Result<ffi::AnyBuffer> ws, int32_t cell, bool reverse, bool training) {
+  Key k;
+  if (auto err = key_from(x, h0, cell, reverse, &k); !err.success()) return err;
+  try {
+    const Plan& p = plan_for(k);
+    const auto& d = p.d;
+    if (training && ws->size_bytes() < p.ws_bytes) return ffi::Error::InvalidArgument("onednn rnn: workspace too small");
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC_LAYER, mem(d.src_layer, x.untyped_data())},
+        {DNNL_ARG_SRC_ITER, mem(d.src_iter, h0.untyped_data())},
+        {DNNL_ARG_WEIGHTS_LAYER, mem(d.w_layer, w_layer.untyped_data())},
+        {DNNL_ARG_WEIGHTS_ITER, mem(d.w_iter, w_iter.untyped_data())},
+        {DNNL_ARG_BIAS, mem(d.bias, bias.untyped_data())},
+        {DNNL_ARG_DST_LAYER, mem(d.dst_layer, y->untyped_data())},
+        {DNNL_ARG_DST_ITER, mem(d.dst_iter, hT->untyped_data())},
+    };
+    if (cell == kLstm) {
+      args.insert({DNNL_ARG_SRC_ITER_C, mem(d.src_iter_c, c0.untyped_data())});
+      args.insert({DNNL_ARG_DST_ITER_C, mem(d.dst_iter_c, cT->untyped_data())});
+    } else {
+      std::memset(cT->untyped_data(), 0, cT->size_bytes());
+    }
+    if (training) {
+      args.insert({DNNL_ARG_WORKSPACE, mem(memory::desc({static_cast<int64_t>(p.ws_bytes)}, dt::u8, tag::a),
+                                           ws->untyped_data())});
+      run(p.fwd_train, args, p.fwd_train_scratch);
+    } else {
+      run(p.fwd_infer, args, p.fwd_infer_scratch);
+    }
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("onednn rnn forward: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi::AnyBuffer w_layer_t,
+                    ffi::AnyBuffer w_iter_t, ffi::AnyBuffer bias, ffi::AnyBuffer y, ffi::AnyBuffer hT,
+                    ffi::AnyBuffer cT, ffi::AnyBuffer ws, ffi::AnyBuffer dy, ffi::AnyBuffer dhT, ffi::AnyBuffer dcT,
+                    ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::AnyBuffer> dh0,
+                    ffi::Result<ffi::AnyBuffer> dc0, ffi::Result<ffi::AnyBuffer> dw_layer,
+                    ffi::Result<ffi::AnyBuffer> dw_iter, ffi::Result<ffi::AnyBuffer> dbias, int32_t cell,
+                    bool reverse) {
+  Key k;
+  if (auto err = key_from(x, h0, cell, reverse, &k); !err.success()) return err;
+  try {
+    const Plan& p = plan_for(k);
+    const auto& d = p.d;
+    if (ws.size_bytes() < p.ws_bytes) return ffi::Error::InvalidArgument("onednn rnn: workspace too small");
+    // oneDNN accumulates into the weight gradients: start them at zero.
+    for (auto* r : {&dw_layer, &dw_iter, &dbias}) std::memset((*r)->untyped_data(), 0, (*r)->size_bytes());
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC_LAYER, mem(d.src_layer, x.untyped_data())},
+        {DNNL_ARG_SRC_ITER, mem(d.src_iter, h0.untyped_data())},
+        {DNNL_ARG_WEIGHTS_LAYER, mem(d.w_layer_t, w_layer_t.untyped_data())},
+        {DNNL_ARG_WEIGHTS_ITER, mem(d.w_iter_t, w_iter_t.untyped_data())},
+        {DNNL_ARG_BIAS, mem(d.bias, bias.untyped_data())},
+        {DNNL_ARG_DST_LAYER, mem(d.dst_layer, y.untyped_data())},
+        {DNNL_ARG_DST_ITER, mem(d.dst_iter, hT.untyped_data())},
+        {DNNL_ARG_WORKSPACE,
+         mem(memory::desc({static_cast<int64_t>(p.ws_bytes)}, dt::u8, tag::a), ws.untyped_data())},
+        {DNNL_ARG_DIFF_DST_LAYER, mem(d.diff_dst_layer, dy.untyped_data())},
+        {DNNL_ARG_DIFF_DST_ITER, mem(d.diff_dst_iter, dhT.untyped_data())},
+        {DNNL_ARG_DIFF_SRC_LAYER, mem(d.diff_src_layer, dx->untyped_data())},
+        {DNNL_ARG_DIFF_SRC_ITER, mem(d.diff_src_iter, dh0->untyped_data())},
+        {DNNL_ARG_DIFF_WEIGHTS_LAYER, mem(d.diff_w_layer, dw_layer->untyped_data())},
+        {DNNL_ARG_DIFF_WEIGHTS_ITER, mem(d.diff_w_iter, dw_iter->untyped_data())},
+        {DNNL_ARG_DIFF_BIAS, mem(d.diff_bias, dbias->untyped_data())},
+    };
+    if (cell == kLstm) {
+      args.insert({DNNL_ARG_SRC_ITER_C, mem(d.src_iter_c, c0.untyped_data())});
+      args.insert({DNNL_ARG_DST_ITER_C, mem(d.dst_iter_c, cT.untyped_data())});
+      args.insert({DNNL_ARG_DIFF_DST_ITER_C, mem(d.diff_dst_iter_c, dcT.untyped_data())});
+      args.insert({DNNL_ARG_DIFF_SRC_ITER_C, mem(d.diff_src_iter_c, dc0->untyped_data())});
+    } else {
+      std::memset(dc0->untyped_data(), 0, dc0->size_bytes());
+    }
+    run(p.bwd, args, p.bwd_scratch);
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("onednn rnn backward: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+thread_local std::string last_error;
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxOnednnForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // x
+                                  .Arg<ffi::AnyBuffer>()  // h0
+                                  .Arg<ffi::AnyBuffer>()  // c0
+                                  .Arg<ffi::AnyBuffer>()  // w_layer
+                                  .Arg<ffi::AnyBuffer>()  // w_iter
+                                  .Arg<ffi::AnyBuffer>()  // bias
+                                  .Ret<ffi::AnyBuffer>()  // y
+                                  .Ret<ffi::AnyBuffer>()  // hT
+                                  .Ret<ffi::AnyBuffer>()  // cT
+                                  .Ret<ffi::AnyBuffer>()  // workspace
+                                  .Attr<int32_t>("cell")
+                                  .Attr<bool>("reverse")
+                                  .Attr<bool>("training"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxOnednnBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // x
+                                  .Arg<ffi::AnyBuffer>()  // h0
+                                  .Arg<ffi::AnyBuffer>()  // c0
+                                  .Arg<ffi::AnyBuffer>()  // w_layer_t
+                                  .Arg<ffi::AnyBuffer>()  // w_iter_t
+                                  .Arg<ffi::AnyBuffer>()  // bias
+                                  .Arg<ffi::AnyBuffer>()  // y
+                                  .Arg<ffi::AnyBuffer>()  // hT
+                                  .Arg<ffi::AnyBuffer>()  // cT
+                                  .Arg<ffi::AnyBuffer>()  // workspace
+                                  .Arg<ffi::AnyBuffer>()  // dy
+                                  .Arg<ffi::AnyBuffer>()  // dhT
+                                  .Arg<ffi::AnyBuffer>()  // dcT
+                                  .Ret<ffi::AnyBuffer>()  // dx
+                                  .Ret<ffi::AnyBuffer>()  // dh0
+                                  .Ret<ffi::AnyBuffer>()  // dc0
+                                  .Ret<ffi::AnyBuffer>()  // dw_layer
+                                  .Ret<ffi::AnyBuffer>()  // dw_iter
+                                  .Ret<ffi::AnyBuffer>()  // dbias
+                                  .Attr<int32_t>("cell")
+                                  .Attr<bool>("reverse"));
+
+// Trace-time queries through ctypes: the workspace size in bytes of one plan (building and caching
+// it), or -1 with the reason in lstm_jax_onednn_last_error().
+extern "C" int64_t lstm_jax_onednn_workspace_bytes(int32_t cell, int32_t reverse, int32_t bf16, int64_t T,
+                                                   int64_t B, int64_t I, int64_t H) {
+  try {
+    return static_cast<int64_t>(plan_for(Key{cell, reverse, bf16, T, B, I, H}).ws_bytes);
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return -1;
+  }
+}
+
+extern "C" const char* lstm_jax_onednn_last_error() { return last_error.c_str(); }
+
+// oneDNN's version and the ISA its kernels dispatch to (e.g. "avx512_core_bf16"), for the docs and checks.
+extern "C" const char* lstm_jax_onednn_describe() {
+  static std::string text;
+  const dnnl_version_t* v = dnnl_version();
+  int isa = static_cast<int>(dnnl::get_effective_cpu_isa());
+  text = "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch) +
+         " cpu_runtime=" + std::to_string(v->cpu_runtime) + " isa=" + std::to_string(isa);
+  return text.c_str();
+}

@@ -1,0 +1,176 @@
+"""``impl="onednn"``: oneDNN's fused RNN primitives (XLA FFI) against the reference ``"scan"``.
+
+fp32: outputs, final carries and every gradient (params, inputs, initial
+carry) within 1e-5 relative (max abs difference over the leaf's max abs value)
+for LSTM, GRU and RNN over shapes with B=1, T=1, odd H, reverse and a 2-layer
+bidirectional stack. bf16: oneDNN's bf16 kernel against the float32 reference
+within the tolerances of tests/test_precision.py (whose module docstring
+derives them). The registry's own tests (tests/test_impls.py) cover it too.
+Skipped, with the reason, where the ``onednn`` extra (or a compiler) is missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lstm_jax.cells import get_cell
+from lstm_jax.impls import IMPLS, layer_impl
+from lstm_jax.impls import onednn
+from lstm_jax.impls._onednn import build
+from lstm_jax.layers import apply_stack, init_stack, zeros_stack_carry
+
+REASON = IMPLS["onednn"].unavailable()
+needs_onednn = pytest.mark.skipif(REASON is not None, reason=str(REASON))
+CELLS = ["lstm", "gru", "rnn"]
+FP32_REL = 1e-5
+OUT_ATOL, GRAD_REL = 1.5e-2, 4e-2  # tests/test_precision.py's bf16 bounds
+
+
+def _problem(cell, size, layers=1, bidirectional=False, seed=0, noise=0.2):
+    T, B, I, H = size
+    k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(seed), 4)
+    params = init_stack(k1, cell, I, H, num_layers=layers, bidirectional=bidirectional)
+    # Non-zero biases everywhere (init zeros some): a misplaced bias block must show.
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(k4, len(leaves))
+    params = tree.unflatten([p + noise * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+    xs = jax.random.normal(k2, (B, T, I))
+    carry = jax.tree_util.tree_map(lambda z: 0.3 * jax.random.normal(k3, z.shape), zeros_stack_carry(cell, params, (B,)))
+    return params, xs, carry
+
+
+def _value_and_grads(cell, impl, params, xs, carry, reverse=False):
+    def loss(params, xs, carry):
+        if isinstance(params, list):
+            ys, finals = apply_stack(cell, params, xs, carry, impl=impl)
+        else:
+            ys, finals = layer_impl(impl)(get_cell(cell), params, xs, carry, reverse=reverse)
+        w = jnp.cos(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)
+        return jnp.sum(w * ys) + sum(jnp.sum(jnp.sin(f)) for f in jax.tree_util.tree_leaves(finals)), (ys, finals)
+
+    (_, (ys, finals)), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, xs, carry)
+    return ys, finals, grads
+
+
+def _assert_rel(got, want, bound, what):
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree_util.tree_leaves(want)):
+        scale = float(jnp.max(jnp.abs(b))) or 1.0
+        err = float(jnp.max(jnp.abs(a - b))) / scale
+        assert err <= bound, f"{what}{jax.tree_util.keystr(path)}: relative difference {err:.2e} > {bound:.0e}"
+
+
+# (T, B, I, H, reverse): T=1 and B=1 with odd H in reverse; a longer one with one input feature.
+# The LSTM here; every cell in both directions in the stack test below (-m slow: every cell here too).
+SINGLE = [(1, 1, 3, 5, True), (12, 2, 1, 7, False)]
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    "cell", [pytest.param(c, marks=() if c == "lstm" else pytest.mark.slow) for c in CELLS]
+)
+@pytest.mark.parametrize("size", SINGLE, ids=lambda s: "T{}B{}I{}H{}{}".format(*s[:4], "r" if s[4] else ""))
+def test_fp32_matches_scan(cell, size):
+    *shape, reverse = size
+    params, xs, carry = _problem(cell, shape, seed=sum(shape))
+    p, c = params[0], carry[0]
+    ys, fin, g = _value_and_grads(cell, "onednn", p, xs, c, reverse)
+    ys_ref, fin_ref, g_ref = _value_and_grads(cell, "scan", p, xs, c, reverse)
+    _assert_rel(ys, ys_ref, FP32_REL, "outputs")
+    _assert_rel(fin, fin_ref, FP32_REL, "final carry")
+    _assert_rel(g, g_ref, FP32_REL, "gradient")
+
+
+@needs_onednn
+@pytest.mark.parametrize("cell", CELLS)
+def test_fp32_two_layer_bidirectional_stack_matches_scan(cell):
+    params, xs, carry = _problem(cell, (7, 1, 5, 9), layers=2, bidirectional=True, seed=3)
+    got = _value_and_grads(cell, "onednn", params, xs, carry)
+    want = _value_and_grads(cell, "scan", params, xs, carry)
+    for what, a, b in zip(("outputs", "final carry", "gradient"), got, want):
+        _assert_rel(a, b, FP32_REL, what)
+
+
+@needs_onednn
+@pytest.mark.skipif("bf16" not in onednn.precisions(), reason="this CPU has no bf16 dot products")
+@pytest.mark.parametrize(
+    "cell", [pytest.param(c, marks=() if c == "lstm" else pytest.mark.slow) for c in CELLS]
+)
+def test_bf16_kernel_within_bf16_tolerance(cell):
+    """oneDNN's bf16 RNN (no lengths, so the fused kernel runs) against the float32 reference,
+    on tests/test_precision.py's kind of problem (the cells' own init, no added noise)."""
+    params, xs, carry = _problem(cell, (6, 3, 8, 16), layers=2, bidirectional=True, seed=5, noise=0.0)
+    ys32, fin32, g32 = _value_and_grads(cell, "scan", params, xs, carry)
+    ys16, fin16, g16 = _value_and_grads(cell, layer_impl("onednn", precision="bf16"), params, xs, carry)
+    assert ys16.dtype == jnp.float32
+    diff = float(jnp.max(jnp.abs(ys16 - ys32)))
+    assert 1e-6 < diff < OUT_ATOL, diff  # bf16 ran (it differs) and stayed within the policy's tolerance
+    for a, b in zip(jax.tree_util.tree_leaves(g16), jax.tree_util.tree_leaves(g32)):
+        assert a.dtype == jnp.float32
+        rel = float(jnp.linalg.norm((a - b).ravel()) / jnp.linalg.norm(b.ravel()))
+        assert rel < GRAD_REL, rel
+
+
+@needs_onednn
+def test_lengths_run_manual_with_a_warning_and_match_scan():
+    params, xs, carry = _problem("lstm", (5, 3, 2, 4), seed=7)
+    p, c = params[0], carry[0]
+    lengths = jnp.array([5, 2, 0])
+    cell = get_cell("lstm")
+
+    def run(impl, p, xs, c):
+        return layer_impl(impl)(cell, p, xs, c, lengths=lengths, reverse=True)
+
+    with pytest.warns(UserWarning, match="no per-example lengths; calls with lengths run 'manual'"):
+        ys, fin = jax.jit(functools.partial(run, "onednn"))(p, xs, c)
+    ys_ref, fin_ref = jax.jit(functools.partial(run, "scan"))(p, xs, c)
+    _assert_rel((ys, fin), (ys_ref, fin_ref), FP32_REL, "with lengths")
+
+
+@needs_onednn
+def test_refusals_are_one_line():
+    cell = get_cell("lstm")
+    params, xs, carry = _problem("lstm", (3, 2, 2, 3))
+    with pytest.raises(ValueError, match=r"^layer impl 'onednn' computes in float32 or bfloat16; got compute_dtype float16$"):
+        layer_impl("onednn")(cell, params[0], xs, carry[0], compute_dtype=jnp.float16)
+    with pytest.raises(TypeError, match="runs float32 params"):
+        bf = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), (params[0], xs, carry[0]))
+        layer_impl("onednn")(cell, *bf)
+    with pytest.raises(ValueError, match=r"^layer impl 'onednn' cannot run cell 'min_gru': .*; impls that run 'min_gru': "):
+        mg = get_cell("min_gru")
+        layer_impl("onednn")(mg, mg.init(jax.random.PRNGKey(0), 2, 3), xs, mg.zeros_carry(3, (2,)))
+
+
+def test_missing_onednn_is_a_one_line_reason(monkeypatch, tmp_path):
+    monkeypatch.setattr(build, "_prefixes", lambda: [tmp_path])
+    with pytest.raises(build.OnednnUnavailable, match=r"^needs oneDNN's library and headers \(pip install onednn-cpu"):
+        build.build()
+
+
+@pytest.mark.skipif(REASON is not None and "needs oneDNN" in REASON, reason=str(REASON))
+def test_a_compiler_error_is_one_line_with_the_log(monkeypatch, tmp_path):
+    """A failing compiler (here ``false``) leaves a log and a one-line reason naming it; nothing is cached."""
+    monkeypatch.setenv("LSTM_JAX_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")
+    with pytest.raises(build.OnednnUnavailable, match=r"could not compile its FFI library \(false exit 1\); log: ") as err:
+        build.build()
+    log = re.search(r"log: (\S+)$", str(err.value)).group(1)
+    assert "\n" not in str(err.value) and open(log).read().startswith(build.find_compiler())
+    assert not list(tmp_path.rglob("ffi_rnn.so"))
+
+
+@needs_onednn
+def test_the_build_is_cached_across_processes():
+    """A second process finds the library the first one built (same path, no compiler run)."""
+    path = build.load().path
+    code = "from lstm_jax.impls._onednn import build; print(build.build())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(path)
+    assert "isa=" in build.load().describe()
