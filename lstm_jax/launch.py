@@ -1,7 +1,7 @@
 """Start a multi-process JAX job on this machine: ``python -m lstm_jax.launch``.
 
-    python -m lstm_jax.launch --processes 2 --local-devices 2 -- experiments/char_lstm.py --steps 200
-    python -m lstm_jax.launch --processes 4 -- -m experiments.scaling --quick
+    python -m lstm_jax.launch --processes 2 --local-devices 2 -- experiments/training/char_lstm.py --steps 200
+    python -m lstm_jax.launch --processes 4 -- -m experiments.benchmarks.scaling --quick
 
 Runs ``python <args after -->`` N times, as processes 0..N-1 of one job. Each
 gets the variables :func:`lstm_jax.multiprocess.initialize_from_env` reads
@@ -11,12 +11,16 @@ gets the variables :func:`lstm_jax.multiprocess.initialize_from_env` reads
 (``XLA_FLAGS=--xla_force_host_platform_device_count=K``, ``JAX_PLATFORMS=cpu``).
 
 Every line a process prints comes out here prefixed ``[p<i>]``. SIGINT/SIGTERM
-/SIGHUP sent to the launcher are passed on to every process. If one process
-fails (non-zero exit or killed), the launcher says so in one line, stops the
-others (SIGTERM, then SIGKILL after ``--grace`` seconds: the survivors would
-otherwise block in a collective until JAX's heartbeat timeout) and exits with
-that process's status, so a job never hangs on a dead peer. Children also die
-with the launcher (``PR_SET_PDEATHSIG`` on Linux).
+/SIGHUP sent to the launcher are passed on to every process (a SIGTERM makes
+:func:`lstm_jax.train.fit` stop all processes at one step with a checkpoint,
+:mod:`lstm_jax.stopping`); a process still running ``--signal-grace`` seconds
+(default 30) after the first signal, or at a second signal, is killed
+(SIGKILL), and the launcher exits with ``128 + signal`` (143 for SIGTERM). If
+one process fails (non-zero exit or killed), the launcher says so in one line,
+stops the others (SIGTERM, then SIGKILL after ``--grace`` seconds: the
+survivors would otherwise block in a collective until JAX's heartbeat timeout)
+and exits with that process's status, so a job never hangs on a dead peer.
+Children also die with the launcher (``PR_SET_PDEATHSIG`` on Linux).
 
 On a cluster, do not use this: start the same script once per host/GPU with the
 scheduler and set ``LSTM_JAX_DISTRIBUTED=auto`` (``jax.distributed.initialize()``
@@ -103,22 +107,26 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 def launch(command: Sequence[str], num_processes: int, *, local_devices: int | None = None,
            port: int | None = None, init_timeout: int | None = None, grace: float = 5.0,
-           gpus_per_process: int | None = None, out=None) -> int:
+           signal_grace: float = 30.0, gpus_per_process: int | None = None, out=None) -> int:
     """Run ``python *command`` as ``num_processes`` processes of one job; returns the exit status.
 
     0 when all succeed; otherwise the status of the first process that failed
-    (``128 + signal`` if it was killed), after the others were stopped.
+    (``128 + signal`` if it was killed), after the others were stopped; after
+    a signal to the launcher, ``128 + signal``. Bounded: ``signal_grace``
+    seconds after a signal, whatever still runs is killed.
     """
     out = sys.stdout if out is None else out
     coordinator = f"127.0.0.1:{port or free_port()}"
     procs: list[subprocess.Popen] = []
     pumps: list[threading.Thread] = []
     received: list[int] = []
+    signalled_at: list[float] = []
 
     def forward(signum, frame):
         received.append(signum)
-        for p in procs:
-            _signal_group(p, signum)
+        signalled_at.append(time.monotonic())
+        for p in procs:  # a second signal: no more waiting
+            _signal_group(p, signum if len(received) == 1 else signal.SIGKILL)
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -138,27 +146,38 @@ def launch(command: Sequence[str], num_processes: int, *, local_devices: int | N
         while True:
             codes = [p.poll() for p in procs]
             failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
-            if failed:
+            if failed and not received:  # after a signal, the others are stopping anyway: let them finish
                 i, c = failed[0]
                 status = c if c > 0 else 128 - c
                 running = [p for p in procs if p.poll() is None]
-                if running and not received:
+                if running:
                     print(f"launch: process {i} {_describe(c)}; stopping the other {len(running)} "
                           f"process{'es' if len(running) > 1 else ''}", file=sys.stderr, flush=True)
                 _stop(running, grace)
                 break
-            if all(c == 0 for c in codes):
+            if all(c is not None for c in codes):
+                break
+            if signalled_at and time.monotonic() - signalled_at[0] > signal_grace:
+                _kill_stragglers(procs, signal_grace, signal.Signals(received[0]).name)
                 break
             time.sleep(0.05)
-        if received and status == 0:
-            status = 128 + received[0]
-        return status
+        return 128 + received[0] if received else status
     finally:
         _stop([p for p in procs if p.poll() is None], grace)
         for t in pumps:
             t.join(timeout=2.0)
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _kill_stragglers(procs: list[subprocess.Popen], grace: float, signame: str) -> None:
+    """SIGKILL every process still running ``grace`` seconds after the launcher passed on ``signame``."""
+    for i, p in enumerate(procs):
+        if p.poll() is None:
+            print(f"launch: process {i} still running {grace:g} s after {signame}; killing it (SIGKILL)",
+                  file=sys.stderr, flush=True)
+            _signal_group(p, signal.SIGKILL)
+            p.wait()
 
 
 def _stop(procs: list[subprocess.Popen], grace: float) -> None:
@@ -187,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seconds to wait for all processes to join ({ENV_INIT_TIMEOUT}; default 300)")
     p.add_argument("--grace", type=float, default=5.0,
                    help="seconds the other processes get to exit after one failed, before SIGKILL")
+    p.add_argument("--signal-grace", type=float, default=30.0,
+                   help="seconds the processes get to stop (checkpoint, exit) after a SIGINT/SIGTERM/SIGHUP "
+                        "to the launcher, before SIGKILL; a second signal kills at once")
     return p
 
 
@@ -203,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.local_devices is not None and args.local_devices < 1:
         raise SystemExit(f"error: --local-devices must be >= 1, got {args.local_devices}")
     return launch(command, args.processes, local_devices=args.local_devices, port=args.port,
-                  init_timeout=args.init_timeout, grace=args.grace, gpus_per_process=args.gpus_per_process)
+                  init_timeout=args.init_timeout, grace=args.grace, signal_grace=args.signal_grace,
+                  gpus_per_process=args.gpus_per_process)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,17 @@ Where the job's shape comes from (read by :func:`initialize_from_env`):
   the address (XLA itself would abort the process with a C++ stack trace).
 * ``LSTM_JAX_HEARTBEAT_TIMEOUT`` (seconds, default JAX's 100): how soon the
   survivors notice a dead process when no launcher is there to stop them.
+* ``LSTM_JAX_STALL_TIMEOUT`` (seconds, default 600; ``0``: off): a process of
+  a multi-process :func:`~lstm_jax.train.fit` that makes no progress for this
+  long ends itself with one line naming it and the step
+  (:class:`lstm_jax.stopping.StallWatchdog`); also how long :func:`decide_on_main`
+  waits for process 0.
+
+Decisions that change control flow are taken once and shared, never computed
+per process from local clocks or timings: :func:`decide_on_main` (process 0
+decides, e.g. by timing; the others receive its JSON-able result),
+:func:`from_main` (process 0's numbers) and :func:`any_process` (one flag,
+all-reduced).
 
 Batches: ``get_batch(step)`` returns *this process's* rows of the global batch
 of ``step``. :func:`process_rows` says which rows those are: process ``p`` of
@@ -30,6 +41,7 @@ those rows.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -49,12 +61,19 @@ __all__ = [
     "ENV_INIT_TIMEOUT",
     "ENV_NUM_PROCESSES",
     "ENV_PROCESS_ID",
+    "ENV_STALL_TIMEOUT",
     "DistributedError",
     "JobSpec",
     "job_from_env",
     "initialize_from_env",
     "process_rows",
     "local_rows",
+    "any_process",
+    "key_exists",
+    "from_main",
+    "decide_on_main",
+    "preemption_service_running",
+    "stall_timeout",
 ]
 
 ENV_COORDINATOR = "LSTM_JAX_COORDINATOR"
@@ -63,6 +82,8 @@ ENV_PROCESS_ID = "LSTM_JAX_PROCESS_ID"
 ENV_AUTO = "LSTM_JAX_DISTRIBUTED"
 ENV_INIT_TIMEOUT = "LSTM_JAX_INIT_TIMEOUT"
 ENV_HEARTBEAT_TIMEOUT = "LSTM_JAX_HEARTBEAT_TIMEOUT"
+ENV_STALL_TIMEOUT = "LSTM_JAX_STALL_TIMEOUT"
+DEFAULT_STALL_TIMEOUT = 600
 
 
 class DistributedError(ValueError):
@@ -224,3 +245,94 @@ def local_rows(batch: Any, rows: slice) -> Any:
     ``rows=`` avoids reading the other processes' examples at all.
     """
     return jax.tree_util.tree_map(lambda x: x if np.ndim(x) == 0 else x[rows], batch)
+
+
+# --------------------------------------------------------------------------- agreeing across processes
+
+
+def stall_timeout(environ: Mapping[str, str] | None = None) -> float | None:
+    """Seconds without progress after which a process gives up (``LSTM_JAX_STALL_TIMEOUT``; ``None``: off)."""
+    value = _int_var(os.environ if environ is None else environ, ENV_STALL_TIMEOUT, DEFAULT_STALL_TIMEOUT)
+    return float(value) or None
+
+
+def _client():
+    # JAX's distributed key-value store has no public handle; Orbax reaches it the same way.
+    from jax._src import distributed
+
+    return distributed.global_state
+
+
+def preemption_service_running() -> bool:
+    """Whether JAX's preemption service catches SIGTERM in this process (a multi-process job, service on)."""
+    return jax.process_count() > 1 and _client().preemption_sync_manager is not None
+
+
+def key_exists(key: str) -> bool:
+    """Whether ``key`` is in JAX's distributed key-value store (one call to the coordinator)."""
+    try:
+        _client().client.key_value_try_get(key)
+    except Exception:  # NOT_FOUND
+        return False
+    return True
+
+
+def any_process(flag: bool) -> bool:
+    """``True`` in every process if ``flag`` is true in any (one all-gather of a flag; no collective in one process).
+
+    Every process must call it at the same point, like any collective.
+    """
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag), np.int32))))
+
+
+def from_main(value: np.ndarray) -> np.ndarray:
+    """Process 0's ``value`` (a numpy array of the same shape and dtype in every process), in every process."""
+    if jax.process_count() == 1:
+        return np.asarray(value)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(value)))
+
+
+_decisions = 0  # decide_on_main calls so far: the same sequence in every process (SPMD)
+
+
+def decide_on_main(decide, what: str, timeout: float | None = None):
+    """``decide()`` run in process 0 only; its JSON-able result returned in every process.
+
+    For a choice that must be made once for the job (e.g. the layer
+    implementation picked by timing: timed in every process, two processes
+    could pick differently). Process 0 writes the result, or its error, to
+    JAX's distributed key-value store; the others wait for it at most
+    ``timeout`` seconds (default :func:`stall_timeout`) and then fail with one
+    line naming the process and ``what``. An error in ``decide()`` is raised
+    in every process, as ``ValueError`` with process 0's message.
+    A single process just returns ``decide()``.
+    """
+    global _decisions
+    if jax.process_count() == 1:
+        return decide()
+    _decisions += 1
+    key = f"lstm_jax/decided/{_decisions}/{what}"
+    client = _client().client
+    if jax.process_index() == 0:
+        try:
+            value = decide()
+        except Exception as e:
+            client.key_value_set(key, json.dumps({"error": f"{type(e).__name__}: {e}"}))
+            raise
+        client.key_value_set(key, json.dumps({"value": value}))
+        return value
+    wait = timeout if timeout is not None else (stall_timeout() or 10**6)
+    try:
+        record = json.loads(client.blocking_key_value_get(key, int(1000 * wait)))
+    except Exception as e:  # XLA's DEADLINE_EXCEEDED (or the coordinator gone)
+        raise DistributedError(f"process {jax.process_index()}: no {what} from process 0 within {wait:g} s "
+                               f"({type(e).__name__}); is process 0 alive and running the same program?") from None
+    if "error" in record:
+        raise ValueError(f"process 0 failed to decide the {what}: {record['error']}")
+    return record["value"]

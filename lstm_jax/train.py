@@ -36,7 +36,7 @@ import functools
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -44,16 +44,17 @@ import numpy as np
 import optax
 
 from . import parallel
-from .checkpoint import (
-    CheckpointError, Checkpointer, closed_on_error, load_checkpoint, open_run_directory, write_metadata,
-)
+from .checkpoint import CheckpointError, load_checkpoint
 from .divergence import PARAMS_FINITE, DivergenceGuard, TrainingDiverged
 from .reporting import MetricsLog, StepLogger, plot_history, save_loss_curve
+from .resume import restore_or_start
+from .stopping import Preempted, StopControl, stop_message
 
 __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
+    "Preempted",
     "make_schedule",
     "make_optimizer",
     "make_train_step",
@@ -75,7 +76,8 @@ class TrainConfig:
     ``learning_rate * end_lr_ratio`` at ``steps``). ``max_minutes`` is a
     wall-clock budget: when exceeded, the loop stops after the current step,
     saves a checkpoint and returns (``TrainResult.stop_reason == "time budget"``);
-    ``fit(..., resume=True)`` then continues the same schedule.
+    ``fit(..., resume=True)`` then continues the same schedule. In a multi-process
+    job the processes agree on the step (:mod:`lstm_jax.stopping`).
     ``blowup_factor``: a loss more than this many times the running median
     (and the first loss) stops the run as diverged, before it reaches NaN
     (:mod:`lstm_jax.divergence`); ``None`` stops only at NaN/inf.
@@ -128,7 +130,7 @@ class TrainResult:
     step: int
     history: list[dict]
     best: dict | None
-    stop_reason: str = "completed"  # "completed" | "time budget"
+    stop_reason: str = "completed"  # "completed" | "time budget" (a SIGTERM raises Preempted instead)
     wall_seconds: float = 0.0
 
 
@@ -239,56 +241,6 @@ def evaluate(eval_step: Callable, params, batches: Iterable, *, count_key: str =
 
 
 # ---------------------------------------------------------------------------
-# Restore or start
-
-
-class _RunStart(NamedTuple):
-    """Where :func:`fit` starts: the (possibly restored) state, the checkpointer, the best eval so far."""
-
-    params: Any
-    opt_state: Any
-    model_state: Any
-    step: int
-    checkpointer: Checkpointer | None
-    best: dict | None
-
-
-def _restore_or_start(out, config, params, opt_state, model_state, *, resume, best_metric, run_meta) -> _RunStart:
-    """Open the run directory ``out`` (:func:`~lstm_jax.checkpoint.open_run_directory`) and,
-    if ``resume``, restore its latest checkpoint, placed like the caller's arrays
-    (e.g. replicated over a mesh). ``out=None``: nothing on disk, start at step 0.
-    """
-    if out is None:
-        return _RunStart(params, opt_state, model_state, 0, None, None)
-    ckpt = open_run_directory(out, keep=config.keep_checkpoints, best_metric=best_metric, resume=resume)
-    with closed_on_error(ckpt):
-        return _restore_into(ckpt, config, params, opt_state, model_state, resume=resume, run_meta=run_meta, out=out)
-
-
-def _restore_into(ckpt, config, params, opt_state, model_state, *, resume, run_meta, out) -> _RunStart:
-    start_step, best = 0, None
-    if resume:
-        like = {"params": params, "opt_state": opt_state, "model_state": model_state, "step": np.int64(0)}
-        state, saved_meta, _ = ckpt.restore("last", like=like)
-        params = parallel.place_like(state["params"], params)
-        opt_state = parallel.place_like(state["opt_state"], opt_state)
-        model_state = parallel.place_like(state["model_state"], model_state)
-        start_step = int(state["step"])
-        old_cfg = saved_meta.get("train_config", {})
-        changed = {
-            k: (old_cfg[k], v)
-            for k, v in dataclasses.asdict(config).items()
-            if k in old_cfg and old_cfg[k] != v and k not in ("max_minutes", "progress")
-        }
-        if changed:
-            print(f"warning: resuming with a changed config {changed}; the run will not match an uninterrupted one")
-        best = ckpt.best_record()
-    if parallel.is_main_process():  # one writer in a multi-process job
-        write_metadata(out, run_meta)
-    return _RunStart(params, opt_state, model_state, start_step, ckpt, best)
-
-
-# ---------------------------------------------------------------------------
 # fit
 
 
@@ -340,6 +292,9 @@ def fit(
             blew up (:mod:`lstm_jax.divergence`). Nothing is saved for the bad
             step; earlier checkpoints are kept, and the message names the
             last good one.
+        Preempted: SIGTERM arrived (a ``SystemExit`` with status 143): every
+            process stopped at the same step and saved a checkpoint there
+            (:mod:`lstm_jax.stopping`); ``resume=True`` continues exactly.
     """
     config.validate()
     if resume and out_dir is None:
@@ -359,7 +314,7 @@ def fit(
     schedule = make_schedule(config)
     out = Path(out_dir) if out_dir is not None else None
     run_meta = {**(metadata or {}), "train_config": dataclasses.asdict(config), "best_metric": best_metric}
-    params, opt_state, model_state, start_step, ckpt, best = _restore_or_start(
+    params, opt_state, model_state, start_step, ckpt, best = restore_or_start(
         out, config, params, opt_state, model_state, resume=resume, best_metric=best_metric, run_meta=run_meta
     )
     log_dir = out if parallel.is_main_process() else None  # metrics, figures: process 0 only
@@ -370,7 +325,7 @@ def fit(
     step_fn = make_step(loss_fn, config)
     guard = DivergenceGuard(config.blowup_factor)
     t_start = time.perf_counter()
-    deadline = None if config.max_minutes is None else t_start + 60.0 * config.max_minutes
+    control = StopControl(config.max_minutes, start_step)  # SIGTERM, time budget, watchdog: agreed across processes
     last_saved = start_step if resume else None
 
     def save(step, metrics=None):
@@ -401,38 +356,45 @@ def fit(
     stop_reason = "completed"
     step = start_step
     try:
-        while step < config.steps:
-            batch = put_batch(get_batch(step))
-            new_params, new_opt_state, new_model_state, stats = step_fn(
-                params, opt_state, model_state, batch, step
-            )
-            stats = {k: float(v) for k, v in jax.device_get(stats).items()}
-            guard.check(step + 1, stats, float(schedule(step)), ckpt)
-            params, opt_state, model_state = new_params, new_opt_state, new_model_state
-            step += 1
-            logger.step_done(step, stats)
+        with control:
+            while step < config.steps:
+                control.doing(step, f"training step {step + 1}")
+                batch = put_batch(get_batch(step))
+                new_params, new_opt_state, new_model_state, stats = step_fn(
+                    params, opt_state, model_state, batch, step
+                )
+                stats = {k: float(v) for k, v in jax.device_get(stats).items()}
+                guard.check(step + 1, stats, float(schedule(step)), ckpt)
+                params, opt_state, model_state = new_params, new_opt_state, new_model_state
+                step += 1
+                logger.step_done(step, stats)
 
-            out_of_time = deadline is not None and time.perf_counter() > deadline
-            eval_now = eval_fn is not None and (step % config.eval_every == 0 or step == config.steps or out_of_time)
-            metrics = run_eval(step) if eval_now else None
-            if metrics is not None:
-                logger.eval_done(step, metrics)
-            if metrics is not None or step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
-                save(step, metrics)
-                if log_dir is not None and metrics is not None:
-                    save_loss_curve(log.records, log_dir / "loss_curve.png")
-            if out_of_time and step < config.steps:
-                stop_reason = "time budget"
-                msg = f"stopping at step {step}/{config.steps}: time budget of {config.max_minutes} min reached"
-                logger.message(msg + ("; checkpoint saved, resume=True continues the run" if out else ""))
-                break
+                reason = control.reason(step)  # None, "time budget" or "preempted": the same in every process
+                stopping = reason is not None and step < config.steps
+                # a preemption adds no evaluation (time is short), only the checkpoint
+                eval_now = eval_fn is not None and (step % config.eval_every == 0 or step == config.steps
+                                                    or (stopping and reason == "time budget"))
+                control.doing(step, "evaluation")
+                metrics = run_eval(step) if eval_now else None
+                if metrics is not None:
+                    logger.eval_done(step, metrics)
+                if metrics is not None or step % config.checkpoint_every == 0 or step == config.steps or stopping:
+                    control.doing(step, "checkpoint save")
+                    save(step, metrics)
+                    if log_dir is not None and metrics is not None:
+                        save_loss_curve(log.records, log_dir / "loss_curve.png")
+                if stopping:
+                    stop_reason = reason
+                    logger.message(stop_message(reason, step, config.steps, config.max_minutes, saved=out is not None))
+                    break
     finally:
         logger.close()
         if log_dir is not None and log.records:
             save_loss_curve(log.records, log_dir / "loss_curve.png")
         if ckpt is not None:
             ckpt.close()
-
+    if stop_reason == "preempted":
+        raise Preempted(step, stop_message(reason, step, config.steps, config.max_minutes, saved=out is not None))
     return TrainResult(
         params=params,
         opt_state=opt_state,

@@ -7,12 +7,17 @@ stateful truncated BPTT (so the carry, split over processes, is checkpointed
 too), global batch 8 of 8-char windows. Each process loads only its rows
 (:func:`lstm_jax.multiprocess.process_rows`). ``--crash-process P --crash-step S``
 makes process P kill itself (SIGKILL) when it reaches step S, after the
-checkpoints of the earlier steps (a crash, not an error).
+checkpoints of the earlier steps (a crash, not an error). ``--sigterm-step S``:
+process 0 sends SIGTERM to its parent (the launcher, which passes it on to
+every process) when it loads the batch of step S. ``--max-minutes``: a time
+budget. ``--layer-choice``: print ``--impl auto``'s choice (one line of JSON)
+at a shape big enough to be timed, then exit.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -39,7 +44,8 @@ def loss_fn(p, batch, key, state):
     return loss, (jax.lax.stop_gradient(final), {})
 
 
-def run(out, steps, *, resume=False, crash_process=None, crash_step=None, global_batch=GLOBAL_BATCH):
+def run(out, steps, *, resume=False, crash_process=None, crash_step=None, global_batch=GLOBAL_BATCH,
+        sigterm_step=None, max_minutes=None, checkpoint_every=1):
     """Train and return the :class:`~lstm_jax.train.TrainResult` (the same in every process count)."""
     zen = load_text("zen")
     windows = StatefulWindows(zen.train, global_batch, SEQ_LEN)
@@ -49,11 +55,14 @@ def run(out, steps, *, resume=False, crash_process=None, crash_step=None, global
     def get_batch(step):
         if step == crash_step and jax.process_index() == crash_process:
             os.kill(os.getpid(), signal.SIGKILL)
+        if step == sigterm_step and jax.process_index() == 0:
+            os.kill(os.getppid() if jax.process_count() > 1 else os.getpid(), signal.SIGTERM)
         x, y = windows(step, rows)
         return x, y, np.bool_(windows.is_stream_start(step))
 
     config = TrainConfig(steps=steps, learning_rate=1e-2, warmup_steps=2, log_every=1, eval_every=10**6,
-                         checkpoint_every=1, keep_checkpoints=100, progress=False)
+                         checkpoint_every=checkpoint_every, keep_checkpoints=100, progress=False,
+                         max_minutes=max_minutes)
     return fit(loss_fn, params, get_batch, config, out_dir=out, model_state=cm.zeros_carry(params, global_batch),
                resume=resume)
 
@@ -67,17 +76,27 @@ def main(argv=None):
     p.add_argument("--crash-step", type=int)
     p.add_argument("--global-batch", type=int, default=GLOBAL_BATCH)
     p.add_argument("--dump", help="process 0 writes the final params here (.npz, leaves in tree order)")
+    p.add_argument("--sigterm-step", type=int)
+    p.add_argument("--max-minutes", type=float)
+    p.add_argument("--checkpoint-every", type=int, default=1)
+    p.add_argument("--layer-choice", action="store_true")
     args = p.parse_args(argv)
     try:
         multiprocess.initialize_from_env()
+        if args.layer_choice:
+            from experiments.common import fastest
+
+            print("choice", json.dumps(fastest.choose("lstm", 32, 16, 32, 96, impl="auto", precision="auto")))
+            return
         result = run(args.out, args.steps, resume=args.resume, crash_process=args.crash_process,
-                     crash_step=args.crash_step, global_batch=args.global_batch)
+                     crash_step=args.crash_step, global_batch=args.global_batch, sigterm_step=args.sigterm_step,
+                     max_minutes=args.max_minutes, checkpoint_every=args.checkpoint_every)
     except ValueError as e:  # what a user script does: one line, no traceback
         raise SystemExit(f"error: {e}") from None
     if args.dump and jax.process_index() == 0:
         np.savez(args.dump, *[np.asarray(x) for x in jax.tree_util.tree_leaves(result.params)])
     print(f"process {jax.process_index()}/{jax.process_count()}: {jax.device_count()} devices, "
-          f"step {result.step}, loss {result.history[-1]['loss']:.6f}")
+          f"step {result.step}, loss {result.history[-1]['loss']:.6f}, {result.stop_reason}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,65 @@
+"""Where :func:`lstm_jax.train.fit` starts: a fresh run, or the latest checkpoint of a run directory.
+
+``restore_or_start`` opens the run directory (:func:`lstm_jax.checkpoint.open_run_directory`),
+restores the latest checkpoint when resuming (placed like the caller's arrays,
+e.g. replicated over a mesh), warns about a changed config and writes
+``metadata.json`` (process 0 only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import parallel
+from .checkpoint import Checkpointer, closed_on_error, open_run_directory, write_metadata
+
+__all__ = ["RunStart", "restore_or_start"]
+
+
+class RunStart(NamedTuple):
+    """Where :func:`~lstm_jax.train.fit` starts: the (possibly restored) state, the checkpointer, the best eval so far."""
+
+    params: Any
+    opt_state: Any
+    model_state: Any
+    step: int
+    checkpointer: Checkpointer | None
+    best: dict | None
+
+
+def restore_or_start(out, config, params, opt_state, model_state, *, resume, best_metric, run_meta) -> RunStart:
+    """Open the run directory ``out`` (:func:`~lstm_jax.checkpoint.open_run_directory`) and,
+    if ``resume``, restore its latest checkpoint, placed like the caller's arrays
+    (e.g. replicated over a mesh). ``out=None``: nothing on disk, start at step 0.
+    """
+    if out is None:
+        return RunStart(params, opt_state, model_state, 0, None, None)
+    ckpt = open_run_directory(out, keep=config.keep_checkpoints, best_metric=best_metric, resume=resume)
+    with closed_on_error(ckpt):
+        return _restore_into(ckpt, config, params, opt_state, model_state, resume=resume, run_meta=run_meta, out=out)
+
+
+def _restore_into(ckpt, config, params, opt_state, model_state, *, resume, run_meta, out) -> RunStart:
+    start_step, best = 0, None
+    if resume:
+        like = {"params": params, "opt_state": opt_state, "model_state": model_state, "step": np.int64(0)}
+        state, saved_meta, _ = ckpt.restore("last", like=like)
+        params = parallel.place_like(state["params"], params)
+        opt_state = parallel.place_like(state["opt_state"], opt_state)
+        model_state = parallel.place_like(state["model_state"], model_state)
+        start_step = int(state["step"])
+        old_cfg = saved_meta.get("train_config", {})
+        changed = {
+            k: (old_cfg[k], v)
+            for k, v in dataclasses.asdict(config).items()
+            if k in old_cfg and old_cfg[k] != v and k not in ("max_minutes", "progress")
+        }
+        if changed:
+            print(f"warning: resuming with a changed config {changed}; the run will not match an uninterrupted one")
+        best = ckpt.best_record()
+    if parallel.is_main_process():  # one writer in a multi-process job
+        write_metadata(out, run_meta)
+    return RunStart(params, opt_state, model_state, start_step, ckpt, best)
