@@ -1,6 +1,6 @@
 """Process settings that make training steps faster on CPU: glibc's malloc.
 
-Why this exists (measured with ``experiments/benchmark.py``, see the README's
+Why this exists (measured with ``experiments/benchmarks/benchmark.py``, see the README's
 performance section): a jitted training step on XLA:CPU allocates its
 scratch buffers (the scan's stacked residuals, gradient temporaries) afresh on
 every call. With glibc's defaults, buffers above the dynamic mmap threshold

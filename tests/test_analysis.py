@@ -166,12 +166,12 @@ def test_lstm_total_cell_gradient_identity(x64):
 
 
 def test_gradient_flow_script_smoke(tmp_path):
-    """experiments/gradient_flow.py end to end, tiny: profiles at init/trained and per-step ||dL/dw_h||."""
+    """experiments/training/gradient_flow.py end to end, tiny: profiles at init/trained and per-step ||dL/dw_h||."""
     import importlib.util
     import json
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "gradient_flow.py"
+    path = Path(__file__).resolve().parents[1] / "experiments" / "training" / "gradient_flow.py"
     spec = importlib.util.spec_from_file_location("gradient_flow_script", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

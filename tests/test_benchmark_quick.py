@@ -2,7 +2,7 @@
 
 import json
 
-from experiments import benchmark
+from experiments.benchmarks import benchmark
 from experiments.common import harness
 
 

@@ -1,4 +1,4 @@
-"""The character model (lstm_jax.models.char_model) and experiments/char_lstm.py."""
+"""The character model (lstm_jax.models.char_model) and experiments/training/char_lstm.py."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from lstm_jax.train import TrainConfig, evaluate, fit
 
 @pytest.fixture(scope="module")
 def script():
-    return importlib.import_module("experiments.char_lstm")
+    return importlib.import_module("experiments.training.char_lstm")
 
 
 @pytest.fixture(scope="module")

@@ -223,7 +223,7 @@ def test_linear_recurrence_against_a_loop(x64, scan, T):
 
 
 def test_parallel_time_experiment_quick(tmp_path):
-    from experiments import parallel_time
+    from experiments.benchmarks import parallel_time
 
     out = tmp_path / "parallel_time.json"
     parallel_time.main(["--quick", "--cases", "manual,quasi-deer,min_gru-parallel=P", "--out", str(out)])

@@ -15,18 +15,26 @@ import pytest
 from experiments.common import cli, figures, machine
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.py") if not p.stem.startswith("_"))
+#: Every script as ``<kind>.<name>`` (``training.char_lstm``): training scripts, benchmarks and record tools.
+SCRIPTS = sorted(
+    f"{p.parent.name}.{p.stem}" for p in (ROOT / "experiments").glob("*/*.py")
+    if not p.stem.startswith("_") and p.parent.name in ("training", "benchmarks", "tools")
+)
+
+
+KINDS = {p.split(".")[1]: p.split(".")[0] for p in SCRIPTS}
 
 
 def script(name):
-    return importlib.import_module(f"experiments.{name}")
+    """The script module ``name`` (``char_lstm`` or ``training.char_lstm``)."""
+    return importlib.import_module(f"experiments.{name if '.' in name else KINDS[name] + '.' + name}")
 
 
 # --------------------------------------------------------------------------- one spelling per flag
 
 
 def test_every_script_builds_its_parser_and_hides_old_spellings():
-    assert len(SCRIPTS) == 13, SCRIPTS  # results_table.py and seeds.py are the twelfth and thirteenth
+    assert len(SCRIPTS) == 14, SCRIPTS  # gpu_diagnose.py is the fourteenth
     hidden = {"--warmup", "--minutes-per-run", "--minutes-per-cell", "--batch", "--keep"}
     for name in SCRIPTS:
         parser = script(name).build_parser()  # argparse refuses conflicting option strings here
@@ -129,7 +137,7 @@ def test_script_reports_a_bad_config_value_by_its_flag(tmp_path):
 def test_no_script_imports_another_script():
     """Scripts share code only through experiments.common (and the library)."""
     for name in SCRIPTS:
-        tree = ast.parse((ROOT / "experiments" / f"{name}.py").read_text())
+        tree = ast.parse((ROOT / "experiments" / f"{name.replace('.', '/')}.py").read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("experiments"):
                 assert node.module.startswith("experiments.common"), (name, node.module)
@@ -141,12 +149,12 @@ def test_no_script_imports_another_script():
 
 @pytest.mark.parametrize("how", ["file", "module"])
 def test_script_runs_as_a_file_and_as_a_module(tmp_path, how):
-    """``python experiments/char_lstm.py`` (from anywhere) and ``python -m experiments.char_lstm`` (from the repo)."""
+    """``python experiments/training/char_lstm.py`` (from anywhere) and ``python -m experiments.training.char_lstm`` (from the repo)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if how == "file":
-        cmd, cwd = [sys.executable, str(ROOT / "experiments" / "char_lstm.py"), "--help"], tmp_path
+        cmd, cwd = [sys.executable, str(ROOT / "experiments" / "training" / "char_lstm.py"), "--help"], tmp_path
     else:
-        cmd, cwd = [sys.executable, "-m", "experiments.char_lstm", "--help"], ROOT
+        cmd, cwd = [sys.executable, "-m", "experiments.training.char_lstm", "--help"], ROOT
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "--warmup-steps" in proc.stdout and "--max-minutes" in proc.stdout and "--keep-checkpoints" in proc.stdout
@@ -213,7 +221,7 @@ def test_gate_activity_reads_the_cell_from_the_checkpoint(tmp_path):
 def test_resume_on_an_empty_run_directory_prints_only_the_error_line(tmp_path):
     """The Orbax manager is closed on the error path: no absl/asyncio tracebacks after the one line."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    cmd = [sys.executable, "-m", "experiments.char_lstm", "train", "--resume", "--out", str(tmp_path / "empty"),
+    cmd = [sys.executable, "-m", "experiments.training.char_lstm", "train", "--resume", "--out", str(tmp_path / "empty"),
            "--steps", "2", "--no-progress"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -226,7 +234,7 @@ def test_a_run_directory_with_checkpoints_is_refused_with_only_the_error_line(tm
     manager exists) prints one line: no absl/asyncio tracebacks from a manager's threads at shutdown."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "experiments.char_lstm", "train", "--out", str(run), "--steps", "2",
+    cmd = [sys.executable, "-m", "experiments.training.char_lstm", "train", "--out", str(run), "--steps", "2",
            "--eval-every", "2", "--hidden", "8", "--impl", "scan", "--precision", "fp32", "--no-progress"]
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]

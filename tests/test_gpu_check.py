@@ -1,4 +1,4 @@
-"""``experiments/gpu_check.sh``, the one-shot GPU run, stays runnable: it parses, and it measures what the issue asked."""
+"""``experiments/benchmarks/gpu_check.sh``, the one-shot GPU run, stays runnable: it parses, and it measures what the issue asked."""
 
 import re
 import shutil
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from experiments import benchmark
+from experiments.benchmarks import benchmark
 from lstm_jax.impls import IMPLS
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "experiments" / "gpu_check.sh"
+SCRIPT = ROOT / "experiments" / "benchmarks" / "gpu_check.sh"
 # T, B, I, H of the GPU issue, the last FlashRNN's published configuration (T=1024, B=16, H=768).
 ISSUE_SIZES = [
     (100, 256, 65, 1024), (512, 128, 256, 512), (256, 512, 512, 1024), (784, 256, 1, 128), (28, 1024, 28, 128),

@@ -26,7 +26,7 @@ needs_fashion = pytest.mark.skipif(
 
 
 def load_script():
-    return importlib.import_module("experiments.mnist_lstm")
+    return importlib.import_module("experiments.training.mnist_lstm")
 
 
 # ---------------------------------------------------------------------------
@@ -225,7 +225,7 @@ def test_offline_mnist_cli_error_is_one_line_saying_what_exists(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, TFDS_DATA_DIR=str(tmp_path / "tfds"), JAX_PLATFORMS="cpu")
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.mnist_lstm", "--dataset", "mnist", "--out", str(tmp_path / "run")],
+        [sys.executable, "-m", "experiments.training.mnist_lstm", "--dataset", "mnist", "--out", str(tmp_path / "run")],
         cwd=root, env=env, capture_output=True, text=True, timeout=300,
     )
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

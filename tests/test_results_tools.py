@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import results_table, seeds
+from experiments.tools import results_table, seeds
 from experiments.common import fastest
 from experiments.common.records import RecordError, lookup, split_path
 
@@ -50,7 +50,7 @@ def test_lookup_names_what_is_wrong(path, message):
 
 # --------------------------------------------------------------------------- seed runner
 
-CHAR_QUICK = ["experiments/char_lstm.py", "--steps", "12", "--hidden", "8", "--seq-len", "8", "--batch-size", "4",
+CHAR_QUICK = ["experiments/training/char_lstm.py", "--steps", "12", "--hidden", "8", "--seq-len", "8", "--batch-size", "4",
               "--no-progress", "--eval-every", "12", "--length", "10", "--impl", "scan", "--precision", "fp32"]
 
 
@@ -92,13 +92,13 @@ def test_seed_runner_reports_each_seed_and_their_mean(tmp_path, capsys):
 
 def test_seed_runner_refuses_bad_commands_with_one_line(tmp_path):
     with pytest.raises(SystemExit, match="must not set --seed"):
-        seeds.main(["--metrics", "x", "--out", str(tmp_path), "--", "experiments/char_lstm.py", "--seed", "1"])
+        seeds.main(["--metrics", "x", "--out", str(tmp_path), "--", "experiments/training/char_lstm.py", "--seed", "1"])
     with pytest.raises(SystemExit, match="no experiment script"):
         seeds.main(["--metrics", "x", "--out", str(tmp_path), "--", "experiments/nope.py"])
     # a run that fails stops the sweep, naming the seed and its log
     with pytest.raises(SystemExit, match=r"seed 0: .*char_lstm.py exited with status 1 \(log: .*seeds_stdout.log\)"):
         seeds.main(["--seeds", "0", "--metrics", "x", "--out", str(tmp_path / "f"), "--",
-                    "experiments/char_lstm.py", "--hidden", "0"])
+                    "experiments/training/char_lstm.py", "--hidden", "0"])
 
 
 def test_summaries_leave_missing_values_out_of_the_mean():

@@ -176,11 +176,11 @@ def test_lstm_learns_adding_T10():
 
 @pytest.mark.slow  # end-to-end; `python -m pytest -m slow`
 def test_long_range_script_smoke(tmp_path):
-    """experiments/long_range.py end to end on a tiny sweep: JSON, table and PNG written."""
+    """experiments/training/long_range.py end to end on a tiny sweep: JSON, table and PNG written."""
     import importlib
     import json
 
-    mod = importlib.import_module("experiments.long_range")
+    mod = importlib.import_module("experiments.training.long_range")
     mod.main(["--lengths", "4", "--cells", "rnn", "lstm", "--hidden", "4", "--batch", "8", "--steps", "6",
               "--eval-every", "3", "--warmup", "2", "--test-size", "16", "--out", str(tmp_path)])
     record = json.loads((tmp_path / "results.json").read_text())
@@ -200,7 +200,7 @@ _CHRONO_TINY = ["--task", "copy", "--lengths", "4", "--copy-length", "2", "--hid
 def test_long_range_chrono_init_refuses_cells_without_a_keep_gate_before_any_run(tmp_path):
     import importlib
 
-    mod = importlib.import_module("experiments.long_range")
+    mod = importlib.import_module("experiments.training.long_range")
     with pytest.raises(SystemExit, match=r"--init chrono: cells \['rnn'\] have no keep gate"):
         mod.main(_CHRONO_TINY + ["--cells", "rnn", "lstm", "--out", str(tmp_path / "refused")])
     assert not (tmp_path / "refused").exists()  # refused before any run
@@ -210,7 +210,7 @@ def test_long_range_chrono_init_runs_and_is_recorded(tmp_path):
     import importlib
     import json
 
-    mod = importlib.import_module("experiments.long_range")
+    mod = importlib.import_module("experiments.training.long_range")
     tiny = _CHRONO_TINY
     mod.main(tiny + ["--cells", "lstm", "--out", str(tmp_path)])
     record = json.loads((tmp_path / "results.json").read_text())
@@ -226,7 +226,7 @@ def test_long_range_merge_joins_side_by_side_sweeps_and_refuses_mismatches(tmp_p
     import importlib
     import json
 
-    mod = importlib.import_module("experiments.long_range")
+    mod = importlib.import_module("experiments.training.long_range")
     tiny = ["--task", "copy", "--copy-length", "2", "--batch", "8", "--steps", "2", "--eval-every", "2",
             "--warmup", "1", "--test-size", "8", "--cells", "lstm", "--impl", "scan", "--precision", "fp32"]
     mod.main(tiny + ["--lengths", "4", "--hidden", "4", "--out", str(tmp_path / "a")])

@@ -79,7 +79,7 @@ def infer_cell(params: dict) -> str:
     ``H`` is read off the readout ``(H, V)``, so the number of gate blocks tells
     cells with the same keys apart (lstm: 4H biases, rnn: H; min_lstm: 3H, min_gru: 2H).
     The fallback for callers that hold only params; a checkpoint written by
-    ``experiments/char_lstm.py`` records the cell in ``metadata["model"]["cell"]``.
+    ``experiments/training/char_lstm.py`` records the cell in ``metadata["model"]["cell"]``.
     """
     layer, hidden = params["stack"][0], _hidden(params)
     for name, cell in CELLS.items():

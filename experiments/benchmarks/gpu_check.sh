@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot check of lstm_jax on an NVIDIA GPU, about 10 minutes in all; nothing here has run on a GPU yet.
 #
-#   bash experiments/gpu_check.sh [OUT_DIR]      # OUT_DIR: first argument, else $OUT, else runs/gpu_check
+#   bash experiments/benchmarks/gpu_check.sh [OUT_DIR]      # OUT_DIR: first argument, else $OUT, else runs/gpu_check
 #
 # Runs from the source tree (PYTHONPATH=., no install, no network) with the Python on PATH (or $PYTHON),
 # which needs jax with CUDA, flax, optax, orbax-checkpoint, equinox, torch and pytest; TensorFlow,
@@ -12,12 +12,12 @@
 #               torch + its CUDA/cuDNN, flax, ...) -> nvidia-smi.txt, versions.txt
 #   tests_gpu   the tests that matter most on a GPU: tests/test_cudnn.py (cudnn vs scan at "highest",
 #               the TF32 tolerance), tests/test_impls.py, tests/test_precision.py -> junit_gpu.xml
-#   benchmark   experiments/benchmark.py, LSTM, the sizes in SIZES below, lib:scan, lib:manual,
+#   benchmark   experiments/benchmarks/benchmark.py, LSTM, the sizes in SIZES below, lib:scan, lib:manual,
 #               lib:cudnn (fp32 only: it has no bf16 policy), flax, torch-cuda, jax-cudnn, fp32 and bf16
 #               -> benchmark.json
-#   scaling_*   experiments/scaling.py --only sizes (batch, sequence length, hidden size) for impl
+#   scaling_*   experiments/benchmarks/scaling.py --only sizes (batch, sequence length, hidden size) for impl
 #               cudnn and manual -> scaling_<impl>.json
-#   parallel_time experiments/parallel_time.py, minGRU/minLSTM parallel vs the sequential LSTM, T up to
+#   parallel_time experiments/benchmarks/parallel_time.py, minGRU/minLSTM parallel vs the sequential LSTM, T up to
 #               16384 (does its time grow sub-linearly in T on a GPU?) -> parallel_time.json
 #   tests_rest  the rest of the fast suite (-m 'not slow'), cut off by the overall deadline -> junit_rest.xml
 #   (pytest runs with -o addopts=-ra: the GPU machine's Python has no pytest-xdist, which pyproject's addopts use)
@@ -35,7 +35,7 @@
 #   PYTHON                 interpreter (default: python)
 
 set -u
-cd "$(dirname "$0")/.." || exit 2
+cd "$(dirname "$0")/../.." || exit 2
 OUT_DIR="${1:-${OUT:-runs/gpu_check}}"
 mkdir -p "$OUT_DIR" || exit 2
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
@@ -129,10 +129,10 @@ step tests_gpu 200 XLA_PYTHON_CLIENT_PREALLOCATE=false "$PY" -m pytest -o addopt
 # --------------------------------------------------------------------------- benchmark
 # JAX keeps 60% of the GPU, torch (same process) gets the rest.
 if [ "$QUICK" = 1 ]; then
-    step benchmark 240 "$PY" experiments/benchmark.py --quick --cells lstm --impls "$BENCH_IMPLS" \
+    step benchmark 240 "$PY" experiments/benchmarks/benchmark.py --quick --cells lstm --impls "$BENCH_IMPLS" \
         --precisions fp32,bf16 --out "$OUT_DIR/benchmark.json"
 else
-    step benchmark 270 XLA_PYTHON_CLIENT_MEM_FRACTION=0.6 "$PY" experiments/benchmark.py --cells lstm \
+    step benchmark 270 XLA_PYTHON_CLIENT_MEM_FRACTION=0.6 "$PY" experiments/benchmarks/benchmark.py --cells lstm \
         --sizes "$SIZES" --impls "$BENCH_IMPLS" --precisions fp32,bf16 --repeats 5 --block-seconds 0.2 \
         --budget-minutes 2.5 --out "$OUT_DIR/benchmark.json"
 fi
@@ -144,16 +144,16 @@ SCALING_FLAGS="--only sizes --repeats 3 --budget-minutes 1"
 if [ "$QUICK" = 1 ]; then SCALING_FLAGS="--only sizes --quick"; fi
 for impl in $SCALING_IMPLS; do
     # shellcheck disable=SC2086
-    step "scaling_$impl" 90 "$PY" experiments/scaling.py --impl "$impl" $SCALING_FLAGS \
+    step "scaling_$impl" 90 "$PY" experiments/benchmarks/scaling.py --impl "$impl" $SCALING_FLAGS \
         --out "$OUT_DIR/scaling_$impl.json"
 done
 
 # --------------------------------------------------------------------------- parallel in time (issue: sub-linear in T on a GPU)
 if [ "$QUICK" = 1 ]; then
-    step parallel_time 120 "$PY" experiments/parallel_time.py --quick --cases manual,min_gru-parallel,min_gru-scan \
+    step parallel_time 120 "$PY" experiments/benchmarks/parallel_time.py --quick --cases manual,min_gru-parallel,min_gru-scan \
         --out "$OUT_DIR/parallel_time.json"
 else
-    step parallel_time 120 "$PY" experiments/parallel_time.py --cases manual,min_gru-parallel,min_lstm-parallel,min_gru-scan \
+    step parallel_time 120 "$PY" experiments/benchmarks/parallel_time.py --cases manual,min_gru-parallel,min_lstm-parallel,min_gru-scan \
         --batch-size 16 --input 64 --hidden 256 --lengths 256 1024 4096 16384 --repeats 3 --budget-minutes 1.5 \
         --out "$OUT_DIR/parallel_time.json"
 fi

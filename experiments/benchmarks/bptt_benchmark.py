@@ -15,8 +15,8 @@ process:
 
 Prints a markdown table and writes JSON (default ``results/bptt_benchmark.json``).
 
-    python experiments/bptt_benchmark.py --quick          # seconds; smoke test
-    python experiments/bptt_benchmark.py --budget-minutes 15  # the real run
+    python experiments/benchmarks/bptt_benchmark.py --quick          # seconds; smoke test
+    python experiments/benchmarks/bptt_benchmark.py --budget-minutes 15  # the real run
 """
 
 from __future__ import annotations

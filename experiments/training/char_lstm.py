@@ -2,19 +2,19 @@
 
 Train (default: the embedded Zen of Python, about a minute on a laptop CPU)::
 
-    python experiments/char_lstm.py
-    python experiments/char_lstm.py --dataset tiny_shakespeare --layers 2 --hidden 384 \\
+    python experiments/training/char_lstm.py
+    python experiments/training/char_lstm.py --dataset tiny_shakespeare --layers 2 --hidden 384 \\
         --seq-len 100 --batch-size 32 --steps 6000 --out runs/shakespeare --max-minutes 30
-    python experiments/char_lstm.py --out runs/shakespeare --resume ...   # same flags, continues exactly
+    python experiments/training/char_lstm.py --out runs/shakespeare --resume ...   # same flags, continues exactly
 
 Across processes (each loads only its rows of every batch; the run equals the
 one-process run)::
 
-    python -m lstm_jax.launch --processes 2 --local-devices 2 -- experiments/char_lstm.py --out runs/mp
+    python -m lstm_jax.launch --processes 2 --local-devices 2 -- experiments/training/char_lstm.py --out runs/mp
 
 Sample from a run directory::
 
-    python experiments/char_lstm.py sample --checkpoint runs/shakespeare --prompt "ROMEO:" \\
+    python experiments/training/char_lstm.py sample --checkpoint runs/shakespeare --prompt "ROMEO:" \\
         --temperature 0.8 --top-k 20 --seed 0 --length 300
 
 Losses are reported in nats/char (natural log) and bits/char (nats / ln 2).
@@ -23,7 +23,7 @@ Evaluation covers every character of the split once, in windows of
 final figures also give the full-context loss (``stream_nats_per_char``: the
 split read as one sequence with the state carried across windows)::
 
-    python experiments/char_lstm.py eval --checkpoint runs/shakespeare --which last --save eval.json
+    python experiments/training/char_lstm.py eval --checkpoint runs/shakespeare --which last --save eval.json
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ column. The table replaces the text between the markers
 ``<!-- results-table:start -->`` and ``<!-- results-table:end -->`` of the
 README::
 
-    python experiments/results_table.py              # rewrite README.md's table from results/glance.json
-    python experiments/results_table.py --check      # exit 1 if README.md's table differs (the test suite runs this)
-    python experiments/results_table.py --print      # print the table only
+    python experiments/tools/results_table.py              # rewrite README.md's table from results/glance.json
+    python experiments/tools/results_table.py --check      # exit 1 if README.md's table differs (the test suite runs this)
+    python experiments/tools/results_table.py --print      # print the table only
 
 A missing file or path is an error naming the entry, not an empty cell.
 """
@@ -126,7 +126,7 @@ def results_table(args) -> str:
     if args.check:
         if updated != readme:
             raise SystemExit(f"error: {readme_path}'s results table differs from {args.manifest}'s runs; "
-                             f"run python experiments/results_table.py")
+                             f"run python experiments/tools/results_table.py")
         print(f"{readme_path}: results table up to date")
     elif updated != readme:
         readme_path.write_text(updated)

@@ -20,8 +20,8 @@ Writes ``results/remat_benchmark.json``, a markdown table, and
 ``results/remat_benchmark.png`` (log-log: temp memory, step time and compile
 time vs T).
 
-    python experiments/remat_benchmark.py --budget-minutes 15
-    python experiments/remat_benchmark.py --lengths 32,512,8192 --batch-size 16 --hidden 128
+    python experiments/benchmarks/remat_benchmark.py --budget-minutes 15
+    python experiments/benchmarks/remat_benchmark.py --lengths 32,512,8192 --batch-size 16 --hidden 128
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def rss_probe(impl, T, B, I, H):
     """Peak RSS (MiB) of a fresh process that compiles and runs one step (Linux: ``VmHWM``)."""
     code = (
         "import jax;"
-        "from experiments.remat_benchmark import build;"
+        "from experiments.benchmarks.remat_benchmark import build;"
         "c, p, x, _ = build(%r, %d, %d, %d, %d); jax.block_until_ready(c(p, x));"
         "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0])"
     ) % (impl, T, B, I, H)

@@ -16,7 +16,7 @@ Sweeps of one configuration trained side by side (``taskset -c 0`` and ``-c 1``,
 
 Example (the README numbers)::
 
-    python experiments/long_range.py --task adding --lengths 50 100 200 400 \\
+    python experiments/training/long_range.py --task adding --lengths 50 100 200 400 \\
         --steps 4000 --max-minutes 2.5 --out runs/long_range_adding
 """
 

@@ -1,6 +1,6 @@
 """LSTM gate activity on text: heatmaps of chosen units' gates and cell state, characters on the axis.
 
-Loads a character model trained by ``experiments/char_lstm.py`` (``--checkpoint``:
+Loads a character model trained by ``experiments/training/char_lstm.py`` (``--checkpoint``:
 its ``--out`` directory; params and vocabulary come from
 :func:`lstm_jax.checkpoint.load_checkpoint`), runs it over a stretch of text
 and records every step's gates with :func:`lstm_jax.analysis.lstm_gate_trace`.
@@ -25,9 +25,9 @@ the reasons are written to ``gate_activity.json``).
 
 Example::
 
-    python experiments/char_lstm.py train --text-file ../shared/data/tinyshakespeare/input.txt \\
+    python experiments/training/char_lstm.py train --text-file ../shared/data/tinyshakespeare/input.txt \\
         --hidden 128 --seq-len 100 --steps 3000 --max-minutes 9 --out runs/char_lstm_gates
-    python experiments/gate_activity.py --checkpoint runs/char_lstm_gates --out runs/gate_activity
+    python experiments/training/gate_activity.py --checkpoint runs/char_lstm_gates --out runs/gate_activity
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def plot_cell_text(path: Path, text: str, values: np.ndarray, title: str, width:
 
 def build_parser():
     p = cli.make_parser(__doc__)
-    cli.add_flag(p, "checkpoint", required=True, help="run directory of experiments/char_lstm.py (its --out)")
+    cli.add_flag(p, "checkpoint", required=True, help="run directory of experiments/training/char_lstm.py (its --out)")
     cli.add_flag(p, "which")
     cli.add_flag(p, "text_file",
                  help="text to run over (default: tinyshakespeare/input.txt under the shared data root, "

@@ -5,13 +5,13 @@ other, each in its own process (fresh JAX, its own malloc setting, nothing
 cached between seeds), then reads every run's ``results.json`` and reports the
 requested values (paths as in :mod:`experiments.common.records`)::
 
-    python experiments/seeds.py --seeds 0 1 2 --out runs/shakespeare_seeds \\
+    python experiments/tools/seeds.py --seeds 0 1 2 --out runs/shakespeare_seeds \\
         --metrics final.test.nats_per_char best_by_val.test.nats_per_char steps_done \\
-        -- experiments/char_lstm.py --dataset tiny_shakespeare --layers 2 --hidden 256 --max-minutes 30
+        -- experiments/training/char_lstm.py --dataset tiny_shakespeare --layers 2 --hidden 256 --max-minutes 30
 
-    python experiments/seeds.py --seeds 0 1 2 --out runs/adding_seeds \\
+    python experiments/tools/seeds.py --seeds 0 1 2 --out runs/adding_seeds \\
         --metrics "runs[cell=lstm,T=400].final_test" "runs[cell=lstm,T=400].solved_at_step" \\
-        -- experiments/long_range.py --task adding --lengths 400 --cells lstm
+        -- experiments/training/long_range.py --task adding --lengths 400 --cells lstm
 
 Writes ``OUT/seeds.json`` (``--name``; the command, per-seed values and run directories,
 and per metric ``n, mean, std`` (sample standard deviation, ``ddof=1``),

@@ -15,11 +15,11 @@ wall time, throughput), ``confusion_matrix.png``, ``misclassified.png``.
 Examples::
 
     # Fashion-MNIST, offline here (Debian's dataset-fashion-mnist IDX files)
-    python experiments/mnist_lstm.py --dataset fashion_mnist --mode rows --epochs 12 --out runs/fmnist_rows
+    python experiments/training/mnist_lstm.py --dataset fashion_mnist --mode rows --epochs 12 --out runs/fmnist_rows
     # MNIST via TFDS (needs a network for the first download)
-    python experiments/mnist_lstm.py --dataset mnist --source tfds --mode rows --epochs 20 --out runs/mnist_rows
+    python experiments/training/mnist_lstm.py --dataset mnist --source tfds --mode rows --epochs 20 --out runs/mnist_rows
     # continue an interrupted run
-    python experiments/mnist_lstm.py ... --out runs/fmnist_rows --resume
+    python experiments/training/mnist_lstm.py ... --out runs/fmnist_rows --resume
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ def mnist_lstm(args, argv=None) -> dict:
 
     metadata = {
         "task": "image sequence classification",
-        "argv": sys.argv if argv is None else ["experiments/mnist_lstm.py", *argv],
+        "argv": sys.argv if argv is None else ["experiments/training/mnist_lstm.py", *argv],
         "dataset": args.dataset, "source": data["source"], "data_location": data["location"],
         "mode": args.mode, "perm_seed": args.perm_seed, "sequence_shape": [int(steps_t), int(features)],
         "normalization": {"mean": data["mean"], "std": data["std"]},

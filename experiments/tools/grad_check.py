@@ -16,9 +16,9 @@ with status 1 if any relative error exceeds ``--tol``.
 The loss heads are differentiated by hand too (softmax-CE: ``dlogits = p - onehot``),
 so the manual path never calls jax.grad.
 
-    python experiments/grad_check.py            # full set
-    python experiments/grad_check.py --quick    # fewer, smaller shapes
-    python experiments/grad_check.py --summary  # one line (worst parameter) per case
+    python experiments/tools/grad_check.py            # full set
+    python experiments/tools/grad_check.py --quick    # fewer, smaller shapes
+    python experiments/tools/grad_check.py --summary  # one line (worst parameter) per case
 """
 
 from __future__ import annotations

@@ -11,12 +11,11 @@
    recurrent matmul ``h @ w_h`` only (the floor any sequential XLA loop pays
    per step), each the median of a few calls.
 
-    python experiments/gpu_diagnose.py --out runs/gpu_diagnose.json      # any backend; part 1 needs a GPU
+    python experiments/benchmarks/gpu_diagnose.py --out runs/gpu_diagnose.json      # any backend; part 1 needs a GPU
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -28,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.common import cli
 from lstm_jax.impls import IMPLS, layer_impl
 from lstm_jax.impls.cudnn import cudnn_kernel, reference_kernel, to_cudnn_weights
 from lstm_jax.layers import apply_stack, init_stack, zeros_stack_carry
@@ -96,11 +96,14 @@ def manual_step_breakdown(report, T=1024, B=16, I=768, H=768):
     report["manual_breakdown"] = out
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser():
+    p = cli.make_parser(__doc__, first_paragraph=True)
     p.add_argument("--out", default="runs/gpu_diagnose.json")
     p.add_argument("--quick", action="store_true", help="small breakdown sizes (a CPU dry run)")
-    args = p.parse_args()
+    return p
+
+
+def diagnose(args):
     report = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
     if IMPLS["cudnn"].unavailable() is None:
         cudnn_reverse_lengths(report)
@@ -110,6 +113,10 @@ def main():
     print(text)
     with open(args.out, "w") as f:
         f.write(text)
+
+
+def main(argv=None):
+    return cli.run(build_parser(), diagnose, argv)
 
 
 if __name__ == "__main__":

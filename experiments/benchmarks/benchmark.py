@@ -19,10 +19,10 @@ PyTorch and to Flax, and minor page faults per step (``getrusage``).
 
 Usage::
 
-    python experiments/benchmark.py                      # all cells, all sizes
-    python experiments/benchmark.py --cells lstm --sizes 128,64,128,512 --repeats 9
-    python experiments/benchmark.py --quick              # tiny sizes, 2 repeats (used by the tests)
-    python experiments/benchmark.py --malloc default --tag default   # glibc's malloc defaults
+    python experiments/benchmarks/benchmark.py                      # all cells, all sizes
+    python experiments/benchmarks/benchmark.py --cells lstm --sizes 128,64,128,512 --repeats 9
+    python experiments/benchmarks/benchmark.py --quick              # tiny sizes, 2 repeats (used by the tests)
+    python experiments/benchmarks/benchmark.py --malloc default --tag default   # glibc's malloc defaults
 
 Allocation behaviour is a process setting and matters as much as the maths
 here: by default the script calls :func:`lstm_jax.runtime.tune_malloc` first
@@ -31,6 +31,8 @@ buffers and of PyTorch's; ``--malloc default`` leaves glibc alone. Either way,
 and like the environment variables that change allocation (``GLIBC_TUNABLES``,
 ``MALLOC_*``, ``XLA_FLAGS``), it applies to the whole process, so every
 implementation in one run sees the same settings; all are recorded in the JSON.
+On a CPU it times ``lib:onednn`` (oneDNN's fused RNN through XLA's FFI, the
+kernel ``torch.nn.LSTM`` runs on a CPU) where the ``onednn`` extra is installed.
 On a GPU the same script also times ``lib:cudnn`` (the library's ``impl="cudnn"``,
 fp32 only: it has no bf16 policy), cuDNN via ``torch.nn.LSTM`` on CUDA
 (``torch-cuda``; torch lets cuDNN use TF32 by default, recorded in the JSON) and,
@@ -61,7 +63,8 @@ from experiments.common.machine import finish_machine_info, machine_info
 
 SIZES = [(128, 64, 128, 256), (128, 64, 128, 512), (784, 32, 1, 128), (28, 128, 28, 128), (100, 32, 65, 512)]
 QUICK_SIZES = [(6, 3, 4, 8)]
-LIB_IMPLS = ["scan", "hoisted", "manual", "cudnn"]  # cudnn: GPU only; left out elsewhere with a printed note
+# cudnn: GPU only; onednn: CPU with the onednn extra; each left out elsewhere with a printed note
+LIB_IMPLS = ["scan", "hoisted", "manual", "cudnn", "onednn"]
 
 
 def measure_size(cell, size, impls, *, repeats, block_seconds, key, precisions=("fp32",), log=print):

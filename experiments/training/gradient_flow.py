@@ -17,7 +17,7 @@ scale, one curve per cell and state, at init and after training),
 
 Example (the README figures)::
 
-    python experiments/gradient_flow.py --T 100 --steps 3000 --max-minutes 3 \\
+    python experiments/training/gradient_flow.py --T 100 --steps 3000 --max-minutes 3 \\
         --out runs/gradient_flow --figure-dir docs/figures
 """
 

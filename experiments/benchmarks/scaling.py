@@ -21,9 +21,9 @@ gradient-sized buffer over all devices (what the step's gradient averaging
 costs) divided by the step time. On one 2-core machine this measures the
 overhead of the multi-process program, not a speed-up.
 
-    python experiments/scaling.py --budget-minutes 10
-    python experiments/scaling.py --quick
-    python experiments/scaling.py --only processes --process-grid 1x1,1x2,2x1,2x2,4x1
+    python experiments/benchmarks/scaling.py --budget-minutes 10
+    python experiments/benchmarks/scaling.py --quick
+    python experiments/benchmarks/scaling.py --only processes --process-grid 1x1,1x2,2x1,2x2,4x1
 
 Writes ``results/scaling.json``, prints a markdown table and saves log-log
 plots ``results/scaling.png`` and ``results/scaling_processes.png``.
@@ -91,7 +91,7 @@ def device_subprocess(n, T, B, I, H, impl, repeats, malloc="tuned"):
     code = (
         "import json;"
         + ("from lstm_jax.runtime import tune_malloc; tune_malloc();" if malloc == "tuned" else "")
-        + "from experiments.scaling import time_step;"
+        + "from experiments.benchmarks.scaling import time_step;"
         f"s, c = time_step({T}, {B}, {I}, {H}, {impl!r}, {repeats}, devices={n});"
         "print('RESULT', json.dumps([s, c]))"
     )
@@ -146,7 +146,7 @@ def process_subprocess(processes, local_devices, T, B, I, H, impl, repeats, mall
     code = (
         "import json,sys;"
         + ("from lstm_jax.runtime import tune_malloc; tune_malloc();" if malloc == "tuned" else "")
-        + "from experiments.scaling import process_step;"
+        + "from experiments.benchmarks.scaling import process_step;"
         f"r = process_step({T}, {B}, {I}, {H}, {impl!r}, {repeats});"
         "import jax; jax.process_index() == 0 and print('RESULT', json.dumps(r))"
     )
