@@ -7,10 +7,15 @@ subprocess runs in its own process group with a timeout and is killed in a
 ``finally``; the reference one-process run happens in this pytest process.
 
 Default run: the pure checks, the launcher's failure handling (plain Python
-children, no JAX), an unreachable coordinator, and one real 2 processes x 2
+children, no JAX), an unreachable coordinator, one real 2 processes x 2
 devices run compared with the 1-device run (losses, final params), whose
-checkpoint then restores and resumes in this single process. ``-m slow``: a
-killed process and ``--resume``, 1 -> 2 processes, the other error paths.
+checkpoint then restores and resumes in this single process, and a SIGTERM to
+the launcher of a real 2-process run (every process stops at one step with a
+checkpoint, exit 143; ``--resume`` ends on the uninterrupted result).
+``-m slow``: a killed process and ``--resume``, 1 -> 2 processes, the other
+error paths, a time budget that runs out mid-run eight times in a row (fresh
+and resumed; it hung 3 times in 8 before the budget was agreed), and
+``--impl auto`` timed once by process 0 for both.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -313,3 +319,69 @@ def test_missing_processes_time_out_with_one_line(tmp_path):
     assert rc == 1 and "Traceback" not in out, out
     assert out.strip().splitlines()[-1].startswith(
         f"error: process 0: not all 2 processes joined the coordinator at 127.0.0.1:{port} within 3 s")
+
+
+# --------------------------------------------------------------------------- agreed stops (lstm_jax.stopping)
+
+
+def stop_steps(output: str, why: str) -> dict[str, int]:
+    """``{"p0": step, "p1": step}`` from the processes' ``stopping at step N/M: <why>`` lines."""
+    found = re.findall(r"\[p(\d+)\] process \1: stopping at step (\d+)/\d+: " + re.escape(why), output)
+    return {f"p{p}": int(step) for p, step in found}
+
+
+def last_checkpoint(run_dir) -> int:
+    return max(int(d.name) for d in (Path(run_dir) / "checkpoints").iterdir() if d.name.isdigit())
+
+
+def test_sigterm_to_the_launcher_stops_every_process_at_one_step_and_resume_is_exact(tmp_path):
+    """Process 0 sends SIGTERM to the launcher at step 3; the launcher passes it on, JAX's preemption service
+    catches it in both processes, and fit stops both at the same step with a checkpoint there (exit 143)."""
+    steps, out, ref_dir = 40, tmp_path / "run", tmp_path / "ref"
+    every = ["--checkpoint-every", "1000"]  # checkpoints only where the run stops (and at its end)
+    t0 = time.monotonic()
+    proc = start(launch_cmd(out, "--steps", str(steps), "--sigterm-step", "3", *every, local_devices=1))
+    try:
+        reference = worker.run(ref_dir, steps, checkpoint_every=1000)  # uninterrupted, 1 device, here meanwhile
+    finally:
+        rc, output, seconds = finish(proc, t0)
+    stops = stop_steps(output, "SIGTERM (a preemption request)")
+    assert rc == 128 + signal.SIGTERM and set(stops) == {"p0", "p1"}, output[-3000:]
+    step = stops["p0"]
+    assert stops["p1"] == step and 3 < step < steps and last_checkpoint(out) == step
+    elapsed = {r["step"]: r["elapsed_s"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+    print(f"SIGTERM at step 3, all stopped at step {step}, {elapsed[step] - elapsed[3]:.2f} s of training later; "
+          f"job {seconds:.1f} s")
+    rc, output, _ = launch_worker(out, "--steps", str(steps), "--resume", *every, local_devices=1)
+    assert rc == 0, output[-3000:]
+    params, meta = load_checkpoint(out, "last", like=reference.params)
+    assert meta["step"] == steps
+    assert_close(leaves(params), leaves(reference.params))
+    assert_close(losses(out), losses(ref_dir))
+
+
+@pytest.mark.slow
+def test_a_time_budget_that_runs_out_mid_run_never_hangs_and_stops_all_at_one_step(tmp_path):
+    """Eight budgets in a row, fresh and then resumed, each expiring mid-run (after compiling, which the
+    budget includes) with checkpoints every 3 steps: every job ends (rc 0) within its budget plus start-up,
+    both processes at the same step, later than the last."""
+    out, last = tmp_path / "run", 0
+    for i, minutes in enumerate([0.1, 0.2, 0.15, 0.25, 0.1, 0.2, 0.15, 0.25]):
+        args = ["--steps", "100000", "--checkpoint-every", "3", "--max-minutes", str(minutes)]
+        rc, output, seconds = launch_worker(out, *args, *(["--resume"] if i else []), local_devices=1,
+                                            timeout=180)
+        stops = stop_steps(output, f"time budget of {minutes} min reached")
+        print(f"budget {minutes} min: stopped at {stops} after {seconds:.1f} s")
+        assert rc == 0 and set(stops) == {"p0", "p1"} and stops["p0"] == stops["p1"], output[-3000:]
+        assert last_checkpoint(out) == stops["p0"] > last and seconds < 60 * minutes + 90
+        last = stops["p0"]
+
+
+@pytest.mark.slow
+def test_auto_is_timed_once_by_process_0_and_shared(tmp_path):
+    """Both processes report the same choice with the same timings to the microsecond: measured once."""
+    rc, output, _ = launch_worker(tmp_path / "r", "--layer-choice", local_devices=1)
+    assert rc == 0, output[-3000:]
+    choices = {m.group(1): json.loads(m.group(2)) for m in re.finditer(r"\[(p\d)\] choice (.*)", output)}
+    assert set(choices) == {"p0", "p1"} and choices["p0"]["chosen_by"] == "measured"
+    assert choices["p1"] == choices["p0"] and len(choices["p0"]["step_ms"]) == 4

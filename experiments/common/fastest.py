@@ -1,9 +1,33 @@
-"""``--impl auto`` / ``--precision auto``: the fastest layer configuration, measured on the machine that runs.
+"""The training scripts' layer implementation and precision: a fixed rule by default, timing when asked.
 
-The fastest layer implementation and precision policy depend on the machine
-(bf16 pays only where the CPU has AMX-BF16 or on a GPU; ``"parallel"`` runs only
-cells linear in the state) and on the problem size, so the training scripts
-measure instead of guessing: :func:`choose` times one training step
+**By default** (no ``--impl`` / ``--precision``) :func:`rule` decides from the
+backend, the cell and the CPU's flags only, so the same command on the same
+machine always trains on the same code path (timing at start-up could pick
+another one under load). From the measured tables (README, 2-core AMD EPYC
+Zen 4 with AVX512-BF16, no AMX; 2026-12-02/03):
+
+* CPU: ``manual`` for every cell (``scan`` was 1.3x slower for the LSTM at the
+  Shakespeare shape; ``parallel`` 3x slower than ``manual`` for minGRU/minLSTM
+  at T=100: 156.8 vs 50.6 ms, 169.7 vs 87.3 ms); ``bf16`` where the CPU has bf16
+  dot products (``avx512_bf16`` or ``amx_bf16``: ``auto`` chose manual/bf16 at
+  most shapes there, e.g. 11.8 vs 15.6 ms at Fashion-MNIST H=128, and was
+  within 2% of fp32 at the LSTM-256), else ``fp32`` (XLA's bf16 matmul is
+  slower than fp32 on CPUs without them).
+* GPU (H200, docs/gpu.md, 2026-12-04): ``manual`` with ``fp32`` (TF32 matmuls)
+  for the classic cells (8% behind ``cudnn`` at B=256, 2x faster at B=16;
+  bf16 was slower than fp32, 0.81-1.06x), ``parallel`` for the cells linear in
+  the state (35-52x the sequential LSTM at T=1024-4096); other accelerators
+  follow the GPU rule.
+
+A given ``--impl`` / ``--precision`` is used as given (the other follows the
+rule, or is timed if ``auto``). In a multi-process job the choice is made by
+process 0 and shared (:func:`lstm_jax.multiprocess.decide_on_main`): hosts
+with different CPUs, or timings that differ, cannot put processes on
+different code paths.
+
+**``--impl auto`` / ``--precision auto``** (opt-in) measure instead:
+the fastest layer implementation and precision policy depend on the machine
+and on the problem size. :func:`choose` times one training step
 (``value_and_grad`` of one layer at the run's ``T, B, I, H``, the problem of
 :func:`experiments.common.harness.layer_problem`) for every candidate
 ``(impl, precision)`` that runs the cell here: all are compiled and warmed up
@@ -20,8 +44,6 @@ A problem with less than :data:`MIN_TIMED_FLOPS` matmul FLOPs per forward pass
 is not timed (compilation would cost more than the choice could save, and
 its step time is mostly overhead): it gets the first candidate. What was
 chosen, how, and every timing land in the run's ``results.json`` (``"layer"``).
-An explicit ``--impl`` / ``--precision`` is used as given (only the other one
-is chosen).
 """
 
 from __future__ import annotations
@@ -30,13 +52,18 @@ import statistics
 
 import jax
 
+from lstm_jax import multiprocess
 from lstm_jax.cells import get_cell
 from lstm_jax.impls import IMPLS, layer_impl
+from lstm_jax.impls.onednn import cpu_has_bf16
 from lstm_jax.precision import PRECISIONS
 
 from .harness import forward_flops, layer_problem, time_calls
 
 AUTO = "auto"
+
+#: ``impl`` / ``precision`` value meaning "the default rule" (:func:`rule`); the scripts' flags default to it.
+RULE = "default"
 
 #: Forward-pass matmul FLOPs below which the first candidate is taken without timing.
 MIN_TIMED_FLOPS = 5e7
@@ -68,6 +95,24 @@ def candidates(cell, impl: str = AUTO, precision: str = AUTO) -> list[tuple[str,
     return pairs
 
 
+def rule(cell, impl: str = RULE, *, backend: str | None = None, bf16_dots: bool | None = None
+         ) -> tuple[str, str]:
+    """The default ``(impl, precision)`` for ``cell`` (see the module docstring): a pure rule, nothing timed.
+
+    ``impl``: keep this impl and choose only its precision. ``backend``
+    (default ``jax.default_backend()``) and ``bf16_dots`` (default: the CPU's
+    ``avx512_bf16`` / ``amx_bf16`` flags) are arguments so the rule can be read
+    for another machine: ``rule("lstm", backend="gpu") == ("manual", "fp32")``.
+    """
+    cell = get_cell(cell)
+    backend = jax.default_backend() if backend is None else backend
+    if impl == RULE:
+        impl = "parallel" if backend != "cpu" and cell.linear_recurrence else "manual"
+    bf16 = backend == "cpu" and (cpu_has_bf16() if bf16_dots is None else bf16_dots)
+    offered = IMPLS[impl].precisions if impl in IMPLS else PRECISIONS
+    return impl, "bf16" if bf16 and "bf16" in offered else "fp32"
+
+
 def pick(pairs: list[tuple[str, str]], step_ms: dict) -> tuple[str, str]:
     """The first of ``pairs`` (preference order) whose ``step_ms["impl/precision"]`` is within
     :data:`TIE_TOLERANCE` of the smallest: a faster candidate must win by more than noise."""
@@ -77,17 +122,33 @@ def pick(pairs: list[tuple[str, str]], step_ms: dict) -> tuple[str, str]:
 
 def choose(cell, T: int, B: int, I: int, H: int, *, impl: str = AUTO, precision: str = AUTO,
            repeats: int = 5) -> dict:
-    """Resolve ``impl`` / ``precision`` (either may be ``"auto"``) for one layer of ``cell`` at ``T, B, I, H``.
+    """Resolve ``impl`` / ``precision`` for one layer of ``cell`` at ``T, B, I, H``; the same in every process.
 
-    Returns ``{"impl", "precision", "chosen_by", "candidates", "step_ms"}``:
-    ``chosen_by`` is ``"given"`` (nothing was auto), ``"single candidate"``,
-    ``"rule"`` (too small to time: the first candidate) or ``"measured"``
-    (``step_ms`` then maps ``"impl/precision"`` to its median step time).
+    Each is a name (used as given), :data:`RULE` (``"default"``: :func:`rule`) or
+    ``"auto"`` (timed). Returns ``{"impl", "precision", "chosen_by",
+    "candidates", "step_ms"}``: ``chosen_by`` is ``"given"`` (nothing to
+    choose), ``"default rule"``, ``"single candidate"``, ``"rule"`` (too small
+    to time: the first candidate) or ``"measured"`` (``step_ms`` then maps
+    ``"impl/precision"`` to its median step time). In a multi-process job,
+    process 0 decides (and times) and the others receive its choice.
     """
+    if impl not in (RULE, AUTO) and precision not in (RULE, AUTO):
+        return {"impl": impl, "precision": precision, "chosen_by": "given", "candidates": [f"{impl}/{precision}"],
+                "step_ms": {}}
+    # Process 0 decides for all: even the rule reads this host's CPU flags, and timings differ between processes.
+    return multiprocess.decide_on_main(lambda: _resolve(cell, T, B, I, H, impl, precision, repeats), "layer choice")
+
+
+def _resolve(cell, T, B, I, H, impl, precision, repeats) -> dict:
+    """:func:`choose` in one process: the rule where asked, then the candidates timed where ``"auto"``."""
+    impl = rule(cell)[0] if impl == RULE else impl
+    if precision == RULE:
+        precision = rule(cell, RULE if impl == AUTO else impl)[1]
+    if AUTO not in (impl, precision):
+        return {"impl": impl, "precision": precision, "chosen_by": "default rule",
+                "candidates": [f"{impl}/{precision}"], "step_ms": {}}
     pairs = candidates(cell, impl, precision)
     record = {"candidates": [f"{i}/{p}" for i, p in pairs], "step_ms": {}}
-    if impl != AUTO and precision != AUTO:
-        return {"impl": impl, "precision": precision, "chosen_by": "given", **record}
     if len(pairs) == 1:
         return {"impl": pairs[0][0], "precision": pairs[0][1], "chosen_by": "single candidate", **record}
     if forward_flops(get_cell(cell).name, T, B, I, H) < MIN_TIMED_FLOPS:
@@ -117,4 +178,6 @@ def describe(choice: dict) -> str:
         return f"{what}: the fastest one-layer training step here ({timings})"
     if choice["chosen_by"] == "rule":
         return f"{what}: problem too small to time (< {MIN_TIMED_FLOPS:.0e} FLOPs), first of {choice['candidates']}"
+    if choice["chosen_by"] == "default rule":
+        return f"{what}: the default for {jax.default_backend()} (experiments/common/fastest.py; 'auto' times instead)"
     return f"{what} ({choice['chosen_by']})"
