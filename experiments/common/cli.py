@@ -47,7 +47,6 @@ from lstm_jax.runtime import add_malloc_argument, apply_malloc_argument
 from lstm_jax.train import TrainConfig, TrainingDiverged
 
 from . import fastest
-from .fastest import AUTO
 
 __all__ = [
     "CELL_NAMES",
@@ -145,12 +144,14 @@ FLAGS: dict[str, Flag] = {
                                             "(compare cells at equal parameter count)"}),
     "layers": Flag("--layers", {"type": int, "default": 1, "help": "stacked recurrent layers"}),
     "dropout": Flag("--dropout", {"type": float, "default": 0.0, "help": "dropout between recurrent layers"}),
-    "impl": Flag("--impl", {"default": "auto", "help": "layer implementation (see lstm_jax.impls.IMPLS; 'scan' is "
-                            "the reference); 'auto': the fastest measured here (experiments/common/fastest.py)"}),
+    "impl": Flag("--impl", {"default": "default", "help": "layer implementation (see lstm_jax.impls.IMPLS; 'scan' is "
+                            "the reference); 'default': a fixed rule per backend and cell, 'auto': the fastest "
+                            "measured here (experiments/common/fastest.py)"}),
     "impls": Flag("--impls", _list(help="layer implementations (see lstm_jax.impls.IMPLS)")),
-    "precision": Flag("--precision", {"choices": ["auto", *sorted(PRECISIONS)], "default": "auto",
+    "precision": Flag("--precision", {"choices": ["default", "auto", *sorted(PRECISIONS)], "default": "default",
                                       "help": "matmul precision policy: fp32, or bf16 operands with float32 "
-                                      "accumulation and float32 params/state (lstm_jax.precision); 'auto': "
+                                      "accumulation and float32 params/state (lstm_jax.precision); 'default': "
+                                      "bf16 on a CPU with bf16 dot products, else fp32; 'auto': "
                                       "the faster one measured here"}),
     "unroll": Flag("--unroll", {"type": int, "default": 1, "help": "lax.scan unroll factor"}),
     # -- data / problem size
@@ -336,9 +337,9 @@ def match_params(args: argparse.Namespace, make_params: Callable[[str, int], Any
 def choose_layer(cell: str, impl: str, precision: str, *, T: int, B: int, I: int, H: int) -> tuple[LayerImpl, dict]:
     """The layer implementation ``impl`` with the policy ``precision`` bound (and said on stdout), and the choice.
 
-    ``auto`` in either is resolved by measuring one layer of ``cell`` at
+    ``default`` in either follows a fixed rule, ``auto`` is resolved by measuring one layer of ``cell`` at
     ``T, B, I, H`` (:func:`experiments.common.fastest.choose`, whose record,
-    with its timings, is the second value: it goes into the run's results.json).
+    with its timings, is the second value: it goes into the run's results.json); process 0 decides for all.
     """
     choice = fastest.choose(cell, T, B, I, H, impl=impl, precision=precision)
     layer = layer_impl(choice["impl"], precision=choice["precision"])
@@ -349,7 +350,7 @@ def choose_layer(cell: str, impl: str, precision: str, *, T: int, B: int, I: int
 def layer_from_args(args: argparse.Namespace, *, T: int, B: int, I: int, H: int) -> LayerImpl:
     """:func:`choose_layer` for ``--cell``, ``--impl`` and ``--precision``; ``args.impl`` / ``args.precision``
     are then set to what was chosen (so the run's metadata records it), ``args.layer_choice`` to the choice."""
-    layer, choice = choose_layer(args.cell, args.impl, getattr(args, "precision", AUTO), T=T, B=B, I=I, H=H)
+    layer, choice = choose_layer(args.cell, args.impl, getattr(args, "precision", fastest.RULE), T=T, B=B, I=I, H=H)
     args.impl, args.precision, args.layer_choice = choice["impl"], choice["precision"], choice
     return layer
 
