@@ -175,7 +175,7 @@ def parse_grid(spec: str) -> tuple[int, int]:
 
 
 def build_parser():
-    p = cli.make_parser(__doc__, first_paragraph=True)
+    p = cli.make_parser(__doc__, first_paragraph=True, script=__file__)
     cli.add_flag(p, "impl", default="manual", help="layer impl to measure (see lstm_jax.impls.IMPLS)")
     cli.add_flag(p, "repeats", default=3)
     p.add_argument("--devices", action=cli.ListAction, item_type=int, default=list(DEVICES),
@@ -243,6 +243,27 @@ def scaling(args):
         print(f"{p} processes x {k} local devices: {1e3 * s:8.1f} ms/step, {rows[-1]['tokens_per_s']:9.0f} tok/s, "
               f"all-reduce {1e3 * r:.2f} ms ({100 * rows[-1]['comm_share']:.0f}% of the step)", flush=True)
 
+    srows, prows = print_tables(rows, base, args, process_batch)
+    out = Path(args.out) if args.out else result_path("scaling", quick=args.quick)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"impl": args.impl, "base": base, "rows": rows, "malloc": args.malloc,
+                               "machine": finish_machine_info(machine),
+                               "note": "simulated devices share the same CPU cores"}, indent=1))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        if srows:
+            plot_sweeps(srows, out.with_suffix(".png"), args.impl)
+        if prows:
+            plot_processes(prows, out.with_name(out.stem + "_processes.png"), args.impl)
+    except Exception as e:
+        print(f"plot skipped: {e}")
+    print(f"wrote {out}")
+
+
+def print_tables(rows, base, args, process_batch):
+    """Print the size/device sweeps and the process grid as Markdown; return (sweep rows, process rows)."""
     print(f"\nLSTM training step, impl={args.impl!r}, base T={base['T']} B={base['B']} I={base['I']} "
           f"H={base['H']}; malloc {args.malloc}; load average {os.getloadavg()}\n")
     srows = [r for r in rows if r["sweep"] != "processes"]
@@ -263,22 +284,7 @@ def scaling(args):
             print(f"| {r['processes']} | {r['local_devices']} | {r['devices']} | {1e3 * r['step_s']:.1f} | "
                   f"{r['tokens_per_s']:.0f} | {1e3 * r['allreduce_s']:.2f} | {100 * r['comm_share']:.0f}% | "
                   f"{r['compile_s']:.1f} |")
-    out = Path(args.out) if args.out else result_path("scaling", quick=args.quick)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"impl": args.impl, "base": base, "rows": rows, "malloc": args.malloc,
-                               "machine": finish_machine_info(machine),
-                               "note": "simulated devices share the same CPU cores"}, indent=1))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        if srows:
-            plot_sweeps(srows, out.with_suffix(".png"), args.impl)
-        if prows:
-            plot_processes(prows, out.with_name(out.stem + "_processes.png"), args.impl)
-    except Exception as e:
-        print(f"plot skipped: {e}")
-    print(f"wrote {out}")
+    return srows, prows
 
 
 def plot_sweeps(rows, path, impl):
