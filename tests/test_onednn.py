@@ -67,17 +67,21 @@ def _assert_rel(got, want, bound, what):
         assert err <= bound, f"{what}{jax.tree_util.keystr(path)}: relative difference {err:.2e} > {bound:.0e}"
 
 
-# (T, B, I, H, reverse): T=1 and B=1 with odd H in reverse; a longer one with one input feature.
+# (T, B, I, H, reverse), weight layout: T=1 and B=1 with odd H in reverse; a longer one with one input
+# feature, also with oneDNN's own blocked (brgemm) weight layouts, the bf16 default, in fp32.
 # The LSTM here; every cell in both directions in the stack test below (-m slow: every cell here too).
-SINGLE = [(1, 1, 3, 5, True), (12, 2, 1, 7, False)]
+SINGLE = [((1, 1, 3, 5, True), "plain"), ((12, 2, 1, 7, False), "plain"), ((12, 2, 1, 7, False), "blocked")]
 
 
 @needs_onednn
 @pytest.mark.parametrize(
     "cell", [pytest.param(c, marks=() if c == "lstm" else pytest.mark.slow) for c in CELLS]
 )
-@pytest.mark.parametrize("size", SINGLE, ids=lambda s: "T{}B{}I{}H{}{}".format(*s[:4], "r" if s[4] else ""))
-def test_fp32_matches_scan(cell, size):
+@pytest.mark.parametrize(
+    "size, layout", SINGLE, ids=lambda s: "T{}B{}I{}H{}{}".format(*s[:4], "r" if s[4] else "") if isinstance(s, tuple) else s
+)
+def test_fp32_matches_scan(cell, size, layout, monkeypatch):
+    monkeypatch.setenv("LSTM_JAX_ONEDNN_WEIGHTS", layout)
     *shape, reverse = size
     params, xs, carry = _problem(cell, shape, seed=sum(shape))
     p, c = params[0], carry[0]
@@ -135,7 +139,7 @@ def test_lengths_run_manual_with_a_warning_and_match_scan():
 
 
 @needs_onednn
-def test_refusals_are_one_line():
+def test_refusals_are_one_line(monkeypatch):
     cell = get_cell("lstm")
     params, xs, carry = _problem("lstm", (3, 2, 2, 3))
     with pytest.raises(ValueError, match=r"^layer impl 'onednn' computes in float32 or bfloat16; got compute_dtype float16$"):
@@ -146,6 +150,9 @@ def test_refusals_are_one_line():
     with pytest.raises(ValueError, match=r"^layer impl 'onednn' cannot run cell 'min_gru': .*; impls that run 'min_gru': "):
         mg = get_cell("min_gru")
         layer_impl("onednn")(mg, mg.init(jax.random.PRNGKey(0), 2, 3), xs, mg.zeros_carry(3, (2,)))
+    monkeypatch.setenv("LSTM_JAX_ONEDNN_WEIGHTS", "packed")
+    with pytest.raises(ValueError, match=r"^LSTM_JAX_ONEDNN_WEIGHTS must be 'plain' or 'blocked'; got 'packed'$"):
+        layer_impl("onednn")(cell, params[0], xs, carry[0])
 
 
 def test_missing_onednn_is_a_one_line_reason(monkeypatch, tmp_path):

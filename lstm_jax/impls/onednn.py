@@ -9,8 +9,8 @@ the forward keeps oneDNN's workspace as the residual, the backward returns
 gradients for the inputs, the initial carry and every parameter.
 
 Cells, and how the library's params map onto oneDNN's (``ldigo`` weights are
-the library's ``(I, G*H)`` matrices unchanged; the backward gets their
-transposes, oneDNN's ``ldgoi``):
+the library's ``(I, G*H)`` matrices unchanged; the C++ side reorders them into
+the blocked layouts oneDNN's brgemm kernels choose):
 
 * ``lstm``: ``vanilla_lstm``, gates ``[i|f|g|o]`` in both (oneDNN: i, f, c~, o):
   ``w_x``, ``w_h``, ``b`` as they are.
@@ -59,6 +59,7 @@ Example (``lengths`` omitted: the fused path)::
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import warnings
 from typing import Callable, NamedTuple
@@ -152,15 +153,26 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def weight_layout(bf16: bool) -> str:
+    """``"blocked"`` (oneDNN picks the weight layouts: its brgemm kernels, reordered into each call) or
+    ``"plain"`` (ldigo as given: its gemm-based kernels). Measured on a 2-core Zen 4 (docs/onednn.md):
+    blocked is the faster for bf16 and plain for fp32, so those are the defaults; ``$LSTM_JAX_ONEDNN_WEIGHTS``
+    (``plain`` or ``blocked``, read when a function is traced) overrides both."""
+    choice = os.environ.get("LSTM_JAX_ONEDNN_WEIGHTS", "")
+    if choice not in ("", "plain", "blocked"):
+        raise ValueError(f"LSTM_JAX_ONEDNN_WEIGHTS must be 'plain' or 'blocked'; got {choice!r}")
+    return choice or ("blocked" if bf16 else "plain")
+
+
 def _data_dtype(bf16: bool):
     return jnp.bfloat16 if bf16 else jnp.float32
 
 
-def _forward_call(code, reverse, bf16, training, xs_tm, h0, c0, w_layer, w_iter, bias):
+def _forward_call(code, reverse, bf16, blocked, training, xs_tm, h0, c0, w_layer, w_iter, bias):
     """One FFI call of the forward primitive; returns ``(y, hT, cT, workspace)`` (``y``, ``hT`` in the data dtype)."""
     seq_len, batch, features = xs_tm.shape
     hidden = h0.shape[-1]
-    ws_bytes = load().workspace_bytes(code, reverse, bf16, seq_len, batch, features, hidden)
+    ws_bytes = load().workspace_bytes(code, reverse, bf16, blocked, seq_len, batch, features, hidden)
     data = _data_dtype(bf16)
     out = (
         jax.ShapeDtypeStruct((seq_len, batch, hidden), data),
@@ -171,26 +183,27 @@ def _forward_call(code, reverse, bf16, training, xs_tm, h0, c0, w_layer, w_iter,
     call = jax.ffi.ffi_call(FORWARD_TARGET, out, vmap_method="sequential")
     return call(
         xs_tm.astype(data), h0.astype(data), c0, w_layer.astype(data), w_iter.astype(data), bias,
-        cell=np.int32(code), reverse=bool(reverse), training=bool(training),
+        cell=np.int32(code), reverse=bool(reverse), training=bool(training), blocked=blocked,
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def fused(code, reverse, bf16, xs_tm, h0, c0, w_layer, w_iter, bias):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def fused(code, reverse, bf16, blocked, xs_tm, h0, c0, w_layer, w_iter, bias):
     """oneDNN's layer, one direction, float32 in and out: ``xs_tm (T, B, I)``, ``h0, c0 (B, H)``,
-    oneDNN-layout weights -> ``(ys (T, B, H), hT, cT)``; ``bf16`` runs the matmul operands in bfloat16."""
-    y, h_t, c_t, _ = _forward_call(code, reverse, bf16, False, xs_tm, h0, c0, w_layer, w_iter, bias)
+    oneDNN-layout weights -> ``(ys (T, B, H), hT, cT)``; ``bf16`` runs the matmul operands in bfloat16,
+    ``blocked`` lets oneDNN choose its weight layouts (:func:`weight_layout`)."""
+    y, h_t, c_t, _ = _forward_call(code, reverse, bf16, blocked, False, xs_tm, h0, c0, w_layer, w_iter, bias)
     return y.astype(jnp.float32), h_t.astype(jnp.float32), c_t
 
 
-def _fused_fwd(code, reverse, bf16, xs_tm, h0, c0, w_layer, w_iter, bias):
-    y, h_t, c_t, ws = _forward_call(code, reverse, bf16, True, xs_tm, h0, c0, w_layer, w_iter, bias)
+def _fused_fwd(code, reverse, bf16, blocked, xs_tm, h0, c0, w_layer, w_iter, bias):
+    y, h_t, c_t, ws = _forward_call(code, reverse, bf16, blocked, True, xs_tm, h0, c0, w_layer, w_iter, bias)
     data = _data_dtype(bf16)
     saved = (xs_tm.astype(data), h0.astype(data), c0, w_layer.astype(data), w_iter.astype(data), bias, y, h_t, c_t, ws)
     return (y.astype(jnp.float32), h_t.astype(jnp.float32), c_t), saved
 
 
-def _fused_bwd(code, reverse, bf16, saved, cotangents):
+def _fused_bwd(code, reverse, bf16, blocked, saved, cotangents):
     xs, h0, c0, w_layer, w_iter, bias, y, h_t, c_t, ws = saved
     dy, dh_t, dc_t = (ct.astype(jnp.float32) for ct in cotangents)
     f32 = jnp.float32
@@ -200,10 +213,8 @@ def _fused_bwd(code, reverse, bf16, saved, cotangents):
         jax.ShapeDtypeStruct(bias.shape, f32),
     )
     call = jax.ffi.ffi_call(BACKWARD_TARGET, out, vmap_method="sequential")
-    # The backward primitive takes the weights as oneDNN's ldgoi: the transposes of the (in, G*H) matrices.
-    return call(
-        xs, h0, c0, w_layer.T, w_iter.T, bias, y, h_t, c_t, ws, dy, dh_t, dc_t, cell=np.int32(code), reverse=bool(reverse)
-    )
+    return call(xs, h0, c0, w_layer, w_iter, bias, y, h_t, c_t, ws, dy, dh_t, dc_t, cell=np.int32(code),
+                reverse=bool(reverse), blocked=blocked)
 
 
 fused.defvjp(_fused_fwd, _fused_bwd)
@@ -246,5 +257,6 @@ def onednn_core(cell, params, xs_tm, carry, mask, reverse, *, unroll, compute_dt
     if c0 is None:
         c0 = jnp.zeros_like(h0)
     w_layer, w_iter, bias = kind.weights(params)
-    ys_tm, h_t, c_t = fused(kind.code, bool(reverse), bf16, xs_tm, h0, c0, w_layer, w_iter, bias)
+    blocked = weight_layout(bf16) == "blocked"
+    ys_tm, h_t, c_t = fused(kind.code, bool(reverse), bf16, blocked, xs_tm, h0, c0, w_layer, w_iter, bias)
     return ys_tm, kind.join(h_t, c_t)

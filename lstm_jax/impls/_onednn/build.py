@@ -134,15 +134,15 @@ class Library:
         self.path = path
         self.lib = lib = ctypes.CDLL(str(path))
         lib.lstm_jax_onednn_workspace_bytes.restype = ctypes.c_int64
-        lib.lstm_jax_onednn_workspace_bytes.argtypes = [ctypes.c_int32] * 3 + [ctypes.c_int64] * 4
+        lib.lstm_jax_onednn_workspace_bytes.argtypes = [ctypes.c_int32] * 4 + [ctypes.c_int64] * 4
         lib.lstm_jax_onednn_last_error.restype = ctypes.c_char_p
         lib.lstm_jax_onednn_describe.restype = ctypes.c_char_p
         jax.ffi.register_ffi_target(FORWARD_TARGET, jax.ffi.pycapsule(lib.LstmJaxOnednnForward), platform="cpu")
         jax.ffi.register_ffi_target(BACKWARD_TARGET, jax.ffi.pycapsule(lib.LstmJaxOnednnBackward), platform="cpu")
 
-    def workspace_bytes(self, kind: int, reverse: bool, bf16: bool, T: int, B: int, I: int, H: int) -> int:
+    def workspace_bytes(self, kind: int, reverse: bool, bf16: bool, blocked: bool, T: int, B: int, I: int, H: int) -> int:
         """Bytes of oneDNN's training workspace for one layer (builds and caches the primitives)."""
-        n = self.lib.lstm_jax_onednn_workspace_bytes(kind, int(reverse), int(bf16), T, B, I, H)
+        n = self.lib.lstm_jax_onednn_workspace_bytes(kind, int(reverse), int(bf16), int(blocked), T, B, I, H)
         if n < 0:
             reason = self.lib.lstm_jax_onednn_last_error().decode()
             raise ValueError(f"layer impl 'onednn': oneDNN refused the shape (T={T}, B={B}, I={I}, H={H}): {reason}")

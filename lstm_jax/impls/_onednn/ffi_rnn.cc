@@ -5,7 +5,7 @@
 //
 //   forward  (x (T,B,I), h0 (B,H), c0 (B,H), w_layer (I,G*H), w_iter (H,G*H), bias (Gb*H) f32)
 //         -> (y (T,B,H), hT (B,H), cT (B,H) f32, workspace (bytes) u8)
-//   backward (x, h0, c0, w_layer_t (G*H,I), w_iter_t (G*H,H), bias, y, hT, cT, workspace,
+//   backward (x, h0, c0, w_layer, w_iter, bias, y, hT, cT, workspace,
 //             dy (T,B,H) f32, dhT (B,H) f32, dcT (B,H) f32)
 //         -> (dx (T,B,I) f32, dh0 (B,H) f32, dc0 (B,H) f32,
 //             dw_layer (I,G*H) f32, dw_iter (H,G*H) f32, dbias (Gb*H) f32)
@@ -14,9 +14,10 @@
 // the cell state, the bias and every gradient are float32. c0/cT/dc0/dcT exist for every cell
 // (the non-LSTM cells ignore them and return zeros) so one signature serves all three.
 //
-// Weights are oneDNN's ldigo (forward; the library's (I, G*H) as is) and ldgoi (backward: the
-// transposes, made by the caller). Primitive descriptors and primitives are built once per
-// (cell, direction, dtype, T, B, I, H) and kept in a process-wide cache; execution uses a
+// Weights arrive as oneDNN's ldigo (the library's (I, G*H) matrices as they are); each primitive is
+// created with format `any` for them, so oneDNN picks its fastest (blocked, brgemm) layouts, and the
+// weights are reordered into those before each call. Primitive descriptors, primitives and reorders are
+// built once per (cell, direction, dtype, T, B, I, H) and kept in a process-wide cache; execution uses a
 // per-thread user scratchpad, so concurrent calls (XLA may run two directions at once) are safe.
 
 #include <cstdint>
@@ -43,10 +44,11 @@ namespace {
 enum CellKind : int32_t { kLstm = 0, kGru = 1, kRnn = 2 };
 
 struct Key {
-  int32_t cell, reverse, bf16;
+  int32_t cell, reverse, bf16, blocked;  // blocked: let oneDNN choose the weight layouts (format any)
   int64_t T, B, I, H;
   bool operator<(const Key& o) const {
-    return std::tie(cell, reverse, bf16, T, B, I, H) < std::tie(o.cell, o.reverse, o.bf16, o.T, o.B, o.I, o.H);
+    return std::tie(cell, reverse, bf16, blocked, T, B, I, H) <
+           std::tie(o.cell, o.reverse, o.bf16, o.blocked, o.T, o.B, o.I, o.H);
   }
 };
 
@@ -60,7 +62,7 @@ dnnl::engine& cpu_engine() {
 
 // All memory descriptors of one layer; `data` is the dtype of the matmul operands and the hidden states.
 struct Descs {
-  memory::desc src_layer, src_iter, src_iter_c, w_layer, w_iter, w_layer_t, w_iter_t, bias;
+  memory::desc src_layer, src_iter, src_iter_c, w_layer, w_iter, bias;
   memory::desc dst_layer, dst_iter, dst_iter_c;
   memory::desc diff_src_layer, diff_src_iter, diff_src_iter_c, diff_w_layer, diff_w_iter, diff_bias;
   memory::desc diff_dst_layer, diff_dst_iter, diff_dst_iter_c;
@@ -75,8 +77,6 @@ struct Descs {
     dst_iter = memory::desc(s, data, tag::ldnc);
     w_layer = memory::desc(wl, data, tag::ldigo);
     w_iter = memory::desc(wi, data, tag::ldigo);
-    w_layer_t = memory::desc(wl, data, tag::ldgoi);
-    w_iter_t = memory::desc(wi, data, tag::ldgoi);
     bias = memory::desc(b, dt::f32, tag::ldgo);
     if (k.cell == kLstm) {
       src_iter_c = memory::desc(s, dt::f32, tag::ldnc);
@@ -100,12 +100,78 @@ dnnl::primitive_attr user_scratchpad() {
   return attr;
 }
 
+// A per-thread buffer, grown as needed, for the scratchpad and the reordered weights: oneDNN's user
+// scratchpad mode makes concurrent execution of one primitive safe.
+uint8_t* thread_buffer(size_t bytes) {
+  thread_local std::unique_ptr<uint8_t[]> buf;
+  thread_local size_t size = 0;
+  if (size < bytes) {
+    buf.reset(new uint8_t[bytes]);  // not value-initialised: no memset of a large buffer
+    size = bytes;
+  }
+  return buf.get();
+}
+
+size_t aligned(size_t n) { return (n + 63) / 64 * 64; }
+
+memory mem(const memory::desc& md, const void* ptr) {
+  return memory(md, cpu_engine(), const_cast<void*>(ptr));
+}
+
+// One primitive, the weight layouts it chose (format any lets oneDNN pick its blocked brgemm layouts) and
+// reorders into them from the caller's ldigo weights, run before each execution (cheap next to T steps).
+struct Stage {
+  dnnl::primitive prim;
+  memory::desc scratch, user_wl, user_wi, wl, wi;
+  dnnl::primitive wl_reorder, wi_reorder;
+  bool reorder_wl = false, reorder_wi = false;
+
+  template <typename PD>
+  void init(const PD& pd, const memory::desc& user_layer, const memory::desc& user_iter) {
+    prim = dnnl::primitive(pd);
+    scratch = pd.scratchpad_desc();
+    user_wl = user_layer;
+    user_wi = user_iter;
+    wl = pd.weights_layer_desc();
+    wi = pd.weights_iter_desc();
+    reorder_wl = wl != user_wl;
+    reorder_wi = wi != user_wi;
+    if (reorder_wl) wl_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(cpu_engine(), user_wl, cpu_engine(), wl));
+    if (reorder_wi) wi_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(cpu_engine(), user_wi, cpu_engine(), wi));
+  }
+
+  // Runs the primitive with `args` plus the weights (reordered if needed) and the scratchpad.
+  void run(std::unordered_map<int, memory>& args, const void* w_layer, const void* w_iter) const {
+    const size_t n_scratch = aligned(scratch.get_size());
+    const size_t n_wl = reorder_wl ? aligned(wl.get_size()) : 0;
+    const size_t n_wi = reorder_wi ? aligned(wi.get_size()) : 0;
+    uint8_t* buf = thread_buffer(n_scratch + n_wl + n_wi + 64);
+    buf = reinterpret_cast<uint8_t*>(aligned(reinterpret_cast<size_t>(buf)));
+    dnnl::stream s(cpu_engine());
+    memory m_wl = mem(user_wl, w_layer), m_wi = mem(user_wi, w_iter);
+    if (reorder_wl) {
+      memory to = mem(wl, buf + n_scratch);
+      wl_reorder.execute(s, {{DNNL_ARG_FROM, m_wl}, {DNNL_ARG_TO, to}});
+      m_wl = to;
+    }
+    if (reorder_wi) {
+      memory to = mem(wi, buf + n_scratch + n_wl);
+      wi_reorder.execute(s, {{DNNL_ARG_FROM, m_wi}, {DNNL_ARG_TO, to}});
+      m_wi = to;
+    }
+    args.insert({DNNL_ARG_WEIGHTS_LAYER, m_wl});
+    args.insert({DNNL_ARG_WEIGHTS_ITER, m_wi});
+    args.insert({DNNL_ARG_SCRATCHPAD, mem(scratch, buf)});
+    prim.execute(s, args);
+    s.wait();
+  }
+};
+
 // One (cell, direction, dtype, shape): the forward (training and inference) and backward primitives.
 struct Plan {
   Descs d;
-  dnnl::primitive fwd_train, fwd_infer, bwd;
+  Stage fwd_train, fwd_infer, bwd;
   size_t ws_bytes = 0;
-  memory::desc fwd_train_scratch, fwd_infer_scratch, bwd_scratch;
 
   explicit Plan(const Key& k) : d(k) {
     auto& eng = cpu_engine();
@@ -114,37 +180,44 @@ struct Plan {
                                : dnnl::rnn_direction::unidirectional_left2right;
     const auto train = dnnl::prop_kind::forward_training, infer = dnnl::prop_kind::forward_inference;
     const auto back = dnnl::prop_kind::backward;
+    const memory::desc wl = k.blocked ? memory::desc(d.w_layer.get_dims(), d.w_layer.get_data_type(), tag::any)
+                                      : d.w_layer;
+    const memory::desc wi = k.blocked ? memory::desc(d.w_iter.get_dims(), d.w_iter.get_data_type(), tag::any)
+                                      : d.w_iter;
+    // Backward with the caller's layout takes the transposes (ldgoi), reordered from ldigo in Stage::run.
+    const memory::desc wl_b = k.blocked ? wl : memory::desc(d.w_layer.get_dims(), d.w_layer.get_data_type(), tag::ldgoi);
+    const memory::desc wi_b = k.blocked ? wi : memory::desc(d.w_iter.get_dims(), d.w_iter.get_data_type(), tag::ldgoi);
     if (k.cell == kLstm) {
       using F = dnnl::lstm_forward;
-      F::primitive_desc pt(eng, train, dir, d.src_layer, d.src_iter, d.src_iter_c, d.w_layer, d.w_iter, d.bias,
+      F::primitive_desc pt(eng, train, dir, d.src_layer, d.src_iter, d.src_iter_c, wl, wi, d.bias,
                            d.dst_layer, d.dst_iter, d.dst_iter_c, attr);
-      F::primitive_desc pi(eng, infer, dir, d.src_layer, d.src_iter, d.src_iter_c, d.w_layer, d.w_iter, d.bias,
+      F::primitive_desc pi(eng, infer, dir, d.src_layer, d.src_iter, d.src_iter_c, wl, wi, d.bias,
                            d.dst_layer, d.dst_iter, d.dst_iter_c, attr);
       dnnl::lstm_backward::primitive_desc pb(
-          eng, back, dir, d.src_layer, d.src_iter, d.src_iter_c, d.w_layer_t, d.w_iter_t, d.bias, d.dst_layer,
+          eng, back, dir, d.src_layer, d.src_iter, d.src_iter_c, wl_b, wi_b, d.bias, d.dst_layer,
           d.dst_iter, d.dst_iter_c, d.diff_src_layer, d.diff_src_iter, d.diff_src_iter_c, d.diff_w_layer,
           d.diff_w_iter, d.diff_bias, d.diff_dst_layer, d.diff_dst_iter, d.diff_dst_iter_c, pt, attr);
       finish(pt, pi, pb);
     } else if (k.cell == kGru) {
       using F = dnnl::lbr_gru_forward;
-      F::primitive_desc pt(eng, train, dir, d.src_layer, d.src_iter, d.w_layer, d.w_iter, d.bias, d.dst_layer,
+      F::primitive_desc pt(eng, train, dir, d.src_layer, d.src_iter, wl, wi, d.bias, d.dst_layer,
                            d.dst_iter, attr);
-      F::primitive_desc pi(eng, infer, dir, d.src_layer, d.src_iter, d.w_layer, d.w_iter, d.bias, d.dst_layer,
+      F::primitive_desc pi(eng, infer, dir, d.src_layer, d.src_iter, wl, wi, d.bias, d.dst_layer,
                            d.dst_iter, attr);
       dnnl::lbr_gru_backward::primitive_desc pb(
-          eng, back, dir, d.src_layer, d.src_iter, d.w_layer_t, d.w_iter_t, d.bias, d.dst_layer, d.dst_iter,
+          eng, back, dir, d.src_layer, d.src_iter, wl_b, wi_b, d.bias, d.dst_layer, d.dst_iter,
           d.diff_src_layer, d.diff_src_iter, d.diff_w_layer, d.diff_w_iter, d.diff_bias, d.diff_dst_layer,
           d.diff_dst_iter, pt, attr);
       finish(pt, pi, pb);
     } else {
       using F = dnnl::vanilla_rnn_forward;
       const auto act = dnnl::algorithm::eltwise_tanh;
-      F::primitive_desc pt(eng, train, act, dir, d.src_layer, d.src_iter, d.w_layer, d.w_iter, d.bias,
+      F::primitive_desc pt(eng, train, act, dir, d.src_layer, d.src_iter, wl, wi, d.bias,
                            d.dst_layer, d.dst_iter, attr);
-      F::primitive_desc pi(eng, infer, act, dir, d.src_layer, d.src_iter, d.w_layer, d.w_iter, d.bias,
+      F::primitive_desc pi(eng, infer, act, dir, d.src_layer, d.src_iter, wl, wi, d.bias,
                            d.dst_layer, d.dst_iter, attr);
       dnnl::vanilla_rnn_backward::primitive_desc pb(
-          eng, back, act, dir, d.src_layer, d.src_iter, d.w_layer_t, d.w_iter_t, d.bias, d.dst_layer, d.dst_iter,
+          eng, back, act, dir, d.src_layer, d.src_iter, wl_b, wi_b, d.bias, d.dst_layer, d.dst_iter,
           d.diff_src_layer, d.diff_src_iter, d.diff_w_layer, d.diff_w_iter, d.diff_bias, d.diff_dst_layer,
           d.diff_dst_iter, pt, attr);
       finish(pt, pi, pb);
@@ -154,12 +227,9 @@ struct Plan {
   template <typename PT, typename PI, typename PB>
   void finish(const PT& pt, const PI& pi, const PB& pb) {
     ws_bytes = pt.workspace_desc().get_size();
-    fwd_train_scratch = pt.scratchpad_desc();
-    fwd_infer_scratch = pi.scratchpad_desc();
-    bwd_scratch = pb.scratchpad_desc();
-    fwd_train = dnnl::primitive(pt);
-    fwd_infer = dnnl::primitive(pi);
-    bwd = dnnl::primitive(pb);
+    fwd_train.init(pt, d.w_layer, d.w_iter);
+    fwd_infer.init(pi, d.w_layer, d.w_iter);
+    bwd.init(pb, d.w_layer, d.w_iter);  // the caller's ldigo weights, reordered to what backward wants
   }
 };
 
@@ -174,25 +244,8 @@ const Plan& plan_for(const Key& k) {
   return *it->second;
 }
 
-// A per-thread scratchpad, grown as needed: oneDNN's user scratchpad mode makes concurrent execution safe.
-void* scratch(size_t bytes) {
-  thread_local std::vector<uint8_t> buf;
-  if (buf.size() < bytes) buf.resize(bytes);
-  return buf.data();
-}
-
-memory mem(const memory::desc& md, const void* ptr) {
-  return memory(md, cpu_engine(), const_cast<void*>(ptr));
-}
-
-void run(const dnnl::primitive& p, std::unordered_map<int, memory>& args, const memory::desc& scratch_md) {
-  args.insert({DNNL_ARG_SCRATCHPAD, mem(scratch_md, scratch(scratch_md.get_size()))});
-  dnnl::stream s(cpu_engine());
-  p.execute(s, args);
-  s.wait();
-}
-
-ffi::Error key_from(const ffi::AnyBuffer& x, const ffi::AnyBuffer& h0, int32_t cell, bool reverse, Key* k) {
+ffi::Error key_from(const ffi::AnyBuffer& x, const ffi::AnyBuffer& h0, int32_t cell, bool reverse, bool blocked,
+                    Key* k) {
   auto xd = x.dimensions();
   auto hd = h0.dimensions();
   if (xd.size() != 3 || hd.size() != 2) return ffi::Error::InvalidArgument("onednn rnn: x must be (T,B,I), h0 (B,H)");
@@ -200,16 +253,16 @@ ffi::Error key_from(const ffi::AnyBuffer& x, const ffi::AnyBuffer& h0, int32_t c
   const bool bf16 = x.element_type() == ffi::DataType::BF16;
   if (!bf16 && x.element_type() != ffi::DataType::F32)
     return ffi::Error::InvalidArgument("onednn rnn: x must be float32 or bfloat16");
-  *k = Key{cell, reverse ? 1 : 0, bf16 ? 1 : 0, xd[0], xd[1], xd[2], hd[1]};
+  *k = Key{cell, reverse ? 1 : 0, bf16 ? 1 : 0, blocked ? 1 : 0, xd[0], xd[1], xd[2], hd[1]};
   return ffi::Error::Success();
 }
 
 ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi::AnyBuffer w_layer,
                    ffi::AnyBuffer w_iter, ffi::AnyBuffer bias, ffi::Result<ffi::AnyBuffer> y,
                    ffi::Result<ffi::AnyBuffer> hT, ffi::Result<ffi::AnyBuffer> cT,
-                   ffi::Result<ffi::AnyBuffer> ws, int32_t cell, bool reverse, bool training) {
+                   ffi::Result<ffi::AnyBuffer> ws, int32_t cell, bool reverse, bool training, bool blocked) {
   Key k;
-  if (auto err = key_from(x, h0, cell, reverse, &k); !err.success()) return err;
+  if (auto err = key_from(x, h0, cell, reverse, blocked, &k); !err.success()) return err;
   try {
     const Plan& p = plan_for(k);
     const auto& d = p.d;
@@ -217,8 +270,6 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi::
     std::unordered_map<int, memory> args{
         {DNNL_ARG_SRC_LAYER, mem(d.src_layer, x.untyped_data())},
         {DNNL_ARG_SRC_ITER, mem(d.src_iter, h0.untyped_data())},
-        {DNNL_ARG_WEIGHTS_LAYER, mem(d.w_layer, w_layer.untyped_data())},
-        {DNNL_ARG_WEIGHTS_ITER, mem(d.w_iter, w_iter.untyped_data())},
         {DNNL_ARG_BIAS, mem(d.bias, bias.untyped_data())},
         {DNNL_ARG_DST_LAYER, mem(d.dst_layer, y->untyped_data())},
         {DNNL_ARG_DST_ITER, mem(d.dst_iter, hT->untyped_data())},
@@ -232,9 +283,9 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi::
     if (training) {
       args.insert({DNNL_ARG_WORKSPACE, mem(memory::desc({static_cast<int64_t>(p.ws_bytes)}, dt::u8, tag::a),
                                            ws->untyped_data())});
-      run(p.fwd_train, args, p.fwd_train_scratch);
+      p.fwd_train.run(args, w_layer.untyped_data(), w_iter.untyped_data());
     } else {
-      run(p.fwd_infer, args, p.fwd_infer_scratch);
+      p.fwd_infer.run(args, w_layer.untyped_data(), w_iter.untyped_data());
     }
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string("onednn rnn forward: ") + e.what());
@@ -242,15 +293,15 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi::
   return ffi::Error::Success();
 }
 
-ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi::AnyBuffer w_layer_t,
-                    ffi::AnyBuffer w_iter_t, ffi::AnyBuffer bias, ffi::AnyBuffer y, ffi::AnyBuffer hT,
+ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi::AnyBuffer w_layer,
+                    ffi::AnyBuffer w_iter, ffi::AnyBuffer bias, ffi::AnyBuffer y, ffi::AnyBuffer hT,
                     ffi::AnyBuffer cT, ffi::AnyBuffer ws, ffi::AnyBuffer dy, ffi::AnyBuffer dhT, ffi::AnyBuffer dcT,
                     ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::AnyBuffer> dh0,
                     ffi::Result<ffi::AnyBuffer> dc0, ffi::Result<ffi::AnyBuffer> dw_layer,
                     ffi::Result<ffi::AnyBuffer> dw_iter, ffi::Result<ffi::AnyBuffer> dbias, int32_t cell,
-                    bool reverse) {
+                    bool reverse, bool blocked) {
   Key k;
-  if (auto err = key_from(x, h0, cell, reverse, &k); !err.success()) return err;
+  if (auto err = key_from(x, h0, cell, reverse, blocked, &k); !err.success()) return err;
   try {
     const Plan& p = plan_for(k);
     const auto& d = p.d;
@@ -260,8 +311,6 @@ ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi:
     std::unordered_map<int, memory> args{
         {DNNL_ARG_SRC_LAYER, mem(d.src_layer, x.untyped_data())},
         {DNNL_ARG_SRC_ITER, mem(d.src_iter, h0.untyped_data())},
-        {DNNL_ARG_WEIGHTS_LAYER, mem(d.w_layer_t, w_layer_t.untyped_data())},
-        {DNNL_ARG_WEIGHTS_ITER, mem(d.w_iter_t, w_iter_t.untyped_data())},
         {DNNL_ARG_BIAS, mem(d.bias, bias.untyped_data())},
         {DNNL_ARG_DST_LAYER, mem(d.dst_layer, y.untyped_data())},
         {DNNL_ARG_DST_ITER, mem(d.dst_iter, hT.untyped_data())},
@@ -283,7 +332,7 @@ ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi:
     } else {
       std::memset(dc0->untyped_data(), 0, dc0->size_bytes());
     }
-    run(p.bwd, args, p.bwd_scratch);
+    p.bwd.run(args, w_layer.untyped_data(), w_iter.untyped_data());
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string("onednn rnn backward: ") + e.what());
   }
@@ -308,15 +357,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxOnednnForward, Forward,
                                   .Ret<ffi::AnyBuffer>()  // workspace
                                   .Attr<int32_t>("cell")
                                   .Attr<bool>("reverse")
-                                  .Attr<bool>("training"));
+                                  .Attr<bool>("training")
+                                  .Attr<bool>("blocked"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxOnednnBackward, Backward,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()  // x
                                   .Arg<ffi::AnyBuffer>()  // h0
                                   .Arg<ffi::AnyBuffer>()  // c0
-                                  .Arg<ffi::AnyBuffer>()  // w_layer_t
-                                  .Arg<ffi::AnyBuffer>()  // w_iter_t
+                                  .Arg<ffi::AnyBuffer>()  // w_layer
+                                  .Arg<ffi::AnyBuffer>()  // w_iter
                                   .Arg<ffi::AnyBuffer>()  // bias
                                   .Arg<ffi::AnyBuffer>()  // y
                                   .Arg<ffi::AnyBuffer>()  // hT
@@ -332,14 +382,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxOnednnBackward, Backward,
                                   .Ret<ffi::AnyBuffer>()  // dw_iter
                                   .Ret<ffi::AnyBuffer>()  // dbias
                                   .Attr<int32_t>("cell")
-                                  .Attr<bool>("reverse"));
+                                  .Attr<bool>("reverse")
+                                  .Attr<bool>("blocked"));
 
 // Trace-time queries through ctypes: the workspace size in bytes of one plan (building and caching
 // it), or -1 with the reason in lstm_jax_onednn_last_error().
-extern "C" int64_t lstm_jax_onednn_workspace_bytes(int32_t cell, int32_t reverse, int32_t bf16, int64_t T,
-                                                   int64_t B, int64_t I, int64_t H) {
+extern "C" int64_t lstm_jax_onednn_workspace_bytes(int32_t cell, int32_t reverse, int32_t bf16, int32_t blocked,
+                                                   int64_t T, int64_t B, int64_t I, int64_t H) {
   try {
-    return static_cast<int64_t>(plan_for(Key{cell, reverse, bf16, T, B, I, H}).ws_bytes);
+    return static_cast<int64_t>(plan_for(Key{cell, reverse, bf16, blocked, T, B, I, H}).ws_bytes);
   } catch (const std::exception& e) {
     last_error = e.what();
     return -1;
