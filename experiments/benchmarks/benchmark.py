@@ -173,7 +173,7 @@ def default_impls(cell):
 
 
 def build_parser():
-    p = cli.make_parser(__doc__, first_paragraph=True)
+    p = cli.make_parser(__doc__, first_paragraph=True, script=__file__)
     cli.add_flag(p, "cells", default=["lstm", "gru", "rnn"])
     p.add_argument("--sizes", type=parse_sizes, default=None, help="'T,B,I,H;T,B,I,H;...'")
     cli.add_flag(

@@ -112,7 +112,7 @@ def _mib(x):
 
 
 def build_parser():
-    p = cli.make_parser(__doc__)
+    p = cli.make_parser(__doc__, script=__file__)
     cli.add_flag(p, "quick", help="one tiny size, few repeats (smoke test)")
     cli.add_flag(p, "cells", default=["rnn", "lstm", "gru"])
     cli.add_flag(p, "repeats", default=None, help="timed steps per impl (default 20, quick 5)")

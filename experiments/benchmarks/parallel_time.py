@@ -198,7 +198,7 @@ def speedups(rows, names, reference="manual"):
 
 
 def build_parser():
-    p = cli.make_parser(__doc__, first_paragraph=True)
+    p = cli.make_parser(__doc__, first_paragraph=True, script=__file__)
     cli.add_flag(p, "lengths", default=[2**k for k in range(6, 15)])
     p.add_argument("--cases", action=cli.ListAction, default=[c[0] for c in CASES if c[0] not in OPT_IN],
                    help=f"cases to run (unregistered ones are skipped; {', '.join(OPT_IN)} only when named)")

@@ -105,7 +105,7 @@ def plot(rows, impls, B, I, H, path, load_average=None):
 
 
 def build_parser():
-    p = cli.make_parser(__doc__, first_paragraph=True)
+    p = cli.make_parser(__doc__, first_paragraph=True, script=__file__)
     cli.add_flag(p, "lengths", default=[2**k for k in range(5, 14)])
     cli.add_flag(p, "impls", default=["scan", "manual", "remat"])
     cli.add_flag(p, "batch_size", default=16)

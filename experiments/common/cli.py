@@ -46,7 +46,7 @@ from lstm_jax.precision import PRECISIONS, get_precision
 from lstm_jax.runtime import add_malloc_argument, apply_malloc_argument
 from lstm_jax.train import TrainConfig, TrainingDiverged
 
-from . import fastest
+from . import config, fastest
 
 __all__ = [
     "CELL_NAMES",
@@ -205,10 +205,16 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text + " (default: %(default)s)"
 
 
-def make_parser(doc: str | None, *, first_paragraph: bool = False) -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` described by the script's docstring (or its first paragraph)."""
+def make_parser(doc: str | None, *, first_paragraph: bool = False, script: str | None = None) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` described by the script's docstring (or its first paragraph).
+
+    ``script``: the script's ``__file__``; gives the parser ``--config FILE`` (:mod:`experiments.common.config`).
+    """
     description = doc.split("\n\n")[0] if (doc and first_paragraph) else doc
-    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    if script is not None:
+        config.add_config_flag(parser, script)
+    return parser
 
 
 def add_flag(parser, dest: str, *, aliases: Sequence[str] | None = None, **overrides) -> argparse.Action:
@@ -362,7 +368,7 @@ def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], T]
     divergence, missing files) end the program with ``error: <message>`` (exit
     status 1, via ``SystemExit``), the message in terms of this script's flags.
     """
-    args = parser.parse_args(argv)
+    args = config.parse_args(parser, argv)  # with --config FILE's values as defaults where the script offers it
     try:
         return main(args)
     except LIBRARY_ERRORS as e:

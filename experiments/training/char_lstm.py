@@ -57,7 +57,7 @@ EVAL_CONTEXTS = ("window", "stream")  # see eval_split
 
 
 def build_parser():
-    p = cli.make_parser(__doc__, first_paragraph=True)
+    p = cli.make_parser(__doc__, first_paragraph=True, script=__file__)
     p.add_argument("mode", nargs="?", default="train", choices=("train", "sample", "eval"),
                    help="train a model, sample from a checkpoint, or evaluate one on val/test")
     d = p.add_argument_group("data")

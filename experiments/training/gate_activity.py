@@ -196,7 +196,7 @@ def plot_cell_text(path: Path, text: str, values: np.ndarray, title: str, width:
 
 
 def build_parser():
-    p = cli.make_parser(__doc__)
+    p = cli.make_parser(__doc__, script=__file__)
     cli.add_flag(p, "checkpoint", required=True, help="run directory of experiments/training/char_lstm.py (its --out)")
     cli.add_flag(p, "which")
     cli.add_flag(p, "text_file",

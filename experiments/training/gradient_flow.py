@@ -135,7 +135,7 @@ def plot_weight_norms(path, results, baseline):
 
 
 def build_parser():
-    p = cli.make_parser(__doc__)
+    p = cli.make_parser(__doc__, script=__file__)
     p.add_argument("--T", type=int, default=100, help="sequence length of the adding problem")
     cli.add_model_flags(p, ("cells", "hidden"), cells=["rnn", "gru", "lstm"], hidden=64)
     t = cli.add_training_flags(p, dict(steps=3000, max_minutes=3.0, learning_rate=2e-3, seed=0),

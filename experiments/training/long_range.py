@@ -246,7 +246,7 @@ def _copy_figures(args, out: Path) -> None:
 
 
 def build_parser():
-    p = cli.make_parser(__doc__)
+    p = cli.make_parser(__doc__, script=__file__)
     p.add_argument("--task", choices=["adding", "copy"], default="adding")
     cli.add_flag(p, "lengths", default=[50, 100, 200, 400])
     model = cli.add_model_flags(p, ("hidden",), hidden=64)

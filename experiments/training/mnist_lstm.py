@@ -54,7 +54,7 @@ from lstm_jax.train import fit
 
 
 def build_parser():
-    p = cli.make_parser(__doc__, first_paragraph=True)
+    p = cli.make_parser(__doc__, first_paragraph=True, script=__file__)
     d = p.add_argument_group("data")
     d.add_argument("--dataset", choices=img.DATASETS, default="fashion_mnist")
     d.add_argument("--source", choices=("auto", "tfds", "idx"), default="auto",
@@ -85,7 +85,7 @@ def build_parser():
     t.add_argument("--eval-batch-size", type=int, default=1000)
     t.add_argument("--best-metric", choices=("val_loss", "val_error"), default="val_loss",
                    help="validation metric (lower is better) that picks the checkpoint evaluated on test")
-    o = cli.add_output_flags(p, ("out", "resume"), out={"required": True, "help": "run directory"})
+    o = cli.add_output_flags(p, ("out", "resume"), out={"help": "run directory (default: runs/mnist_lstm/<dataset>-<mode>-<time>)"})
     o.add_argument("--no-plots", action="store_true")
     o.add_argument("--note", default="", help="free text saved in results.json (e.g. machine load)")
     cli.add_malloc_flag(p)
@@ -192,7 +192,7 @@ def mnist_lstm(args, argv=None) -> dict:
         raise SystemExit(f"--augment-shift must be in [0, {img.IMAGE_SHAPE[0]}), got {args.augment_shift}")
     malloc = cli.apply_malloc(args)
     machine = machine_info(malloc=malloc, note=args.note, matmul_gflops=run_matmul_gflops())  # the rate this run saw
-    out = Path(args.out)
+    out = Path(args.out or f"runs/mnist_lstm/{args.dataset}-{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}")
     t0 = time.perf_counter()
     data = prepare_data(args)
     train_xs, train_ys = data["train"]

@@ -1,0 +1,180 @@
+"""configs/*.toml: every file loads and validates against its script's parser, and each one that reproduces a
+recorded result sets the values that record says defined the run (results/... are frozen; nothing is re-run).
+
+Also the loader itself (experiments/common/config.py): flags override the file; an unknown key, a value of the
+wrong type or outside a flag's choices, and a config for another script are refused in one line naming them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from experiments.common import config as cfg
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.toml"))
+
+#: config file -> the record of the result it reproduces (None: a new result, recorded by the run itself;
+#: a string starting "not compared": why the record cannot be compared).
+RECORDS = {
+    "shakespeare_quick.toml": "results/shakespeare_quick/results.json",
+    "shakespeare_30min.toml": "results/char_30min_reg/lstm/seeds.json",
+    "shakespeare_30min_min_gru.toml": "results/char_30min_reg/min_gru/seeds.json",
+    "shakespeare_30min_min_lstm.toml": "results/char_30min_reg/min_lstm/seeds.json",
+    "shakespeare_30min_min_gru_dropout0.1.toml": "results/char_30min_own/min_gru_dropout0.1/seeds.json",
+    "shakespeare_9min_lstm.toml": "results/char_side_by_side/lstm/seeds.json",
+    "shakespeare_9min_min_gru.toml": "results/char_side_by_side/min_gru/seeds.json",
+    "shakespeare_9min_min_lstm.toml": "results/char_side_by_side/min_lstm/seeds.json",
+    "fmnist_rows.toml": "results/fmnist_rows/lstm2x128_bidir_aug38/metadata.json",
+    "fmnist_pixels.toml": "results/fmnist_pixels/lstm1x128_60min/metadata.json",
+    "adding_t100_equal_time.toml": None,  # its record (docs/figures/long_range_adding_results.json) predates the flag names
+    "adding_equal_steps_1500.toml": "results/long_range_equal_steps/results.json",
+    "adding_10k.toml": "results/long_range_10k_adding/results.json",
+    "copy_10k.toml": "results/long_range_10k_copy/results.json",
+    "copy_t200_lstm_chrono_10k.toml": "results/long_range_10k_copy_chrono_h128/results.json",
+    "copy_t200_lstm_chrono_20k.toml": "results/long_range_20k_copy_chrono_h128/results.json",
+    "copy_t200_lstm_chrono_30k.toml": "results/long_range_30k_copy_chrono_h128/results.json",
+    "copy_t200_lstm_40k.toml": "results/long_range_40k_copy_chrono_h128/results.json",
+    "copy_t200_rnn_40k.toml": "results/long_range_40k_copy_h128_rnn/results.json",
+    "benchmark_cpu.toml": "results/benchmark.json",
+    "parallel_time_cpu.toml": "results/parallel_time.json",
+    "parallel_time_h256_cpu.toml": "results/parallel_time_h256.json",
+    "remat_cpu.toml": "results/remat_benchmark.json",
+}
+
+#: Keys that do not define a run's result: where it is written, progress bars, appending to a record, the
+#: allocator (recorded apart), and lengths/cells of sweeps a record joined from several invocations (compared as
+#: the set of (cell, T) pairs it holds instead).
+NOT_DEFINING = {"out", "progress", "append", "replot", "merge", "figure", "malloc", "config", "seed", "note",
+                "no_plots", "lengths", "cells"}
+
+_GIVEN = object()  # sentinel default: a value that is not it was given on the recorded command line
+
+
+def parser_of(script: str) -> argparse.ArgumentParser:
+    return importlib.import_module(script).build_parser()
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> dict:
+    """The dests the recorded command line ``argv`` set explicitly, parsed by today's parser."""
+    parser.set_defaults(**{a.dest: _GIVEN for a in parser._actions if a.dest != "help"})
+    return {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not _GIVEN}
+
+
+def recorded_values(record: dict, parser: argparse.ArgumentParser) -> dict:
+    """What a record says its run was given, by dest (each script's current record format)."""
+    if isinstance(record.get("command"), (str, list)):  # char_lstm results.json / seeds.py's seeds.json
+        command = record["command"]
+        argv = shlex.split(command) if isinstance(command, str) else list(command)
+        return given_flags(parser, argv[1:])
+    if "argv" in record:  # mnist_lstm metadata.json
+        return given_flags(parser, record["argv"][1:])
+    if "args" in record:  # long_range results.json
+        return record["args"]
+    if "environment" in record:  # benchmark.json
+        return {k: v for k, v in record["environment"]["args"].items() if k != "cells"}
+    if "config" in record:  # parallel_time / remat_benchmark: the problem sizes
+        c = record["config"]
+        keys = {"B": "batch_size", "I": "input", "H": "hidden", "repeats": "repeats", "lengths": "lengths",
+                "compile_repeats": "compile_repeats"}
+        return {keys[k]: v for k, v in c.items() if k in keys}
+    raise AssertionError(f"no arguments found in the record (keys {sorted(record)})")
+
+
+def resolved(path: Path) -> tuple[dict, argparse.Namespace]:
+    """The config at ``path`` and the arguments its script would run with (no command-line flags)."""
+    config = cfg.load_config(path)
+    parser = parser_of(config["script"])
+    return config, cfg.parse_args(parser, ["--config", str(path)])
+
+
+def test_configs_exist_for_every_listed_result():
+    names = {p.name for p in CONFIGS}
+    assert set(RECORDS) <= names, f"missing configs: {sorted(set(RECORDS) - names)}"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_validates_against_its_script(path):
+    config, args = resolved(path)
+    for key, value in config.items():
+        if key != "script":
+            assert getattr(args, key) == value, key
+    assert args.config == str(path)
+
+
+@pytest.mark.parametrize("name", [n for n, r in RECORDS.items() if r], ids=str)
+def test_config_matches_its_recorded_run(name):
+    record_path = REPO / RECORDS[name]
+    if not record_path.exists():
+        pytest.skip(f"{RECORDS[name]} not recorded yet")
+    record = json.loads(record_path.read_text())
+    config, args = resolved(REPO / "configs" / name)
+    recorded = recorded_values(record, parser_of(config["script"]))
+    differ = {k: (getattr(args, k, "<not a flag>"), v) for k, v in recorded.items()
+              if k not in NOT_DEFINING and getattr(args, k, "<not a flag>") != v}
+    assert not differ, f"{name} against {RECORDS[name]}: (config, record) {differ}"
+    runs = record.get("runs")
+    if isinstance(runs, list) and runs and "cell" in runs[0]:  # a long_range sweep: the same (cell, T) pairs
+        assert {(r["cell"], r["T"]) for r in runs} == {(c, t) for c in args.cells for t in args.lengths}
+
+
+# --------------------------------------------------------------------------- the loader
+
+
+def _toy_parser(tmp_path):
+    import experiments.training.char_lstm as script
+
+    return script.build_parser(), tmp_path / "c.toml"
+
+
+def test_flags_override_the_file(tmp_path):
+    parser, path = _toy_parser(tmp_path)
+    path.write_text('script = "experiments.training.char_lstm"\nhidden = 96\nlearning_rate = 1e-3\nstateful = true\n')
+    args = cfg.parse_args(parser, ["--config", str(path), "--hidden", "32"])
+    assert (args.hidden, args.learning_rate, args.stateful) == (32, 1e-3, True)
+
+
+@pytest.mark.parametrize("body, message", [
+    ('hiden = 3', "unknown key 'hiden'"),
+    ('hidden = "3"', "key 'hidden': expected an integer, got str"),
+    ('hidden = 3.5', "key 'hidden': expected an integer, got float"),
+    ('learning_rate = true', "key 'learning_rate': expected a number, got bool"),
+    ('stateful = 1', "key 'stateful': expected true or false"),
+    ('cell = "lstn"', "key 'cell': 'lstn' is not one of"),
+    ('eval_context = "window"', "key 'eval_context': expected a list"),
+    ('eval_context = ["sideways"]', "key 'eval_context': 'sideways' is not one of"),
+])
+def test_bad_values_are_refused_naming_file_and_key(tmp_path, capsys, body, message):
+    parser, path = _toy_parser(tmp_path)
+    path.write_text(f'script = "experiments.training.char_lstm"\n{body}\n')
+    with pytest.raises(SystemExit):
+        cfg.parse_args(parser, ["--config", str(path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {path}: " + err[0].split(f"{path}: ", 1)[1]] and message in err[0], err
+
+
+def test_a_config_for_another_script_or_none_is_refused(tmp_path, capsys):
+    parser, path = _toy_parser(tmp_path)
+    path.write_text('script = "experiments.training.mnist_lstm"\nhidden = 8\n')
+    with pytest.raises(SystemExit):
+        cfg.parse_args(parser, ["--config", str(path)])
+    assert "a config for experiments.training.mnist_lstm, not for experiments.training.char_lstm" in capsys.readouterr().err
+    path.write_text("hidden = 8\n")
+    with pytest.raises(SystemExit):
+        cfg.parse_args(parser, ["--config", str(path)])
+    assert "no 'script' key" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cfg.parse_args(parser, ["--config", str(tmp_path / "missing.toml")])
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_script_name_from_file():
+    import experiments.benchmarks.parallel_time as script
+
+    assert cfg.script_name(script.__file__) == "experiments.benchmarks.parallel_time"
