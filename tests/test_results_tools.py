@@ -1,4 +1,4 @@
-"""The tools that turn runs into reported results: record paths, the seed runner, the README table, --impl auto."""
+"""The tools that turn runs into reported results: record paths, the seed runner, the results table, --impl auto."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def test_summaries_leave_missing_values_out_of_the_mean():
     assert seeds.summarize([None])["n"] == 0 and "mean" not in seeds.summarize([None])
 
 
-# --------------------------------------------------------------------------- README table
+# --------------------------------------------------------------------------- the results table (docs/results.md)
 
 
 def _manifest(tmp_path, entries):
@@ -119,8 +119,10 @@ def _manifest(tmp_path, entries):
 def test_results_table_is_built_from_the_json_it_reads(tmp_path):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "a.json").write_text(json.dumps(RECORD))
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "char.toml").write_text("hidden = 8\n")
     entries = [
-        {"experiment": "char", "file": "r/a.json", "values": {"test": "final.test.nats_per_char"},
+        {"experiment": "char", "file": "r/a.json", "config": "configs/char.toml", "values": {"test": "final.test.nats_per_char"},
          "result": "test {test:.3f} nats/char", "target": "≤ 1.50", "goal": {"value": "test", "max": 1.50},
          "section": "[s](#s)"},
         {"experiment": "adding T=400", "file": "r/a.json",
@@ -130,19 +132,22 @@ def test_results_table_is_built_from_the_json_it_reads(tmp_path):
          "result": "LSTM {lstm:.4f}, RNN {rnn:.3f}, worst {worst:.3f}, {ratio:.2f}x", "target": "≤ 0.01", "goal": {"value": "lstm", "max": 0.001},
          "section": "[t](#t)"},
     ]
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{results_table.START}\nold table\n{results_table.END}\nrest\n")
-    args = ["--manifest", str(_manifest(tmp_path, entries)), "--readme", str(readme), "--root", str(tmp_path)]
+    (tmp_path / "docs").mkdir()
+    page = tmp_path / "docs" / "results.md"
+    page.write_text(f"intro\n{results_table.START}\nold table\n{results_table.END}\nrest\n")
+    args = ["--manifest", str(_manifest(tmp_path, entries)), "--doc", str(page), "--root", str(tmp_path)]
     with pytest.raises(SystemExit, match="differs"):
         results_table.main([*args, "--check"])
     results_table.main(args)
-    text = readme.read_text()
+    text = page.read_text()
     assert text.startswith("intro\n") and text.endswith(f"{results_table.END}\nrest\n") and "old table" not in text
-    assert "| char | test 1.500 nats/char | ≤ 1.50 | met | [s](#s) | [a.json](r/a.json) |" in text
-    assert "| adding T=400 | LSTM 0.0040, RNN 0.160, worst 0.004, 6.27x | ≤ 0.01 | **not met** |" in text
+    # file and config are linked relative to the page's folder (docs/), not the repository root
+    assert ("| char | test 1.500 nats/char | ≤ 1.50 | met | [s](#s) | [char.toml](../configs/char.toml) "
+            "| [a.json](../r/a.json) |") in text
+    assert "| adding T=400 | LSTM 0.0040, RNN 0.160, worst 0.004, 6.27x | ≤ 0.01 | **not met** | [t](#t) | – |" in text
     results_table.main([*args, "--check"])  # now up to date
 
-    # a value that changes in the run's JSON makes the README stale
+    # a value that changes in the run's JSON makes the page stale
     changed = dict(RECORD, final={"test": {"nats_per_char": 1.7}})
     (tmp_path / "r" / "a.json").write_text(json.dumps(changed))
     with pytest.raises(SystemExit, match="differs"):
@@ -159,6 +164,8 @@ def test_results_table_is_built_from_the_json_it_reads(tmp_path):
       "target": "", "section": ""}, r"does not fit the values"),
     ({"experiment": "x", "file": "r/a.json", "values": {"v": {"median": ["final"]}}, "result": "{v}",
       "target": "", "section": ""}, r"a value is a path or one of \{min, max, mean, ratio"),
+    ({"experiment": "x", "file": "r/a.json", "config": "configs/gone.toml", "values": {}, "result": "",
+      "target": "", "section": ""}, r"'x': config configs/gone.toml does not exist"),
 ])
 def test_results_table_names_a_broken_entry(tmp_path, entry, message):
     (tmp_path / "r").mkdir()
@@ -167,9 +174,16 @@ def test_results_table_names_a_broken_entry(tmp_path, entry, message):
         results_table.main(["--manifest", str(_manifest(tmp_path, [entry])), "--root", str(tmp_path), "--print"])
 
 
-def test_the_readme_results_table_matches_the_committed_runs():
-    """The README's "Results at a glance" table is exactly what results/glance.json's runs give."""
+def test_the_results_page_table_matches_the_committed_runs():
+    """docs/results.md's table is exactly what results/glance.json's runs give."""
     results_table.main(["--check"])
+
+
+def test_every_results_row_names_an_existing_config_file():
+    """Each row of the results table is reproducible from one config file (issue 29)."""
+    manifest = json.loads((ROOT / "results" / "glance.json").read_text())
+    missing = [e["experiment"] for e in manifest if not (ROOT / e.get("config", "-")).is_file()]
+    assert not missing, f"results rows without a config file: {missing}"
 
 
 # --------------------------------------------------------------------------- --impl auto
