@@ -295,6 +295,23 @@ def fit(
         Preempted: SIGTERM arrived (a ``SystemExit`` with status 143): every
             process stopped at the same step and saved a checkpoint there
             (:mod:`lstm_jax.stopping`); ``resume=True`` continues exactly.
+
+    Example (a linear model; any ``loss_fn`` of this signature trains the same way)::
+
+        >>> import jax, jax.numpy as jnp
+        >>> from lstm_jax.train import TrainConfig, fit
+        >>> def loss_fn(params, batch, key, model_state):
+        ...     loss = jnp.mean((batch["x"] @ params["w"] - batch["y"]) ** 2)
+        ...     return loss, (model_state, {})
+        >>> def get_batch(step):                        # a pure function of the step
+        ...     x = jax.random.normal(jax.random.PRNGKey(step), (8, 2))
+        ...     return {"x": x, "y": x @ jnp.array([1.0, -2.0])}
+        >>> config = TrainConfig(steps=200, learning_rate=0.1, warmup_steps=10, weight_decay=0.0, progress=False)
+        >>> result = fit(loss_fn, {"w": jnp.zeros(2)}, get_batch, config)
+        >>> result.step, result.stop_reason
+        (200, 'completed')
+        >>> [round(w, 2) for w in result.params["w"].tolist()]
+        [1.0, -2.0]
     """
     config.validate()
     if resume and out_dir is None:
