@@ -10,7 +10,8 @@ makes process P kill itself (SIGKILL) when it reaches step S, after the
 checkpoints of the earlier steps (a crash, not an error). ``--sigterm-step S``:
 process 0 sends SIGTERM to its parent (the launcher, which passes it on to
 every process) when it loads the batch of step S. ``--max-minutes``: a time
-budget. ``--layer-choice``: print ``--impl auto``'s choice (one line of JSON)
+budget; ``MP_WORKER_CLOCK_SKEW=S`` in the environment puts process 1's clock S
+seconds ahead (a skew that makes per-process budget decisions disagree). ``--layer-choice``: print ``--impl auto``'s choice (one line of JSON)
 at a shape big enough to be timed, then exit.
 """
 
@@ -24,6 +25,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: import this checkout
+
+import time  # noqa: E402
+
+# Fault injection: process 1's clock runs MP_WORKER_CLOCK_SKEW seconds ahead (set before lstm_jax reads it),
+# so its own view of a time budget ends that much earlier than process 0's.
+if os.environ.get("MP_WORKER_CLOCK_SKEW") and os.environ.get("LSTM_JAX_PROCESS_ID") == "1":
+    time.perf_counter = lambda _clock=time.perf_counter, _skew=float(os.environ["MP_WORKER_CLOCK_SKEW"]): _clock() + _skew
 
 import jax
 import jax.numpy as jnp

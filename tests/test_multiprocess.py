@@ -13,8 +13,8 @@ checkpoint then restores and resumes in this single process, and a SIGTERM to
 the launcher of a real 2-process run (every process stops at one step with a
 checkpoint, exit 143; ``--resume`` ends on the uninterrupted result).
 ``-m slow``: a killed process and ``--resume``, 1 -> 2 processes, the other
-error paths, a time budget that runs out mid-run eight times in a row (fresh
-and resumed; it hung 3 times in 8 before the budget was agreed), and
+error paths, a time budget that runs out mid-run six times in a row (fresh
+and resumed, half of them with process 1's clock 3 s ahead), and
 ``--impl auto`` timed once by process 0 for both.
 """
 
@@ -362,16 +362,18 @@ def test_sigterm_to_the_launcher_stops_every_process_at_one_step_and_resume_is_e
 
 @pytest.mark.slow
 def test_a_time_budget_that_runs_out_mid_run_never_hangs_and_stops_all_at_one_step(tmp_path):
-    """Eight budgets in a row, fresh and then resumed, each expiring mid-run (after compiling, which the
-    budget includes) with checkpoints every 3 steps: every job ends (rc 0) within its budget plus start-up,
-    both processes at the same step, later than the last."""
+    """Six budgets in a row, fresh and then resumed, each expiring mid-run (after compiling, which the budget
+    includes) with checkpoints every 3 steps; every other run with process 1's clock 3 s ahead, which made the
+    per-process decisions disagree (before: Gloo 'collective mismatch' abort or a hang, 3 in 8 unskewed runs).
+    Every job ends (rc 0) within its budget plus start-up, both processes at the same, later step."""
     out, last = tmp_path / "run", 0
-    for i, minutes in enumerate([0.1, 0.2, 0.15, 0.25, 0.1, 0.2, 0.15, 0.25]):
+    for i, minutes in enumerate([0.15, 0.1, 0.2, 0.15, 0.1, 0.2]):
         args = ["--steps", "100000", "--checkpoint-every", "3", "--max-minutes", str(minutes)]
-        rc, output, seconds = launch_worker(out, *args, *(["--resume"] if i else []), local_devices=1,
-                                            timeout=180)
+        env = _env(MP_WORKER_CLOCK_SKEW="3") if i % 2 == 0 else None
+        rc, output, seconds = run_bounded(launch_cmd(out, *args, *(["--resume"] if i else []), local_devices=1),
+                                          timeout=180, env=env)
         stops = stop_steps(output, f"time budget of {minutes} min reached")
-        print(f"budget {minutes} min: stopped at {stops} after {seconds:.1f} s")
+        print(f"budget {minutes} min{', skewed' if env else ''}: stopped at {stops} after {seconds:.1f} s")
         assert rc == 0 and set(stops) == {"p0", "p1"} and stops["p0"] == stops["p1"], output[-3000:]
         assert last_checkpoint(out) == stops["p0"] > last and seconds < 60 * minutes + 90
         last = stops["p0"]
