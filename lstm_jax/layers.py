@@ -11,7 +11,12 @@ Layout is batch-major everywhere the user sees it: ``xs`` is
   sequence of layer k is the input of layer k+1, optionally bidirectional
   (forward and reverse outputs concatenated on the feature axis) and with
   dropout between layers. Each layer runs with one of the implementations of
-  :mod:`lstm_jax.impls` (``impl="scan" | "hoisted" | "manual" | "remat"``).
+  :mod:`lstm_jax.impls`, named by ``impl=``.
+
+Cells (``CELLS``): ``rnn``, ``lstm``, ``gru``, ``min_gru``, ``min_lstm``.
+Implementations (``IMPLS``): ``scan``, ``hoisted``, ``manual``, ``remat``,
+``parallel``, ``deer``, ``cudnn``, ``onednn``.
+(``tests/test_docs.py`` checks these two lists against the registries.)
 
 Padded batches (``lengths``): for example ``b`` only steps ``t < lengths[b]``
 are real. Past them the carry is frozen and outputs are zero, so the final
@@ -54,7 +59,7 @@ def apply_stack(
     """Run a stack of recurrent layers (from :func:`init_stack`) over ``xs``.
 
     Args:
-        cell: ``"rnn" | "lstm" | "gru"`` or a :class:`~lstm_jax.cells.Cell`.
+        cell: a name in :data:`lstm_jax.cells.CELLS` or a :class:`~lstm_jax.cells.Cell`.
         params: list of per-layer params (see :func:`init_stack`).
         xs: ``(batch, time, features)`` or ``(time, features)``.
         carry: initial carry per layer, structured like
@@ -76,6 +81,18 @@ def apply_stack(
         ``(ys, final_carry)``: ``ys`` is the last layer's outputs,
         ``(batch, time, H)`` or ``(batch, time, 2H)`` if bidirectional;
         ``final_carry`` is a list like ``carry``.
+
+    Example (a padded batch through a bidirectional LSTM layer, hand-derived BPTT)::
+
+        >>> import jax, jax.numpy as jnp
+        >>> from lstm_jax import apply_stack, init_stack
+        >>> params = init_stack(jax.random.PRNGKey(0), "lstm", input_size=3, hidden_size=4, bidirectional=True)
+        >>> xs = jnp.ones((2, 5, 3))                                # (batch, time, features)
+        >>> ys, finals = apply_stack("lstm", params, xs, lengths=jnp.array([5, 2]), impl="manual")
+        >>> ys.shape                                                # forward and backward outputs
+        (2, 5, 8)
+        >>> bool(jnp.all(ys[1, 2:] == 0))                           # zero past each length
+        True
     """
     cell = get_cell(cell)
     run = layer_impl(impl)

@@ -48,6 +48,15 @@ def init_stack(
     ``{"forward": params, "backward": params}``. Layer 0 takes ``input_size``
     features; layer k > 0 takes ``hidden_size`` (``2 * hidden_size`` if
     bidirectional).
+
+    Example::
+
+        >>> import jax
+        >>> params = init_stack(jax.random.PRNGKey(0), "lstm", input_size=3, hidden_size=4, num_layers=2)
+        >>> [{k: v.shape for k, v in layer.items()} for layer in params]   # gates fused as [i|f|g|o]
+        [{'w_x': (3, 16), 'w_h': (4, 16), 'b': (16,)}, {'w_x': (4, 16), 'w_h': (4, 16), 'b': (16,)}]
+        >>> float(params[0]["b"][4:8].min())                             # the forget-gate bias starts at 1
+        1.0
     """
     cell = get_cell(cell)
     num_layers = positive_size("init_stack", "num_layers", num_layers)

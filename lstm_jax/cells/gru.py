@@ -136,5 +136,14 @@ def gru_step(params: dict, carry: Array, x_t: Array, *, compute_dtype=None):
         w_x: (I, 3H); w_h: (H, 3H); b_x: (3H,); b_h: (3H,); gate order :data:`GRU_GATES`.
     Carry:
         h: (H,) or (batch, H)
+
+    Example (all-zero params: ``z = σ(0) = 0.5`` and ``n = tanh(0) = 0``, so ``h`` halves)::
+
+        >>> import jax.numpy as jnp
+        >>> from lstm_jax import gru_step
+        >>> params = {"w_x": jnp.zeros((3, 6)), "w_h": jnp.zeros((2, 6)), "b_x": jnp.zeros(6), "b_h": jnp.zeros(6)}
+        >>> h, y = gru_step(params, jnp.array([[1.0, -2.0]]), jnp.ones((1, 3)))    # I = 3, H = 2, batch 1
+        >>> h.tolist()
+        [[0.5, -1.0]]
     """
     return GRU.step(params, carry, x_t, compute_dtype=compute_dtype)

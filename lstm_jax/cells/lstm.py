@@ -213,5 +213,17 @@ def lstm_step(params: dict, carry: LSTMCarry, x_t: Array, *, compute_dtype=None)
         params, so it is trained and seen by every backward pass).
     Carry:
         :class:`LSTMCarry` (hidden, cell), each (H,) or (batch, H).
+
+    Example (I = H = 1: every gate's pre-activation is ``x = 1``)::
+
+        >>> import jax.numpy as jnp
+        >>> from lstm_jax import LSTMCarry, lstm_step
+        >>> params = {"w_x": jnp.ones((1, 4)), "w_h": jnp.zeros((1, 4)), "b": jnp.zeros(4)}
+        >>> carry = LSTMCarry(hidden=jnp.zeros(1), cell=jnp.ones(1))
+        >>> carry, y = lstm_step(params, carry, jnp.ones(1))
+        >>> round(float(carry.cell[0]), 4)        # σ(1)·1 + σ(1)·tanh(1)
+        1.2878
+        >>> round(float(y[0]), 4)                 # σ(1)·tanh(1.2878)
+        0.6277
     """
     return LSTM.step(params, carry, x_t, compute_dtype=compute_dtype)

@@ -62,5 +62,14 @@ def min_gru_step(params: dict, carry: Array, x_t: Array, *, compute_dtype=None):
         w_x: (I, 2H); b: (2H,)
     Carry:
         h: (H,) or (batch, H)
+
+    Example (all-zero params: ``z = 0.5``, ``h̃ = g(0) = 0.5``, so ``h_t = 0.5 h + 0.25``)::
+
+        >>> import jax.numpy as jnp
+        >>> from lstm_jax import min_gru_step
+        >>> params = {"w_x": jnp.zeros((3, 4)), "b": jnp.zeros(4)}                  # I = 3, H = 2
+        >>> h, y = min_gru_step(params, jnp.array([1.0, -1.0]), jnp.ones(3))
+        >>> h.tolist()
+        [0.75, -0.25]
     """
     return MIN_GRU.step(params, carry, x_t, compute_dtype=compute_dtype)

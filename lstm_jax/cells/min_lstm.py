@@ -69,5 +69,14 @@ def min_lstm_step(params: dict, carry: Array, x_t: Array, *, compute_dtype=None)
         w_x: (I, 3H); b: (3H,)
     Carry:
         h: (H,) or (batch, H)
+
+    Example (all-zero params: ``f' = i' = 0.5``, ``h̃ = g(0) = 0.5``, so ``h_t = 0.5 h + 0.25``)::
+
+        >>> import jax.numpy as jnp
+        >>> from lstm_jax import min_lstm_step
+        >>> params = {"w_x": jnp.zeros((3, 6)), "b": jnp.zeros(6)}                  # I = 3, H = 2
+        >>> h, y = min_lstm_step(params, jnp.array([1.0, -1.0]), jnp.ones(3))
+        >>> h.tolist()
+        [0.75, -0.25]
     """
     return MIN_LSTM.step(params, carry, x_t, compute_dtype=compute_dtype)

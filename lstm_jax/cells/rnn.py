@@ -76,5 +76,14 @@ def rnn_step(params: dict, carry: Array, x_t: Array, *, compute_dtype=None):
         w_x: (I, H); w_h: (H, H); b: (H,)
     Carry:
         h: (H,) or (batch, H)
+
+    Example (I = 1, H = 2, a batch of one)::
+
+        >>> import jax.numpy as jnp
+        >>> from lstm_jax import rnn_step
+        >>> params = {"w_x": jnp.array([[1.0, -1.0]]), "w_h": jnp.eye(2), "b": jnp.zeros(2)}
+        >>> h, y = rnn_step(params, jnp.array([[0.5, 0.0]]), jnp.array([[0.5]]))   # tanh([0.5+0.5, -0.5+0])
+        >>> [round(v, 4) for v in h[0].tolist()]
+        [0.7616, -0.4621]
     """
     return RNN.step(params, carry, x_t, compute_dtype=compute_dtype)

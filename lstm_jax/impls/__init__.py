@@ -194,7 +194,23 @@ register(LayerImpl(
 
 def layer_impl(name: str | LayerImpl, *, precision: str | None = None, **options) -> LayerImpl:
     """The layer implementation called ``name``, with ``options`` bound (``layer_impl("remat", segment=16)``)
-    and, if given, a precision policy (``layer_impl("manual", precision="bf16")``)."""
+    and, if given, a precision policy (``layer_impl("manual", precision="bf16")``).
+
+    Example (pass the result as ``apply_stack(..., impl=...)``)::
+
+        >>> import jax, jax.numpy as jnp
+        >>> from lstm_jax import apply_stack, init_stack, layer_impl
+        >>> remat = layer_impl("remat", segment=4)          # checkpoint every 4 steps
+        >>> remat.name, remat.options
+        ('remat', (('segment', 4),))
+        >>> params = init_stack(jax.random.PRNGKey(0), "lstm", input_size=3, hidden_size=4)
+        >>> ys, _ = apply_stack("lstm", params, jnp.ones((2, 5, 3)), impl=remat)
+        >>> ys.shape
+        (2, 5, 4)
+        >>> layer_impl("remat", segmnt=4)
+        Traceback (most recent call last):
+        ValueError: layer impl 'remat' has no option 'segmnt'; its options are: segment, inner
+    """
     if isinstance(name, LayerImpl):
         impl = name
     else:

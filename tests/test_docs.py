@@ -1,0 +1,172 @@
+"""The documentation cannot lag the code: lists, examples and links are checked here.
+
+* every list of cells and layer implementations in the README and in the
+  package's and ``layers.py``'s docstrings names exactly ``CELLS`` / ``IMPLS``;
+* the README stays a front door (at most 250 lines, no lab-notebook phrases);
+* the README's Python examples run, and so do the ``>>>`` examples in the
+  docstrings of the public names (:data:`DOCTEST_MODULES`);
+* every relative link in the README and ``docs/*.md`` points to an existing
+  file, and a ``#anchor`` into a Markdown file to one of its headings.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import re
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+import lstm_jax
+from lstm_jax import layers
+from lstm_jax.cells import CELLS
+from lstm_jax.impls import IMPLS
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+
+#: Modules whose docstring examples run here (the public names: cell steps, init_stack, apply_stack, layer_impl, fit).
+DOCTEST_MODULES = (
+    "lstm_jax.cells.rnn", "lstm_jax.cells.lstm", "lstm_jax.cells.gru", "lstm_jax.cells.min_gru",
+    "lstm_jax.cells.min_lstm", "lstm_jax.stack", "lstm_jax.layers", "lstm_jax.impls", "lstm_jax.train",
+)
+
+
+def fenced_blocks(text: str, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", text, re.S | re.M)
+
+
+def without_code(text: str) -> str:
+    """``text`` without fenced code blocks and inline code (links there are not links)."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+# --------------------------------------------------------------------------- lists of cells and impls
+
+
+def marked_table_names(text: str, marker: str) -> set[str]:
+    """The backticked names in the first column of the table between ``<!-- marker:start/end -->``."""
+    found = re.findall(rf"<!-- {marker}:start -->(.*?)<!-- {marker}:end -->", text, re.S)
+    assert len(found) == 1, f"README.md needs one <!-- {marker}:start --> ... <!-- {marker}:end --> block"
+    return set(re.findall(r"^\| `([a-z0-9_]+)` \|", found[0], re.M))
+
+
+def docstring_list(doc: str, label: str, registry: str, where: str) -> set[str]:
+    """The names of a ``Label (``REGISTRY``): ``a``, ``b``, ... .`` sentence of a docstring."""
+    found = re.findall(rf"{label} \(``{registry}``\):(.*?)\.\n", doc, re.S)
+    assert len(found) == 1, f"{where}'s docstring needs one sentence '{label} (``{registry}``): ``name``, ...'"
+    return set(re.findall(r"``([a-z0-9_]+)``", found[0]))
+
+
+def test_readme_lists_every_cell_and_impl():
+    text = README.read_text()
+    assert marked_table_names(text, "cells") == set(CELLS), "README.md's cell table differs from lstm_jax.cells.CELLS"
+    assert marked_table_names(text, "impls") == set(IMPLS), "README.md's impl table differs from lstm_jax.impls.IMPLS"
+
+
+@pytest.mark.parametrize("module", [lstm_jax, layers], ids=["lstm_jax", "lstm_jax.layers"])
+def test_docstrings_list_every_cell_and_impl(module):
+    doc = module.__doc__
+    assert docstring_list(doc, "Cells", "CELLS", module.__name__) == set(CELLS)
+    assert docstring_list(doc, "Implementations", "IMPLS", module.__name__) == set(IMPLS)
+
+
+def test_impls_docstring_table_and_performance_page_name_every_impl():
+    import lstm_jax.impls as impls
+
+    table = set(re.findall(r"^``([a-z0-9_]+)`` ", impls.__doc__, re.M))
+    assert table == set(IMPLS), "lstm_jax/impls/__init__.py's table differs from IMPLS"
+    page = (ROOT / "docs" / "performance.md").read_text()
+    assert set(re.findall(r'^\| `"([a-z0-9_]+)"` \|', page, re.M)) == set(IMPLS), \
+        "docs/performance.md's implementation table differs from IMPLS"
+
+
+def test_the_package_exports_every_registered_cell():
+    for name, cell in CELLS.items():
+        for public in (f"{name}_step", f"init_{name}", name.upper()):
+            assert public in lstm_jax.__all__ and hasattr(lstm_jax, public), f"lstm_jax does not export {public}"
+        assert getattr(lstm_jax, name.upper()) is cell
+
+
+# --------------------------------------------------------------------------- the README is a front door
+
+
+def test_readme_is_a_front_door():
+    text = README.read_text()
+    lines = text.splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines; move detail to docs/ (at most 250)"
+    for phrase in ("load average", "matmul probe", "this session", "a later session"):
+        assert phrase not in text.lower(), f"README.md: lab-notebook phrase {phrase!r} belongs in docs/journal.md"
+    dated = [line for line in lines if re.search(r"\b20\d\d-\d\d\b", line) and not line.startswith("|")]
+    assert not dated, f"README.md: dates belong on result rows only: {dated}"
+
+
+def test_readme_examples_run():
+    """The README's ```python blocks run in order in one namespace (registries restored afterwards)."""
+    cells, impls = dict(CELLS), dict(IMPLS)
+    namespace: dict = {}
+    try:
+        for block in fenced_blocks(README.read_text(), "python"):
+            exec(compile(block, str(README), "exec"), namespace)
+    finally:
+        CELLS.clear(), CELLS.update(cells)
+        IMPLS.clear(), IMPLS.update(impls)
+    assert namespace["ys"].shape == (4, 20, 8)
+    assert namespace["result"].history[-1]["loss"] < 0.01  # the fit example learned its target
+
+
+def test_docstring_examples_run():
+    """``>>>`` examples of the public names, one process, tiny shapes (a few seconds in all)."""
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    for name in DOCTEST_MODULES:
+        module = importlib.import_module(name)
+        result = doctest.testmod(module, optionflags=flags, verbose=False, report=True)
+        assert result.attempted > 0, f"{name} has no docstring examples"
+        assert result.failed == 0, f"{name}: {result.failed} of {result.attempted} docstring examples failed (above)"
+
+
+# --------------------------------------------------------------------------- links
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip().lower())
+    kept = "".join(ch for ch in text if ch in " -_" or unicodedata.category(ch)[0] in "LN")
+    return kept.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    out = set()
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M)
+    for heading in re.findall(r"^#{1,6} (.+)$", text, re.M):
+        base = slug(heading)
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        out.add(base if n == 0 else f"{base}-{n}")
+    return out
+
+
+def test_slug_follows_github():
+    assert slug("Parallel in time: minimal cells and `impl=\"deer\"`") == "parallel-in-time-minimal-cells-and-impldeer"
+    assert slug("10,000 equal steps: adding to T=800, and the copy task") == "10000-equal-steps-adding-to-t800-and-the-copy-task"
+    assert slug("The minimal cells at the LSTM's parameter count") == "the-minimal-cells-at-the-lstms-parameter-count"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_relative_links_resolve(page):
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", without_code(page.read_text())):
+        if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        if not file.exists():
+            broken.append(f"{target} (no such file)")
+        elif anchor and file.suffix == ".md" and anchor not in anchors(file):
+            broken.append(f"{target} (no heading with that anchor in {file.name})")
+    assert not broken, f"{page.relative_to(ROOT)}: broken links: {broken}"
