@@ -71,8 +71,10 @@ def test_readme_lists_every_cell_and_impl():
 @pytest.mark.parametrize("module", [lstm_jax, layers], ids=["lstm_jax", "lstm_jax.layers"])
 def test_docstrings_list_every_cell_and_impl(module):
     doc = module.__doc__
-    assert docstring_list(doc, "Cells", "CELLS", module.__name__) == set(CELLS)
-    assert docstring_list(doc, "Implementations", "IMPLS", module.__name__) == set(IMPLS)
+    cells = docstring_list(doc, "Cells", "CELLS", module.__name__)
+    impls = docstring_list(doc, "Implementations", "IMPLS", module.__name__)
+    assert cells == set(CELLS), f"{module.__name__}'s docstring lists cells {sorted(cells)}, CELLS has {sorted(CELLS)}"
+    assert impls == set(IMPLS), f"{module.__name__}'s docstring lists impls {sorted(impls)}, IMPLS has {sorted(IMPLS)}"
 
 
 def test_impls_docstring_table_and_performance_page_name_every_impl():
@@ -83,6 +85,12 @@ def test_impls_docstring_table_and_performance_page_name_every_impl():
     page = (ROOT / "docs" / "performance.md").read_text()
     assert set(re.findall(r'^\| `"([a-z0-9_]+)"` \|', page, re.M)) == set(IMPLS), \
         "docs/performance.md's implementation table differs from IMPLS"
+
+
+def test_architecture_page_names_every_cell():
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    assert set(re.findall(r"^\| `([a-z0-9_]+)` \| `[a-z0-9_]+_step` \|", page, re.M)) == set(CELLS), \
+        "docs/architecture.md's cell table differs from CELLS"
 
 
 def test_the_package_exports_every_registered_cell():
