@@ -125,13 +125,13 @@ def test_bad_model_inputs():
 def trained(zen, script):
     """A few hundred steps of a small LSTM on the Zen of Python (the shared fixture of the tests below)."""
     params = cm.init_char_model(jax.random.PRNGKey(0), zen.vocab.size, 64, 1, "lstm")
-    loss_fn = script.make_loss_fn(dropout=0.0, stateful=False, impl="scan", unroll=1)
+    loss_fn = cm.make_loss_fn(dropout=0.0, stateful=False, impl="scan", unroll=1)
     cfg = TrainConfig(steps=300, learning_rate=1e-2, warmup_steps=20, log_every=25, eval_every=1000, progress=False)
 
     def get_batch(step):
         return random_windows(zen.train, 16, 32, seed=0, step=step)
 
-    initial_val = script.eval_split(params, zen.validation, 8, 32)
+    initial_val = cm.eval_split(params, zen.validation, 8, 32)
     res = fit(loss_fn, params, get_batch, cfg, items_per_batch=16 * 32, item_name="chars")
     return res, initial_val
 
@@ -152,13 +152,13 @@ def test_eval_on_held_out_split(trained, zen, script):
     assert n_chars == len(zen.validation) - 1
     nats = evaluate(cm.eval_step, res.params, batches)["nats"]
     # Same number from the script helper, and bits = nats / ln 2.
-    r = script.eval_split(res.params, zen.validation, 8, 32)
+    r = cm.eval_split(res.params, zen.validation, 8, 32)
     assert r["nats_per_char"] == pytest.approx(nats)
     assert r["bits_per_char"] == pytest.approx(nats / math.log(2))
     # Held-out aphorisms are new text: the model does better than at init, not perfectly.
     assert math.isfinite(nats) and nats < initial_val["nats_per_char"]
     # Training text is (nearly) memorised: far lower loss than held-out text.
-    train_nats = script.eval_split(res.params, zen.train, 8, 32)["nats_per_char"]
+    train_nats = cm.eval_split(res.params, zen.train, 8, 32)["nats_per_char"]
     assert train_nats < nats
 
 
@@ -169,13 +169,13 @@ def test_stream_eval_is_one_pass_over_the_whole_split(trained, zen, script):
     logits, _ = cm.char_logits(res.params, ids[None, :-1])
     whole = float(jnp.mean(losses.cross_entropy_per_item(logits, ids[None, 1:])))
     for seq_len in (7, 32, len(ids) - 1):  # 7 and 32 leave a short tail window
-        r = script.eval_split(res.params, zen.validation, 8, seq_len, context="stream")
+        r = cm.eval_split(res.params, zen.validation, 8, seq_len, context="stream")
         assert r["nats_per_char"] == pytest.approx(whole, rel=1e-5)
     # Zero-state windows lose the context at every window start: a worse loss on short windows.
-    windowed = script.eval_split(res.params, zen.validation, 8, 7)["nats_per_char"]
+    windowed = cm.eval_split(res.params, zen.validation, 8, 7)["nats_per_char"]
     assert windowed > whole + 0.05
     with pytest.raises(ValueError, match="context must be one of"):
-        script.eval_split(res.params, zen.validation, 8, 7, context="carried")
+        cm.eval_split(res.params, zen.validation, 8, 7, context="carried")
 
 
 def test_sampling_reproducible_and_reproduces_corpus(trained, zen):
@@ -210,7 +210,7 @@ def test_sampling_bad_inputs(trained, zen):
 
 def test_script_train_then_sample_from_checkpoint(tmp_path, script, capsys):
     out = tmp_path / "run"
-    args = ["--steps", "30", "--hidden", "32", "--seq-len", "16", "--batch-size", "8", "--eval-every", "15",
+    args = ["--dataset", "zen", "--steps", "30", "--hidden", "32", "--seq-len", "16", "--batch-size", "8", "--eval-every", "15",
             "--checkpoint-every", "15", "--stateful", "--dropout", "0.1", "--layers", "2", "--out", str(out),
             "--no-progress", "--length", "40"]
     results = script.main(args)
@@ -257,7 +257,6 @@ def test_script_train_then_sample_from_checkpoint(tmp_path, script, capsys):
     "argv,message",
     [
         (["--seq-len", "0"], "--seq-len must be >= 1"),
-        (["--dataset", "wikipedia"], "unknown dataset 'wikipedia'"),
         (["--seq-len", "5000"], "too short for windows of --seq-len 5000"),
         (["--stateful", "--batch-size", "64", "--seq-len", "64"], "too short for 64 streams"),
         (["--dropout", "1.0"], "--dropout must lie in"),
@@ -266,7 +265,27 @@ def test_script_train_then_sample_from_checkpoint(tmp_path, script, capsys):
 )
 def test_script_bad_input(script, argv, message, tmp_path):
     with pytest.raises(SystemExit, match=message):
-        script.main(argv + ["--no-progress"] + ([] if "--resume" in argv else ["--out", str(tmp_path / "r")]))
+        script.main(["--dataset", "zen", *argv, "--no-progress"]
+                    + ([] if "--resume" in argv else ["--out", str(tmp_path / "r")]))
+
+
+def test_script_unknown_dataset_is_refused_by_the_parser(script, capsys):
+    with pytest.raises(SystemExit):
+        script.main(["--dataset", "wikipedia"])
+    assert "invalid choice: 'wikipedia'" in capsys.readouterr().err
+
+
+def test_default_run_is_the_quick_start_config(script):
+    """No flags = configs/shakespeare_quick.toml: the quick start's values are the script's defaults."""
+    from pathlib import Path
+
+    from experiments.common import config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "shakespeare_quick.toml"
+    values = config.load_config(path)
+    defaults = vars(script.build_parser().parse_args([]))
+    assert {k: defaults[k] for k in values if k != "script"} == {k: v for k, v in values.items() if k != "script"}
+    assert defaults["dataset"] == "tiny_shakespeare" and defaults["max_minutes"] == 3.0
 
 
 def test_script_text_file_errors(script, tmp_path):

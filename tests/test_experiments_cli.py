@@ -19,7 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(
     f"{p.parent.name}.{p.stem}" for p in (ROOT / "experiments").glob("*/*.py")
     if not p.stem.startswith("_") and p.parent.name in ("training", "benchmarks", "tools")
+    and "def build_parser" in p.read_text()
 )
+#: Every flag has one spelling: these older ones (hidden aliases once) are refused now.
+OLD_SPELLINGS = {"--warmup", "--minutes-per-run", "--minutes-per-cell", "--batch", "--keep"}
 
 
 KINDS = {p.split(".")[1]: p.split(".")[0] for p in SCRIPTS}
@@ -33,14 +36,16 @@ def script(name):
 # --------------------------------------------------------------------------- one spelling per flag
 
 
-def test_every_script_builds_its_parser_and_hides_old_spellings():
-    assert len(SCRIPTS) == 14, SCRIPTS  # gpu_diagnose.py is the fourteenth
-    hidden = {"--warmup", "--minutes-per-run", "--minutes-per-cell", "--batch", "--keep"}
+def test_every_script_builds_one_plain_parser_without_old_spellings():
+    assert len(SCRIPTS) >= 14, SCRIPTS  # gpu_diagnose.py is the fourteenth
     for name in SCRIPTS:
         parser = script(name).build_parser()  # argparse refuses conflicting option strings here
-        shown = {opt for a in parser._actions if a.help is not cli.argparse.SUPPRESS for opt in a.option_strings}
-        assert not shown & hidden, (name, shown & hidden)
-        assert "--help" in shown
+        options = {opt for a in parser._actions for opt in a.option_strings}
+        assert not options & OLD_SPELLINGS, (name, options & OLD_SPELLINGS)
+        assert all(a.help is not cli.argparse.SUPPRESS for a in parser._actions if a.dest != "help"), name
+        dests = [a.dest for a in parser._actions]
+        assert len(dests) == len(set(dests)), (name, "two flags set one dest")
+        assert "--help" in options
 
 
 def test_a_shared_flag_has_one_spelling_across_scripts():
@@ -51,28 +56,36 @@ def test_a_shared_flag_has_one_spelling_across_scripts():
                 assert action.option_strings == [cli.FLAGS[action.dest].option], (name, action.option_strings)
 
 
-def test_old_and_new_spellings_build_the_same_train_config():
+def test_the_one_spelling_builds_the_train_config_and_old_ones_are_refused(capsys):
     char = script("char_lstm").build_parser()
-    old = char.parse_args(["--warmup", "7", "--keep", "2", "--lr", "3e-3", "--no-progress", "--max-minutes", "4"])
     new = char.parse_args(["--warmup-steps", "7", "--keep-checkpoints", "2", "--lr", "3e-3", "--no-progress",
                            "--max-minutes", "4"])
-    assert cli.train_config(old) == cli.train_config(new)
     cfg = cli.train_config(new)
     assert (cfg.warmup_steps, cfg.keep_checkpoints, cfg.learning_rate, cfg.progress, cfg.max_minutes) == (
         7, 2, 3e-3, False, 4.0)
-    assert cfg.steps == 600 and cfg.eval_every == 200  # the script's own defaults
+    quick = char.parse_args([])  # the script's own defaults: the quick start's
+    assert (cli.train_config(quick).steps, cli.train_config(quick).eval_every) == (quick.steps, quick.eval_every)
+    for argv in (["--warmup", "7"], ["--keep", "2"]):
+        with pytest.raises(SystemExit):
+            char.parse_args(argv)
 
     long_range = script("long_range").build_parser()
-    old = long_range.parse_args(["--minutes-per-run", "1.5", "--batch", "8", "--warmup", "3"])
     new = long_range.parse_args(["--max-minutes", "1.5", "--batch-size", "8", "--warmup-steps", "3"])
-    assert vars(old) == vars(new) and new.batch_size == 8
-    assert cli.train_config(old, progress=False) == cli.train_config(new, progress=False)
-    assert cli.train_config(new, progress=False).max_minutes == 1.5
+    assert new.batch_size == 8 and cli.train_config(new, progress=False).max_minutes == 1.5
+    for argv in (["--minutes-per-run", "1.5"], ["--batch", "8"], ["--warmup", "3"]):
+        with pytest.raises(SystemExit):
+            long_range.parse_args(argv)
     flow = script("gradient_flow").build_parser()
-    assert flow.parse_args(["--minutes-per-cell", "2"]).max_minutes == 2.0
+    assert flow.parse_args(["--max-minutes", "2"]).max_minutes == 2.0
+    with pytest.raises(SystemExit):
+        flow.parse_args(["--minutes-per-cell", "2"])
     bptt = script("bptt_benchmark").build_parser()
-    assert bptt.parse_args(["--max-minutes", "3", "--warmup", "1"]) == bptt.parse_args(
-        ["--budget-minutes", "3", "--warmup-calls", "1"])
+    args = bptt.parse_args(["--budget-minutes", "3", "--warmup-calls", "1"])
+    assert (args.budget_minutes, args.warmup_calls) == (3.0, 1)
+    for argv in (["--max-minutes", "3"], ["--warmup", "1"]):
+        with pytest.raises(SystemExit):
+            bptt.parse_args(argv)
+    capsys.readouterr()
 
 
 def test_script_defaults_kept_from_before_the_shared_parser():
@@ -107,28 +120,33 @@ def test_list_flags_take_spaces_and_commas():
 # --------------------------------------------------------------------------- errors speak of flags
 
 
-def test_library_error_becomes_one_line_naming_the_flag():
+def test_a_refused_train_config_field_is_named_by_its_flag_and_library_errors_are_one_line():
     parser = script("char_lstm").build_parser()
-    assert cli.flag_message(parser, "TrainConfig.learning_rate must be > 0") == "--lr must be > 0"
-    assert cli.flag_message(parser, "pass resume=True, or choose another out_dir") == "pass --resume, or choose another --out"
-    assert cli.flag_message(parser, "a lower config.clip_norm, longer config.warmup_steps") == (
-        "a lower --clip-norm, longer --warmup-steps")
-    # Paths are left alone, even where they spell a library name.
-    assert cli.flag_message(parser, "no checkpoint in /runs/out_dir/config.steps") == "no checkpoint in /runs/out_dir/config.steps"
-    # A name this script has no flag for stays as the library spells it.
-    flow = script("gradient_flow").build_parser()
-    assert cli.flag_message(flow, "TrainConfig.clip_norm must be > 0") == "TrainConfig.clip_norm must be > 0"
+    with pytest.raises(ValueError, match=r"^--clip-norm: TrainConfig.clip_norm must be > 0"):
+        cli.train_config(parser.parse_args(["--clip-norm", "-1"]))
+    # A field the script sets itself is the script's to explain: the library's words, unchanged.
+    with pytest.raises(ValueError, match=r"^TrainConfig.keep_checkpoints must be a positive integer, got 0$"):
+        cli.train_config(parser.parse_args([]), keep_checkpoints=0)
 
     def body(args):
         raise ValueError("TrainConfig.keep_checkpoints must be a positive integer, got 0")
 
-    with pytest.raises(SystemExit, match=r"^error: --keep-checkpoints must be a positive integer, got 0$"):
+    with pytest.raises(SystemExit, match=r"^error: TrainConfig.keep_checkpoints must be a positive integer, got 0$"):
         cli.run(parser, body, [])
+
+    def checkpoint_body(args):
+        raise cli.CheckpointError("resume=True: no checkpoint to resume from in /x")
+
+    with pytest.raises(SystemExit, match=r"^error: resume=True: no checkpoint to resume from in /x \(--out is the "
+                       r"run directory; --resume continues the run in it\)$"):
+        cli.run(parser, checkpoint_body, [])
 
 
 def test_script_reports_a_bad_config_value_by_its_flag(tmp_path):
-    with pytest.raises(SystemExit, match=r"^error: --lr must be a positive finite number, got 0.0$"):
-        script("char_lstm").main(["--lr", "0", "--steps", "2", "--no-progress", "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit, match=r"^error: --lr: TrainConfig.learning_rate must be a positive finite number, "
+                       r"got 0.0$"):
+        script("char_lstm").main(["--lr", "0", "--steps", "2", "--no-progress", "--dataset", "zen",
+                                  "--out", str(tmp_path / "r")])
 
 
 # --------------------------------------------------------------------------- layout
@@ -158,7 +176,7 @@ def test_script_runs_as_a_file_and_as_a_module(tmp_path, how):
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "--warmup-steps" in proc.stdout and "--max-minutes" in proc.stdout and "--keep-checkpoints" in proc.stdout
-    assert "--minutes-per-run" not in proc.stdout
+    assert "--minutes-per-run" not in proc.stdout and "--config" in proc.stdout
 
 
 # --------------------------------------------------------------------------- machine record, figures
@@ -194,7 +212,7 @@ def test_gate_activity_reads_the_cell_from_the_checkpoint(tmp_path):
     from lstm_jax.data.text import zen_of_python
 
     run = tmp_path / "run"
-    script("char_lstm").main(["--steps", "4", "--hidden", "8", "--seq-len", "8", "--batch-size", "2",
+    script("char_lstm").main(["--dataset", "zen", "--steps", "4", "--hidden", "8", "--seq-len", "8", "--batch-size", "2",
                               "--eval-every", "4", "--no-progress", "--out", str(run), "--length", "5"])
     meta = json.loads((run / "metadata.json").read_text())
     assert meta["model"]["cell"] == "lstm"
@@ -202,7 +220,7 @@ def test_gate_activity_reads_the_cell_from_the_checkpoint(tmp_path):
     text.write_text(zen_of_python())
     out = tmp_path / "gates"
     script("gate_activity").main(["--checkpoint", str(run), "--text-file", str(text), "--offset", "0.5",
-                                  "--length", "12", "--text-length", "20", "--warmup", "6", "--out", str(out),
+                                  "--length", "12", "--text-length", "20", "--warmup-chars", "6", "--out", str(out),
                                   "--figure-dir", str(tmp_path / "figs")])
     summary = json.loads((out / "gate_activity.json").read_text())
     assert len(summary["units"]) == 4 and all(0 <= u < 8 for u in summary["units"])
@@ -226,7 +244,8 @@ def test_resume_on_an_empty_run_directory_prints_only_the_error_line(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert lines == [f"error: --resume: no checkpoint to resume from in {tmp_path / 'empty' / 'checkpoints'}"], lines
+    assert lines == [f"error: resume=True: no checkpoint to resume from in {tmp_path / 'empty' / 'checkpoints'} "
+                     "(--out is the run directory; --resume continues the run in it)"], lines
 
 
 def test_a_run_directory_with_checkpoints_is_refused_with_only_the_error_line(tmp_path):
@@ -234,7 +253,7 @@ def test_a_run_directory_with_checkpoints_is_refused_with_only_the_error_line(tm
     manager exists) prints one line: no absl/asyncio tracebacks from a manager's threads at shutdown."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "experiments.training.char_lstm", "train", "--out", str(run), "--steps", "2",
+    cmd = [sys.executable, "-m", "experiments.training.char_lstm", "train", "--dataset", "zen", "--out", str(run), "--steps", "2",
            "--eval-every", "2", "--hidden", "8", "--impl", "scan", "--precision", "fp32", "--no-progress"]
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]

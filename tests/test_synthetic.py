@@ -181,8 +181,8 @@ def test_long_range_script_smoke(tmp_path):
     import json
 
     mod = importlib.import_module("experiments.training.long_range")
-    mod.main(["--lengths", "4", "--cells", "rnn", "lstm", "--hidden", "4", "--batch", "8", "--steps", "6",
-              "--eval-every", "3", "--warmup", "2", "--test-size", "16", "--out", str(tmp_path)])
+    mod.main(["--lengths", "4", "--cells", "rnn", "lstm", "--hidden", "4", "--batch-size", "8", "--steps", "6",
+              "--eval-every", "3", "--warmup-steps", "2", "--test-size", "16", "--out", str(tmp_path)])
     record = json.loads((tmp_path / "results.json").read_text())
     assert [(r["cell"], r["T"], r["steps"]) for r in record["runs"]] == [("rnn", 4, 6), ("lstm", 4, 6)]
     assert all(np.isfinite(r["final_test"]) for r in record["runs"])
@@ -193,8 +193,8 @@ def test_long_range_script_smoke(tmp_path):
         assert (tmp_path / "long_range.png").stat().st_size > 0
 
 
-_CHRONO_TINY = ["--task", "copy", "--lengths", "4", "--copy-length", "2", "--hidden", "4", "--batch", "8",
-                "--steps", "2", "--eval-every", "2", "--warmup", "1", "--test-size", "8", "--init", "chrono"]
+_CHRONO_TINY = ["--task", "copy", "--lengths", "4", "--copy-length", "2", "--hidden", "4", "--batch-size", "8",
+                "--steps", "2", "--eval-every", "2", "--warmup-steps", "1", "--test-size", "8", "--init", "chrono"]
 
 
 def test_long_range_chrono_init_refuses_cells_without_a_keep_gate_before_any_run(tmp_path):
@@ -227,8 +227,8 @@ def test_long_range_merge_joins_side_by_side_sweeps_and_refuses_mismatches(tmp_p
     import json
 
     mod = importlib.import_module("experiments.training.long_range")
-    tiny = ["--task", "copy", "--copy-length", "2", "--batch", "8", "--steps", "2", "--eval-every", "2",
-            "--warmup", "1", "--test-size", "8", "--cells", "lstm", "--impl", "scan", "--precision", "fp32"]
+    tiny = ["--task", "copy", "--copy-length", "2", "--batch-size", "8", "--steps", "2", "--eval-every", "2",
+            "--warmup-steps", "1", "--test-size", "8", "--cells", "lstm", "--impl", "scan", "--precision", "fp32"]
     mod.main(tiny + ["--lengths", "4", "--hidden", "4", "--out", str(tmp_path / "a")])
     mod.main(tiny + ["--lengths", "6", "--hidden", "4", "--out", str(tmp_path / "b")])
     # a sweep recorded with another hidden size (b's record, one argument changed: no third training run)

@@ -24,12 +24,7 @@ from lstm_jax.data.text import (
 )
 
 SHAKESPEARE_DIR = td.default_tiny_shakespeare_manual_dir()
-SHAKESPEARE_FILE = SHAKESPEARE_DIR / "input.txt"
-# Outside CI the offline copy may be elsewhere (set LSTM_JAX_DATA); in CI it must be there.
-_SKIP_TFDS = not SHAKESPEARE_FILE.is_file() and not os.environ.get("CI")
-needs_shakespeare = pytest.mark.skipif(
-    _SKIP_TFDS, reason=f"offline copy {SHAKESPEARE_FILE} not present (set LSTM_JAX_DATA)"
-)
+SHAKESPEARE_FILE = SHAKESPEARE_DIR / "input.txt"  # the copy shipped in the package
 
 
 def _installed(name: str) -> bool:
@@ -53,9 +48,7 @@ needs_tfds = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def tfds_data_dir(tmp_path_factory):
-    """A fresh TFDS data dir in which tiny_shakespeare is prepared once from the shared file."""
-    if _SKIP_TFDS:
-        pytest.skip(f"offline copy {SHAKESPEARE_FILE} not present (set LSTM_JAX_DATA)")
+    """A fresh TFDS data dir in which tiny_shakespeare is prepared once from the shipped file."""
     if _NO_TF and not os.environ.get("CI"):
         pytest.skip(f"{' and '.join(_NO_TF)} not installed (the TFDS path needs them)")
     data_dir = tmp_path_factory.mktemp("tfds")
@@ -63,7 +56,6 @@ def tfds_data_dir(tmp_path_factory):
     return data_dir, splits
 
 
-@needs_shakespeare
 def test_tfds_tiny_shakespeare_split_sizes(tfds_data_dir):
     data_dir, splits = tfds_data_dir
     assert {k: len(v) for k, v in splits.items()} == {
@@ -75,16 +67,47 @@ def test_tfds_tiny_shakespeare_split_sizes(tfds_data_dir):
     assert (data_dir / "tiny_shakespeare" / "1.0.0" / "dataset_info.json").is_file()
 
 
-@needs_shakespeare
 def test_tfds_splits_are_the_file_and_match_split_text(tfds_data_dir):
     _, splits = tfds_data_dir
     raw = SHAKESPEARE_FILE.read_bytes().decode("utf-8")
     assert splits["train"] + splits["validation"] + splits["test"] == raw
     assert split_text(raw) == (splits["train"], splits["validation"], splits["test"])
     assert splits["train"].startswith("First Citizen:\n")
+    # The default (shipped file, no TensorFlow) encodes the very same splits as the TFDS path.
+    shipped = load_text()
+    for split, ids in (("train", shipped.train), ("validation", shipped.validation), ("test", shipped.test)):
+        assert shipped.vocab.decode(ids) == splits[split], split
 
 
-@needs_shakespeare
+def test_shipped_tiny_shakespeare_is_the_char_rnn_file():
+    import hashlib
+
+    data = td.TINY_SHAKESPEARE_PATH.read_bytes()
+    assert len(data) == 1_115_394
+    assert hashlib.sha256(data).hexdigest() == td.TINY_SHAKESPEARE_SHA256 == (
+        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed")
+    assert SHAKESPEARE_FILE == td.TINY_SHAKESPEARE_PATH
+
+
+def test_default_corpus_is_shipped_tiny_shakespeare_in_the_tfds_splits():
+    s = load_text()
+    assert s.name == "tiny_shakespeare"
+    assert (len(s.train), len(s.validation), len(s.test)) == (1_003_854, 55_770, 55_770)
+    assert s.vocab.size == 65 and s.train.dtype == np.int32
+    assert s.vocab.decode(s.train[:14]) == "First Citizen:"
+    # validation + test are the last tenth, in order, as TFDS splits the file.
+    raw = SHAKESPEARE_FILE.read_text(encoding="utf-8")
+    assert s.vocab.decode(np.concatenate([s.validation, s.test])) == raw[1_003_854:]
+
+
+def test_a_changed_shipped_file_is_refused(tmp_path, monkeypatch):
+    bad = tmp_path / "input.txt"
+    bad.write_text("First Citizen:\nnot quite\n")
+    monkeypatch.setattr(td, "TINY_SHAKESPEARE_PATH", bad)
+    with pytest.raises(ValueError, match=r"input\.txt has sha256 [0-9a-f]{64}, not the recorded"):
+        load_text("tiny_shakespeare")
+
+
 def test_load_text_tiny_shakespeare_reuses_prepared_dir(tfds_data_dir, tmp_path):
     data_dir, _ = tfds_data_dir
     # manual_dir points at an empty folder: the already prepared data must be reused.
@@ -114,7 +137,7 @@ def test_tfds_rejects_a_wrong_source_file(tmp_path):
 
 
 def test_importing_text_module_does_not_import_tensorflow():
-    code = "import sys, lstm_jax.data.text as t; t.load_text('zen'); print('tensorflow' in sys.modules)"
+    code = "import sys, lstm_jax.data.text as t; t.load_text(); t.load_text('zen'); print('tensorflow' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -196,8 +219,8 @@ def test_zen_corpus():
     assert len(zen.splitlines()) == 19
 
 
-def test_load_text_zen_default():
-    s = load_text()
+def test_load_text_zen():
+    s = load_text("zen")
     assert s.name == "zen"
     text = s.vocab.decode(np.concatenate([s.train, s.validation, s.test]))
     assert text == zen_of_python()
@@ -307,7 +330,7 @@ def test_file_dataset_needs_path_and_path_needs_file_dataset(tmp_path):
 
 def test_unknown_dataset_name():
     with pytest.raises(
-        ValueError, match=r"unknown dataset 'shakespeare'; choose one of 'zen', 'tiny_shakespeare', 'file'"
+        ValueError, match=r"unknown dataset 'shakespeare'; choose one of 'tiny_shakespeare', 'zen', 'file'"
     ):
         load_text("shakespeare")
 

@@ -116,10 +116,10 @@ def build_parser():
     cli.add_flag(p, "quick", help="one tiny size, few repeats (smoke test)")
     cli.add_flag(p, "cells", default=["rnn", "lstm", "gru"])
     cli.add_flag(p, "repeats", default=None, help="timed steps per impl (default 20, quick 5)")
-    cli.add_argument(p, "--warmup-calls", aliases=("--warmup",), type=int, default=2,
-                     help="untimed calls per impl before timing")
+    p.add_argument("--warmup-calls", type=int, default=2,
+                   help="untimed calls per impl before timing")
     cli.add_flag(p, "unroll")
-    cli.add_flag(p, "budget_minutes", aliases=("--max-minutes",), default=20.0,
+    cli.add_flag(p, "budget_minutes", default=20.0,
                  help="wall-clock budget; remaining cases are skipped")
     cli.add_flag(p, "out", help="JSON path (default results/bptt_benchmark.json; with --quick runs/bptt_benchmark_quick.json)")
     cli.add_malloc_flag(p)

@@ -4,26 +4,18 @@ Every flag more than one script offers is declared once, in :data:`FLAGS`, and
 added to a parser by name (:func:`add_flag`, or a whole group:
 :func:`add_model_flags`, :func:`add_training_flags`, :func:`add_output_flags`,
 :func:`add_malloc_flag`). A script only chooses which of them it offers and its
-own defaults and help. Older spellings stay accepted as hidden aliases (they
-parse into the same ``dest`` but do not show in ``--help``), so existing
-command lines keep working::
-
-    --warmup            -> --warmup-steps      (char_lstm, long_range: learning-rate warmup)
-    --minutes-per-run   -> --max-minutes       (long_range)
-    --minutes-per-cell  -> --max-minutes       (gradient_flow)
-    --batch             -> --batch-size        (long_range, gradient_flow, remat_benchmark)
-    --keep              -> --keep-checkpoints  (char_lstm)
-    --max-minutes       -> --budget-minutes    (bptt_benchmark: a budget of the whole benchmark)
-    --warmup            -> --warmup-calls      (bptt_benchmark: untimed calls)
-    --warmup            -> --warmup-chars      (gate_activity: characters read first)
+own defaults and help. Every flag has one spelling; there are no aliases.
 
 The training flags parse into the :class:`~lstm_jax.train.TrainConfig` field of
 the same name (``--lr`` into ``learning_rate``, ``--no-progress`` into
 ``progress``), so :func:`train_config` builds the config from the parsed
-arguments in one place, and a library message that names a field or an
-argument of :func:`~lstm_jax.train.fit` (``config.learning_rate``,
-``resume=True``, ``out_dir``) is translated back to the flag that sets it by
-:func:`flag_message`; :func:`run` does that for every script.
+arguments in one place, and a field TrainConfig refuses is reported with the
+flag that set it (found by field, not by reading the message). :func:`run`
+ends a script on a library error (:data:`LIBRARY_ERRORS`) with one line: the
+library's message, plus for a checkpoint error the flags that choose the run
+directory (:data:`ERROR_HINTS`). With ``--config FILE`` (scripts whose parser
+is made with ``script=__file__``) the file's values are the defaults
+(:mod:`experiments.common.config`).
 
 List flags (``--cells``, ``--lengths``, ``--impls``, ...) take values separated
 by spaces or commas, or both: ``--cells lstm gru`` == ``--cells lstm,gru``.
@@ -33,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 from typing import Any, Callable, Sequence, TypeVar
 
 import jax
@@ -51,6 +42,7 @@ from . import config, fastest
 __all__ = [
     "CELL_NAMES",
     "CLASSIC_CELLS",
+    "ERROR_HINTS",
     "FLAGS",
     "LIBRARY_ERRORS",
     "Flag",
@@ -64,7 +56,6 @@ __all__ = [
     "apply_malloc",
     "checkpoint_which",
     "flag_for",
-    "flag_message",
     "choose_layer",
     "layer_from_args",
     "match_params",
@@ -82,6 +73,8 @@ CLASSIC_CELLS = ("lstm", "gru", "rnn")
 
 #: What :func:`run` turns into a one-line ``error: ...`` exit instead of a traceback.
 LIBRARY_ERRORS = (CheckpointError, TrainingDiverged, FileNotFoundError, ValueError)
+#: What :func:`run` adds to a library error of this type: the flags that decide it, in the scripts' words.
+ERROR_HINTS = {CheckpointError: "(--out is the run directory; --resume continues the run in it)"}
 
 T = TypeVar("T")
 
@@ -116,11 +109,10 @@ class ListAction(argparse.Action):
 
 @dataclasses.dataclass(frozen=True)
 class Flag:
-    """One shared flag: its spelling, hidden older spellings, and argparse keywords (overridable per script)."""
+    """One shared flag: its spelling and argparse keywords (overridable per script)."""
 
     option: str
     kwargs: dict
-    aliases: tuple[str, ...] = ()
 
 
 def checkpoint_which(text: str) -> str | int:
@@ -155,14 +147,14 @@ FLAGS: dict[str, Flag] = {
                                       "the faster one measured here"}),
     "unroll": Flag("--unroll", {"type": int, "default": 1, "help": "lax.scan unroll factor"}),
     # -- data / problem size
-    "batch_size": Flag("--batch-size", {"type": int, "default": 32, "help": "sequences per batch"}, ("--batch",)),
+    "batch_size": Flag("--batch-size", {"type": int, "default": 32, "help": "sequences per batch"}),
     "lengths": Flag("--lengths", _list(int, help="sequence lengths T")),
     "data_dir": Flag("--data-dir", {"default": None, "help": "data folder"}),
     "text_file": Flag("--text-file", {"default": None, "help": "UTF-8 text file"}),
     # -- training: TrainConfig fields
     "steps": Flag("--steps", {"type": int, "help": "training steps (length of the run and of the lr schedule)"}),
     "learning_rate": Flag("--lr", {"type": float, "help": "peak learning rate"}),
-    "warmup_steps": Flag("--warmup-steps", {"type": int, "help": "linear learning-rate warmup steps"}, ("--warmup",)),
+    "warmup_steps": Flag("--warmup-steps", {"type": int, "help": "linear learning-rate warmup steps"}),
     "end_lr_ratio": Flag("--end-lr-ratio", {"type": float, "help": "final / peak learning rate of the cosine decay"}),
     "weight_decay": Flag("--weight-decay", {"type": float, "help": "AdamW weight decay of the weight matrices"}),
     "clip_norm": Flag("--clip-norm", {"type": float, "help": "global gradient-norm clipping threshold"}),
@@ -170,9 +162,9 @@ FLAGS: dict[str, Flag] = {
     "eval_every": Flag("--eval-every", {"type": int, "help": "steps between evaluations"}),
     "checkpoint_every": Flag("--checkpoint-every", {"type": int, "help": "steps between checkpoints"}),
     "keep_checkpoints": Flag("--keep-checkpoints", {"type": int, "help": "latest checkpoints to keep (the best is "
-                                                    "kept too)"}, ("--keep",)),
+                                                    "kept too)"}),
     "max_minutes": Flag("--max-minutes", {"type": float, "help": "wall-clock budget of each training run; stops "
-                                          "with a checkpoint"}, ("--minutes-per-run", "--minutes-per-cell")),
+                                          "with a checkpoint"}),
     "seed": Flag("--seed", {"type": int, "default": 0, "help": "seed of the initialisation, data order and dropout"}),
     "progress": Flag("--no-progress", {"action": "store_false", "help": "no progress bar"}),
     # -- output / run control
@@ -211,32 +203,20 @@ def make_parser(doc: str | None, *, first_paragraph: bool = False, script: str |
     ``script``: the script's ``__file__``; gives the parser ``--config FILE`` (:mod:`experiments.common.config`).
     """
     description = doc.split("\n\n")[0] if (doc and first_paragraph) else doc
-    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    # allow_abbrev=False: one spelling per flag (a prefix such as --warmup would be a hidden alias of --warmup-steps)
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
     if script is not None:
         config.add_config_flag(parser, script)
     return parser
 
 
-def add_flag(parser, dest: str, *, aliases: Sequence[str] | None = None, **overrides) -> argparse.Action:
+def add_flag(parser, dest: str, **overrides) -> argparse.Action:
     """Add the shared flag ``dest`` of :data:`FLAGS` to ``parser`` (or an argument group).
 
-    ``overrides`` replace its argparse keywords (``default=``, ``help=``, ...);
-    ``aliases`` replaces its hidden older spellings.
+    ``overrides`` replace its argparse keywords (``default=``, ``help=``, ...).
     """
     flag = FLAGS[dest]
-    return add_argument(parser, flag.option, aliases=flag.aliases if aliases is None else aliases,
-                        dest=dest, **{**flag.kwargs, **overrides})
-
-
-def add_argument(parser, option: str, *, aliases: Sequence[str] = (), **kwargs) -> argparse.Action:
-    """``parser.add_argument(option, **kwargs)`` plus hidden ``aliases``: older spellings that
-    parse into the same ``dest`` but do not show in ``--help``."""
-    action = parser.add_argument(option, **kwargs)
-    same = {k: v for k, v in kwargs.items() if k in ("type", "action", "nargs", "choices", "item_type")}
-    for alias in aliases:
-        # default=SUPPRESS: an alias that is not given must not overwrite the canonical flag's default.
-        parser.add_argument(alias, dest=action.dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **same)
-    return action
+    return parser.add_argument(flag.option, dest=dest, **{**flag.kwargs, **overrides})
 
 
 def add_model_flags(parser, names: Sequence[str], **defaults) -> argparse._ArgumentGroup:
@@ -286,7 +266,17 @@ def train_config(args: argparse.Namespace, **fixed) -> TrainConfig:
     e.g. ``checkpoint_every=args.eval_every``); fields in neither keep TrainConfig's default."""
     values = {k: v for k, v in vars(args).items() if k in TRAIN_FIELDS}
     values.update(fixed)
-    return TrainConfig(**values)
+    config = TrainConfig(**values)
+    try:
+        config.validate()
+    except ValueError:
+        for field in values:  # the field TrainConfig refuses, found by validating it alone
+            try:
+                TrainConfig(**{field: values[field]}).validate()
+            except ValueError as e:  # a flag set it (every training flag is in FLAGS), or the script did
+                raise ValueError(f"{FLAGS[field].option}: {e}" if field not in fixed else str(e)) from None
+        raise
+    return config
 
 
 def report_stop(result) -> None:
@@ -304,24 +294,6 @@ def flag_for(parser: argparse.ArgumentParser, dest: str) -> str | None:
         if action.dest == dest and action.option_strings and action.help is not argparse.SUPPRESS:
             return action.option_strings[0]
     return None
-
-
-# Library names of things a flag sets: fit's arguments and TrainConfig fields; never inside a path.
-_LIBRARY_NAME = re.compile(r"(?<![\w/.-])(?:(?:TrainConfig|config)\.(\w+)|resume=True|out_dir)(?![\w/.-])")
-
-
-def flag_message(parser: argparse.ArgumentParser, message: str) -> str:
-    """``message`` with library names replaced by the flags of ``parser`` that set them.
-
-    ``config.learning_rate`` / ``TrainConfig.learning_rate`` -> ``--lr``, ``resume=True`` ->
-    ``--resume``, ``out_dir`` -> ``--out``; a name no flag of this parser sets is left as it is.
-    """
-
-    def flag(match: re.Match) -> str:
-        dest = match.group(1) or ("resume" if match.group(0).startswith("resume") else "out")
-        return flag_for(parser, dest) or match.group(0)
-
-    return _LIBRARY_NAME.sub(flag, message)
 
 
 def match_params(args: argparse.Namespace, make_params: Callable[[str, int], Any]) -> None:
@@ -362,14 +334,15 @@ def layer_from_args(args: argparse.Namespace, *, T: int, B: int, I: int, H: int)
 
 
 def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], T], argv: Sequence[str] | None) -> T:
-    """Parse ``argv`` and call ``main(args)``; a library error exits with one line naming the flags.
+    """Parse ``argv`` (and ``--config``) and call ``main(args)``; a library error exits with one line.
 
     The :data:`LIBRARY_ERRORS` (bad values, missing or damaged checkpoints,
     divergence, missing files) end the program with ``error: <message>`` (exit
-    status 1, via ``SystemExit``), the message in terms of this script's flags.
+    status 1, via ``SystemExit``), followed by the :data:`ERROR_HINTS` of its type.
     """
     args = config.parse_args(parser, argv)  # with --config FILE's values as defaults where the script offers it
     try:
         return main(args)
     except LIBRARY_ERRORS as e:
-        raise SystemExit(f"error: {flag_message(parser, str(e))}") from None
+        hint = next((h for kind, h in ERROR_HINTS.items() if isinstance(e, kind)), None)
+        raise SystemExit(f"error: {e}" + (f" {hint}" if hint else "")) from None

@@ -207,8 +207,8 @@ def build_parser():
                         "or an absolute character index if >= 1; the default lies in the held-out tail")
     p.add_argument("--length", type=int, default=110, help="characters in the gate heatmap")
     p.add_argument("--text-length", type=int, default=600, help="characters in the cell_text figure")
-    cli.add_argument(p, "--warmup-chars", aliases=("--warmup",), type=int, default=300,
-                     help="characters read before the stretch")
+    p.add_argument("--warmup-chars", type=int, default=300,
+                   help="characters read before the stretch")
     p.add_argument("--layer", type=int, default=-1)
     p.add_argument("--units", nargs="+", default=["auto"])
     p.add_argument("--text-unit", type=int, default=None,

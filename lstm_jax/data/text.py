@@ -2,12 +2,16 @@
 
 Corpora (``load_text``):
 
+* ``"tiny_shakespeare"`` (the default) -- Karpathy's char-rnn Tiny Shakespeare
+  (1,115,394 characters), shipped with the package (:data:`TINY_SHAKESPEARE_PATH`,
+  checked against its sha256 on every load) and split as TFDS ``tiny_shakespeare``
+  splits it: train the first 90%, validation and test the two halves of the last
+  tenth (1,003,854 / 55,770 / 55,770 characters). No network, no TensorFlow. With
+  ``data_dir`` (a TFDS data dir) the real TFDS builder reads, or prepares offline
+  from the shipped file, the same splits (see ``load_tiny_shakespeare``).
 * ``"zen"`` -- the Zen of Python, decoded at run time from the standard library's
-  ``this`` module. Needs no file and no download; about 800 characters, so it is a
-  smoke-test corpus (its validation/test splits are only ~40 characters each).
-* ``"tiny_shakespeare"`` -- the real TFDS ``tiny_shakespeare`` dataset (train /
-  validation / test), prepared offline from a local copy of the file the TFDS
-  builder would download (see ``load_tiny_shakespeare``).
+  ``this`` module; about 800 characters, so it is a 10-second smoke-test corpus
+  (its validation/test splits are only ~40 characters each).
 * ``"file"`` -- any UTF-8 text file, split contiguously 90/5/5.
 
 Batching (all on host, NumPy int32, deterministic):
@@ -29,6 +33,7 @@ TensorFlow / TFDS are imported lazily, only inside ``load_tiny_shakespeare``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import math
 import os
@@ -42,12 +47,18 @@ from . import paths
 from .windows import StatefulWindows, eval_windows, random_windows  # noqa: F401  (batching lives in windows.py)
 from .paths import DATA_ENV_VAR
 
-DATASETS = ("zen", "tiny_shakespeare", "file")
-"""Names accepted by ``load_text``."""
+DATASETS = ("tiny_shakespeare", "zen", "file")
+"""Names accepted by ``load_text`` (the first is the default)."""
 
 TINY_SHAKESPEARE_FILE = "input.txt"
 """File name under which the TFDS checksum registry lists the tiny_shakespeare
 download; the download manager looks for exactly this name in ``manual_dir``."""
+
+TINY_SHAKESPEARE_PATH = Path(__file__).resolve().parent / "corpora" / "tinyshakespeare" / TINY_SHAKESPEARE_FILE
+"""The shipped copy of char-rnn's Tiny Shakespeare, byte-identical to what the TFDS builder downloads."""
+
+TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+"""sha256 of :data:`TINY_SHAKESPEARE_PATH` (the TFDS checksum registry lists the same for its download)."""
 
 # --------------------------------------------------------------------------- paths
 
@@ -57,8 +68,18 @@ shared_data_dir = paths.data_dir
 
 
 def default_tiny_shakespeare_manual_dir() -> Path:
-    """Folder holding ``input.txt`` for the offline TFDS prepare."""
-    return paths.data_dir() / "tinyshakespeare"
+    """Folder holding ``input.txt`` for the offline TFDS prepare: the shipped copy's folder."""
+    return TINY_SHAKESPEARE_PATH.parent
+
+
+def read_tiny_shakespeare() -> str:
+    """The shipped Tiny Shakespeare text; ``ValueError`` if the file is not the one whose sha256 is recorded."""
+    data = TINY_SHAKESPEARE_PATH.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != TINY_SHAKESPEARE_SHA256:
+        raise ValueError(f"{TINY_SHAKESPEARE_PATH} has sha256 {digest}, not the recorded {TINY_SHAKESPEARE_SHA256}; "
+                         "restore it from the repository")
+    return data.decode("utf-8")
 
 
 # --------------------------------------------------------------------------- vocabulary
@@ -289,8 +310,7 @@ def load_tiny_shakespeare(data_dir=None, manual_dir=None, *, quiet: bool = True)
     Args:
       data_dir: TFDS data dir (``None``: TFDS default, ``$TFDS_DATA_DIR`` or
         ``~/tensorflow_datasets``).
-      manual_dir: folder with ``input.txt`` (default: ``<repo>/../shared/data/tinyshakespeare``
-        or ``$LSTM_JAX_DATA/tinyshakespeare``).
+      manual_dir: folder with ``input.txt`` (default: the shipped copy's folder).
       quiet: hide TFDS progress bars while preparing.
     Returns:
       Each split is a single TFDS example holding the whole split text
@@ -334,14 +354,19 @@ def _read_text_file(text_file) -> str:
         raise ValueError(f"text file {path} is not valid UTF-8: {e}") from e
 
 
-def load_text(name: str = "zen", *, text_file=None, data_dir=None, manual_dir=None) -> TextSplits:
+def load_text(name: str = "tiny_shakespeare", *, text_file=None, data_dir=None, manual_dir=None) -> TextSplits:
     """Load a corpus by name and encode its splits with a vocabulary built from all of them.
 
     Args:
-      name: ``"zen"`` (embedded, default), ``"tiny_shakespeare"`` (TFDS splits) or
-        ``"file"`` (``text_file`` split 90/5/5 with ``split_text``).
+      name: ``"tiny_shakespeare"`` (default; the shipped copy, split as TFDS splits it), ``"zen"``
+        (embedded, tiny) or ``"file"`` (``text_file`` split 90/5/5 with ``split_text``).
       text_file: path of a UTF-8 text file; required for, and only used with, ``"file"``.
-      data_dir, manual_dir: passed to ``load_tiny_shakespeare``.
+      data_dir, manual_dir: with either, ``"tiny_shakespeare"`` comes from the TFDS builder
+        (``load_tiny_shakespeare``) instead of the shipped file: the same splits.
+
+    >>> s = load_text("tiny_shakespeare")
+    >>> len(s.train), len(s.validation), len(s.test), s.vocab.size
+    (1003854, 55770, 55770, 65)
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(map(repr, DATASETS))}")
@@ -350,6 +375,9 @@ def load_text(name: str = "zen", *, text_file=None, data_dir=None, manual_dir=No
     if name == "zen":
         train, val, test = split_text(zen_of_python())
         label = "zen"
+    elif name == "tiny_shakespeare" and data_dir is None and manual_dir is None:
+        train, val, test = split_text(read_tiny_shakespeare())  # == the TFDS splits (tests/test_text_data.py)
+        label = "tiny_shakespeare"
     elif name == "tiny_shakespeare":
         splits = load_tiny_shakespeare(data_dir=data_dir, manual_dir=manual_dir)
         train, val, test = splits["train"], splits["validation"], splits["test"]
@@ -377,7 +405,7 @@ def main(argv=None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("name", nargs="?", default="zen", choices=DATASETS)
+    parser.add_argument("name", nargs="?", default=DATASETS[0], choices=DATASETS)
     parser.add_argument("--text-file", default=None)
     parser.add_argument("--data-dir", default=None, help="TFDS data dir (default: TFDS default)")
     parser.add_argument("--manual-dir", default=None, help="folder with tiny_shakespeare input.txt")

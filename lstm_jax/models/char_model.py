@@ -27,8 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..cells import CELLS, glorot_uniform, get_cell
+from ..data.windows import eval_windows
 from ..layers import apply_stack, init_stack, zeros_stack_carry
 from .losses import cross_entropy, cross_entropy_per_item
+from .task import Task
 
 Array = jax.Array
 LN2 = math.log(2.0)
@@ -273,3 +275,113 @@ def sample(
         cell=_cell(params, cell),
     )
     return prompt + vocab.decode(np.asarray(out))
+
+
+# --------------------------------------------------------------------------- evaluation and the task
+
+EVAL_CONTEXTS = ("window", "stream")
+"""How :func:`eval_split` reads a split: ``window`` (zero state per window) and ``stream`` (state carried)."""
+
+
+def eval_split(params, ids, batch_size: int, seq_len: int, impl="scan", cell: str | None = None,
+               context: str = "window") -> dict:
+    """Nats and bits per character over every character of ``ids`` (int ids, ``(N,)``).
+
+    ``context="window"``: windows of ``seq_len`` characters, ``batch_size`` at a
+    time, each from a zero state, so a prediction sees at most the ``seq_len - 1``
+    characters before it in its window (the first of each window sees none).
+    ``context="stream"``: the split read once as one sequence, in windows of
+    ``seq_len`` with the state carried from each window into the next, so every
+    prediction conditions on all earlier characters of the split (char-rnn's
+    evaluation). One sequence, so ``batch_size`` is unused and it runs serially.
+    Returns ``{"nats_per_char", "bits_per_char"}``.
+    """
+    if context == "window":
+        windows, carry = eval_windows(ids, batch_size, seq_len), None
+    elif context == "stream":  # (1, seq_len) windows in reading order, then the tail
+        windows, carry = eval_windows(ids, 1, seq_len), zeros_carry(params, 1, cell=cell)
+    else:
+        raise ValueError(f"context must be one of {EVAL_CONTEXTS}, got {context!r}")
+    total, count = 0.0, 0.0
+    for batch in windows:
+        if carry is None:
+            sums = eval_step(params, batch, impl=impl, cell=cell)
+        else:
+            carry, sums = eval_stream_step(params, carry, batch, impl=impl, cell=cell)
+        sums = jax.device_get(sums)
+        total, count = total + float(sums["nats"]), count + float(sums["count"])
+    if count <= 0:
+        raise ValueError("eval_split: no characters to evaluate (empty split?)")
+    return {"nats_per_char": total / count, "bits_per_char": total / count / LN2}
+
+
+def context_prefix(context: str) -> str:
+    """Key prefix of a context's figures: none for ``window``, ``"stream_"`` for ``stream``."""
+    return "" if context == "window" else f"{context}_"
+
+
+def eval_contexts(params, ids, batch_size: int, seq_len: int, impl="scan", cell: str | None = None,
+                  contexts=EVAL_CONTEXTS) -> dict:
+    """:func:`eval_split` under each of ``contexts``, in one dict: ``window`` keys plain, the others prefixed.
+
+    E.g. ``{"nats_per_char", "bits_per_char", "stream_nats_per_char", "stream_bits_per_char"}``.
+    """
+    out = {}
+    for context in contexts:
+        r = eval_split(params, ids, batch_size, seq_len, impl, cell, context=context)
+        out.update({context_prefix(context) + k: v for k, v in r.items()})
+    return out
+
+
+def make_loss_fn(*, dropout: float, stateful: bool, impl, unroll: int, cell: str | None = None):
+    """``loss_fn`` for :func:`lstm_jax.train.fit`: mean nats/char; with ``stateful`` the carry is the model_state.
+
+    ``batch`` is ``(inputs, targets)`` ``(B, T)`` ints, or with ``stateful`` ``(inputs, targets, reset)``:
+    ``reset`` zeroes the carried state where a new pass over the streams begins.
+    """
+    def loss_fn(params, batch, key, model_state):
+        if stateful:
+            inputs, targets, reset = batch
+            carry = jax.tree_util.tree_map(lambda c: jnp.where(reset, jnp.zeros_like(c), c), model_state)
+        else:
+            inputs, targets = batch
+            carry = None
+        loss, final = char_loss(params, inputs, targets, carry, cell=cell, dropout=dropout, key=key, impl=impl,
+                                unroll=unroll)
+        new_state = jax.lax.stop_gradient(final) if stateful else model_state
+        return loss, (new_state, {"bits_per_char": loss / LN2})
+
+    return loss_fn
+
+
+def char_task(vocab_size: int, hidden: int, layers: int = 1, cell: str = "lstm", *, embed_dim: int | None = None,
+              dropout: float = 0.0, stateful: bool = False, batch_size: int | None = None, impl="scan",
+              unroll: int = 1, eval_batch_size: int = 64, eval_seq_len: int = 64, contexts=EVAL_CONTEXTS):
+    """The character LM as a :class:`~lstm_jax.models.task.Task`; ``data`` is a split's ids ``(N,)``.
+
+    ``validate``: window loss (``{"loss", "bpc"}``, nats and bits per char); ``evaluate``:
+    :func:`eval_contexts` under ``contexts``. With ``stateful`` the carried state of ``batch_size``
+    streams is the model state (truncated BPTT).
+    """
+    def init(key):
+        return init_char_model(key, vocab_size, hidden, layers, cell, embed_dim)
+
+    def validate(params, ids):
+        r = eval_split(params, ids, eval_batch_size, eval_seq_len, impl, cell)
+        return {"loss": r["nats_per_char"], "bpc": r["bits_per_char"]}
+
+    def report(r):
+        line = f"{r['nats_per_char']:.4f} nats/char ({r['bits_per_char']:.4f} bits)"
+        if "stream_nats_per_char" in r:
+            line += f", full context {r['stream_nats_per_char']:.4f}"
+        return line
+
+    state = None
+    if stateful:
+        state = zeros_stack_carry(cell, jax.eval_shape(init, jax.random.PRNGKey(0))["stack"], (batch_size,))
+    return Task(
+        init=init,
+        loss=make_loss_fn(dropout=dropout, stateful=stateful, impl=impl, unroll=unroll, cell=cell),
+        evaluate=lambda params, ids: eval_contexts(params, ids, eval_batch_size, eval_seq_len, impl, cell, contexts),
+        validate=validate, report=report, metric="loss", model_state=state,
+    )

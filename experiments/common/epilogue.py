@@ -1,0 +1,84 @@
+"""The end of every training run, in one place: reload the best checkpoint, evaluate the final and the best
+params on every held-out split, finish the machine record, write ``results.json`` and print the figures.
+
+::
+
+    result = fit(task.loss, params, get_batch, config, out_dir=out, eval_fn=task.eval_fn(splits["val"]), ...)
+    results = finish_run(task, result, out, {"val": val_data, "test": test_data}, args=args, machine=machine,
+                         train_seconds=seconds, extra={"sample": ...})
+
+``results.json`` holds ``final`` and ``best_by_val`` (each ``{"step", <split>: task.evaluate(...)}``;
+``best_by_val`` is ``final`` when the best checkpoint is the last step), ``steps_done``, ``stop_reason``,
+``train_seconds_this_invocation``, ``machine``, the ``command`` and ``config`` (the resolved arguments,
+``config["config"]`` the ``--config`` file, if any), then the script's ``extra`` keys.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from lstm_jax import parallel
+from lstm_jax.checkpoint import load_checkpoint
+
+from .harness import run_matmul_gflops
+from .machine import finish_machine_info
+
+__all__ = ["evaluate_final_and_best", "finish_run", "print_figures", "resolved_args"]
+
+
+def resolved_args(args) -> dict:
+    """The run's arguments as JSON can hold them (what the config file and the flags resolved to)."""
+    return json.loads(json.dumps({k: v for k, v in vars(args).items() if not k.startswith("_")}, default=str))
+
+
+def evaluate_final_and_best(task, result, out: Path, splits: dict[str, Any]) -> tuple[dict, dict]:
+    """``(final, best)``: ``task.evaluate`` of the final params and of the best checkpoint on every split.
+
+    Without a validation split (no best checkpoint kept) ``best`` is ``final``.
+    """
+    final = {"step": int(result.step), **{name: task.evaluate(result.params, data) for name, data in splits.items()}}
+    if result.best is None:
+        return final, final
+    best_params, meta = load_checkpoint(out, "best", like=result.params)
+    if int(meta["step"]) == int(result.step):
+        return final, final
+    best = {"step": int(meta["step"]), **{name: task.evaluate(best_params, data) for name, data in splits.items()}}
+    return final, best
+
+
+def print_figures(task, final: dict, best: dict) -> None:
+    """One line per evaluated params: the step, then ``task.report`` of each split."""
+    for label, r in (("final", final), ("best val", best)):
+        if label == "best val" and r is final:
+            continue
+        splits = ", ".join(f"{name} {task.report(v)}" for name, v in r.items() if name != "step")
+        print(f"{label} (step {r['step']}): {splits}")
+
+
+def finish_run(task, result, out: Path, splits: dict[str, Any], *, args, machine: dict, train_seconds: float,
+               extra: dict | None = None, write: bool | None = None) -> dict:
+    """Evaluate, record and print the end of a run; returns the results dict (written to ``out/results.json``).
+
+    ``write``: whether this process writes and prints (default: process 0 of a multi-process job).
+    """
+    final, best = evaluate_final_and_best(task, result, out, splits)
+    results = {
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "config": resolved_args(args),
+        "steps_done": int(result.step),
+        "stop_reason": result.stop_reason,
+        "final": final,
+        "best_by_val": best,
+        "train_seconds_this_invocation": round(train_seconds, 1),
+        "machine": finish_machine_info(machine, matmul_gflops=run_matmul_gflops()),
+        **(extra or {}),
+    }
+    if not (parallel.is_main_process() if write is None else write):
+        return results
+    (Path(out) / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    print(f"\ntrained to step {result.step} in {train_seconds:.1f} s this invocation ({result.stop_reason})")
+    print_figures(task, final, best)
+    return results
