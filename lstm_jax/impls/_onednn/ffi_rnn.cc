@@ -18,8 +18,9 @@
 // created with format `any` for them, so oneDNN picks its fastest (blocked, brgemm) layouts, and the
 // weights are reordered into those before each call. Primitive descriptors, primitives and reorders are
 // built once per (cell, direction, dtype, T, B, I, H) and kept in a process-wide cache; execution uses a
-// per-thread user scratchpad, so concurrent calls (XLA may run two directions at once) are safe.
+// user scratchpad from a shared pool, so concurrent calls (XLA may run two directions at once) are safe.
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -100,16 +101,46 @@ dnnl::primitive_attr user_scratchpad() {
   return attr;
 }
 
-// A per-thread buffer, grown as needed, for the scratchpad and the reordered weights: oneDNN's user
-// scratchpad mode makes concurrent execution of one primitive safe.
-uint8_t* thread_buffer(size_t bytes) {
-  thread_local std::unique_ptr<uint8_t[]> buf;
-  thread_local size_t size = 0;
-  if (size < bytes) {
-    buf.reset(new uint8_t[bytes]);  // not value-initialised: no memset of a large buffer
-    size = bytes;
+// Scratch buffers (oneDNN's scratchpad and the reordered weights) from one process-wide pool: a call takes
+// the largest free buffer (growing it if too small) and gives it back after, so the memory is reused across
+// calls and across XLA's worker threads (a per-thread buffer would be allocated, and first touched, once per
+// thread). oneDNN's user scratchpad mode makes concurrent executions of one primitive safe.
+class ScratchPool {
+ public:
+  struct Buffer {
+    std::unique_ptr<uint8_t[]> data;
+    size_t size = 0;
+  };
+  Buffer take(size_t bytes) {
+    Buffer b;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!free_.empty()) {
+        b = std::move(free_.back());
+        free_.pop_back();
+      }
+    }
+    if (b.size < bytes) {
+      b.data.reset(new uint8_t[bytes]);  // not value-initialised: no memset of a large buffer
+      b.size = bytes;
+    }
+    return b;
   }
-  return buf.get();
+  void give(Buffer b) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    free_.push_back(std::move(b));
+    // Largest last, so the next take() gets the one most likely to fit.
+    std::sort(free_.begin(), free_.end(), [](const Buffer& x, const Buffer& y) { return x.size < y.size; });
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<Buffer> free_;
+};
+
+ScratchPool& scratch_pool() {
+  static ScratchPool pool;
+  return pool;
 }
 
 size_t aligned(size_t n) { return (n + 63) / 64 * 64; }
@@ -145,8 +176,8 @@ struct Stage {
     const size_t n_scratch = aligned(scratch.get_size());
     const size_t n_wl = reorder_wl ? aligned(wl.get_size()) : 0;
     const size_t n_wi = reorder_wi ? aligned(wi.get_size()) : 0;
-    uint8_t* buf = thread_buffer(n_scratch + n_wl + n_wi + 64);
-    buf = reinterpret_cast<uint8_t*>(aligned(reinterpret_cast<size_t>(buf)));
+    ScratchPool::Buffer held = scratch_pool().take(n_scratch + n_wl + n_wi + 64);
+    uint8_t* buf = reinterpret_cast<uint8_t*>(aligned(reinterpret_cast<size_t>(held.data.get())));
     dnnl::stream s(cpu_engine());
     memory m_wl = mem(user_wl, w_layer), m_wi = mem(user_wi, w_iter);
     if (reorder_wl) {
@@ -164,6 +195,7 @@ struct Stage {
     args.insert({DNNL_ARG_SCRATCHPAD, mem(scratch, buf)});
     prim.execute(s, args);
     s.wait();
+    scratch_pool().give(std::move(held));
   }
 };
 
