@@ -6,7 +6,7 @@ Where things come from:
   threading, CPU only) and ``onednn-devel-cpu-gomp`` (headers), the extra
   ``pip install -e ".[onednn]"``. Their files land under the environment's
   prefix (``<prefix>/lib``, ``<prefix>/include``); ``$DNNLROOT`` (oneDNN's own
-  convention) names another install to use instead.
+  convention) names another install to use instead (and only it is searched).
 * the XLA FFI headers: ``jax.ffi.include_dir()`` (shipped with jaxlib).
 * the compiler: ``$CXX``, else ``g++``, else ``c++`` on the ``PATH``.
 
@@ -47,8 +47,10 @@ class OnednnUnavailable(RuntimeError):
 
 
 def _prefixes() -> list[Path]:
-    roots = [os.environ.get("DNNLROOT"), sys.prefix, sys.base_prefix, site.getuserbase()]
-    return [Path(r) for r in dict.fromkeys(r for r in roots if r)]
+    """Where to look: ``$DNNLROOT`` alone if set (an explicit choice), else this environment's prefixes."""
+    if root := os.environ.get("DNNLROOT"):
+        return [Path(root)]
+    return [Path(r) for r in dict.fromkeys((sys.prefix, sys.base_prefix, site.getuserbase()))]
 
 
 def find_onednn() -> tuple[Path, Path, str]:
