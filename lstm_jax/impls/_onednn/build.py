@@ -167,8 +167,11 @@ def load() -> Library:
                 _LOADED["result"] = Library(build())
             except OnednnUnavailable as err:
                 _LOADED["result"] = err
-            except (OSError, subprocess.SubprocessError) as err:
-                _LOADED["result"] = OnednnUnavailable(f"could not load its FFI library: {err}")
+            except Exception as err:  # noqa: BLE001 - e.g. a jax without jax.ffi, a library that will not load
+                first_line = (str(err).splitlines() or [""])[0]
+                _LOADED["result"] = OnednnUnavailable(
+                    f"could not build or load its FFI library: {type(err).__name__}: {first_line}"
+                )
         result = _LOADED["result"]
     if isinstance(result, OnednnUnavailable):
         raise result
