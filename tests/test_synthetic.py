@@ -252,3 +252,11 @@ def test_long_range_merge_joins_side_by_side_sweeps_and_refuses_mismatches(tmp_p
     assert record["earlier_invocations"][-1]["args"]["lengths"] == [6]
     table = (tmp_path / "a" / "results.md").read_text()
     assert "| cell | T=4 | T=6 |" in table and "H=4" in table
+    # Records are frozen: one in an older format (here without "init") is read by no code, refused in one line.
+    old = json.loads((tmp_path / "b" / "results.json").read_text())
+    del old["args"]["init"]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.json").write_text(json.dumps(old))
+    for flag in (["--replot"], ["--merge", str(tmp_path / "b")]):
+        with pytest.raises(SystemExit, match=r"results.json is not in the current record format \(no init\)"):
+            mod.main(["--out", str(tmp_path / "old"), *flag])

@@ -36,31 +36,32 @@ from experiments.common.figures import can_plot, copy_figures
 from experiments.common.harness import run_matmul_gflops
 from experiments.common.machine import finish_machine_info, machine_info
 from lstm_jax.cells import get_cell
-from lstm_jax.models.sequence_regressor import init_sequence_model, make_task
-from lstm_jax.stack import chrono_init_stack
+from lstm_jax.models.sequence_regressor import make_task, regressor_task
 from lstm_jax.train import fit
 
 #: Table and plot order: the classic cells from the simplest up, then any other registered cell.
 CELL_ORDER = ["rnn", "gru", "lstm"] + [c for c in cli.CELL_NAMES if c not in ("rnn", "gru", "lstm")]
 
-#: Record keys that ``--replot`` takes from a saved sweep (older records spell max_minutes as minutes_per_run).
+#: Record keys that ``--replot`` takes from a saved sweep.
 REPLOT_KEYS = ("task", "init", "hidden", "batch_size", "steps", "max_minutes", "num_symbols", "copy_length", "solved_threshold")
-_OLD_KEYS = {"batch_size": "batch", "max_minutes": "minutes_per_run"}
-#: Values of keys that older records lack (sweeps from before ``--init`` used the cells' own init).
-_DEFAULTS = {"init": "standard"}
 #: Record keys on which two sweeps must agree for ``--merge`` to put their runs in one table: everything that
 #: makes the runs comparable at equal steps (the lengths, cells and output paths may differ).
 MERGE_KEYS = REPLOT_KEYS + ("learning_rate", "warmup_steps", "weight_decay", "clip_norm", "eval_every", "seed",
                             "test_size", "impl", "precision")
 
 
-def _saved(saved: dict, key: str):
-    """A saved record's value of ``key``, read through older spellings and defaults (None if absent)."""
-    if key in saved:
-        return saved[key]
-    if key in _OLD_KEYS and _OLD_KEYS[key] in saved:
-        return saved[_OLD_KEYS[key]]
-    return _DEFAULTS.get(key)
+def _load(directory: Path, flag: str) -> dict:
+    """The sweep record in ``directory``; SystemExit unless it is in the current format (records are frozen:
+    one written before a flag was renamed or added, e.g. without ``init``, is read by no code)."""
+    path = directory / "results.json"
+    if not path.is_file():
+        raise SystemExit(f"{flag}: {directory} holds no results.json")
+    record = json.loads(path.read_text())
+    missing = [k for k in MERGE_KEYS if k not in record.get("args", {})]
+    if missing:
+        raise SystemExit(f"{flag}: {path} is not in the current record format (no {', '.join(missing)}); "
+                         f"{flag} reads records written by this version of long_range.py only")
+    return record
 
 
 def _invocations(record: dict) -> list[dict]:
@@ -68,53 +69,16 @@ def _invocations(record: dict) -> list[dict]:
     return record.get("earlier_invocations", []) + [{"args": record["args"], "machine": record["machine"]}]
 
 
-def make_eval(task, cell, test_batch, chunk: int = 500, impl="scan"):
-    """Mean test loss and metrics over the fixed test set, in chunks (jitted)."""
-    inputs, targets = test_batch
-    n = inputs.shape[0]
-
-    @jax.jit
-    def chunk_metrics(params, batch):
-        _, metrics = task.model_loss(cell, params, batch, impl=impl)
-        return metrics
-
-    def eval_fn(params):
-        sums, count = {}, 0
-        for s in range(0, n, chunk):
-            b = (inputs[s : s + chunk], targets[s : s + chunk])
-            m = jax.device_get(chunk_metrics(params, b))
-            k = b[0].shape[0]
-            for name, v in m.items():
-                sums[name] = sums.get(name, 0.0) + float(v) * k
-            count += k
-        out = {f"test_{name}": v / count for name, v in sums.items()}
-        out["val_loss"] = out[f"test_{task.metric}"]
-        return out
-
-    return eval_fn
-
-
 def run_one(task, cell: str, args, test_batch) -> dict:
-    key = jax.random.key(args.seed)
-    k_init, k_data = jax.random.split(key)
-    params = init_sequence_model(k_init, cell, task.input_size, args.hidden, task.output_size)
-    if args.init == "chrono":  # memory ranges up to the whole sequence (Tallec & Ollivier 2018)
-        seq_len = test_batch[0].shape[1]
-        params["stack"] = chrono_init_stack(jax.random.fold_in(k_init, 1), cell, params["stack"], seq_len)
-    # "auto": the fastest impl/precision for this cell and T, measured on one layer (the model has one)
+    k_init, k_data = jax.random.split(jax.random.key(args.seed))
+    # the impl/precision rule (or "auto": measured) for this cell and T, on one layer (the model has one)
     impl, choice = cli.choose_layer(cell, args.impl, args.precision, T=task.T, B=args.batch_size,
                                     I=task.input_size, H=args.hidden)
-
-    def loss_fn(params, batch, key, model_state):
-        loss, metrics = task.model_loss(cell, params, batch, impl=impl)
-        return loss, (model_state, metrics)
-
-    config = cli.train_config(
-        args, log_every=args.eval_every, checkpoint_every=max(args.steps, 1), progress=False
-    )
-    eval_fn = make_eval(task, cell, test_batch, impl=impl)
+    model = regressor_task(task, cell, args.hidden, impl=impl, init=args.init)
+    config = cli.train_config(args, log_every=args.eval_every, checkpoint_every=max(args.steps, 1), progress=False)
     t0 = time.perf_counter()
-    result = fit(loss_fn, params, task.batch_fn(k_data, args.batch_size), config, eval_fn=eval_fn)
+    result = fit(model.loss, model.init(k_init), task.batch_fn(k_data, args.batch_size), config,
+                 eval_fn=model.eval_fn(test_batch, prefix="test_"), best_metric=f"test_{task.metric}")
     seconds = time.perf_counter() - t0
     evals = [r for r in result.history if r.get("kind") == "eval"]
     trains = [r for r in result.history if r.get("kind") == "train"]
@@ -290,17 +254,12 @@ def merge_sweeps(out: Path, sources: list[Path]) -> None:
     :data:`MERGE_KEYS` value must agree, and each (cell, T) pair may come from one sweep only; the sources'
     arguments and machine records are kept under ``earlier_invocations``. Nothing is written on a refusal.
     """
-    def load(d: Path) -> dict:
-        if not (d / "results.json").is_file():
-            raise SystemExit(f"--merge: {d} holds no results.json")
-        return json.loads((d / "results.json").read_text())
-
-    record = load(out)
+    record = _load(out, "--merge")
     pairs = {(r["cell"], r["T"]): out for r in record["runs"]}
     for src in sources:
-        other = load(src)
-        differ = [f"{k} {_saved(other['args'], k)!r} (not {_saved(record['args'], k)!r})" for k in MERGE_KEYS
-                  if _saved(other["args"], k) != _saved(record["args"], k)]
+        other = _load(src, "--merge")
+        differ = [f"{k} {other['args'][k]!r} (not {record['args'][k]!r})" for k in MERGE_KEYS
+                  if other["args"][k] != record["args"][k]]
         if differ:
             raise SystemExit(f"--merge: {src} is a different configuration from {out}: " + ", ".join(differ))
         for r in other["runs"]:
@@ -315,9 +274,9 @@ def merge_sweeps(out: Path, sources: list[Path]) -> None:
 
 def replot(args, out: Path) -> None:
     """Rewrite results.md and the PNGs from ``out/results.json`` with the configuration saved there."""
-    record = json.loads((out / "results.json").read_text())
+    record = _load(out, "--replot")
     for k in REPLOT_KEYS:
-        setattr(args, k, _saved(record["args"], k))
+        setattr(args, k, record["args"][k])
     args.cells = [c for c in CELL_ORDER if any(r["cell"] == c for r in record["runs"])]
     T0 = min(r["T"] for r in record["runs"])
     task = make_task(args.task, T0, num_symbols=args.num_symbols, length=args.copy_length)
@@ -346,12 +305,11 @@ def long_range(args):
     out.mkdir(parents=True, exist_ok=True)
     record = {"args": vars(args), "machine": machine_info(matmul_gflops=run_matmul_gflops()), "runs": []}
     if args.append and (out / "results.json").exists():
-        old = json.loads((out / "results.json").read_text())
+        old = _load(out, "--append")
         if old["args"]["task"] != args.task:
             raise SystemExit(f"--append: {out} holds a {old['args']['task']} sweep, not {args.task}")
-        old_init = _saved(old["args"], "init")
-        if old_init != args.init:
-            raise SystemExit(f"--append: {out} holds a sweep with --init {old_init}, not {args.init}")
+        if old["args"]["init"] != args.init:
+            raise SystemExit(f"--append: {out} holds a sweep with --init {old['args']['init']}, not {args.init}")
         new_pairs = {(c, T) for c in args.cells for T in args.lengths}
         record["runs"] = [r for r in old["runs"] if (r["cell"], r["T"]) not in new_pairs]
         record["earlier_invocations"] = _invocations(old)

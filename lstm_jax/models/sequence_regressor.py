@@ -27,6 +27,9 @@ import jax.numpy as jnp
 from ..cells import Cell, get_cell, glorot_uniform
 from ..data import synthetic
 from ..layers import apply_stack, init_stack
+from ..stack import chrono_init_stack
+from . import task as task_protocol
+from .losses import cross_entropy
 
 Array = jax.Array
 
@@ -132,8 +135,7 @@ def make_task(name: str, T: int, *, num_symbols: int = 8, length: int = 10) -> T
         def copy_loss(outputs, batch):
             _, targets = batch
             logits, tgt = outputs[:, recall], targets[:, recall]
-            logp = jax.nn.log_softmax(logits, axis=-1)
-            xent = -jnp.mean(jnp.take_along_axis(logp, tgt[..., None], axis=-1))
+            xent = cross_entropy(logits, tgt)
             acc = jnp.mean(jnp.argmax(logits, axis=-1) == tgt)
             return xent, {"xent": xent, "accuracy": acc}
 
@@ -143,3 +145,43 @@ def make_task(name: str, T: int, *, num_symbols: int = 8, length: int = 10) -> T
             copy_loss, math.log(num_symbols), "xent",
         )
     raise ValueError(f"unknown task {name!r}; choose 'adding' or 'copy'")
+
+
+def regressor_task(task: Task, cell: str, hidden: int, *, impl="scan", init: str = "standard",
+                   chunk: int = 500) -> task_protocol.Task:
+    """``task`` (from :func:`make_task`) with a one-layer ``cell`` model of width ``hidden`` as a
+    :class:`lstm_jax.models.task.Task`; ``data`` is a fixed test batch ``(inputs, targets)``.
+
+    ``init="chrono"`` sets the keep-gate biases for memory up to ``T`` steps (Tallec & Ollivier 2018).
+    ``evaluate`` averages the task's metrics (``mse``, or ``xent`` and ``accuracy``) over every
+    sequence of the batch, ``chunk`` at a time; ``metric`` is the task's loss metric.
+    """
+    if init not in ("standard", "chrono"):
+        raise ValueError(f"init must be 'standard' or 'chrono', got {init!r}")
+
+    def init_params(key):
+        params = init_sequence_model(key, cell, task.input_size, hidden, task.output_size)
+        if init == "chrono":  # memory ranges up to the whole sequence
+            seq_len = task.batch_fn(jax.random.key(0), 1)(0)[0].shape[1]
+            params["stack"] = chrono_init_stack(jax.random.fold_in(key, 1), cell, params["stack"], seq_len)
+        return params
+
+    def loss(params, batch, key, model_state):
+        value, metrics = task.model_loss(cell, params, batch, impl=impl)
+        return value, (model_state, metrics)
+
+    @jax.jit
+    def chunk_metrics(params, batch):
+        return task.model_loss(cell, params, batch, impl=impl)[1]
+
+    def evaluate(params, data):
+        inputs, targets = data
+        sums, count = {}, 0
+        for s in range(0, inputs.shape[0], chunk):
+            b = (inputs[s : s + chunk], targets[s : s + chunk])
+            for name, v in jax.device_get(chunk_metrics(params, b)).items():
+                sums[name] = sums.get(name, 0.0) + float(v) * b[0].shape[0]
+            count += b[0].shape[0]
+        return {name: v / count for name, v in sums.items()}
+
+    return task_protocol.Task(init=init_params, loss=loss, evaluate=evaluate, metric=task.metric)
