@@ -16,9 +16,10 @@ params on every held-out split, finish the machine record, write ``results.json`
 from __future__ import annotations
 
 import json
+import numbers
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lstm_jax import parallel
 from lstm_jax.checkpoint import load_checkpoint
@@ -58,13 +59,25 @@ def print_figures(task, final: dict, best: dict) -> None:
         print(f"{label} (step {r['step']}): {splits}")
 
 
+def _figures(r: dict) -> dict:
+    """``final``/``best`` as results.json keeps them: the numbers (arrays such as predictions are left out)."""
+    return {name: v if name == "step" else {k: x for k, x in v.items() if isinstance(x, numbers.Number)}
+            for name, v in r.items()}
+
+
 def finish_run(task, result, out: Path, splits: dict[str, Any], *, args, machine: dict, train_seconds: float,
-               extra: dict | None = None, write: bool | None = None) -> dict:
+               extra: dict | Callable[[dict, dict], dict] | None = None, write: bool | None = None) -> dict:
     """Evaluate, record and print the end of a run; returns the results dict (written to ``out/results.json``).
 
-    ``write``: whether this process writes and prints (default: process 0 of a multi-process job).
+    ``extra``: the script's own keys, or ``extra(final, best)`` computing them from the full figures (which
+    may hold arrays, e.g. a classifier's predictions; results.json keeps the numbers). ``write``: whether
+    this process writes and prints (default: process 0 of a multi-process job).
     """
-    final, best = evaluate_final_and_best(task, result, out, splits)
+    full_final, full_best = evaluate_final_and_best(task, result, out, splits)
+    final = _figures(full_final)
+    best = final if full_best is full_final else _figures(full_best)
+    if callable(extra):
+        extra = extra(full_final, full_best)
     results = {
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "config": resolved_args(args),
@@ -78,7 +91,8 @@ def finish_run(task, result, out: Path, splits: dict[str, Any], *, args, machine
     }
     if not (parallel.is_main_process() if write is None else write):
         return results
-    (Path(out) / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    written = {k: v for k, v in results.items() if not k.startswith("_")}  # "_" keys: for the script only
+    (Path(out) / "results.json").write_text(json.dumps(written, indent=2, default=float))
     print(f"\ntrained to step {result.step} in {train_seconds:.1f} s this invocation ({result.stop_reason})")
     print_figures(task, final, best)
     return results

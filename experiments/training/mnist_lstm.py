@@ -24,7 +24,7 @@ Examples::
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import sys
 import time
@@ -36,20 +36,12 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
 import jax
 import numpy as np
 
-from experiments.common import cli
+from experiments.common import cli, epilogue
 from experiments.common.figures import can_plot
 from experiments.common.harness import run_matmul_gflops
-from experiments.common.machine import finish_machine_info, machine_info
-from lstm_jax.checkpoint import load_checkpoint
+from experiments.common.machine import machine_info
 from lstm_jax.data import images as img
-from lstm_jax.models.classifier import (
-    ClassifierConfig,
-    confusion_matrix,
-    evaluate,
-    init_classifier,
-    make_loss_fn,
-    make_predict_fn,
-)
+from lstm_jax.models.classifier import ClassifierConfig, classifier_task, confusion_matrix
 from lstm_jax.train import fit
 
 
@@ -185,6 +177,38 @@ def plot_misclassified(images, labels, preds, probs, class_names, path: Path, ma
     plt.close(fig)
 
 
+def train_batches(args, data):
+    """Shuffled training batches for fit, augmented (raw images shifted/flipped, then normalized) if asked."""
+    train_xs, train_ys = data["train"]
+    if not (args.augment_shift or args.augment_flip):
+        return img.ShuffledBatches(train_xs, train_ys, args.batch_size, seed=args.seed)
+
+    def transform(rng, images):
+        return data["seqs"](img.augment_images(rng, images, max_shift=args.augment_shift, flip=args.augment_flip))
+
+    return img.ShuffledBatches(data["train_images"], train_ys, args.batch_size, seed=args.seed, transform=transform)
+
+
+def test_figures(args, steps: int, batches, result, t0: float, test_ys):
+    """``extra(final, best)`` for the epilogue: the test figures under this script's result keys, and plots."""
+    def extra(final, best):
+        which = "best" if result.best is not None else "last"
+        r, f = best["test"], final["test"]
+        cm = confusion_matrix(np.asarray(test_ys), r["predictions"], img.NUM_CLASSES)
+        rates = [h["images_per_s"] for h in result.history if h.get("kind") == "train" and "images_per_s" in h]
+        return {"dataset": args.dataset, "mode": args.mode, "cell": args.cell, "hidden": args.hidden,
+                "layers": args.layers, "bidirectional": args.bidirectional, "test_accuracy": r["accuracy"],
+                "test_loss": r["loss"], "test_examples": r["count"], "checkpoint": which,
+                "checkpoint_step": best["step"], "final_test_accuracy": f["accuracy"], "final_test_loss": f["loss"],
+                "steps_planned": int(steps), "epochs_done": result.step / batches.steps_per_epoch,
+                "best_val": result.best, "wall_seconds_this_session": time.perf_counter() - t0,
+                "train_images_per_s_median": float(np.median(rates)) if rates else None,
+                "per_class_accuracy": (np.diag(cm) / np.maximum(cm.sum(1), 1)).round(4).tolist(),
+                "confusion_matrix": cm.tolist(), "resumed": args.resume, "layer": args.layer_choice,
+                "_test": r}  # for the plots (arrays); "_" keys are not written
+    return extra
+
+
 def mnist_lstm(args, argv=None) -> dict:
     if args.augment_flip and args.dataset != "fashion_mnist":
         raise SystemExit(f"--augment-flip: a mirrored digit is another glyph; flips apply to fashion_mnist, not {args.dataset}")
@@ -195,37 +219,18 @@ def mnist_lstm(args, argv=None) -> dict:
     out = Path(args.out or f"runs/mnist_lstm/{args.dataset}-{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}")
     t0 = time.perf_counter()
     data = prepare_data(args)
-    train_xs, train_ys = data["train"]
-    val_xs, val_ys = data["val"]
+    (train_xs, _), (val_xs, _) = data["train"], data["val"]
     steps_t, features = train_xs.shape[1:]
-
-    augment = {"max_shift": args.augment_shift, "flip": args.augment_flip}
-    if args.augment_shift or args.augment_flip:  # augment the raw images (background 0), then normalize
-        def transform(rng, images):
-            return data["seqs"](img.augment_images(rng, images, **augment))
-
-        batches = img.ShuffledBatches(data["train_images"], train_ys, args.batch_size, seed=args.seed,
-                                      transform=transform)
-    else:
-        batches = img.ShuffledBatches(train_xs, train_ys, args.batch_size, seed=args.seed)
+    batches = train_batches(args, data)
     steps = args.steps if args.epochs is None else max(1, round(args.epochs * batches.steps_per_epoch))
-    # "auto" impl/precision: measured on one layer at this run's shape (says what runs)
-    cli.layer_from_args(args, T=int(steps_t), B=args.batch_size, I=int(features), H=args.hidden)
+    cli.layer_from_args(args, T=int(steps_t), B=args.batch_size, I=int(features), H=args.hidden)  # says what runs
     model_cfg = ClassifierConfig(
         input_size=features, num_classes=img.NUM_CLASSES, cell=args.cell, hidden_size=args.hidden,
         num_layers=args.layers, bidirectional=args.bidirectional, dropout=args.dropout, unroll=args.unroll,
-        impl=args.impl, precision=args.precision,
-    )
+        impl=args.impl, precision=args.precision)
+    task = classifier_task(model_cfg, args.eval_batch_size)
     train_cfg = cli.train_config(
-        args, steps=steps, warmup_steps=min(args.warmup_steps, max(steps // 10, 1)), checkpoint_every=args.eval_every
-    )
-    params = init_classifier(jax.random.PRNGKey(args.seed), model_cfg)
-    predict = make_predict_fn(model_cfg)
-
-    def eval_fn(p):
-        r = evaluate(predict, p, img.eval_batches(val_xs, val_ys, args.eval_batch_size))
-        return {"val_loss": r["loss"], "val_accuracy": r["accuracy"], "val_error": 1.0 - r["accuracy"]}
-
+        args, steps=steps, warmup_steps=min(args.warmup_steps, max(steps // 10, 1)), checkpoint_every=args.eval_every)
     metadata = {
         "task": "image sequence classification",
         "argv": sys.argv if argv is None else ["experiments/training/mnist_lstm.py", *argv],
@@ -233,70 +238,31 @@ def mnist_lstm(args, argv=None) -> dict:
         "mode": args.mode, "perm_seed": args.perm_seed, "sequence_shape": [int(steps_t), int(features)],
         "normalization": {"mean": data["mean"], "std": data["std"]},
         "val_size": args.val_size, "train_examples": int(len(train_xs)), "batch_size": args.batch_size,
-        "steps_per_epoch": batches.steps_per_epoch, "data_seed": args.seed, "augment": augment,
-        "model": {k: getattr(model_cfg, k) for k in model_cfg.__dataclass_fields__},
+        "steps_per_epoch": batches.steps_per_epoch, "data_seed": args.seed,
+        "augment": {"max_shift": args.augment_shift, "flip": args.augment_flip},
+        "model": dataclasses.asdict(model_cfg),
     }
-    print(
-        f"{args.dataset} ({data['source']}: {data['location']}) mode={args.mode} seq={steps_t}x{features} "
-        f"train={len(train_xs)} val={len(val_xs)} test={len(data['test'][0])} | {args.cell} "
-        f"{args.layers}x{args.hidden}{' bi' if args.bidirectional else ''} | {steps} steps "
-        f"({steps / batches.steps_per_epoch:.2f} epochs of {batches.steps_per_epoch})",
-        flush=True,
-    )
-    result = fit(
-        make_loss_fn(model_cfg), params, batches, train_cfg, out_dir=out,
-        eval_fn=eval_fn if len(val_xs) else None, best_metric=args.best_metric, resume=args.resume,
-        metadata=metadata, items_per_batch=args.batch_size, item_name="images",
-    )
-    train_seconds = result.wall_seconds
+    print(f"{args.dataset} ({data['source']}: {data['location']}) mode={args.mode} seq={steps_t}x{features} "
+          f"train={len(train_xs)} val={len(val_xs)} test={len(data['test'][0])} | {args.cell} "
+          f"{args.layers}x{args.hidden}{' bi' if args.bidirectional else ''} | {steps} steps "
+          f"({steps / batches.steps_per_epoch:.2f} epochs of {batches.steps_per_epoch})", flush=True)
+    result = fit(task.loss, task.init(jax.random.PRNGKey(args.seed)), batches, train_cfg, out_dir=out,
+                 eval_fn=task.eval_fn(data["val"]) if len(val_xs) else None, best_metric=args.best_metric,
+                 resume=args.resume, metadata=metadata, items_per_batch=args.batch_size, item_name="images")
     cli.report_stop(result)
-
-    # Test with the best checkpoint by --best-metric (the last one if no validation).
-    which = "best" if len(val_xs) else "last"
-    params, ck_meta = load_checkpoint(out, which, like=result.params)
-    ck_step = int(ck_meta.get("step", -1))
-    test_xs, test_ys = data["test"]
-    t_eval = time.perf_counter()
-    r = evaluate(predict, params, img.eval_batches(test_xs, test_ys, args.eval_batch_size))
-    eval_seconds = time.perf_counter() - t_eval
-    # The final params too: with an accuracy target the last step can beat the checkpoint picked by val loss.
-    final = r if ck_step == result.step else evaluate(
-        predict, result.params, img.eval_batches(test_xs, test_ys, args.eval_batch_size))
-    cm = confusion_matrix(test_ys, r["predictions"], img.NUM_CLASSES)
-    train_records = [h for h in result.history if h.get("kind") == "train"]
-    rates = [h["images_per_s"] for h in train_records if "images_per_s" in h]
-    results = {
-        "dataset": args.dataset, "mode": args.mode, "cell": args.cell, "hidden": args.hidden,
-        "layers": args.layers, "bidirectional": args.bidirectional,
-        "test_accuracy": r["accuracy"], "test_loss": r["loss"], "test_examples": r["count"],
-        "checkpoint": which, "checkpoint_step": ck_step,
-        "final_test_accuracy": final["accuracy"], "final_test_loss": final["loss"],
-        "steps_done": int(result.step), "steps_planned": int(steps),
-        "epochs_done": result.step / batches.steps_per_epoch, "stop_reason": result.stop_reason,
-        "best_val": result.best, "train_seconds_this_session": train_seconds,
-        "wall_seconds_this_session": time.perf_counter() - t0,
-        "train_images_per_s_median": float(np.median(rates)) if rates else None,
-        "test_eval_seconds": eval_seconds,
-        "per_class_accuracy": (np.diag(cm) / np.maximum(cm.sum(1), 1)).round(4).tolist(),
-        "confusion_matrix": cm.tolist(), "resumed": args.resume, "layer": args.layer_choice,
-        "machine": finish_machine_info(machine, matmul_gflops=run_matmul_gflops()),
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    # Test with the best checkpoint by --best-metric (the last one if no validation), and the final params.
+    results = epilogue.finish_run(task, result, out, {"test": data["test"]}, args=args, machine=machine,
+                                  train_seconds=result.wall_seconds, extra=test_figures(args, steps, batches, result, t0, data["test"][1]))
+    r = results.pop("_test")
     if not args.no_plots:
         names = data["class_names"] or tuple(str(i) for i in range(img.NUM_CLASSES))
         title = f"{args.dataset} {args.mode} {args.cell} {args.layers}x{args.hidden}: test acc {r['accuracy']:.2%}"
-        plot_confusion(cm, names, out / "confusion_matrix.png", title)
-        logits = r["logits"]
-        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        plot_confusion(np.asarray(results["confusion_matrix"]), names, out / "confusion_matrix.png", title)
+        probs = np.exp(r["logits"] - r["logits"].max(-1, keepdims=True))
         probs /= probs.sum(-1, keepdims=True)
+        test_ys = data["test"][1]
         plot_misclassified(data["test_images"][: len(test_ys)], test_ys, r["predictions"], probs, names,
                            out / "misclassified.png")
-    print(
-        f"test accuracy {r['accuracy']:.4f}  test loss {r['loss']:.4f}  ({which} checkpoint, step "
-        f"{results['checkpoint_step']}; trained {result.step}/{steps} steps, {train_seconds / 60:.1f} min, "
-        f"stop: {result.stop_reason}); final params (step {result.step}): test accuracy {final['accuracy']:.4f}",
-        flush=True,
-    )
     return results
 
 

@@ -25,12 +25,13 @@ from typing import Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ..cells import get_cell
+from ..data.images import eval_batches
 from ..layers import apply_stack, init_stack, layer_impl
 from ..precision import get_precision
-from .losses import cross_entropy
+from .losses import cross_entropy, cross_entropy_per_item
+from .task import Task
 
 Array = jax.Array
 
@@ -169,7 +170,7 @@ def evaluate(predict, params, batches: Iterable[dict]) -> dict:
         logits = np.asarray(predict(params, batch["x"]))
         mask = np.asarray(batch.get("mask", np.ones(len(batch["y"]), np.float32))) > 0
         logits, y = logits[mask], np.asarray(batch["y"])[mask]
-        losses = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+        losses = np.asarray(cross_entropy_per_item(logits, y))
         total_loss += float(losses.sum())
         p = logits.argmax(-1)
         total_correct += float((p == y).sum())
@@ -190,3 +191,25 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
     cm = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(cm, (np.asarray(labels), np.asarray(predictions)), 1)
     return cm
+
+
+def classifier_task(config: ClassifierConfig, eval_batch_size: int = 1000, compute_dtype=None) -> Task:
+    """The classifier as a :class:`~lstm_jax.models.task.Task`; ``data`` is ``(xs (N, T, F), ys (N,))``.
+
+    ``evaluate`` gives ``{"loss", "accuracy", "error", "count"}`` over every example, and the
+    ``predictions`` (N,) and ``logits`` (N, C) behind them (arrays: a confusion matrix needs them).
+    """
+    predict = make_predict_fn(config, compute_dtype)
+
+    def evaluate_split(params, data):
+        r = evaluate(predict, params, eval_batches(*data, eval_batch_size))
+        return {"loss": r["loss"], "accuracy": r["accuracy"], "error": 1.0 - r["accuracy"], "count": r["count"],
+                "predictions": r["predictions"], "logits": r["logits"]}
+
+    def validate(params, data):
+        r = evaluate_split(params, data)
+        return {k: r[k] for k in ("loss", "accuracy", "error")}
+
+    return Task(init=lambda key: init_classifier(key, config), loss=make_loss_fn(config, compute_dtype),
+                evaluate=evaluate_split, validate=validate,
+                report=lambda r: f"accuracy {r['accuracy']:.4f}, loss {r['loss']:.4f}", metric="loss")

@@ -21,10 +21,11 @@ Example (any task trains the same way)::
     >>> from lstm_jax.models.classifier import ClassifierConfig, classifier_task
     >>> task = classifier_task(ClassifierConfig(input_size=3, num_classes=2, hidden_size=4))
     >>> params = task.init(jax.random.PRNGKey(0))
-    >>> batch = {"x": jax.numpy.ones((2, 5, 3)), "y": jax.numpy.array([0, 1])}
-    >>> loss, (state, metrics) = task.loss(params, batch, jax.random.PRNGKey(1), task.model_state)
-    >>> sorted(task.evaluate(params, [batch]))
-    ['accuracy', 'count', 'loss']
+    >>> xs, ys = jax.numpy.ones((2, 5, 3)), jax.numpy.array([0, 1])
+    >>> loss, (state, metrics) = task.loss(params, {"x": xs, "y": ys}, jax.random.PRNGKey(1), task.model_state)
+    >>> figures = task.evaluate(params, (xs, ys))
+    >>> figures["count"], round(figures["accuracy"] + figures["error"], 6)
+    (2, 1.0)
 """
 
 from __future__ import annotations
@@ -56,4 +57,4 @@ class Task:
     def eval_fn(self, data, prefix: str = "val_") -> Callable[[Any], dict]:
         """fit's ``eval_fn``: ``validate`` (else ``evaluate``) on ``data``, keys prefixed (``val_loss``)."""
         check = self.validate or self.evaluate
-        return lambda params: {prefix + k: v for k, v in check(params, data).items() if not isinstance(v, (list,))}
+        return lambda params: {prefix + k: v for k, v in check(params, data).items() if isinstance(v, (int, float))}
