@@ -256,8 +256,8 @@ def parallel_time(args):
     if over_budget:
         print(f"\nnot run, over the {args.budget_minutes} min budget: {over_budget}")
     cfg = {"B": B, "I": I, "H": H, "repeats": args.repeats, "lengths": args.lengths, "quick": args.quick}
-    result = {"config": cfg, "machine": machine, "skipped_unregistered": skipped, "over_budget": over_budget,
-              "rows": rows}
+    result = {"config": cfg, "args": {k: v for k, v in vars(args).items()},  # args["config"]: the --config file
+              "machine": machine, "skipped_unregistered": skipped, "over_budget": over_budget, "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     plot(rows, names, cfg, out.with_suffix(".png"), machine["load_average_at_end"])

@@ -185,6 +185,7 @@ def remat_benchmark(args):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "config": {"B": B, "I": I, "H": H, "repeats": args.repeats, "compile_repeats": args.compile_repeats},
+        "args": {k: v for k, v in vars(args).items()},  # args["config"]: the --config file, if any
         "load_average_end": os.getloadavg(),
         "machine": finish_machine_info(machine),
         "rows": rows,
