@@ -10,7 +10,7 @@ gradients for the inputs, the initial carry and every parameter.
 
 Cells, and how the library's params map onto oneDNN's (``ldigo`` weights are
 the library's ``(I, G*H)`` matrices unchanged; the C++ side reorders them into
-the blocked layouts oneDNN's brgemm kernels choose):
+the layouts oneDNN chooses, :func:`weight_layout`):
 
 * ``lstm``: ``vanilla_lstm``, gates ``[i|f|g|o]`` in both (oneDNN: i, f, c~, o):
   ``w_x``, ``w_h``, ``b`` as they are.
@@ -39,6 +39,8 @@ as float32 holding bfloat16-rounded values (oneDNN stores ``h_t`` in bf16: it is
 the next step's matmul operand); gradients are float32 (master weights). bf16
 needs a CPU with AVX512-BF16 or AMX (:func:`cpu_has_bf16`); elsewhere the
 policy is absent from the impl's ``precisions`` and a bf16 call is refused.
+With this oneDNN (3.2) only the LSTM has brgemm bf16 kernels; the bf16 GRU and RNN
+run its reference bf16 path, whose backward can be slower than fp32's.
 
 Threads: the oneDNN wheel (``onednn-cpu-gomp``) threads with GNU OpenMP, so
 ``OMP_NUM_THREADS`` (set before the process starts) sets the count, as it does
