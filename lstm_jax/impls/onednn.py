@@ -39,8 +39,9 @@ as float32 holding bfloat16-rounded values (oneDNN stores ``h_t`` in bf16: it is
 the next step's matmul operand); gradients are float32 (master weights). bf16
 needs a CPU with AVX512-BF16 or AMX (:func:`cpu_has_bf16`); elsewhere the
 policy is absent from the impl's ``precisions`` and a bf16 call is refused.
-With this oneDNN (3.2) only the LSTM has brgemm bf16 kernels; the bf16 GRU and RNN
-run its reference bf16 path, whose backward can be slower than fp32's.
+With this oneDNN (3.2) the LSTM and the RNN have brgemm bf16 kernels; the bf16
+(linear-before-reset) GRU runs its reference bf16 path, whose backward can be
+slower than fp32's.
 
 Threads: the oneDNN wheel (``onednn-cpu-gomp``) threads with GNU OpenMP, so
 ``OMP_NUM_THREADS`` (set before the process starts) sets the count, as it does
