@@ -69,6 +69,8 @@ def given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> dict:
 
 def recorded_values(record: dict, parser: argparse.ArgumentParser) -> dict:
     """What a record says its run was given, by dest (each script's current record format)."""
+    if isinstance(record.get("config"), dict) and "command" in record:  # the run epilogue's resolved arguments
+        return record["config"]
     if isinstance(record.get("command"), (str, list)):  # char_lstm results.json / seeds.py's seeds.json
         command = record["command"]
         argv = shlex.split(command) if isinstance(command, str) else list(command)
@@ -116,6 +118,9 @@ def test_config_matches_its_recorded_run(name):
     record = json.loads(record_path.read_text())
     config, args = resolved(REPO / "configs" / name)
     recorded = recorded_values(record, parser_of(config["script"]))
+    if recorded is record.get("config"):  # every resolved argument: compare the ones the file sets, where a rule
+        # ("default") or a measurement ("auto") resolves impl/precision the record holds what it chose
+        recorded = {k: v for k, v in recorded.items() if k in config and config[k] not in ("default", "auto")}
     differ = {k: (getattr(args, k, "<not a flag>"), v) for k, v in recorded.items()
               if k not in NOT_DEFINING and getattr(args, k, "<not a flag>") != v}
     assert not differ, f"{name} against {RECORDS[name]}: (config, record) {differ}"
