@@ -157,8 +157,10 @@ def launch(command: Sequence[str], num_processes: int, *, local_devices: int | N
                 break
             if all(c is not None for c in codes):
                 break
-            if signalled_at and time.monotonic() - signalled_at[0] > signal_grace:
-                _kill_stragglers(procs, signal_grace, signal.Signals(received[0]).name)
+            if signalled_at and (len(received) > 1 or time.monotonic() - signalled_at[0] > signal_grace):
+                first = signal.Signals(received[0]).name
+                _kill_stragglers(procs, "at a second signal" if len(received) > 1 else
+                                 f"{signal_grace:g} s after {first}")
                 break
             time.sleep(0.05)
         return 128 + received[0] if received else status
@@ -170,12 +172,11 @@ def launch(command: Sequence[str], num_processes: int, *, local_devices: int | N
             signal.signal(s, h)
 
 
-def _kill_stragglers(procs: list[subprocess.Popen], grace: float, signame: str) -> None:
-    """SIGKILL every process still running ``grace`` seconds after the launcher passed on ``signame``."""
+def _kill_stragglers(procs: list[subprocess.Popen], when: str) -> None:
+    """SIGKILL every process still running ``when`` (``"30 s after SIGTERM"``), each with one line."""
     for i, p in enumerate(procs):
         if p.poll() is None:
-            print(f"launch: process {i} still running {grace:g} s after {signame}; killing it (SIGKILL)",
-                  file=sys.stderr, flush=True)
+            print(f"launch: process {i} still running {when}; killing it (SIGKILL)", file=sys.stderr, flush=True)
             _signal_group(p, signal.SIGKILL)
             p.wait()
 

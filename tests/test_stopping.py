@@ -142,7 +142,7 @@ def test_stall_watchdog_ends_the_process_with_one_line():
     off.close()
 
 
-def test_launcher_kills_processes_that_ignore_the_signal_after_the_grace():
+def test_launcher_kills_processes_that_ignore_the_signal_after_the_grace_or_at_a_second_signal():
     out = io.StringIO()
     code = ("import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
             "print('ready', flush=True); time.sleep(120)")
@@ -158,3 +158,15 @@ def test_launcher_kills_processes_that_ignore_the_signal_after_the_grace():
     seconds = time.monotonic() - t0
     assert rc == 128 + signal.SIGTERM and seconds < 15, (out.getvalue(), err.getvalue())
     assert "launch: process 0 still running 1 s after SIGTERM; killing it (SIGKILL)" in err.getvalue()
+
+    # A second signal does not wait for the grace: SIGKILL at once.
+    timers = [threading.Timer(t, os.kill, (os.getpid(), signal.SIGINT)) for t in (2.0, 2.5)]
+    for timer in timers:
+        timer.start()
+    t0 = time.monotonic()
+    try:
+        rc = launch.launch(["-c", code.replace("SIGTERM", "SIGINT")], 2, signal_grace=60.0, out=io.StringIO())
+    finally:
+        for timer in timers:
+            timer.cancel()
+    assert rc == 128 + signal.SIGINT and time.monotonic() - t0 < 15
