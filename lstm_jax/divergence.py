@@ -27,6 +27,12 @@ explodes, that is a checkpoint from before the climb, not one written at a
 loss already a hundred times the median. The message names it, and the best
 checkpoint by validation (which the scripts' sample/eval modes load by
 default). Steps from before a resume count as sane.
+
+In a multi-process job every process runs its own guard on the same numbers:
+the loss, gradient norm and params-finite flag are replicated outputs of the
+one SPMD step (reduced across processes inside it), so all processes raise
+at the same update without exchanging anything (:mod:`lstm_jax.stopping`;
+``tests/test_multiprocess.py`` checks the processes read the same bits).
 """
 
 from __future__ import annotations
@@ -81,8 +87,9 @@ class DivergenceGuard:
             return None
         return self.blowup_factor * max(statistics.median(self.recent), self.first)
 
-    def check(self, update: int, stats: dict, lr: float, ckpt=None) -> None:
-        """``update``: 1-based number of the update whose ``stats`` these are (the step it would make).
+    def check(self, update: int, stats: dict, lr: float | None, ckpt=None) -> None:
+        """``update``: 1-based number of the update whose ``stats`` these are (the step it would make);
+        ``lr``: its learning rate for the message (``None``: unknown, a caller's own optimizer).
 
         Pops :data:`PARAMS_FINITE` from ``stats``; ``ckpt`` is the run's
         :class:`~lstm_jax.checkpoint.Checkpointer` (or ``None``).
@@ -123,7 +130,7 @@ class DivergenceGuard:
                 where += f"; best by validation: step {best}"
             where += f", in {ckpt.directory}"
         message = (
-            f"training diverged at step {update}: {what} (learning rate {lr:.3g}). "
+            f"training diverged at step {update}: {what}{'' if lr is None else f' (learning rate {lr:.3g})'}. "
             f"Nothing was saved for step {update}; {where}. {_ADVICE}"
         )
         return TrainingDiverged(message, update, good, best)

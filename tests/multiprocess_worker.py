@@ -104,7 +104,8 @@ def main(argv=None):
     if args.dump and jax.process_index() == 0:
         np.savez(args.dump, *[np.asarray(x) for x in jax.tree_util.tree_leaves(result.params)])
     print(f"process {jax.process_index()}/{jax.process_count()}: {jax.device_count()} devices, "
-          f"step {result.step}, loss {result.history[-1]['loss']:.6f}, {result.stop_reason}")
+          f"step {result.step}, loss {result.history[-1]['loss']:.6f}, {result.stop_reason}, "
+          f"bits {float(result.history[-1]['loss']).hex()}")  # what each process's divergence guard read
 
 
 if __name__ == "__main__":

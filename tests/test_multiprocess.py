@@ -354,6 +354,9 @@ def test_sigterm_to_the_launcher_stops_every_process_at_one_step_and_resume_is_e
           f"job {seconds:.1f} s")
     rc, output, _ = launch_worker(out, "--steps", str(steps), "--resume", *every, local_devices=1)
     assert rc == 0, output[-3000:]
+    # the loss each process's divergence guard read: the same bits (no agreement needed for that stop)
+    bits = dict(re.findall(r"\[(p\d)\] process \d/2: .* bits (\S+)", output))
+    assert set(bits) == {"p0", "p1"} and bits["p0"] == bits["p1"], output[-3000:]
     params, meta = load_checkpoint(out, "last", like=reference.params)
     assert meta["step"] == steps
     assert_close(leaves(params), leaves(reference.params))
