@@ -64,7 +64,7 @@ class StepLogger:
             steps its means cover, and ``partial: true`` marks a short window.
         start_step: the step the loop starts from (``> 0`` when resumed).
         schedule: ``schedule(step) -> learning rate``; each record holds the rate
-            of its window's last step.
+            of its window's last step (``None``: records carry no ``lr``).
         items_per_batch, item_name: throughput in items (e.g. ``"chars"``) per
             second, logged as ``<item_name>_per_s`` and shown in the bar.
         progress: show a tqdm bar.
@@ -78,7 +78,7 @@ class StepLogger:
         total_steps: int,
         log_every: int,
         start_step: int,
-        schedule: Callable[[int], float],
+        schedule: Callable[[int], float] | None,
         items_per_batch: int | None = None,
         item_name: str = "items",
         progress: bool = True,
@@ -129,7 +129,8 @@ class StepLogger:
         dt = now - self._t0
         rec = {"kind": "train", "step": step}
         rec.update({k: v / self._n for k, v in self._sums.items()})
-        rec["lr"] = float(self.schedule(step - 1))
+        if self.schedule is not None:
+            rec["lr"] = float(self.schedule(step - 1))
         rec["steps_per_s"] = self._n / dt
         if self.items_per_batch:
             rec[f"{self.item_name}_per_s"] = self._n * self.items_per_batch / dt
@@ -151,6 +152,10 @@ class StepLogger:
     def message(self, text: str) -> None:
         """Print a line without breaking the bar."""
         (self.bar.write if self.bar is not None else print)(text)
+
+    def elapsed(self) -> float:
+        """Seconds since ``t_start``."""
+        return time.perf_counter() - self.t_start
 
     def close(self) -> None:
         """Write the steps of an unfinished window (a stop inside one), then close the bar."""

@@ -1,9 +1,10 @@
-"""Where :func:`lstm_jax.train.fit` starts: a fresh run, or the latest checkpoint of a run directory.
+"""The run directory of :func:`lstm_jax.train.fit`: where it starts, and what it saves.
 
 ``restore_or_start`` opens the run directory (:func:`lstm_jax.checkpoint.open_run_directory`),
 restores the latest checkpoint when resuming (placed like the caller's arrays,
 e.g. replicated over a mesh), warns about a changed config and writes
-``metadata.json`` (process 0 only).
+``metadata.json`` (process 0 only). :class:`StepSaver` writes the training
+state at the steps the loop chooses, never the same step twice.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from . import parallel
 from .checkpoint import Checkpointer, closed_on_error, open_run_directory, write_metadata
 
-__all__ = ["RunStart", "restore_or_start"]
+__all__ = ["RunStart", "StepSaver", "restore_or_start"]
 
 
 class RunStart(NamedTuple):
@@ -63,3 +64,25 @@ def _restore_into(ckpt, config, params, opt_state, model_state, *, resume, run_m
     if parallel.is_main_process():  # one writer in a multi-process job
         write_metadata(out, run_meta)
     return RunStart(params, opt_state, model_state, start_step, ckpt, best)
+
+
+class StepSaver:
+    """Saves a :class:`~lstm_jax.train.TrainState` to the run's checkpointer, at most once per step.
+
+    ``last_saved``: the step already on disk (a resumed run's start), so a
+    stop right after resuming writes nothing twice.
+    """
+
+    def __init__(self, checkpointer: Checkpointer | None, run_meta: dict, last_saved: int | None):
+        self.checkpointer, self.run_meta, self.last_saved = checkpointer, run_meta, last_saved
+
+    def due(self, step: int, checkpoint_every: int, last_step: int) -> bool:
+        return step % checkpoint_every == 0 or step == last_step
+
+    def save(self, state, metrics: dict | None = None) -> None:
+        if self.checkpointer is None or self.last_saved == state.step:
+            return
+        tree = {"params": state.params, "opt_state": state.opt_state, "model_state": state.model_state,
+                "step": np.int64(state.step)}
+        self.checkpointer.save(state.step, tree, metadata=self.run_meta, metrics=metrics)
+        self.last_saved = state.step

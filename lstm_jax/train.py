@@ -32,11 +32,10 @@ batch goes onto devices; ``make_step=`` can wrap or replace the jitted step.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,14 +44,18 @@ import optax
 
 from . import parallel
 from .checkpoint import CheckpointError, load_checkpoint
-from .divergence import PARAMS_FINITE, DivergenceGuard, TrainingDiverged
+from .divergence import DivergenceGuard, TrainingDiverged
+from .evaluation import BestTracker, evaluate
+from .optim import make_optimizer, make_schedule
 from .reporting import MetricsLog, StepLogger, plot_history, save_loss_curve
-from .resume import restore_or_start
+from .resume import StepSaver, restore_or_start
 from .stopping import Preempted, StopControl, stop_message
+from .train_step import make_train_step
 
 __all__ = [
     "TrainConfig",
     "TrainResult",
+    "TrainState",
     "TrainingDiverged",
     "Preempted",
     "make_schedule",
@@ -134,84 +137,13 @@ class TrainResult:
     wall_seconds: float = 0.0
 
 
-# ---------------------------------------------------------------------------
-# Optimiser
+class TrainState(NamedTuple):
+    """What one training step reads and writes, and what a checkpoint holds."""
 
-
-def make_schedule(config: TrainConfig) -> optax.Schedule:
-    """Linear warmup from 0 to ``learning_rate``, cosine decay to ``learning_rate*end_lr_ratio``."""
-    warmup = min(config.warmup_steps, max(config.steps - 1, 0))
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=config.learning_rate,
-        warmup_steps=warmup,
-        decay_steps=max(config.steps, warmup + 1),
-        end_value=config.learning_rate * config.end_lr_ratio,
-    )
-
-
-def _decay_mask(params):
-    # Decay weight matrices (and embeddings), not biases or other vectors.
-    return jax.tree_util.tree_map(lambda p: jnp.ndim(p) >= 2, params)
-
-
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Global-norm gradient clipping, then AdamW on the warmup-cosine schedule."""
-    # clip_norm=None still adds the (no-op) transform, so the optimizer state
-    # has one structure and checkpoints stay interchangeable.
-    clip = math.inf if config.clip_norm is None else config.clip_norm
-    return optax.chain(
-        optax.clip_by_global_norm(clip),
-        optax.adamw(make_schedule(config), weight_decay=config.weight_decay, mask=_decay_mask),
-    )
-
-
-# ---------------------------------------------------------------------------
-# The step
-
-
-_OPTIMIZER_FIELDS = ("steps", "learning_rate", "warmup_steps", "end_lr_ratio", "weight_decay", "clip_norm")
-
-
-def _optimizer_key(config: TrainConfig) -> tuple:
-    return tuple((f, getattr(config, f)) for f in _OPTIMIZER_FIELDS)
-
-
-@functools.partial(jax.jit, static_argnames=("loss_fn", "opt_key", "seed", "grad_metrics"))
-def _train_step(params, opt_state, model_state, batch, step, *, loss_fn, opt_key, seed, grad_metrics=None):
-    optimizer = make_optimizer(TrainConfig(**dict(opt_key)))
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), step)
-    (loss, (new_model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, batch, key, model_state
-    )
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    stats = {"loss": loss, "grad_norm": optax.tree.norm(grads), **(metrics or {})}
-    if grad_metrics is not None:
-        stats.update(grad_metrics(grads))
-    # Cheap divergence check on the *updated* params (the loss above is of the old ones).
-    stats[PARAMS_FINITE] = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(params)]))
-    return params, opt_state, new_model_state, stats
-
-
-def make_train_step(loss_fn: Callable, config: TrainConfig, grad_metrics: Callable | None = None) -> Callable:
-    """Jitted ``step_fn(params, opt_state, model_state, batch, step) -> (params, opt_state, model_state, stats)``.
-
-    One optimisation step with :func:`make_optimizer` ``(config)`` and the
-    dropout/noise key ``fold_in(PRNGKey(config.seed), step)``. ``stats`` holds
-    ``loss``, ``grad_norm`` (before clipping) and the task's metrics.
-
-    ``grad_metrics(grads) -> dict`` (optional, a module-level function so it
-    can be a static jit argument) adds scalars computed from the raw gradients
-    to ``stats``, e.g. the norm of one parameter's gradient per step.
-
-    The compiled step is cached on ``(loss_fn, optimizer settings, seed,
-    grad_metrics)``, so calling :func:`fit` again with the same ``loss_fn``
-    (e.g. to resume) does not recompile.
-    """
-    return functools.partial(
-        _train_step, loss_fn=loss_fn, opt_key=_optimizer_key(config), seed=config.seed, grad_metrics=grad_metrics
-    )
+    params: Any
+    opt_state: Any
+    model_state: Any
+    step: int
 
 
 def put_batch(batch):
@@ -222,22 +154,27 @@ def put_batch(batch):
 _default_put_batch = put_batch  # fit's ``put_batch`` argument shadows the name
 
 
-def evaluate(eval_step: Callable, params, batches: Iterable, *, count_key: str = "count") -> dict:
-    """Average metrics over batches.
+def _placement(put_batch, data_parallel, resume, out_dir):
+    """Check ``fit``'s placement arguments; return ``(put_batch or None, data_parallel)``."""
+    if resume and out_dir is None:
+        raise ValueError("resume=True needs out_dir (the run directory to resume from)")
+    own_put_batch = put_batch is not None and put_batch is not _default_put_batch
+    if data_parallel and own_put_batch:
+        raise ValueError("data_parallel=True shards the batch itself: give put_batch or data_parallel=True, not both")
+    if data_parallel is None:
+        data_parallel = not own_put_batch and jax.device_count() > 1
+    if jax.process_count() > 1 and not (data_parallel or own_put_batch):
+        raise ValueError("data_parallel=False in a multi-process job would train each process on its own rows")
+    return (put_batch if own_put_batch else _default_put_batch), data_parallel
 
-    ``eval_step(params, batch)`` returns a dict of *sums* over the batch plus
-    ``count`` (number of items); the result is every sum divided by the total
-    count. Sums are accumulated in float64 on the host.
-    """
-    totals: dict[str, float] = {}
-    for batch in batches:
-        out = jax.device_get(eval_step(params, batch))
-        for k, v in out.items():
-            totals[k] = totals.get(k, 0.0) + float(v)
-    n = totals.pop(count_key, 0.0)
-    if n <= 0:
-        raise ValueError("evaluate: no items (empty evaluation set?)")
-    return {k: v / n for k, v in totals.items()}
+
+def _close(logger, log, log_dir, checkpointer) -> None:
+    """The end of every run, also on an error: the bar, the last loss curve, the checkpointer's writes."""
+    logger.close()
+    if log_dir is not None and log.records:
+        save_loss_curve(log.records, log_dir / "loss_curve.png")
+    if checkpointer is not None:
+        checkpointer.close()
 
 
 # ---------------------------------------------------------------------------
@@ -261,6 +198,7 @@ def fit(
     put_batch: Callable | None = None,
     make_step: Callable = make_train_step,
     data_parallel: bool | None = None,
+    optimizer: optax.GradientTransformation | None = None,
 ) -> TrainResult:
     """Train ``params`` for ``config.steps`` steps (see the module docstring for the contract).
 
@@ -278,14 +216,20 @@ def fit(
         put_batch: ``put_batch(host_batch) -> device batch``; ``None``: the
             module's :func:`put_batch` (default device), or the data-parallel
             sharding. Pass your own to shard the batch yourself.
-        make_step: ``make_step(loss_fn, config) -> step_fn`` (see
-            :func:`make_train_step`); replace to wrap the step (e.g. pmean of
-            gradients, explicit shardings).
+        make_step: ``make_step(loss_fn, config, optimizer=...) -> step_fn`` (see
+            :func:`~lstm_jax.train_step.make_train_step`); replace to wrap the
+            step (e.g. pmean of gradients, explicit shardings).
         data_parallel: replicate params/optimizer state over all local devices
             and shard every batch over them (:mod:`lstm_jax.parallel`).
             ``None`` (default): exactly when there is more than one device and
             no ``put_batch`` of your own is given. ``True`` with a
             ``put_batch`` of your own is an error.
+        optimizer: any ``optax.GradientTransformation``; ``None``: the
+            config's clipping + AdamW + warmup-cosine schedule
+            (:func:`~lstm_jax.optim.make_optimizer`). With your own, the
+            config's optimiser fields are unused and the logged records carry
+            no ``lr``; e.g. ``optax.MultiSteps(optax.adam(1e-3), 4)``
+            accumulates gradients over 4 batches per update.
 
     Raises:
         TrainingDiverged: loss or gradient norm became NaN/inf, or the loss
@@ -314,111 +258,62 @@ def fit(
         [1.0, -2.0]
     """
     config.validate()
-    if resume and out_dir is None:
-        raise ValueError("resume=True needs out_dir (the run directory to resume from)")
-    own_put_batch = put_batch is not None and put_batch is not _default_put_batch
-    if data_parallel and own_put_batch:
-        raise ValueError("data_parallel=True shards the batch itself: give put_batch or data_parallel=True, not both")
-    if data_parallel is None:
-        data_parallel = not own_put_batch and jax.device_count() > 1
-    if jax.process_count() > 1 and not (data_parallel or own_put_batch):
-        raise ValueError("data_parallel=False in a multi-process job would train each process on its own rows")
-    if not own_put_batch:
-        put_batch = _default_put_batch
-
-    optimizer = make_optimizer(config)
-    opt_state = parallel.colocate(optimizer.init(params), params)
-    schedule = make_schedule(config)
+    put_batch, data_parallel = _placement(put_batch, data_parallel, resume, out_dir)
+    schedule = make_schedule(config) if optimizer is None else None  # a caller's optimizer has its own rate
+    optimizer = make_optimizer(config) if optimizer is None else optimizer
     out = Path(out_dir) if out_dir is not None else None
     run_meta = {**(metadata or {}), "train_config": dataclasses.asdict(config), "best_metric": best_metric}
-    params, opt_state, model_state, start_step, ckpt, best = restore_or_start(
-        out, config, params, opt_state, model_state, resume=resume, best_metric=best_metric, run_meta=run_meta
+    start = restore_or_start(
+        out, config, params, parallel.colocate(optimizer.init(params), params), model_state, resume=resume,
+        best_metric=best_metric, run_meta=run_meta,
     )
+    state = TrainState(start.params, start.opt_state, start.model_state, start.step)
     log_dir = out if parallel.is_main_process() else None  # metrics, figures: process 0 only
-    log = MetricsLog(log_dir / "metrics.jsonl" if log_dir else None, start_step if resume else None)
-
+    log = MetricsLog(log_dir / "metrics.jsonl" if log_dir else None, start.step if resume else None)
     if data_parallel:
-        params, opt_state, model_state, put_batch = parallel.replicate_train_state(params, opt_state, model_state)
-    step_fn = make_step(loss_fn, config)
+        *replicated, put_batch = parallel.replicate_train_state(*state[:3])
+        state = TrainState(*replicated, state.step)
+    step_fn = make_step(loss_fn, config, optimizer=optimizer)
     guard = DivergenceGuard(config.blowup_factor)
-    t_start = time.perf_counter()
-    control = StopControl(config.max_minutes, start_step)  # SIGTERM, time budget, watchdog: agreed across processes
-    last_saved = start_step if resume else None
-
-    def save(step, metrics=None):
-        nonlocal last_saved
-        if ckpt is None or last_saved == step:
-            return
-        state = {"params": params, "opt_state": opt_state, "model_state": model_state, "step": np.int64(step)}
-        ckpt.save(step, state, metadata=run_meta, metrics=metrics)
-        last_saved = step
-
-    def run_eval(step):
-        nonlocal best
-        t0 = time.perf_counter()
-        metrics = {k: float(v) for k, v in eval_fn(params).items()}
-        rec = {"kind": "eval", "step": step, **metrics, "eval_seconds": round(time.perf_counter() - t0, 3)}
-        log.write(rec)
-        # "<=": a tie goes to the later step, the one the checkpoint policy keeps (Orbax's BestN), so the
-        # reported best is always a checkpoint on disk
-        if best_metric in metrics and (best is None or metrics[best_metric] <= best[best_metric]):
-            best = {"step": step, **metrics}
-        return metrics
-
+    evals = BestTracker(eval_fn, log, best_metric, start.best)
+    saver = StepSaver(start.checkpointer, run_meta, start.step if resume else None)
+    control = StopControl(config.max_minutes, start.step)  # SIGTERM, time budget, watchdog: agreed across processes
     logger = StepLogger(
-        log, total_steps=config.steps, log_every=config.log_every, start_step=start_step, schedule=schedule,
+        log, total_steps=config.steps, log_every=config.log_every, start_step=start.step, schedule=schedule,
         items_per_batch=items_per_batch, item_name=item_name, progress=config.progress and parallel.is_main_process(),
-        t_start=t_start,
     )
     stop_reason = "completed"
-    step = start_step
     try:
         with control:
-            while step < config.steps:
+            while state.step < config.steps:
+                step = state.step
                 control.doing(step, f"training step {step + 1}")
-                batch = put_batch(get_batch(step))
-                new_params, new_opt_state, new_model_state, stats = step_fn(
-                    params, opt_state, model_state, batch, step
-                )
+                *new, stats = step_fn(*state[:3], put_batch(get_batch(step)), step)
                 stats = {k: float(v) for k, v in jax.device_get(stats).items()}
-                guard.check(step + 1, stats, float(schedule(step)), ckpt)
-                params, opt_state, model_state = new_params, new_opt_state, new_model_state
-                step += 1
-                logger.step_done(step, stats)
-
-                reason = control.reason(step)  # None, "time budget" or "preempted": the same in every process
-                stopping = reason is not None and step < config.steps
-                # a preemption adds no evaluation (time is short), only the checkpoint
-                eval_now = eval_fn is not None and (step % config.eval_every == 0 or step == config.steps
-                                                    or (stopping and reason == "time budget"))
-                control.doing(step, "evaluation")
-                metrics = run_eval(step) if eval_now else None
-                if metrics is not None:
-                    logger.eval_done(step, metrics)
-                if metrics is not None or step % config.checkpoint_every == 0 or step == config.steps or stopping:
-                    control.doing(step, "checkpoint save")
-                    save(step, metrics)
+                guard.check(step + 1, stats, None if schedule is None else float(schedule(step)), start.checkpointer)
+                state = TrainState(*new, step + 1)
+                logger.step_done(state.step, stats)
+                reason = control.reason(state.step)  # None, "time budget" or "preempted": the same in every process
+                stopping = reason is not None and state.step < config.steps
+                control.doing(state.step, "evaluation")
+                metrics = None
+                if evals.due(state.step, config.eval_every, config.steps, stopping and reason == "time budget"):
+                    logger.eval_done(state.step, metrics := evals.run(state.step, state.params))
+                if metrics is not None or stopping or saver.due(state.step, config.checkpoint_every, config.steps):
+                    control.doing(state.step, "checkpoint save")
+                    saver.save(state, metrics)
                     if log_dir is not None and metrics is not None:
                         save_loss_curve(log.records, log_dir / "loss_curve.png")
                 if stopping:
                     stop_reason = reason
-                    logger.message(stop_message(reason, step, config.steps, config.max_minutes, saved=out is not None))
+                    logger.message(stop_message(reason, state.step, config.steps, config.max_minutes, saved=out is not None))
                     break
     finally:
-        logger.close()
-        if log_dir is not None and log.records:
-            save_loss_curve(log.records, log_dir / "loss_curve.png")
-        if ckpt is not None:
-            ckpt.close()
+        _close(logger, log, log_dir, start.checkpointer)
     if stop_reason == "preempted":
-        raise Preempted(step, stop_message(reason, step, config.steps, config.max_minutes, saved=out is not None))
+        raise Preempted(state.step, stop_message(stop_reason, state.step, config.steps, config.max_minutes,
+                                                 saved=out is not None))
     return TrainResult(
-        params=params,
-        opt_state=opt_state,
-        model_state=model_state,
-        step=step,
-        history=log.records,
-        best=best,
-        stop_reason=stop_reason,
-        wall_seconds=time.perf_counter() - t_start,
+        params=state.params, opt_state=state.opt_state, model_state=state.model_state, step=state.step,
+        history=log.records, best=evals.best, stop_reason=stop_reason, wall_seconds=logger.elapsed(),
     )

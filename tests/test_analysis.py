@@ -175,7 +175,7 @@ def test_gradient_flow_script_smoke(tmp_path):
     spec = importlib.util.spec_from_file_location("gradient_flow_script", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    mod.main(["--T", "6", "--cells", "lstm", "--hidden", "4", "--batch", "8", "--probe", "8", "--steps", "5",
+    mod.main(["--T", "6", "--cells", "lstm", "--hidden", "4", "--batch-size", "8", "--probe", "8", "--steps", "5",
               "--out", str(tmp_path)])
     r = json.loads((tmp_path / "gradient_flow.json").read_text())["results"]["lstm"]
     assert len(r["init"]["h"]) == len(r["init"]["c"]) == len(r["trained"]["h"]) == 6

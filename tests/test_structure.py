@@ -124,3 +124,27 @@ def test_no_switch_on_cell_names_outside_the_cells():
                 if any(isinstance(v, str) and v in CELL_NAMES for v in consts):
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not offenders, offenders
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def _code_lines(node) -> int:
+    """Lines of a function's code: from its ``def`` to its end, less its docstring."""
+    n = node.end_lineno - node.lineno + 1
+    first = node.body[0]
+    if isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant) \
+            and isinstance(first.value.value, str):
+        n -= first.end_lineno - first.lineno + 1
+    return n
+
+
+def test_no_function_over_80_lines_of_code():
+    """Small functions in the library and the experiments (docstrings, with their examples, do not count)."""
+    long = []
+    for folder in (PACKAGE, ROOT / "experiments"):
+        for path in sorted(folder.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _code_lines(node) > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({_code_lines(node)} lines)")
+    assert not long, long
