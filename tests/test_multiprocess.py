@@ -390,3 +390,35 @@ def test_auto_is_timed_once_by_process_0_and_shared(tmp_path):
     choices = {m.group(1): json.loads(m.group(2)) for m in re.finditer(r"\[(p\d)\] choice (.*)", output)}
     assert set(choices) == {"p0", "p1"} and choices["p0"]["chosen_by"] == "measured"
     assert choices["p1"] == choices["p0"] and len(choices["p0"]["step_ms"]) == 4
+
+
+_DECIDE = """
+import time
+from lstm_jax import multiprocess
+multiprocess.initialize_from_env()
+import jax
+print("value", multiprocess.decide_on_main(lambda: {"x": jax.process_index()}, "thing"), flush=True)
+try:
+    multiprocess.decide_on_main(lambda: 1 / 0, "ratio")
+except Exception as e:
+    print(type(e).__name__, e, flush=True)
+if jax.process_index() == 0:
+    time.sleep(3)  # never decides the next one
+else:
+    try:
+        multiprocess.decide_on_main(lambda: 0, "late thing", timeout=1)
+    except Exception as e:
+        print(type(e).__name__, e, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_decide_on_main_shares_process_0s_value_and_error_and_times_out_in_one_line():
+    rc, output, _ = run_bounded([sys.executable, "-m", "lstm_jax.launch", "--processes", "2", "--local-devices", "1",
+                                 "--", "-c", _DECIDE], timeout=120)
+    assert rc == 0, output[-3000:]
+    assert "[p0] value {'x': 0}" in output and "[p1] value {'x': 0}" in output
+    assert "[p0] ZeroDivisionError division by zero" in output
+    assert "[p1] ValueError process 0 failed to decide the ratio: ZeroDivisionError: division by zero" in output
+    assert re.search(r"\[p1\] DistributedError process 1: no late thing from process 0 within 1 s \(\w+\); "
+                     r"is process 0 alive and running the same program\?", output), output[-3000:]
