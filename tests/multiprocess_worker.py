@@ -7,7 +7,8 @@ stateful truncated BPTT (so the carry, split over processes, is checkpointed
 too), global batch 8 of 8-char windows. Each process loads only its rows
 (:func:`lstm_jax.multiprocess.process_rows`). ``--crash-process P --crash-step S``
 makes process P kill itself (SIGKILL) when it reaches step S, after the
-checkpoints of the earlier steps (a crash, not an error). ``--sigterm-step S``:
+checkpoints of the earlier steps (a crash, not an error); ``--stall-process P
+--stall-step S`` makes it sleep there instead (alive, stuck). ``--sigterm-step S``:
 process 0 sends SIGTERM to its parent (the launcher, which passes it on to
 every process) when it loads the batch of step S. ``--max-minutes``: a time
 budget; ``MP_WORKER_CLOCK_SKEW=S`` in the environment puts process 1's clock S
@@ -53,7 +54,7 @@ def loss_fn(p, batch, key, state):
 
 
 def run(out, steps, *, resume=False, crash_process=None, crash_step=None, global_batch=GLOBAL_BATCH,
-        sigterm_step=None, max_minutes=None, checkpoint_every=1):
+        sigterm_step=None, max_minutes=None, checkpoint_every=1, stall_process=None, stall_step=None):
     """Train and return the :class:`~lstm_jax.train.TrainResult` (the same in every process count)."""
     zen = load_text("zen")
     windows = StatefulWindows(zen.train, global_batch, SEQ_LEN)
@@ -63,6 +64,8 @@ def run(out, steps, *, resume=False, crash_process=None, crash_step=None, global
     def get_batch(step):
         if step == crash_step and jax.process_index() == crash_process:
             os.kill(os.getpid(), signal.SIGKILL)
+        if step == stall_step and jax.process_index() == stall_process:
+            time.sleep(3600)  # alive but stuck: the others wait in the step's all-reduce
         if step == sigterm_step and jax.process_index() == 0:
             os.kill(os.getppid() if jax.process_count() > 1 else os.getpid(), signal.SIGTERM)
         x, y = windows(step, rows)
@@ -88,6 +91,8 @@ def main(argv=None):
     p.add_argument("--max-minutes", type=float)
     p.add_argument("--checkpoint-every", type=int, default=1)
     p.add_argument("--layer-choice", action="store_true")
+    p.add_argument("--stall-process", type=int)
+    p.add_argument("--stall-step", type=int)
     args = p.parse_args(argv)
     try:
         multiprocess.initialize_from_env()
@@ -98,7 +103,8 @@ def main(argv=None):
             return
         result = run(args.out, args.steps, resume=args.resume, crash_process=args.crash_process,
                      crash_step=args.crash_step, global_batch=args.global_batch, sigterm_step=args.sigterm_step,
-                     max_minutes=args.max_minutes, checkpoint_every=args.checkpoint_every)
+                     max_minutes=args.max_minutes, checkpoint_every=args.checkpoint_every,
+                     stall_process=args.stall_process, stall_step=args.stall_step)
     except ValueError as e:  # what a user script does: one line, no traceback
         raise SystemExit(f"error: {e}") from None
     if args.dump and jax.process_index() == 0:

@@ -422,3 +422,19 @@ def test_decide_on_main_shares_process_0s_value_and_error_and_times_out_in_one_l
     assert "[p1] ValueError process 0 failed to decide the ratio: ZeroDivisionError: division by zero" in output
     assert re.search(r"\[p1\] DistributedError process 1: no late thing from process 0 within 1 s \(\w+\); "
                      r"is process 0 alive and running the same program\?", output), output[-3000:]
+
+
+@pytest.mark.slow
+def test_a_stuck_peer_ends_the_job_within_the_stall_timeout_with_one_line(tmp_path):
+    """Process 1 hangs (alive) loading step 5; process 0 waits in the step's all-reduce. Each process's stall
+    watchdog ends it after LSTM_JAX_STALL_TIMEOUT=20 s (more than compiling the first step takes here under
+    load: that gap counts too) with one line; the launcher stops the other."""
+    env = _env(LSTM_JAX_STALL_TIMEOUT="20")
+    cmd = launch_cmd(tmp_path / "r", "--steps", "40", "--stall-process", "1", "--stall-step", "5",
+                     "--checkpoint-every", "1000", local_devices=1)
+    rc, output, seconds = run_bounded(cmd, env=env, timeout=180)
+    lines = re.findall(r"error: process (\d) of 2: no progress for 20 s at step (\d+) \((.*?)\): another process is "
+                       r"dead, stuck or took another path; stopping \(LSTM_JAX_STALL_TIMEOUT\)", output)
+    print(f"stuck peer: exit {rc} after {seconds:.1f} s; {lines}")
+    assert rc == 1 and lines, output[-3000:]
+    assert all(step == "5" and doing == "training step 6" for _, step, doing in lines)
