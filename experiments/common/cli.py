@@ -55,7 +55,6 @@ __all__ = [
     "add_training_flags",
     "apply_malloc",
     "checkpoint_which",
-    "flag_for",
     "choose_layer",
     "layer_from_args",
     "match_params",
@@ -283,17 +282,6 @@ def report_stop(result) -> None:
     """After :func:`~lstm_jax.train.fit`: how to continue a run its time budget stopped."""
     if result.stop_reason == "time budget":
         print(f"stopped by --max-minutes at step {result.step}; the same command with --resume continues the run")
-
-
-# --------------------------------------------------------------------------- errors
-
-
-def flag_for(parser: argparse.ArgumentParser, dest: str) -> str | None:
-    """The visible spelling of the flag that sets ``dest`` (``"--lr"`` for ``learning_rate``), or None."""
-    for action in parser._actions:
-        if action.dest == dest and action.option_strings and action.help is not argparse.SUPPRESS:
-            return action.option_strings[0]
-    return None
 
 
 def match_params(args: argparse.Namespace, make_params: Callable[[str, int], Any]) -> None:

@@ -5,9 +5,9 @@ other, each in its own process (fresh JAX, its own malloc setting, nothing
 cached between seeds), then reads every run's ``results.json`` and reports the
 requested values (paths as in :mod:`experiments.common.records`)::
 
-    python experiments/tools/seeds.py --seeds 0 1 2 --out runs/shakespeare_seeds \\
-        --metrics final.test.nats_per_char best_by_val.test.nats_per_char steps_done \\
-        -- experiments/training/char_lstm.py --dataset tiny_shakespeare --layers 2 --hidden 256 --max-minutes 30
+    python experiments/tools/seeds.py --seeds 0 1 2 --out runs/char_30min \\
+        --metrics final.test.stream_nats_per_char final.test.nats_per_char steps_done \\
+        -- -m experiments.training.char_lstm --config configs/shakespeare_30min.toml
 
     python experiments/tools/seeds.py --seeds 0 1 2 --out runs/adding_seeds \\
         --metrics "runs[cell=lstm,T=400].final_test" "runs[cell=lstm,T=400].solved_at_step" \\
@@ -95,6 +95,8 @@ def run_seed(command: list[str], seed: int, run_dir: Path) -> None:
     log = run_dir / "seeds_stdout.log"
     argv = [sys.executable, *command, "--seed", str(seed), "--out", str(run_dir)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if command[0] == "-m":  # the module is found from any working directory; relative paths stay the caller's
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     with open(log, "w") as f, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                                env=env) as proc:
         for line in proc.stdout:
@@ -113,7 +115,10 @@ def seeds(args) -> dict:
     script = Path(command[0])
     if script.suffix == ".py" and not script.exists() and (REPO_ROOT / script).exists():
         command[0] = str(REPO_ROOT / script)
-    if not Path(command[0]).exists():
+    if command[0] == "-m":  # -- -m experiments.training.char_lstm ...: a module, run from the repository
+        if len(command) < 2:
+            raise SystemExit("error: -m needs a module name (e.g. -m experiments.training.char_lstm)")
+    elif not Path(command[0]).exists():
         raise SystemExit(f"error: no experiment script {command[0]!r}")
     if len(set(args.seeds)) != len(args.seeds):
         raise SystemExit(f"error: --seeds repeats a seed: {args.seeds}")

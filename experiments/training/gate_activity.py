@@ -25,8 +25,8 @@ the reasons are written to ``gate_activity.json``).
 
 Example::
 
-    python experiments/training/char_lstm.py train --text-file ../shared/data/tinyshakespeare/input.txt \\
-        --hidden 128 --seq-len 100 --steps 3000 --max-minutes 9 --out runs/char_lstm_gates
+    python experiments/training/char_lstm.py train --max-minutes 9 \\
+        --hidden 128 --seq-len 100 --steps 3000 --out runs/char_lstm_gates
     python experiments/training/gate_activity.py --checkpoint runs/char_lstm_gates --out runs/gate_activity
 """
 
@@ -38,27 +38,16 @@ from pathlib import Path
 if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
     import _bootstrap  # noqa: F401
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import cli
 from experiments.common.figures import can_plot, copy_figures
 from lstm_jax.analysis import lstm_gate_trace
 from lstm_jax.checkpoint import load_checkpoint
-from lstm_jax.data.paths import data_dir
-from lstm_jax.data.text import Vocab
-from lstm_jax.models.char_model import infer_cell
+from lstm_jax.data.text import TINY_SHAKESPEARE_PATH, Vocab
+from lstm_jax.models.char_model import encode_inputs, infer_cell
 
 GATE_ROWS = (("input", "i"), ("forget", "f"), ("output", "o"))
-
-
-def encode_inputs(params: dict, ids: np.ndarray) -> jax.Array:
-    """Character ids -> the stack's input features (learned embedding or one-hot), as char_model does."""
-    ids = jnp.asarray(ids)
-    if "embed" in params:
-        return jnp.take(params["embed"], ids, axis=0)
-    return jax.nn.one_hot(ids, params["readout"]["b"].shape[0], dtype=params["readout"]["w"].dtype)
 
 
 def text_features(text: str) -> dict[str, np.ndarray]:
@@ -200,8 +189,7 @@ def build_parser():
     cli.add_flag(p, "checkpoint", required=True, help="run directory of experiments/training/char_lstm.py (its --out)")
     cli.add_flag(p, "which")
     cli.add_flag(p, "text_file",
-                 help="text to run over (default: tinyshakespeare/input.txt under the shared data root, "
-                      "$LSTM_JAX_DATA or <repo>/../shared/data)")
+                 help="text to run over (default: Tiny Shakespeare, shipped in lstm_jax/data/corpora)")
     p.add_argument("--offset", type=float, default=0.96,
                    help="where the stretch starts: a fraction of the file (moved to the next line start) "
                         "or an absolute character index if >= 1; the default lies in the held-out tail")
@@ -232,7 +220,7 @@ def gate_activity(args):
     vocab = Vocab.from_json(meta["vocab"])
     stack = list(params["stack"])
     if args.text_file is None:
-        args.text_file = str(data_dir() / "tinyshakespeare" / "input.txt")
+        args.text_file = str(TINY_SHAKESPEARE_PATH)  # the copy shipped with the package
     text = Path(args.text_file).read_text(encoding="utf-8")
     start = int(args.offset) if args.offset >= 1 else int(args.offset * len(text))
     start = text.index("\n", start) + 1 if "\n" in text[start:] else start

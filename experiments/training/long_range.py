@@ -32,7 +32,8 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
 import jax
 
 from experiments.common import cli
-from experiments.common.figures import can_plot, copy_figures
+from experiments.common.figures import copy_figures
+from experiments.common.run_figures import plot_sweep, plot_sweep_curves, sweep_table
 from experiments.common.harness import run_matmul_gflops
 from experiments.common.machine import finish_machine_info, machine_info
 from lstm_jax.cells import get_cell
@@ -103,104 +104,6 @@ def run_one(task, cell: str, args, test_batch) -> dict:
     if task.name == "copy" and evals:
         out["final_test_accuracy"] = evals[-1].get("test_accuracy")
     return out
-
-
-def write_table(path: Path, task, runs: list[dict], args) -> None:
-    lengths = sorted({r["T"] for r in runs})
-    cells = [c for c in args.cells if any(r["cell"] == c for r in runs)]
-    what = "test MSE" if task.name == "adding" else "test cross-entropy on the recall steps (nats)"
-    lines = [
-        f"Task: {task.name}; {what}, final (after the budget); trivial baseline {task.baseline:.3f}; "
-        f"H={args.hidden}, {args.init} gate-bias init; "
-        f"**bold** = at most {args.solved_threshold}. Cell entries: final error (steps run, seconds).",
-        "",
-        "| cell | " + " | ".join(f"T={T}" for T in lengths) + " |",
-        "|---|" + "---|" * len(lengths),
-    ]
-    for c in cells:
-        row = []
-        for T in lengths:
-            r = next((r for r in runs if r["cell"] == c and r["T"] == T), None)
-            if r is None:
-                row.append("—")
-                continue
-            v = f"{r['final_test']:.4f}"
-            if r["final_test"] <= args.solved_threshold:
-                v = f"**{v}**"
-            row.append(f"{v} ({r['steps']}, {r['seconds']:.0f}s)")
-        lines.append(f"| {c} | " + " | ".join(row) + " |")
-    lines += ["", f"First evaluation step with test error <= {args.solved_threshold} (— = never within the budget):", "",
-              "| cell | " + " | ".join(f"T={T}" for T in lengths) + " |", "|---|" + "---|" * len(lengths)]
-    for c in cells:
-        row = []
-        for T in lengths:
-            r = next((r for r in runs if r["cell"] == c and r["T"] == T), None)
-            row.append("—" if r is None or r["solved_at_step"] is None else str(r["solved_at_step"]))
-        lines.append(f"| {c} | " + " | ".join(row) + " |")
-    path.write_text("\n".join(lines) + "\n")
-
-
-def plot(path: Path, task, runs: list[dict], args) -> None:
-    if not can_plot(path):
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=110)
-    markers = {"rnn": "o", "gru": "s", "lstm": "^", "min_gru": "D", "min_lstm": "v"}
-    for c in args.cells:
-        pts = sorted((r["T"], r["final_test"]) for r in runs if r["cell"] == c)
-        if pts:
-            ax.plot(*zip(*pts), marker=markers.get(c, "o"), label=c)
-    ax.axhline(task.baseline, color="k", ls="--", lw=1,
-               label=f"trivial baseline ({task.baseline:.3f})")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    lengths = sorted({r["T"] for r in runs})
-    ax.set_xticks(lengths)
-    ax.set_xticklabels([str(t) for t in lengths])
-    ax.minorticks_off()
-    ax.set_xlabel("T (sequence length)" if task.name == "adding" else "T (delay)")
-    ax.set_ylabel("final test MSE" if task.name == "adding" else "final test xent (nats)")
-    ax.set_title(f"{task.name}: H={args.hidden}, batch {args.batch_size}, <= {args.steps} steps\n"
-                 "+ wall-clock cap per run (steps run: results.md)", fontsize=8)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_curves(path: Path, task, runs: list[dict], args) -> None:
-    """Test error vs training step, one panel per T, one line per cell."""
-    if not can_plot(path):
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lengths = sorted({r["T"] for r in runs})
-    fig, axes = plt.subplots(1, len(lengths), figsize=(2.6 * len(lengths) + 0.6, 2.8), dpi=100,
-                             sharey=True, squeeze=False)
-    for ax, T in zip(axes[0], lengths):
-        for c in args.cells:
-            r = next((r for r in runs if r["cell"] == c and r["T"] == T), None)
-            if r and r["curve"]:
-                ax.plot(*zip(*r["curve"]), label=c)
-        ax.axhline(task.baseline, color="k", ls="--", lw=1)
-        ax.set_yscale("log")
-        ax.set_title(f"T={T}", fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test MSE" if task.name == "adding" else "test xent", fontsize=8)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def _copy_figures(args, out: Path) -> None:
@@ -280,9 +183,9 @@ def replot(args, out: Path) -> None:
     args.cells = [c for c in CELL_ORDER if any(r["cell"] == c for r in record["runs"])]
     T0 = min(r["T"] for r in record["runs"])
     task = make_task(args.task, T0, num_symbols=args.num_symbols, length=args.copy_length)
-    write_table(out / "results.md", task, record["runs"], args)
-    plot(out / "long_range.png", task, record["runs"], args)
-    plot_curves(out / "curves.png", task, record["runs"], args)
+    sweep_table(out / "results.md", task, record["runs"], args)
+    plot_sweep(out / "long_range.png", task, record["runs"], args)
+    plot_sweep_curves(out / "curves.png", task, record["runs"], args)
     _copy_figures(args, out)
     print((out / "results.md").read_text())
 
@@ -328,9 +231,9 @@ def long_range(args):
             record["runs"].sort(key=lambda r: (r["T"], CELL_ORDER.index(r["cell"])))
             # rewrite after every run, so a partial sweep is still a result
             (out / "results.json").write_text(json.dumps(record, indent=1))
-            write_table(out / "results.md", task, record["runs"], args)
-            plot(out / "long_range.png", task, record["runs"], args)
-            plot_curves(out / "curves.png", task, record["runs"], args)
+            sweep_table(out / "results.md", task, record["runs"], args)
+            plot_sweep(out / "long_range.png", task, record["runs"], args)
+            plot_sweep_curves(out / "curves.png", task, record["runs"], args)
     finish_machine_info(record["machine"], matmul_gflops=run_matmul_gflops())
     (out / "results.json").write_text(json.dumps(record, indent=1))
     _copy_figures(args, out)

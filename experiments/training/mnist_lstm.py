@@ -25,7 +25,6 @@ Examples::
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ import jax
 import numpy as np
 
 from experiments.common import cli, epilogue
-from experiments.common.figures import can_plot
+from experiments.common.run_figures import plot_confusion, plot_misclassified
 from experiments.common.harness import run_matmul_gflops
 from experiments.common.machine import machine_info
 from lstm_jax.data import images as img
@@ -122,59 +121,6 @@ def prepare_data(args):
         "location": data.location,
         "class_names": data.class_names,
     }
-
-
-def plot_confusion(cm: np.ndarray, class_names, path: Path, title: str) -> None:
-    if not can_plot(path):
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(cm)
-    fig, ax = plt.subplots(figsize=(7.5, 6.5))
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xticks(range(n), class_names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(n), class_names, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, label="fraction of true class")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_misclassified(images, labels, preds, probs, class_names, path: Path, max_items: int = 36) -> None:
-    if not can_plot(path):
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    wrong = np.flatnonzero(preds != labels)
-    # the most confidently wrong first: they say most about the model
-    wrong = wrong[np.argsort(-probs[wrong, preds[wrong]])][:max_items]
-    cols = 6
-    rows = max(1, math.ceil(len(wrong) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.7, rows * 1.9))
-    axes = np.atleast_1d(axes).ravel()
-    for ax in axes:
-        ax.axis("off")
-    for ax, i in zip(axes, wrong):
-        ax.imshow(images[i], cmap="gray_r")
-        ax.set_title(f"true {class_names[labels[i]]}\npred {class_names[preds[i]]} ({probs[i, preds[i]]:.2f})", fontsize=6.5)
-    fig.suptitle(f"{len(np.flatnonzero(preds != labels))} misclassified test images (most confident shown)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def train_batches(args, data):

@@ -117,7 +117,8 @@ def _cell(params: dict, cell: str | None) -> str:
     return cell
 
 
-def _encode_inputs(params: dict, inputs: Array) -> Array:
+def encode_inputs(params: dict, inputs: Array) -> Array:
+    """Character ids ``(..., T)`` -> the stack's input features ``(..., T, E)``: the learned embedding, or one-hot."""
     inputs = jnp.asarray(inputs)
     if not jnp.issubdtype(inputs.dtype, jnp.integer):
         raise TypeError(f"inputs must be integer character ids, got dtype {inputs.dtype}")
@@ -158,7 +159,7 @@ def char_logits(
         raise ValueError(f"inputs have an empty time axis (shape {inputs.shape})")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-    xs = _encode_inputs(params, inputs)
+    xs = encode_inputs(params, inputs)
     if dropout and key is None:
         raise ValueError("dropout > 0 needs a jax.random key")
     k_stack, k_out = jax.random.split(key) if dropout else (None, None)
