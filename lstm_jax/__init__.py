@@ -23,7 +23,7 @@ Layout (the folder tree is the architecture; imports run downward only)::
     impls/      layer implementations and their registry (IMPLS, layer_impl)
     layers      scan_layer, init_stack / apply_stack: the user-facing layer API
     precision   the fp32 and bf16 precision policies
-    parallel    data parallelism over all devices with jax.sharding, placement of training state
+    sharding    data parallelism over all devices with jax.sharding, placement of training state
     multiprocess  joining a multi-process job (env vars), each process's rows; launch: the local
                 launcher; stopping: SIGTERM and the time budget across processes
     train       the shared training loop (Optax, restore-or-start, guards); checkpoint: Orbax I/O;

@@ -3,7 +3,7 @@
 A multi-process job runs the *same* script in every process (SPMD). Each
 process calls :func:`initialize_from_env` first (before any other JAX call);
 afterwards ``jax.devices()`` lists the devices of every process,
-:func:`lstm_jax.parallel.make_data_mesh` spans them, and
+:func:`lstm_jax.sharding.make_data_mesh` spans them, and
 :func:`lstm_jax.train.fit` trains across all of them unchanged.
 
 Where the job's shape comes from (read by :func:`initialize_from_env`):
@@ -52,7 +52,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from . import parallel
+from . import sharding
 
 __all__ = [
     "ENV_AUTO",
@@ -193,7 +193,7 @@ def initialize_from_env(environ: Mapping[str, str] | None = None) -> int:
     if spec["auto"]:
         done = _watchdog(timeout, f"jax.distributed.initialize() (auto-detected cluster) did not complete "
                                   f"within {timeout} s ({ENV_INIT_TIMEOUT})")
-        parallel.initialize_distributed(**kwargs)
+        sharding.initialize_distributed(**kwargs)
         done.set()
         return jax.process_count()
     n, pid, address = spec["num_processes"], spec["process_id"], spec["coordinator"]
@@ -205,7 +205,7 @@ def initialize_from_env(environ: Mapping[str, str] | None = None) -> int:
                      f"process {pid}: not all {n} processes joined the coordinator at {address} within "
                      f"{timeout} s ({ENV_INIT_TIMEOUT}); are all of them started, with the same "
                      f"{ENV_NUM_PROCESSES} and distinct {ENV_PROCESS_ID}s?")
-    parallel.initialize_distributed(address, n, pid, **kwargs)
+    sharding.initialize_distributed(address, n, pid, **kwargs)
     done.set()
     if jax.process_count() != n:
         raise DistributedError(f"process count mismatch: {ENV_NUM_PROCESSES}={n} but JAX sees "

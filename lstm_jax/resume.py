@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import parallel
+from . import sharding
 from .checkpoint import Checkpointer, closed_on_error, open_run_directory, write_metadata
 
 __all__ = ["RunStart", "StepSaver", "restore_or_start"]
@@ -48,9 +48,9 @@ def _restore_into(ckpt, config, params, opt_state, model_state, *, resume, run_m
     if resume:
         like = {"params": params, "opt_state": opt_state, "model_state": model_state, "step": np.int64(0)}
         state, saved_meta, _ = ckpt.restore("last", like=like)
-        params = parallel.place_like(state["params"], params)
-        opt_state = parallel.place_like(state["opt_state"], opt_state)
-        model_state = parallel.place_like(state["model_state"], model_state)
+        params = sharding.place_like(state["params"], params)
+        opt_state = sharding.place_like(state["opt_state"], opt_state)
+        model_state = sharding.place_like(state["model_state"], model_state)
         start_step = int(state["step"])
         old_cfg = saved_meta.get("train_config", {})
         changed = {
@@ -61,7 +61,7 @@ def _restore_into(ckpt, config, params, opt_state, model_state, *, resume, run_m
         if changed:
             print(f"warning: resuming with a changed config {changed}; the run will not match an uninterrupted one")
         best = ckpt.best_record()
-    if parallel.is_main_process():  # one writer in a multi-process job
+    if sharding.is_main_process():  # one writer in a multi-process job
         write_metadata(out, run_meta)
     return RunStart(params, opt_state, model_state, start_step, ckpt, best)
 

@@ -20,7 +20,7 @@ step N continues bit-for-bit like the uninterrupted run (on CPU).
 Data parallelism needs no change in the step. With ``data_parallel=True`` (by
 default: whenever there is more than one device and no ``put_batch`` of the
 caller's), :func:`fit` replicates params and optimizer state over all devices
-and shards each batch on its leading axis (:mod:`lstm_jax.parallel`); to
+and shards each batch on its leading axis (:mod:`lstm_jax.sharding`); to
 control the mesh yourself, pass params already replicated and your own
 sharding ``put_batch``. The optimizer state inherits the
 params' sharding, a resumed run restores every array with the sharding of the
@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import parallel
+from . import sharding
 from .checkpoint import CheckpointError, load_checkpoint
 from .divergence import DivergenceGuard, TrainingDiverged
 from .evaluation import BestTracker, evaluate
@@ -220,7 +220,7 @@ def fit(
             :func:`~lstm_jax.train_step.make_train_step`); replace to wrap the
             step (e.g. pmean of gradients, explicit shardings).
         data_parallel: replicate params/optimizer state over all local devices
-            and shard every batch over them (:mod:`lstm_jax.parallel`).
+            and shard every batch over them (:mod:`lstm_jax.sharding`).
             ``None`` (default): exactly when there is more than one device and
             no ``put_batch`` of your own is given. ``True`` with a
             ``put_batch`` of your own is an error.
@@ -264,14 +264,14 @@ def fit(
     out = Path(out_dir) if out_dir is not None else None
     run_meta = {**(metadata or {}), "train_config": dataclasses.asdict(config), "best_metric": best_metric}
     start = restore_or_start(
-        out, config, params, parallel.colocate(optimizer.init(params), params), model_state, resume=resume,
+        out, config, params, sharding.colocate(optimizer.init(params), params), model_state, resume=resume,
         best_metric=best_metric, run_meta=run_meta,
     )
     state = TrainState(start.params, start.opt_state, start.model_state, start.step)
-    log_dir = out if parallel.is_main_process() else None  # metrics, figures: process 0 only
+    log_dir = out if sharding.is_main_process() else None  # metrics, figures: process 0 only
     log = MetricsLog(log_dir / "metrics.jsonl" if log_dir else None, start.step if resume else None)
     if data_parallel:
-        *replicated, put_batch = parallel.replicate_train_state(*state[:3])
+        *replicated, put_batch = sharding.replicate_train_state(*state[:3])
         state = TrainState(*replicated, state.step)
     step_fn = make_step(loss_fn, config, optimizer=optimizer)
     guard = DivergenceGuard(config.blowup_factor)
@@ -280,7 +280,7 @@ def fit(
     control = StopControl(config.max_minutes, start.step)  # SIGTERM, time budget, watchdog: agreed across processes
     logger = StepLogger(
         log, total_steps=config.steps, log_every=config.log_every, start_step=start.step, schedule=schedule,
-        items_per_batch=items_per_batch, item_name=item_name, progress=config.progress and parallel.is_main_process(),
+        items_per_batch=items_per_batch, item_name=item_name, progress=config.progress and sharding.is_main_process(),
     )
     stop_reason = "completed"
     try:

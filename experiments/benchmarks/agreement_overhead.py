@@ -39,7 +39,7 @@ def measure(steps: int, rounds: int) -> dict:
     import jax
     import numpy as np
 
-    from lstm_jax import parallel, stopping
+    from lstm_jax import sharding, stopping
     from lstm_jax.models import char_model as cm
     from lstm_jax.train import TrainConfig, make_optimizer, make_train_step
 
@@ -52,7 +52,7 @@ def measure(steps: int, rounds: int) -> dict:
 
     config = TrainConfig(steps=10**6, progress=False)
     opt_state = make_optimizer(config).init(params)
-    params, opt_state, _, put = parallel.replicate_train_state(params, opt_state, None)
+    params, opt_state, _, put = sharding.replicate_train_state(params, opt_state, None)
     step_fn = make_train_step(loss_fn, config)
     rows = multiprocess.process_rows(8)
     rng = np.random.default_rng(0)

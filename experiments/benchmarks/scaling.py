@@ -6,7 +6,7 @@ sizes held at the base. Throughput is reported as training tokens/s
 
 The device-count sweep runs each count N in a fresh subprocess with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (JAX fixes the device
-count at start-up) and uses :mod:`lstm_jax.parallel` (batch sharded over a 1-D
+count at start-up) and uses :mod:`lstm_jax.sharding` (batch sharded over a 1-D
 mesh, params replicated) at a fixed global batch. On a CPU the simulated
 devices share the same cores, so this measures the *overhead* of the sharded
 program (partitioning, all-reduce), not a speed-up; on a multi-GPU/TPU host the
@@ -61,14 +61,14 @@ def time_step(T, B, I, H, impl, repeats, devices=1):
     """Median seconds per training step (params grads of mean(ys^2)); data-parallel if devices > 1."""
     import jax
 
-    from lstm_jax import parallel
+    from lstm_jax import sharding
 
     loss, params, xs = layer_problem("lstm", impl, T, B, I, H)
     if devices > 1:
         assert jax.device_count() >= devices, (jax.device_count(), devices)
-        mesh = parallel.make_data_mesh(jax.devices()[:devices])
-        params = parallel.replicate(params, mesh)
-        xs = parallel.shard_batch(xs, mesh)
+        mesh = sharding.make_data_mesh(jax.devices()[:devices])
+        params = sharding.replicate(params, mesh)
+        xs = sharding.shard_batch(xs, mesh)
     grad = jax.jit(jax.grad(loss))
     t0 = time.perf_counter()
     compiled = grad.lower(params, xs).compile()
@@ -116,12 +116,12 @@ def process_step(T, B, I, H, impl, repeats):
     import jax
     import numpy as np
 
-    from lstm_jax import parallel
+    from lstm_jax import sharding
 
     loss, params, xs = layer_problem("lstm", impl, T, B, I, H)
-    mesh = parallel.make_data_mesh()
+    mesh = sharding.make_data_mesh()
     multiprocess.process_rows(B)  # the global batch must split evenly over all devices
-    params, xs = parallel.replicate(params, mesh), parallel.shard_global(np.asarray(xs), mesh)
+    params, xs = sharding.replicate(params, mesh), sharding.shard_global(np.asarray(xs), mesh)
     grad = jax.jit(jax.grad(loss))
     t0 = time.perf_counter()
     compiled = grad.lower(params, xs).compile()
@@ -130,8 +130,8 @@ def process_step(T, B, I, H, impl, repeats):
     step_s = statistics.median(time_calls(lambda: jax.block_until_ready(compiled(params, xs)), repeats))
     n = count_params(params)
     d = jax.device_count()
-    buf = parallel.shard_global(np.ones((d, n), np.float32), mesh)
-    reduce = jax.jit(lambda g: g.sum(0), out_shardings=parallel.replicated_sharding(mesh)).lower(buf).compile()
+    buf = sharding.shard_global(np.ones((d, n), np.float32), mesh)
+    reduce = jax.jit(lambda g: g.sum(0), out_shardings=sharding.replicated_sharding(mesh)).lower(buf).compile()
     jax.block_until_ready(reduce(buf))
     allreduce_s = statistics.median(time_calls(lambda: jax.block_until_ready(reduce(buf)), max(repeats, 10)))
     return step_s, compile_s, allreduce_s

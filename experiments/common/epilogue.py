@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from lstm_jax import parallel
+from lstm_jax import sharding
 from lstm_jax.checkpoint import load_checkpoint
 
 from .harness import run_matmul_gflops
@@ -89,7 +89,7 @@ def finish_run(task, result, out: Path, splits: dict[str, Any], *, args, machine
         "machine": finish_machine_info(machine, matmul_gflops=run_matmul_gflops()),
         **(extra or {}),
     }
-    if not (parallel.is_main_process() if write is None else write):
+    if not (sharding.is_main_process() if write is None else write):
         return results
     written = {k: v for k, v in results.items() if not k.startswith("_")}  # "_" keys: for the script only
     (Path(out) / "results.json").write_text(json.dumps(written, indent=2, default=float))

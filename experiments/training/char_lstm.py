@@ -33,7 +33,7 @@ import numpy as np
 from experiments.common import cli, epilogue
 from experiments.common.harness import run_matmul_gflops
 from experiments.common.machine import machine_info
-from lstm_jax import multiprocess, parallel
+from lstm_jax import multiprocess, sharding
 from lstm_jax.checkpoint import load_checkpoint
 from lstm_jax.data.text import DATASETS, StatefulWindows, Vocab, load_text, random_windows
 from lstm_jax.impls import layer_impl
@@ -102,7 +102,7 @@ def batches(args, train_ids):
 def train(args, malloc: dict | None = None) -> dict:
     if args.resume and args.out is None:
         raise SystemExit("error: --resume needs --out (the run directory to continue)")
-    say = print if parallel.is_main_process() else (lambda *a, **k: None)  # one report in a multi-process job
+    say = print if sharding.is_main_process() else (lambda *a, **k: None)  # one report in a multi-process job
     splits = load_text("file" if args.text_file else args.dataset, text_file=args.text_file, data_dir=args.data_dir)
     check_args(args, len(splits.train))
     out = Path(args.out or f"runs/char_lstm/{splits.name.split(':')[0]}-{time.strftime('%Y%m%d-%H%M%S')}")

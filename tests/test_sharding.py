@@ -14,14 +14,14 @@ import jax
 import numpy as np
 import pytest
 
-from lstm_jax import parallel
+from lstm_jax import sharding
 
 ROOT = Path(__file__).resolve().parents[1]
 
 WORKER = textwrap.dedent(
     r"""
     import jax, jax.numpy as jnp, numpy as np, optax
-    from lstm_jax import parallel
+    from lstm_jax import sharding
     from lstm_jax.layers import apply_stack, init_stack
 
     assert jax.device_count() == 4, jax.devices()
@@ -58,12 +58,12 @@ WORKER = textwrap.dedent(
     loss_1, g_1 = grad_fn(jax.device_put(params, dev0), batch0)
 
     # 4 devices: batch split, params replicated, the same jitted function.
-    mesh = parallel.make_data_mesh()
+    mesh = sharding.make_data_mesh()
     assert mesh.devices.size == 4
-    sb = parallel.shard_batch(get_batch(0), mesh)
+    sb = sharding.shard_batch(get_batch(0), mesh)
     assert len(sb["x"].addressable_shards) == 4
     assert {s.data.shape for s in sb["x"].addressable_shards} == {(2, T, I)}
-    rp = parallel.replicate(params, mesh)
+    rp = sharding.replicate(params, mesh)
     loss_4, g_4 = grad_fn(rp, sb)
     assert abs(float(loss_4) - float(loss_1)) <= 1e-5, (loss_4, loss_1)
     for a, b in zip(jax.tree_util.tree_leaves(g_4), jax.tree_util.tree_leaves(g_1)):
@@ -72,7 +72,7 @@ WORKER = textwrap.dedent(
 
     # A few training steps: single device vs parallelize().
     p1, s1 = jax.device_put(params, dev0), jax.device_put(opt.init(params), dev0)
-    p4, s4, sharded_get, _, _ = parallel.parallelize(params, opt.init(params), get_batch, mesh=mesh)
+    p4, s4, sharded_get, _, _ = sharding.parallelize(params, opt.init(params), get_batch, mesh=mesh)
     for step in range(4):
         p1, s1, l1 = train_step(p1, s1, jax.device_put(get_batch(step), dev0))
         p4, s4, l4 = train_step(p4, s4, sharded_get(step))
@@ -82,7 +82,7 @@ WORKER = textwrap.dedent(
     assert p4["out"].sharding.is_fully_replicated
 
     try:
-        parallel.shard_batch({"x": np.zeros((6, 2))}, mesh)
+        sharding.shard_batch({"x": np.zeros((6, 2))}, mesh)
     except ValueError as e:
         assert "not divisible" in str(e)
     else:
@@ -105,21 +105,21 @@ def test_four_simulated_devices_match_one_device():
 
 
 def test_single_device_helpers_in_process():
-    mesh = parallel.make_data_mesh()
+    mesh = sharding.make_data_mesh()
     n = mesh.devices.size
     batch = {"x": np.ones((2 * n, 3), np.float32), "step": np.int32(3)}
-    sb = parallel.shard_batch(batch, mesh)
+    sb = sharding.shard_batch(batch, mesh)
     np.testing.assert_array_equal(np.asarray(sb["x"]), batch["x"])
     assert sb["step"].sharding.is_fully_replicated
-    rep = parallel.replicate({"w": np.arange(4.0)}, mesh)
+    rep = sharding.replicate({"w": np.arange(4.0)}, mesh)
     assert rep["w"].sharding.is_fully_replicated
-    assert parallel.should_parallelize() == (jax.device_count() > 1)
-    parallel.initialize_distributed(num_processes=1)  # no-op for one process
+    assert sharding.should_parallelize() == (jax.device_count() > 1)
+    sharding.initialize_distributed(num_processes=1)  # no-op for one process
 
 
 def test_make_data_mesh_rejects_empty():
     with pytest.raises(ValueError):
-        parallel.make_data_mesh([])
+        sharding.make_data_mesh([])
 
 
 FIT_WORKER = textwrap.dedent(

@@ -1,4 +1,4 @@
-"""Data parallelism over all devices with ``jax.sharding``.
+"""Data parallelism over all devices with ``jax.sharding`` (``impl="parallel"`` is something else: parallel over time).
 
 The model is small and the batch is the natural axis to split, so the scheme
 is plain data parallelism, expressed the SPMD way: put the batch on a 1-D
@@ -14,10 +14,10 @@ replicated. No ``pmap``, no code change in the step function.
 Typical use (this is what :func:`lstm_jax.train.fit` does when
 ``jax.device_count() > 1``)::
 
-    from lstm_jax import parallel
-    mesh = parallel.make_data_mesh()                  # all devices, axis "data"
-    params, opt_state = parallel.replicate((params, opt_state), mesh)
-    batch = parallel.shard_batch(get_batch(step), mesh)  # every leaf split on axis 0
+    from lstm_jax import sharding
+    mesh = sharding.make_data_mesh()                  # all devices, axis "data"
+    params, opt_state = sharding.replicate((params, opt_state), mesh)
+    batch = sharding.shard_batch(get_batch(step), mesh)  # every leaf split on axis 0
     params, opt_state, loss = train_step(params, opt_state, batch)   # jitted as usual
 
 or, in one call, :func:`parallelize`.
@@ -261,7 +261,7 @@ def replicate_train_state(params, opt_state, model_state):
 
     The batch (and a batch-major ``model_state``, e.g. a truncated-BPTT carry)
     is split on its leading axis over a 1-D mesh of all devices
-    (:mod:`lstm_jax.parallel`); XLA inserts the gradient all-reduce.
+    (:mod:`lstm_jax.sharding`); XLA inserts the gradient all-reduce.
     """
     mesh = make_data_mesh()
     params, opt_state = replicate((params, opt_state), mesh)
