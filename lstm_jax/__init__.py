@@ -26,8 +26,10 @@ Layout (the folder tree is the architecture; imports run downward only)::
     sharding    data parallelism over all devices with jax.sharding, placement of training state
     multiprocess  joining a multi-process job (env vars), each process's rows; launch: the local
                 launcher; stopping: SIGTERM and the time budget across processes
-    train       the shared training loop (Optax, restore-or-start, guards); checkpoint: Orbax I/O;
-                reporting: the step logger and loss-curve plots
+    train       fit: the shared training loop over a TrainState; its pieces: optim (the default
+                optimizer), train_step (the jitted update), evaluation (means, best step),
+                resume (restore-or-start, saving), divergence (the guard), checkpoint (Orbax I/O),
+                reporting (the step logger and loss-curve plots)
     analysis    gradient flow through time, gate traces
     data/       paths (the one data_dir()), text (Tiny Shakespeare, files, the Zen of Python),
                 windows (text batching), images (IDX via idx, TFDS), synthetic long-range tasks
