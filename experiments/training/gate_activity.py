@@ -41,14 +41,12 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
 import numpy as np
 
 from experiments.common import cli
-from experiments.common.figures import can_plot, copy_figures
+from experiments.common.analysis_figures import plot_cell_text, plot_heatmap
+from experiments.common.figures import copy_figures
 from lstm_jax.analysis import lstm_gate_trace
 from lstm_jax.checkpoint import load_checkpoint
 from lstm_jax.data.text import TINY_SHAKESPEARE_PATH, Vocab
 from lstm_jax.models.char_model import encode_inputs, infer_cell
-
-GATE_ROWS = (("input", "i"), ("forget", "f"), ("output", "o"))
-
 
 def text_features(text: str) -> dict[str, np.ndarray]:
     """Simple per-character properties of the text a unit's cell state may track."""
@@ -98,90 +96,6 @@ def choose_units(layer: dict, text: str, k: int = 4) -> tuple[list[int], dict]:
             units.append(int(u))
             why[int(u)] = f"slow memory unit: mean f = {f_mean[u]:.2f}, std tanh(c) = {tc[:, u].std():.2f}"
     return units[:k], why
-
-
-def show_char(ch: str) -> str:
-    return {"\n": "⏎", " ": "␣", "\t": "⇥"}.get(ch, ch)
-
-
-def plot_heatmap(path: Path, text: str, layer: dict, units: list[int], title: str) -> None:
-    if not can_plot(path):
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(text)
-    rows, labels, kinds = [], [], []
-    for u in units:
-        for key, short in GATE_ROWS:
-            rows.append(np.asarray(layer[key][:, u]))
-            labels.append(f"unit {u}: {short}")
-            kinds.append("gate")
-        rows.append(np.tanh(np.asarray(layer["cell"][:, u])))
-        labels.append(f"unit {u}: tanh c")
-        kinds.append("cell")
-    fig_h = 0.9 + 0.28 * len(rows)
-    fig, ax = plt.subplots(figsize=(max(8, 0.13 * n + 1.5), fig_h), dpi=90)
-    gate_img = np.ma.masked_array(np.array(rows), mask=np.array([[k != "gate"] * n for k in kinds]))
-    cell_img = np.ma.masked_array(np.array(rows), mask=np.array([[k != "cell"] * n for k in kinds]))
-    im_g = ax.imshow(gate_img, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-    im_c = ax.imshow(cell_img, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels(labels, fontsize=7)
-    for k in range(4, len(rows), 4):
-        ax.axhline(k - 0.5, color="white", lw=1.5)
-    ax.set_xticks(range(n))
-    ax.set_xticklabels([show_char(c) for c in text], fontsize=7, family="monospace")
-    ax.tick_params(axis="x", length=0, labeltop=True)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0, 0.93, 1))
-    cax_g = fig.add_axes((0.935, 0.15, 0.008, 0.7))
-    cax_c = fig.add_axes((0.965, 0.15, 0.008, 0.7))
-    fig.colorbar(im_g, cax=cax_g).set_label("gate i / f / o", fontsize=7)
-    fig.colorbar(im_c, cax=cax_c).set_label("tanh(c)", fontsize=7)
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_cell_text(path: Path, text: str, values: np.ndarray, title: str, width: int = 80) -> None:
-    if not can_plot(path):
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import Normalize
-
-    # lay out by the text's own lines, wrapping long ones
-    lines, line, vals, cur = [], "", [], []
-    for ch, v in zip(text, values):
-        if ch == "\n" or len(line) >= width:
-            lines.append(line + ("⏎" if ch == "\n" else ""))
-            vals.append(cur + ([v] if ch == "\n" else []))
-            line, cur = "", []
-            if ch == "\n":
-                continue
-        line += ch
-        cur.append(v)
-    if line:
-        lines.append(line)
-        vals.append(cur)
-    cols = max(len(l) for l in lines)
-    fig, ax = plt.subplots(figsize=(0.105 * cols + 0.6, 0.22 * len(lines) + 0.7), dpi=90)
-    cmap, norm = plt.get_cmap("RdBu_r"), Normalize(-1, 1)
-    for r, (l, vs) in enumerate(zip(lines, vals)):
-        for c, (ch, v) in enumerate(zip(l, vs)):
-            ax.add_patch(plt.Rectangle((c, -r - 1), 1, 1, color=cmap(norm(v)), lw=0))
-            ax.text(c + 0.5, -r - 0.5, ch, ha="center", va="center", fontsize=7, family="monospace")
-    ax.set_xlim(0, cols)
-    ax.set_ylim(-len(lines), 0)
-    ax.axis("off")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def build_parser():

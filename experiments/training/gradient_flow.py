@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import cli
-from experiments.common.figures import can_plot, copy_figures
+from experiments.common.analysis_figures import plot_profiles, plot_weight_norms
+from experiments.common.figures import copy_figures
 from experiments.common.machine import machine_info
 from lstm_jax.analysis import recurrent_grad_norms, state_gradient_profile
 from lstm_jax.models.sequence_regressor import init_sequence_model, make_task
@@ -65,73 +66,6 @@ def recurrent_grad_norm(grads) -> dict:
     """``w_h_grad_norm``: all layers' ``||dL/dw_h||_F`` combined, logged by the shared
     train step at every step (``make_train_step(..., grad_metrics=...)``)."""
     return {"w_h_grad_norm": jnp.sqrt(sum(n**2 for n in recurrent_grad_norms(grads["stack"])))}
-
-
-def plot_profiles(path, results, T):
-    if not can_plot(path):
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = {"rnn": "C0", "gru": "C1", "lstm": "C2"}
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=100, sharey=True)
-    for ax, when in zip(axes, ("init", "trained")):
-        for cell, r in results.items():
-            prof = r[when]
-            k = np.arange(len(prof["h"]))
-            ax.plot(k, prof["h"], color=colors[cell], label=f"{cell}: dL/dh")
-            if "c" in prof:
-                ax.plot(k, prof["c"], color=colors[cell], ls="--", label=f"{cell}: dL/dc")
-        ax.set_yscale("log")
-        ax.set_xlabel("distance from the last step, T - t")
-        title = "at initialisation" if when == "init" else "after training"
-        ax.set_title(f"{title} (adding, T={T})", fontsize=10)
-        ax.grid(alpha=0.3, which="both")
-    axes[0].set_ylabel("batch-mean ||dL/d state_t||")
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_weight_norms(path, results, baseline):
-    if not can_plot(path):
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = {"rnn": "C0", "gru": "C1", "lstm": "C2"}
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(6, 5), dpi=100, sharex=True)
-    for cell, r in results.items():
-        steps = np.array(r["steps"])
-        g = np.array(r["w_h_grad_norm"])
-        loss = np.array(r["train_loss"])
-        w = 25
-        raw_label = None if len(g) > w else cell
-        a1.plot(steps, g, color=colors[cell], alpha=0.25, lw=0.6, label=raw_label)
-        a2.plot(steps, loss, color=colors[cell], alpha=0.25, lw=0.6, label=raw_label)
-        if len(g) > w:
-            kern = np.ones(w) / w
-            a1.plot(steps[w - 1 :], np.convolve(g, kern, "valid"), color=colors[cell], label=cell)
-            a2.plot(steps[w - 1 :], np.convolve(loss, kern, "valid"), color=colors[cell], label=cell)
-    a2.axhline(baseline, color="k", ls="--", lw=1, label=f"baseline {baseline:.3f}")
-    a1.set_yscale("log")
-    a2.set_yscale("log")
-    a1.set_ylabel("||dL/dw_h||_F per step")
-    a1.set_title("recurrent-weight gradient per training step (faint) and 25-step mean", fontsize=9)
-    a2.set_ylabel("train MSE")
-    a2.set_xlabel("training step")
-    a1.legend(fontsize=8)
-    a2.legend(fontsize=8)
-    a1.grid(alpha=0.3)
-    a2.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def build_parser():
