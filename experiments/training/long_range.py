@@ -34,41 +34,12 @@ import jax
 from experiments.common import cli
 from experiments.common.figures import copy_figures
 from experiments.common.run_figures import plot_sweep, plot_sweep_curves, sweep_table
+from experiments.common.sweeps import CELL_ORDER, REPLOT_KEYS, invocations, load_sweep, merge_sweeps
 from experiments.common.harness import run_matmul_gflops
 from experiments.common.machine import finish_machine_info, machine_info
 from lstm_jax.cells import get_cell
 from lstm_jax.models.sequence_regressor import make_task, regressor_task
 from lstm_jax.train import fit
-
-#: Table and plot order: the classic cells from the simplest up, then any other registered cell.
-CELL_ORDER = ["rnn", "gru", "lstm"] + [c for c in cli.CELL_NAMES if c not in ("rnn", "gru", "lstm")]
-
-#: Record keys that ``--replot`` takes from a saved sweep.
-REPLOT_KEYS = ("task", "init", "hidden", "batch_size", "steps", "max_minutes", "num_symbols", "copy_length", "solved_threshold")
-#: Record keys on which two sweeps must agree for ``--merge`` to put their runs in one table: everything that
-#: makes the runs comparable at equal steps (the lengths, cells and output paths may differ).
-MERGE_KEYS = REPLOT_KEYS + ("learning_rate", "warmup_steps", "weight_decay", "clip_norm", "eval_every", "seed",
-                            "test_size", "impl", "precision")
-
-
-def _load(directory: Path, flag: str) -> dict:
-    """The sweep record in ``directory``; SystemExit unless it is in the current format (records are frozen:
-    one written before a flag was renamed or added, e.g. without ``init``, is read by no code)."""
-    path = directory / "results.json"
-    if not path.is_file():
-        raise SystemExit(f"{flag}: {directory} holds no results.json")
-    record = json.loads(path.read_text())
-    missing = [k for k in MERGE_KEYS if k not in record.get("args", {})]
-    if missing:
-        raise SystemExit(f"{flag}: {path} is not in the current record format (no {', '.join(missing)}); "
-                         f"{flag} reads records written by this version of long_range.py only")
-    return record
-
-
-def _invocations(record: dict) -> list[dict]:
-    """``record``'s invocations, oldest first: its earlier ones, then its own ``args`` and ``machine``."""
-    return record.get("earlier_invocations", []) + [{"args": record["args"], "machine": record["machine"]}]
-
 
 def run_one(task, cell: str, args, test_batch) -> dict:
     k_init, k_data = jax.random.split(jax.random.key(args.seed))
@@ -150,34 +121,9 @@ def build_parser():
     return p
 
 
-def merge_sweeps(out: Path, sources: list[Path]) -> None:
-    """Add the runs of the sweeps in ``sources`` to ``out/results.json`` (no training).
-
-    Sweeps of one configuration trained side by side (one per core, or per machine) become one table. Every
-    :data:`MERGE_KEYS` value must agree, and each (cell, T) pair may come from one sweep only; the sources'
-    arguments and machine records are kept under ``earlier_invocations``. Nothing is written on a refusal.
-    """
-    record = _load(out, "--merge")
-    pairs = {(r["cell"], r["T"]): out for r in record["runs"]}
-    for src in sources:
-        other = _load(src, "--merge")
-        differ = [f"{k} {other['args'][k]!r} (not {record['args'][k]!r})" for k in MERGE_KEYS
-                  if other["args"][k] != record["args"][k]]
-        if differ:
-            raise SystemExit(f"--merge: {src} is a different configuration from {out}: " + ", ".join(differ))
-        for r in other["runs"]:
-            if (r["cell"], r["T"]) in pairs:
-                raise SystemExit(f"--merge: {r['cell']} at T={r['T']} is in both {pairs[r['cell'], r['T']]} and {src}")
-            pairs[r["cell"], r["T"]] = src
-        record["runs"] += other["runs"]
-        record["earlier_invocations"] = record.get("earlier_invocations", []) + _invocations(other)
-    record["runs"].sort(key=lambda r: (r["T"], CELL_ORDER.index(r["cell"])))
-    (out / "results.json").write_text(json.dumps(record, indent=1))
-
-
 def replot(args, out: Path) -> None:
     """Rewrite results.md and the PNGs from ``out/results.json`` with the configuration saved there."""
-    record = _load(out, "--replot")
+    record = load_sweep(out, "--replot")
     for k in REPLOT_KEYS:
         setattr(args, k, record["args"][k])
     args.cells = [c for c in CELL_ORDER if any(r["cell"] == c for r in record["runs"])]
@@ -208,14 +154,14 @@ def long_range(args):
     out.mkdir(parents=True, exist_ok=True)
     record = {"args": vars(args), "machine": machine_info(matmul_gflops=run_matmul_gflops()), "runs": []}
     if args.append and (out / "results.json").exists():
-        old = _load(out, "--append")
+        old = load_sweep(out, "--append")
         if old["args"]["task"] != args.task:
             raise SystemExit(f"--append: {out} holds a {old['args']['task']} sweep, not {args.task}")
         if old["args"]["init"] != args.init:
             raise SystemExit(f"--append: {out} holds a sweep with --init {old['args']['init']}, not {args.init}")
         new_pairs = {(c, T) for c in args.cells for T in args.lengths}
         record["runs"] = [r for r in old["runs"] if (r["cell"], r["T"]) not in new_pairs]
-        record["earlier_invocations"] = _invocations(old)
+        record["earlier_invocations"] = invocations(old)
     run_cells = list(args.cells)  # what this invocation trains; args.cells: what the table and plots show
     args.cells = [c for c in CELL_ORDER if c in run_cells or any(r["cell"] == c for r in record["runs"])]
     for T in args.lengths:
