@@ -40,7 +40,7 @@ from experiments.common.analysis_figures import plot_profiles, plot_weight_norms
 from experiments.common.figures import copy_figures
 from experiments.common.machine import machine_info
 from lstm_jax.analysis import recurrent_grad_norms, state_gradient_profile
-from lstm_jax.models.sequence_regressor import init_sequence_model, make_task
+from lstm_jax.models.sequence_regressor import make_task, regressor_task
 from lstm_jax.train import fit, make_train_step
 
 
@@ -93,26 +93,21 @@ def gradient_flow(args):
     }
     for cell in args.cells:
         k_init, k_data = jax.random.split(jax.random.key(args.seed))
-        params = init_sequence_model(k_init, cell, task.input_size, args.hidden, task.output_size)
+        model = regressor_task(task, cell, args.hidden)
+        params = model.init(k_init)
         r = {"init": profile(task, cell, params, probe)}
-
-        def loss_fn(params, batch, key, model_state, cell=cell):
-            loss, metrics = task.model_loss(cell, params, batch)
-            return loss, (model_state, metrics)
-
         # log_every=1: the recurrent-weight gradient norm of every step is the measurement.
         config = cli.train_config(args, weight_decay=0.0, log_every=1, eval_every=args.steps,
                                   checkpoint_every=args.steps, progress=False)
         t0 = time.perf_counter()
-        res = fit(loss_fn, params, task.batch_fn(k_data, args.batch_size), config,
+        res = fit(model.loss, params, task.batch_fn(k_data, args.batch_size), config,
                   make_step=functools.partial(make_train_step, grad_metrics=recurrent_grad_norm))
         train = [h for h in res.history if h.get("kind") == "train"]
         r["steps"] = [h["step"] for h in train]
         r["w_h_grad_norm"] = [h["w_h_grad_norm"] for h in train]
         r["train_loss"] = [h["loss"] for h in train]
         r["trained"] = profile(task, cell, res.params, probe)
-        probe_loss, _ = task.model_loss(cell, res.params, probe)
-        r["probe_mse_trained"] = float(probe_loss)
+        r["probe_mse_trained"] = model.evaluate(res.params, probe)[task.metric]
         r["train_seconds"] = round(time.perf_counter() - t0, 1)
         r["steps_run"] = res.step
         results[cell] = r
