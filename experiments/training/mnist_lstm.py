@@ -83,10 +83,6 @@ def build_parser():
     return p
 
 
-def parse_args(argv=None):
-    return build_parser().parse_args(argv)
-
-
 def prepare_data(args):
     """Load, split, normalize and turn into sequences. Returns a dict of arrays and facts."""
     source, folder, data_dir = args.source, None, None
