@@ -10,7 +10,8 @@ makes process P kill itself (SIGKILL) when it reaches step S, after the
 checkpoints of the earlier steps (a crash, not an error); ``--stall-process P
 --stall-step S`` makes it sleep there instead (alive, stuck). ``--sigterm-step S``:
 process 0 sends SIGTERM to its parent (the launcher, which passes it on to
-every process) when it loads the batch of step S. ``--max-minutes``: a time
+every process) when it loads the batch of step S, and every later step takes
+0.1 s longer (so the run does not end before the agreed stop). ``--max-minutes``: a time
 budget; ``MP_WORKER_CLOCK_SKEW=S`` in the environment puts process 1's clock S
 seconds ahead (a skew that makes per-process budget decisions disagree). ``--layer-choice``: print ``--impl auto``'s choice (one line of JSON)
 at a shape big enough to be timed, then exit.
@@ -68,6 +69,8 @@ def run(out, steps, *, resume=False, crash_process=None, crash_step=None, global
             time.sleep(3600)  # alive but stuck: the others wait in the step's all-reduce
         if step == sigterm_step and jax.process_index() == 0:
             os.kill(os.getppid() if jax.process_count() > 1 else os.getpid(), signal.SIGTERM)
+        if sigterm_step is not None and step > sigterm_step:
+            time.sleep(0.1)  # slower steps after the signal: the ~1 s sync point comes well before the last step
         x, y = windows(step, rows)
         return x, y, np.bool_(windows.is_stream_start(step))
 
