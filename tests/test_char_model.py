@@ -299,3 +299,35 @@ def test_script_text_file_errors(script, tmp_path):
         script.main(["--text-file", str(short), "--seq-len", "64", "--no-progress", "--out", str(tmp_path / "b")])
     with pytest.raises(SystemExit, match="not found"):
         script.main(["--text-file", str(tmp_path / "nope.txt"), "--no-progress", "--out", str(tmp_path / "c")])
+
+
+# --------------------------------------------------------------------------- one task protocol
+
+
+def test_the_char_lm_the_classifier_and_the_regressor_are_one_task_protocol(zen):
+    """fit trains each family through Task.loss and validates through Task.eval_fn; evaluate averages a split."""
+    from lstm_jax.models.classifier import ClassifierConfig, classifier_task
+    from lstm_jax.models.sequence_regressor import make_task, regressor_task
+    from lstm_jax.models.task import Task
+
+    rng = np.random.default_rng(0)
+    images = (rng.normal(size=(16, 5, 3)).astype(np.float32), rng.integers(0, 3, 16).astype(np.int32))
+    adding = make_task("adding", 6)
+    families = {
+        "char": (cm.char_task(zen.vocab.size, 8, eval_batch_size=4, eval_seq_len=8),
+                 lambda step: random_windows(zen.train, 4, 8, seed=0, step=step), zen.validation),
+        "classifier": (classifier_task(ClassifierConfig(input_size=3, num_classes=3, hidden_size=4), 8),
+                       lambda step: {"x": images[0][:8], "y": images[1][:8]}, images),
+        "regressor": (regressor_task(adding, "lstm", 4),
+                      adding.batch_fn(jax.random.key(1), 8), adding.batch_fn(jax.random.key(2), 16)(0)),
+    }
+    cfg = TrainConfig(steps=3, learning_rate=1e-2, warmup_steps=1, log_every=3, eval_every=3, progress=False)
+    for name, (task, get_batch, held_out) in families.items():
+        assert isinstance(task, Task), name
+        res = fit(task.loss, task.init(jax.random.PRNGKey(0)), get_batch, cfg, eval_fn=task.eval_fn(held_out),
+                  model_state=task.model_state, best_metric=f"val_{task.metric}")
+        assert res.step == 3 and math.isfinite(res.best["val_" + task.metric]), name
+        figures = task.evaluate(res.params, held_out)
+        numbers = {k: v for k, v in figures.items() if isinstance(v, float)}
+        assert numbers and all(math.isfinite(v) for v in numbers.values()), (name, figures)
+        assert isinstance(task.report(figures), str) and task.report(figures), name
