@@ -65,7 +65,8 @@ def build_parser():
     s = p.add_argument_group("sampling and evaluation")
     cli.add_flag(s, "checkpoint", help="run directory to sample from or evaluate (sample/eval modes)")
     cli.add_flag(s, "which")
-    s.add_argument("--eval-context", action=cli.ListAction, choices=cm.EVAL_CONTEXTS, default=list(cm.EVAL_CONTEXTS))
+    s.add_argument("--eval-context", action=cli.ListAction, choices=cm.EVAL_CONTEXTS, default=list(cm.EVAL_CONTEXTS),
+                   help="eval mode: 'window' (zero state per window) and/or 'stream' (state carried: full context)")
     s.add_argument("--save", default=None, help="eval mode: also write the figures to this JSON file")
     s.add_argument("--prompt", default=None, help="text to condition on (default: the corpus' first line)")
     s.add_argument("--length", type=int, default=300, help="characters to generate")
