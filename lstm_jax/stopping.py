@@ -18,7 +18,7 @@ checkpoint, stop) at the same step:
 * ``"time budget"``: ``config.max_minutes`` ran out. One process: its clock,
   every step. Several: process 0's clock decides at *check steps* that every
   process knows, and shares its verdict with one tiny broadcast (about
-  0.4 ms): "stop now", or the step of the next check, set about halfway to
+  0.4-0.7 ms here): "stop now", or the step of the next check, set about halfway to
   the deadline at the average step time so far. So a run costs some tens of
   broadcasts, not one per step, and stops at most about one step (plus an
   evaluation that falls in the last interval) after its deadline.
