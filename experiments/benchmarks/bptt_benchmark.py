@@ -141,6 +141,7 @@ def bptt_benchmark(args):
         "repeats": repeats,
         "warmup": args.warmup_calls,
         "unroll": args.unroll,
+        "args": dict(vars(args)),  # the resolved arguments; "config": the --config file, if any
     }
     results, skipped = [], []
     for cell in args.cells:

@@ -246,7 +246,7 @@ def scaling(args):
     srows, prows = print_tables(rows, base, args, process_batch)
     out = Path(args.out) if args.out else result_path("scaling", quick=args.quick)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"impl": args.impl, "base": base, "rows": rows, "malloc": args.malloc,
+    out.write_text(json.dumps({"impl": args.impl, "args": vars(args), "base": base, "rows": rows, "malloc": args.malloc,
                                "machine": finish_machine_info(machine),
                                "note": "simulated devices share the same CPU cores"}, indent=1))
     try:

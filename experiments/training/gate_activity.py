@@ -175,6 +175,7 @@ def gate_activity(args):
         "mean_input_all_units": float(heat["input"].mean()),
         "mean_output_all_units": float(heat["output"].mean()),
         "val_metrics": {k: v for k, v in meta.items() if k.startswith("val")},
+        "args": vars(args),  # the resolved arguments; "config": the --config file, if any
     }
     (out / "gate_activity.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
