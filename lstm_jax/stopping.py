@@ -148,19 +148,24 @@ class TimeBudget:
 class StallWatchdog:
     """Ends this process with one line if no :meth:`beat` comes for ``timeout`` seconds (``None``/0: off).
 
-    ``beat(step, doing)`` marks progress: the step the loop is at and what it
-    does next (``"training step 121"``, ``"checkpoint save"``); the line
-    names both and the process. Exit status 1, via ``os._exit`` (a thread
-    cannot unblock a main thread stuck in a collective).
+    It watches from :meth:`start` to :meth:`close`. ``beat(step, doing)`` marks
+    progress: the step the loop is at and what it does next (``"training step
+    121"``, ``"checkpoint save"``); the line names both and the process. Exit
+    status 1, via ``os._exit`` (a thread cannot unblock a main thread stuck in
+    a collective).
     """
 
     def __init__(self, timeout: float | None, poll: float = 1.0):
-        self.timeout = timeout or None
+        self.timeout, self.poll = timeout or None, poll
         self.step, self.doing, self.last = 0, "starting", time.monotonic()
         self._done = threading.Event()
+
+    def start(self) -> "StallWatchdog":
+        self.last = time.monotonic()
         if self.timeout is not None:
-            threading.Thread(target=self._watch, args=(min(poll, self.timeout / 4),), name="stall-watchdog",
+            threading.Thread(target=self._watch, args=(min(self.poll, self.timeout / 4),), name="stall-watchdog",
                              daemon=True).start()
+        return self
 
     def beat(self, step: int, doing: str) -> None:
         self.step, self.doing, self.last = step, doing, time.monotonic()
@@ -196,6 +201,7 @@ class StopControl:
             threading.current_thread() is threading.main_thread())
 
     def __enter__(self) -> "StopControl":
+        self.watchdog.start()
         if self._own_handler:
             _sigterm_flag.clear()
             self._old_handler = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -205,7 +211,7 @@ class StopControl:
         self.watchdog.close()
         if self._own_handler:
             signal.signal(signal.SIGTERM, self._old_handler)
-            if _sigterm_flag.is_set() and not self.preempted and self._old_handler == signal.SIG_DFL:
+            if _sigterm_flag.is_set() and not self.preempted and exc[0] is None and self._old_handler == signal.SIG_DFL:
                 os.kill(os.getpid(), signal.SIGTERM)  # came after the last step: not lost, the default action
 
     def doing(self, step: int, what: str) -> None:

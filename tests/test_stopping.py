@@ -129,7 +129,7 @@ def test_time_budget_checks_halfway_to_the_deadline_at_the_average_step_time():
 
 def test_stall_watchdog_ends_the_process_with_one_line():
     code = ("import time; from lstm_jax.stopping import StallWatchdog; "
-            "w = StallWatchdog(1.0, poll=0.1); w.beat(7, 'checkpoint save'); time.sleep(60)")
+            "w = StallWatchdog(1.0, poll=0.1).start(); w.beat(7, 'checkpoint save'); time.sleep(60)")
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"})
@@ -137,7 +137,7 @@ def test_stall_watchdog_ends_the_process_with_one_line():
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: process 0 of 1: no progress for 1 s at step 7 (checkpoint save): another process is dead, stuck "
         "or took another path; stopping (LSTM_JAX_STALL_TIMEOUT)")
-    off = StallWatchdog(None)
+    off = StallWatchdog(None).start()
     off.beat(1, "x")
     off.close()
 
