@@ -299,7 +299,7 @@ def test_experiment_scripts_accept_the_min_cells():
     import importlib
 
     for name in ("char_lstm", "long_range"):
-        parser = importlib.import_module(f"experiments.{name}").build_parser()
+        parser = importlib.import_module(f"experiments.training.{name}").build_parser()
         for cell in MIN_CELLS:
             flag = "--cell" if any("--cell" in a.option_strings for a in parser._actions) else "--cells"
             assert getattr(parser.parse_args([flag, cell]), flag[2:]) in (cell, [cell])

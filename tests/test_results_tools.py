@@ -50,7 +50,7 @@ def test_lookup_names_what_is_wrong(path, message):
 
 # --------------------------------------------------------------------------- seed runner
 
-CHAR_QUICK = ["experiments/training/char_lstm.py", "--steps", "12", "--hidden", "8", "--seq-len", "8", "--batch-size", "4",
+CHAR_QUICK = ["experiments/training/char_lstm.py", "--dataset", "zen", "--steps", "12", "--hidden", "8", "--seq-len", "8", "--batch-size", "4",
               "--no-progress", "--eval-every", "12", "--length", "10", "--impl", "scan", "--precision", "fp32"]
 
 
