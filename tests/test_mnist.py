@@ -77,7 +77,7 @@ def test_evaluate_and_confusion_matrix():
     xs = np.random.default_rng(0).normal(size=(23, 5, 4)).astype(np.float32)
     ys = np.arange(23) % 10
     predict = clf.make_predict_fn(cfg)
-    r = clf.evaluate(predict, params, img.eval_batches(xs, ys, 10))  # padded last batch
+    r = clf.classifier_task(cfg, eval_batch_size=10).evaluate(params, (xs, ys))  # padded last batch
     logits = np.asarray(predict(params, xs))
     assert r["count"] == 23 and np.array_equal(r["predictions"], logits.argmax(-1))
     np.testing.assert_allclose(r["loss"], float(clf.cross_entropy(logits, ys)), rtol=1e-5)

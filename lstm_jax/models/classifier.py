@@ -20,14 +20,13 @@ The loss is :func:`lstm_jax.models.losses.cross_entropy` (re-exported here).
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ..cells import get_cell
 from ..data.images import eval_batches
+from ..evaluation import evaluate
 from ..layers import apply_stack, init_stack, layer_impl
 from ..precision import get_precision
 from .losses import cross_entropy, cross_entropy_per_item
@@ -158,32 +157,28 @@ def make_predict_fn(config: ClassifierConfig, compute_dtype=None):
     return predict
 
 
-def evaluate(predict, params, batches: Iterable[dict]) -> dict:
-    """Loss, accuracy and predictions over ``batches`` (from :func:`lstm_jax.data.images.eval_batches`).
+def make_eval_step(predict):
+    """``eval_step(params, batch)`` for :func:`lstm_jax.evaluation.evaluate` over :func:`~lstm_jax.data.images.eval_batches`.
 
-    Returns ``{"loss", "accuracy", "count", "predictions" (np int array), "logits"}``
-    with padded examples (``mask == 0``) dropped.
+    Per batch: summed ``loss`` and ``accuracy`` (correct count) and ``count`` of the real
+    examples (``mask > 0``; padding dropped), and their ``predictions`` (n,) and ``logits``
+    (n, C), which ``evaluate(..., collect=EVAL_OUTPUTS)`` concatenates for a confusion matrix.
     """
-    total_loss, total_correct, count = 0.0, 0.0, 0
-    preds, all_logits = [], []
-    for batch in batches:
+
+    def eval_step(params, batch):
         logits = np.asarray(predict(params, batch["x"]))
-        mask = np.asarray(batch.get("mask", np.ones(len(batch["y"]), np.float32))) > 0
-        logits, y = logits[mask], np.asarray(batch["y"])[mask]
-        losses = np.asarray(cross_entropy_per_item(logits, y))
-        total_loss += float(losses.sum())
-        p = logits.argmax(-1)
-        total_correct += float((p == y).sum())
-        count += int(mask.sum())
-        preds.append(p)
-        all_logits.append(logits)
-    return {
-        "loss": total_loss / max(count, 1),
-        "accuracy": total_correct / max(count, 1),
-        "count": count,
-        "predictions": np.concatenate(preds) if preds else np.zeros((0,), np.int64),
-        "logits": np.concatenate(all_logits) if all_logits else np.zeros((0, 0)),
-    }
+        keep = np.asarray(batch.get("mask", np.ones(len(batch["y"]), np.float32))) > 0
+        logits, y = logits[keep], np.asarray(batch["y"])[keep]
+        predictions = logits.argmax(-1)
+        return {"loss": float(np.asarray(cross_entropy_per_item(logits, y)).sum()),
+                "accuracy": float((predictions == y).sum()), "count": int(keep.sum()),
+                "predictions": predictions, "logits": logits}
+
+    return eval_step
+
+
+EVAL_OUTPUTS = ("predictions", "logits")
+"""The per-example outputs of :func:`make_eval_step` (collected, not averaged)."""
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -199,11 +194,13 @@ def classifier_task(config: ClassifierConfig, eval_batch_size: int = 1000, compu
     ``evaluate`` gives ``{"loss", "accuracy", "error", "count"}`` over every example, and the
     ``predictions`` (N,) and ``logits`` (N, C) behind them (arrays: a confusion matrix needs them).
     """
-    predict = make_predict_fn(config, compute_dtype)
+    eval_step = make_eval_step(make_predict_fn(config, compute_dtype))
 
     def evaluate_split(params, data):
-        r = evaluate(predict, params, eval_batches(*data, eval_batch_size))
-        return {"loss": r["loss"], "accuracy": r["accuracy"], "error": 1.0 - r["accuracy"], "count": r["count"],
+        xs, ys = data
+        r = evaluate(eval_step, params, eval_batches(xs, ys, eval_batch_size), collect=EVAL_OUTPUTS)
+        return {"loss": r["loss"], "accuracy": r["accuracy"], "error": 1.0 - r["accuracy"],
+                "count": len(r["predictions"]),
                 "predictions": r["predictions"], "logits": r["logits"]}
 
     def validate(params, data):

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from ..cells import Cell, get_cell, glorot_uniform
 from ..data import synthetic
+from ..evaluation import evaluate
 from ..layers import apply_stack, init_stack
 from ..stack import chrono_init_stack
 from . import task as task_protocol
@@ -174,14 +175,13 @@ def regressor_task(task: Task, cell: str, hidden: int, *, impl="scan", init: str
     def chunk_metrics(params, batch):
         return task.model_loss(cell, params, batch, impl=impl)[1]
 
-    def evaluate(params, data):
-        inputs, targets = data
-        sums, count = {}, 0
-        for s in range(0, inputs.shape[0], chunk):
-            b = (inputs[s : s + chunk], targets[s : s + chunk])
-            for name, v in jax.device_get(chunk_metrics(params, b)).items():
-                sums[name] = sums.get(name, 0.0) + float(v) * b[0].shape[0]
-            count += b[0].shape[0]
-        return {name: v / count for name, v in sums.items()}
+    def chunk_sums(params, b):  # the chunk's means times its size, for the one evaluate's sums
+        n = b[0].shape[0]
+        return {**{name: float(v) * n for name, v in jax.device_get(chunk_metrics(params, b)).items()}, "count": n}
 
-    return task_protocol.Task(init=init_params, loss=loss, evaluate=evaluate, metric=task.metric)
+    def evaluate_all(params, data):
+        inputs, targets = data
+        chunks = ((inputs[s : s + chunk], targets[s : s + chunk]) for s in range(0, inputs.shape[0], chunk))
+        return evaluate(chunk_sums, params, chunks)
+
+    return task_protocol.Task(init=init_params, loss=loss, evaluate=evaluate_all, metric=task.metric)
