@@ -44,17 +44,17 @@ def _leaves(tree):
 
 
 def test_sigterm_stops_at_the_next_step_with_a_checkpoint_and_resume_is_exact(tmp_path):
-    """A SIGTERM during step 4 (sent from the run itself): Preempted at step 4, checkpoint 4, handler restored;
+    """A SIGTERM during step 3 (sent from the run itself): Preempted at step 3, checkpoint 3, handler restored;
     resuming ends bit-for-bit on the uninterrupted run's parameters."""
-    steps = 8
+    steps = 6
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Preempted) as stop:
-        worker.run(tmp_path / "run", steps, sigterm_step=3)  # kills itself while loading step 3's batch
-    assert stop.value.step == 4 and stop.value.code == PREEMPTED_STATUS == 143
-    assert str(stop.value) == ("stopping at step 4/8: SIGTERM (a preemption request); checkpoint saved, "
+        worker.run(tmp_path / "run", steps, sigterm_step=2)  # signals itself while loading step 2's batch
+    assert stop.value.step == 3 and stop.value.code == PREEMPTED_STATUS == 143
+    assert str(stop.value) == ("stopping at step 3/6: SIGTERM (a preemption request); checkpoint saved, "
                                "resume=True continues the run")
     assert signal.getsignal(signal.SIGTERM) is before
-    assert sorted(int(d.name) for d in (tmp_path / "run" / "checkpoints").iterdir() if d.name.isdigit())[-1] == 4
+    assert sorted(int(d.name) for d in (tmp_path / "run" / "checkpoints").iterdir() if d.name.isdigit())[-1] == 3
     resumed = worker.run(tmp_path / "run", steps, resume=True)
     reference = worker.run(tmp_path / "ref", steps)
     assert resumed.step == reference.step == steps
@@ -146,7 +146,7 @@ def test_launcher_kills_processes_that_ignore_the_signal_after_the_grace_or_at_a
     out = io.StringIO()
     code = ("import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
             "print('ready', flush=True); time.sleep(120)")
-    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM))  # handled by launch(), not pytest
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))  # handled by launch(), not pytest
     timer.start()
     t0 = time.monotonic()
     err = io.StringIO()
@@ -160,7 +160,7 @@ def test_launcher_kills_processes_that_ignore_the_signal_after_the_grace_or_at_a
     assert "launch: process 0 still running 1 s after SIGTERM; killing it (SIGKILL)" in err.getvalue()
 
     # A second signal does not wait for the grace: SIGKILL at once.
-    timers = [threading.Timer(t, os.kill, (os.getpid(), signal.SIGINT)) for t in (2.0, 2.5)]
+    timers = [threading.Timer(t, os.kill, (os.getpid(), signal.SIGINT)) for t in (1.5, 2.0)]
     for timer in timers:
         timer.start()
     t0 = time.monotonic()
