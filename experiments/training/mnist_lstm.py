@@ -33,14 +33,14 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
     import _bootstrap  # noqa: F401
 
 import jax
-import numpy as np
 
 from experiments.common import cli, epilogue
-from experiments.common.run_figures import plot_confusion, plot_misclassified
+from experiments.common.classifier_report import plot_test, test_figures
 from experiments.common.harness import run_matmul_gflops
 from experiments.common.machine import machine_info
 from lstm_jax.data import images as img
-from lstm_jax.models.classifier import ClassifierConfig, classifier_task, confusion_matrix
+from lstm_jax.data.image_pipeline import prepare_sequences, train_batches
+from lstm_jax.models.classifier import ClassifierConfig, classifier_task
 from lstm_jax.train import fit
 
 
@@ -83,74 +83,6 @@ def build_parser():
     return p
 
 
-def prepare_data(args):
-    """Load, split, normalize and turn into sequences. Returns a dict of arrays and facts."""
-    source, folder, data_dir = args.source, None, None
-    if args.data_dir is not None:
-        if source == "tfds":
-            data_dir = args.data_dir
-        else:
-            folder = args.data_dir
-    data = img.load_images(args.dataset, source, folder, data_dir=data_dir)
-    train_x, train_y = data.train
-    test_x, test_y = data.test
-    if args.train_subset is not None:
-        train_x, train_y = train_x[: args.train_subset], train_y[: args.train_subset]
-    if args.test_subset is not None:
-        test_x, test_y = test_x[: args.test_subset], test_y[: args.test_subset]
-    (tr_x, tr_y), (va_x, va_y) = img.train_val_split(train_x, train_y, args.val_size, args.seed)
-    mean, std = img.fit_normalization(tr_x)
-
-    def seqs(x):
-        return img.to_sequences(img.normalize(x, mean, std), args.mode, permutation_seed=args.perm_seed)
-
-    return {
-        "train": (seqs(tr_x), tr_y),
-        "train_images": tr_x,
-        "seqs": seqs,
-        "val": (seqs(va_x), va_y),
-        "test": (seqs(test_x), test_y),
-        "test_images": test_x,
-        "mean": mean,
-        "std": std,
-        "source": data.source,
-        "location": data.location,
-        "class_names": data.class_names,
-    }
-
-
-def train_batches(args, data):
-    """Shuffled training batches for fit, augmented (raw images shifted/flipped, then normalized) if asked."""
-    train_xs, train_ys = data["train"]
-    if not (args.augment_shift or args.augment_flip):
-        return img.ShuffledBatches(train_xs, train_ys, args.batch_size, seed=args.seed)
-
-    def transform(rng, images):
-        return data["seqs"](img.augment_images(rng, images, max_shift=args.augment_shift, flip=args.augment_flip))
-
-    return img.ShuffledBatches(data["train_images"], train_ys, args.batch_size, seed=args.seed, transform=transform)
-
-
-def test_figures(args, steps: int, batches, result, t0: float, test_ys):
-    """``extra(final, best)`` for the epilogue: the test figures under this script's result keys, and plots."""
-    def extra(final, best):
-        which = "best" if result.best is not None else "last"
-        r, f = best["test"], final["test"]
-        cm = confusion_matrix(np.asarray(test_ys), r["predictions"], img.NUM_CLASSES)
-        rates = [h["images_per_s"] for h in result.history if h.get("kind") == "train" and "images_per_s" in h]
-        return {"dataset": args.dataset, "mode": args.mode, "cell": args.cell, "hidden": args.hidden,
-                "layers": args.layers, "bidirectional": args.bidirectional, "test_accuracy": r["accuracy"],
-                "test_loss": r["loss"], "test_examples": r["count"], "checkpoint": which,
-                "checkpoint_step": best["step"], "final_test_accuracy": f["accuracy"], "final_test_loss": f["loss"],
-                "steps_planned": int(steps), "epochs_done": result.step / batches.steps_per_epoch,
-                "best_val": result.best, "wall_seconds_this_session": time.perf_counter() - t0,
-                "train_images_per_s_median": float(np.median(rates)) if rates else None,
-                "per_class_accuracy": (np.diag(cm) / np.maximum(cm.sum(1), 1)).round(4).tolist(),
-                "confusion_matrix": cm.tolist(), "resumed": args.resume, "layer": args.layer_choice,
-                "_test": r}  # for the plots (arrays); "_" keys are not written
-    return extra
-
-
 def mnist_lstm(args, argv=None) -> dict:
     if args.augment_flip and args.dataset != "fashion_mnist":
         raise SystemExit(f"--augment-flip: a mirrored digit is another glyph; flips apply to fashion_mnist, not {args.dataset}")
@@ -160,10 +92,13 @@ def mnist_lstm(args, argv=None) -> dict:
     machine = machine_info(malloc=malloc, note=args.note, matmul_gflops=run_matmul_gflops())  # the rate this run saw
     out = Path(args.out or f"runs/mnist_lstm/{args.dataset}-{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}")
     t0 = time.perf_counter()
-    data = prepare_data(args)
+    data = prepare_sequences(args.dataset, args.source, args.data_dir, mode=args.mode, perm_seed=args.perm_seed,
+                             val_size=args.val_size, seed=args.seed, train_subset=args.train_subset,
+                             test_subset=args.test_subset)
     (train_xs, _), (val_xs, _) = data["train"], data["val"]
     steps_t, features = train_xs.shape[1:]
-    batches = train_batches(args, data)
+    batches = train_batches(data, args.batch_size, args.seed, augment_shift=args.augment_shift,
+                            augment_flip=args.augment_flip)
     steps = args.steps if args.epochs is None else max(1, round(args.epochs * batches.steps_per_epoch))
     cli.layer_from_args(args, T=int(steps_t), B=args.batch_size, I=int(features), H=args.hidden)  # says what runs
     model_cfg = ClassifierConfig(
@@ -194,17 +129,12 @@ def mnist_lstm(args, argv=None) -> dict:
     cli.report_stop(result)
     # Test with the best checkpoint by --best-metric (the last one if no validation), and the final params.
     results = epilogue.finish_run(task, result, out, {"test": data["test"]}, args=args, machine=machine,
-                                  train_seconds=result.wall_seconds, extra=test_figures(args, steps, batches, result, t0, data["test"][1]))
+                                  train_seconds=result.wall_seconds,
+                                  extra=test_figures(args, steps, batches.steps_per_epoch, result, t0,
+                                                     data["test"][1], img.NUM_CLASSES))
     r = results.pop("_test")
     if not args.no_plots:
-        names = data["class_names"] or tuple(str(i) for i in range(img.NUM_CLASSES))
-        title = f"{args.dataset} {args.mode} {args.cell} {args.layers}x{args.hidden}: test acc {r['accuracy']:.2%}"
-        plot_confusion(np.asarray(results["confusion_matrix"]), names, out / "confusion_matrix.png", title)
-        probs = np.exp(r["logits"] - r["logits"].max(-1, keepdims=True))
-        probs /= probs.sum(-1, keepdims=True)
-        test_ys = data["test"][1]
-        plot_misclassified(data["test_images"][: len(test_ys)], test_ys, r["predictions"], probs, names,
-                           out / "misclassified.png")
+        plot_test(out, args, results, r, data, img.NUM_CLASSES)
     return results
 
 
