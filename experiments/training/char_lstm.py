@@ -19,8 +19,6 @@ Across processes: ``python -m lstm_jax.launch --processes 2 -- experiments/train
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 
@@ -28,18 +26,14 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
     import _bootstrap  # noqa: F401
 
 import jax
-import numpy as np
 
-from experiments.common import cli, epilogue
+from experiments.common import char_runs, cli, epilogue
 from experiments.common.harness import run_matmul_gflops
 from experiments.common.machine import machine_info
 from lstm_jax import multiprocess, sharding
-from lstm_jax.checkpoint import load_checkpoint
-from lstm_jax.data.text import DATASETS, StatefulWindows, Vocab, load_text, random_windows
-from lstm_jax.impls import layer_impl
+from lstm_jax.data.text import DATASETS, load_text
 from lstm_jax.layers import count_params
 from lstm_jax.models import char_model as cm
-from lstm_jax.precision import PRECISIONS
 from lstm_jax.train import fit
 
 
@@ -91,15 +85,6 @@ def check_args(args, n_train: int) -> None:
                          + (" or --batch-size" if args.stateful else ""))
 
 
-def batches(args, train_ids):
-    """``get_batch(step)`` for fit: this process's rows of random windows, or of consecutive ones (--stateful)."""
-    rows = multiprocess.process_rows(args.batch_size)
-    if not args.stateful:
-        return lambda step: random_windows(train_ids, args.batch_size, args.seq_len, seed=args.seed, step=step, rows=rows)
-    windows = StatefulWindows(train_ids, args.batch_size, args.seq_len)
-    return lambda step: (*windows(step, rows), np.bool_(windows.is_stream_start(step)))
-
-
 def train(args, malloc: dict | None = None) -> dict:
     if args.resume and args.out is None:
         raise SystemExit("error: --resume needs --out (the run directory to continue)")
@@ -121,7 +106,9 @@ def train(args, malloc: dict | None = None) -> dict:
                 "args": epilogue.resolved_args(args)}
     machine = machine_info(malloc=malloc, matmul_gflops=run_matmul_gflops())  # the rate this run saw
     t0 = time.perf_counter()
-    result = fit(task.loss, params, batches(args, splits.train), cli.train_config(args), out_dir=out,
+    batches = cm.train_batches(splits.train, args.batch_size, args.seq_len, seed=args.seed, stateful=args.stateful,
+                               rows=multiprocess.process_rows(args.batch_size))  # this process's rows
+    result = fit(task.loss, params, batches, cli.train_config(args), out_dir=out,
                  eval_fn=task.eval_fn(splits.validation), model_state=task.model_state, resume=args.resume,
                  metadata=metadata, items_per_batch=args.batch_size * args.seq_len, item_name="chars")
     seconds = time.perf_counter() - t0
@@ -140,56 +127,10 @@ def train(args, malloc: dict | None = None) -> dict:
     return results
 
 
-def load_run(args, mode: str):
-    """``(params, metadata, vocab)`` of checkpoint ``--which`` in ``--checkpoint``, for the sample/eval modes."""
-    if not args.checkpoint:
-        raise SystemExit(f"error: {mode} mode needs --checkpoint RUN_DIR (the --out of a training run)")
-    params, meta = load_checkpoint(args.checkpoint, args.which)
-    if "vocab" not in meta:
-        raise SystemExit(f"error: {args.checkpoint} has no vocabulary in its metadata; was it written by char_lstm.py?")
-    why = {"best": "lowest validation loss", "last": "latest step"}.get(args.which, "requested with --which")
-    print(f"{mode}: checkpoint step {meta['step']} of {args.checkpoint} (--which {args.which}: {why}; "
-          "--which best|last|STEP)", file=sys.stderr)
-    return params, meta, Vocab.from_json(meta["vocab"])
-
-
-def sample_mode(args) -> str:
-    params, meta, vocab = load_run(args, "sample")
-    text = cm.sample(params, vocab, "\n" if args.prompt is None else args.prompt, args.length,
-                     temperature=args.temperature, top_k=args.top_k, seed=args.seed, cell=meta.get("model", {}).get("cell"))
-    print(text)
-    return text
-
-
-def eval_mode(args) -> dict:
-    """Evaluate a saved checkpoint on the validation and test splits of its dataset."""
-    params, meta, vocab = load_run(args, "eval")
-    saved = meta.get("args", {})
-    dataset = "file" if saved.get("text_file") else saved.get("dataset", args.dataset)
-    splits = load_text(dataset, text_file=saved.get("text_file"), data_dir=args.data_dir or saved.get("data_dir"))
-    if splits.vocab != vocab:
-        raise SystemExit(f"error: the vocabulary of {splits.name} differs from the checkpoint's")
-    seq_len, cell = args.eval_seq_len or saved.get("seq_len", args.seq_len), meta.get("model", {}).get("cell")
-    # the layer path training used (its figures are reproduced), recorded as chosen; older records: the reference
-    layer = layer_impl(saved["impl"], precision=saved["precision"]) if saved.get("precision") in PRECISIONS else "scan"
-    out = {"checkpoint": str(args.checkpoint), "which": args.which, "step": meta["step"], "eval_seq_len": seq_len}
-    how = {"window": f"windows of {seq_len} chars from a zero state",
-           "stream": f"the split as one stream, state carried across windows of {seq_len}"}
-    for split, ids in (("val", splits.validation), ("test", splits.test)):
-        out[split] = r = cm.eval_contexts(params, ids, args.eval_batch_size, seq_len, layer, cell, args.eval_context)
-        for c in args.eval_context:
-            p = cm.context_prefix(c)
-            print(f"{split}: {r[p + 'nats_per_char']:.4f} nats/char = {r[p + 'bits_per_char']:.4f} bits/char "
-                  f"(step {meta['step']}, {how[c]})")
-    if args.save:
-        Path(args.save).write_text(json.dumps(out, indent=2))
-    return out
-
-
 def char_lstm(args):
     multiprocess.initialize_from_env()  # a no-op unless started by lstm_jax.launch or a cluster (first JAX call)
     malloc = cli.apply_malloc(args)
-    return {"sample": sample_mode, "eval": eval_mode}.get(args.mode, lambda a: train(a, malloc))(args)
+    return {"sample": char_runs.sample_mode, "eval": char_runs.eval_mode}.get(args.mode, lambda a: train(a, malloc))(args)
 
 
 def main(argv=None):

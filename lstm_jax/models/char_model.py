@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..cells import CELLS, glorot_uniform, get_cell
-from ..data.windows import eval_windows
+from ..data.windows import StatefulWindows, eval_windows, random_windows
 from ..layers import apply_stack, init_stack, zeros_stack_carry
 from .losses import cross_entropy, cross_entropy_per_item
 from .task import Task
@@ -353,6 +353,16 @@ def make_loss_fn(*, dropout: float, stateful: bool, impl, unroll: int, cell: str
         return loss, (new_state, {"bits_per_char": loss / LN2})
 
     return loss_fn
+
+
+def train_batches(train_ids, batch_size: int, seq_len: int, *, seed: int = 0, stateful: bool = False,
+                  rows: slice | None = None):
+    """``get_batch(step)`` for fit in the format :func:`make_loss_fn` reads: ``rows`` of random windows
+    ``(inputs, targets)`` ``(B, seq_len)``, or with ``stateful`` consecutive ones with the ``reset`` flag."""
+    if not stateful:
+        return lambda step: random_windows(train_ids, batch_size, seq_len, seed=seed, step=step, rows=rows)
+    windows = StatefulWindows(train_ids, batch_size, seq_len)
+    return lambda step: (*windows(step, rows), np.bool_(windows.is_stream_start(step)))
 
 
 def char_task(vocab_size: int, hidden: int, layers: int = 1, cell: str = "lstm", *, embed_dim: int | None = None,
