@@ -88,6 +88,20 @@ def test_the_one_spelling_builds_the_train_config_and_old_ones_are_refused(capsy
     capsys.readouterr()
 
 
+def test_an_unknown_option_is_named_in_one_line_before_a_positional_takes_its_value(capsys):
+    """char_lstm has a positional mode: without the check, '--warmup 5' failed as "argument mode: invalid
+    choice: '5'", naming neither the removed flag nor the cause."""
+    for name, argv in (("char_lstm", ["--warmup", "5"]), ("char_lstm", ["sample", "--warmup=5", "--length", "3"]),
+                       ("long_range", ["--lengths", "5", "--minutes-per-run", "1"])):
+        with pytest.raises(SystemExit) as exit_:
+            script(name).main(argv)
+        assert exit_.value.code == 2, (name, argv)
+        lines = capsys.readouterr().err.splitlines()
+        bad = argv[-2].split("=")[0] if name == "long_range" else "--warmup"
+        assert len(lines) == 1 and lines[0].startswith(f"error: unknown option {bad} ("), lines
+        assert "invalid choice" not in lines[0]
+
+
 def test_script_defaults_kept_from_before_the_shared_parser():
     """Defaults that order runs and outputs, or size them, are each script's own, as before."""
     assert script("long_range").build_parser().parse_args([]).cells == ["rnn", "gru", "lstm"]

@@ -25,11 +25,12 @@ where it came from.
 from __future__ import annotations
 
 import argparse
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["ConfigError", "REPO_ROOT", "add_config_flag", "load_config", "parse_args", "script_name",
+__all__ = ["ConfigError", "REPO_ROOT", "add_config_flag", "check_options", "load_config", "parse_args", "script_name",
            "validate_config"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -137,8 +138,25 @@ def validate_config(parser: argparse.ArgumentParser, config: dict[str, Any], pat
     return values
 
 
+def check_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> None:
+    """``SystemExit`` (one line naming it) at the first ``--option`` in ``argv`` that ``parser`` does not define.
+
+    Checked before argparse parses: otherwise a removed flag's value can reach a positional argument first
+    (``char_lstm --warmup 5`` would fail as "argument mode: invalid choice: '5'", naming neither the flag nor
+    the cause). Tokens after a bare ``--`` are values, not options.
+    """
+    for token in sys.argv[1:] if argv is None else argv:
+        if token == "--":
+            return
+        option = token.split("=", 1)[0]
+        if option.startswith("--") and option not in parser._option_string_actions:
+            parser.exit(2, f"error: unknown option {option} ({parser.prog} --help lists the options)\n")
+
+
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """``parser.parse_args(argv)`` with ``--config``'s values as defaults; ``SystemExit`` (one line) on a bad file."""
+    """``parser.parse_args(argv)`` with ``--config``'s values as defaults; ``SystemExit`` (one line) on a bad file
+    or an unknown option (:func:`check_options`)."""
+    check_options(parser, argv)
     if getattr(parser, "config_script", None) is None:
         return parser.parse_args(argv)
     pre = argparse.ArgumentParser(add_help=False)  # only --config: the script's required flags may be in the file
