@@ -438,3 +438,20 @@ def test_a_stuck_peer_ends_the_job_within_the_stall_timeout_with_one_line(tmp_pa
     print(f"stuck peer: exit {rc} after {seconds:.1f} s; {lines}")
     assert rc == 1 and lines, output[-3000:]
     assert all(step == "5" and doing == "training step 6" for _, step, doing in lines)
+
+
+@pytest.mark.slow
+def test_a_sigterm_at_the_start_of_a_resumed_run_stops_it_at_its_first_step(tmp_path):
+    """A resumed run's step counter starts high; a notice that reaches JAX before fit reports any step is
+    synced against a stale counter (sync point 1) that this loop never meets. The agreed look at the notice
+    at the loop's first boundary stops both processes there."""
+    out, every = tmp_path / "run", ["--checkpoint-every", "1000"]
+    rc, output, _ = launch_worker(out, "--steps", "40", "--sigterm-step", "3", *every, local_devices=1)
+    first = stop_steps(output, "SIGTERM (a preemption request)")
+    assert rc == 143 and set(first) == {"p0", "p1"}, output[-3000:]
+    start = first["p0"]
+    rc, output, _ = launch_worker(out, "--steps", "40", "--resume", "--sigterm-step", str(start), *every,
+                                  local_devices=1)
+    stops = stop_steps(output, "SIGTERM (a preemption request)")
+    assert rc == 143 and stops == {"p0": start + 1, "p1": start + 1}, output[-3000:]
+    assert last_checkpoint(out) == start + 1
