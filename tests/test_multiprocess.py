@@ -14,8 +14,10 @@ the launcher of a real 2-process run (every process stops at one step with a
 checkpoint, exit 143; ``--resume`` ends on the uninterrupted result).
 ``-m slow``: a killed process and ``--resume``, 1 -> 2 processes, the other
 error paths, a time budget that runs out mid-run six times in a row (fresh
-and resumed, half of them with process 1's clock 3 s ahead), and
-``--impl auto`` timed once by process 0 for both.
+and resumed, half of them with process 1's clock 3 s ahead), ``--impl auto``
+timed once by process 0 for both, ``decide_on_main``'s value, error and
+timeout, a peer stuck alive ended by the stall watchdogs, and a SIGTERM at the
+start of a resumed run.
 """
 
 from __future__ import annotations
