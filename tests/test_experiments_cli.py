@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from experiments.common import cli, figures, machine
@@ -278,3 +279,20 @@ def test_a_run_directory_with_checkpoints_is_refused_with_only_the_error_line(tm
     assert again.returncode == 1, again.stderr[-3000:]
     assert len(lines) == 1 and "already holds checkpoints (steps [2])" in lines[0], lines
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+
+
+def test_gate_units_pick_the_unit_that_tracks_a_text_feature_and_the_stretch_starts_a_line():
+    from experiments.common import gate_units
+
+    text = "ROMEO:\nab cd\nJULIET:\nefg h\n"
+    features = gate_units.text_features(text)
+    assert all(len(v) == len(text) for v in features.values())
+    rng = np.random.default_rng(0)
+    cell = rng.normal(size=(len(text), 6)) * 0.1
+    cell[:, 3] = features["position in line"] / 10  # unit 3 counts the position in the line
+    units, why = gate_units.choose_units({"cell": cell, "forget": rng.uniform(size=(len(text), 6))}, text)
+    assert units[0] == 3 and "position in line" in why[3] and len(set(units)) == len(units) <= 4
+    start, chunk = gate_units.text_stretch(text, 0.1, warmup=2, span=5)
+    assert start == text.index("\n") + 1 and chunk == text[start - 2 : start + 5]
+    with pytest.raises(SystemExit, match="does not fit"):
+        gate_units.text_stretch(text, 0.1, warmup=20, span=5)

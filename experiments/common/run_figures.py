@@ -12,7 +12,7 @@ import numpy as np
 
 from .figures import can_plot
 
-__all__ = ["plot_confusion", "plot_misclassified", "plot_sweep", "plot_sweep_curves", "sweep_table"]
+__all__ = ["draw_sweep", "plot_confusion", "plot_misclassified", "plot_sweep", "plot_sweep_curves", "sweep_table"]
 
 
 def sweep_table(path: Path, task, runs: list[dict], args) -> None:
@@ -111,6 +111,13 @@ def plot_sweep_curves(path: Path, task, runs: list[dict], args) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def draw_sweep(out: Path, task, runs: list[dict], args) -> None:
+    """A sweep's ``results.md`` (:func:`sweep_table`), ``long_range.png`` and ``curves.png`` in ``out``."""
+    sweep_table(out / "results.md", task, runs, args)
+    plot_sweep(out / "long_range.png", task, runs, args)
+    plot_sweep_curves(out / "curves.png", task, runs, args)
 
 
 def plot_confusion(cm: np.ndarray, class_names, path: Path, title: str) -> None:

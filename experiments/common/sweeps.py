@@ -1,6 +1,7 @@
-"""long_range.py's sweep records: the keys that make two sweeps comparable, reading a record (in the current
-format only: records are frozen, and none is translated), and ``--merge`` (sweeps trained side by side become
-one record).
+"""long_range.py's sweep records: one run's entry (:func:`run_summary`), the keys that make two sweeps
+comparable, reading a record (in the current format only: records are frozen, and none is translated),
+``--append`` (a sweep continued in its directory), ``--merge`` (sweeps trained side by side become one record)
+and ``--replot`` (the table and figures redrawn from a record).
 """
 
 from __future__ import annotations
@@ -8,9 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .cli import CELL_NAMES
+from lstm_jax.models.sequence_regressor import make_task
 
-__all__ = ["CELL_ORDER", "MERGE_KEYS", "REPLOT_KEYS", "invocations", "load_sweep", "merge_sweeps"]
+from .cli import CELL_NAMES
+from .figures import copy_figures
+from .run_figures import draw_sweep
+
+__all__ = ["CELL_ORDER", "MERGE_KEYS", "REPLOT_KEYS", "append_runs", "invocations", "load_sweep", "merge_sweeps",
+           "copy_sweep_figures", "replot", "run_summary"]
 
 #: Table and plot order: the classic cells from the simplest up, then any other registered cell.
 CELL_ORDER = ["rnn", "gru", "lstm"] + [c for c in CELL_NAMES if c not in ("rnn", "gru", "lstm")]
@@ -21,6 +27,31 @@ REPLOT_KEYS = ("task", "init", "hidden", "batch_size", "steps", "max_minutes", "
 #: makes the runs comparable at equal steps (the lengths, cells and output paths may differ).
 MERGE_KEYS = REPLOT_KEYS + ("learning_rate", "warmup_steps", "weight_decay", "clip_norm", "eval_every", "seed",
                             "test_size", "impl", "precision")
+
+
+def run_summary(result, task, cell: str, seconds: float, choice: dict, solved_threshold: float) -> dict:
+    """The record of one (cell, T) run from fit's ``result``: final and best test error, the step it was first
+    at most ``solved_threshold`` (or None), steps, seconds, stop reason, the layer ``choice``, and both curves."""
+    evals = [r for r in result.history if r.get("kind") == "eval"]
+    trains = [r for r in result.history if r.get("kind") == "train"]
+    metric = f"test_{task.metric}"
+    curve = [(r["step"], r[metric]) for r in evals]
+    out = {
+        "cell": cell,
+        "T": task.T,
+        "final_test": evals[-1][metric] if evals else float("nan"),
+        "best_test": min((v for _, v in curve), default=float("nan")),
+        "steps": result.step,
+        "seconds": round(seconds, 1),
+        "stop_reason": getattr(result, "stop_reason", None),
+        "solved_at_step": next((s for s, v in curve if v <= solved_threshold), None),
+        "layer": choice,
+        "curve": curve,
+        "train_loss_curve": [(r["step"], r["loss"]) for r in trains],
+    }
+    if task.name == "copy" and evals:
+        out["final_test_accuracy"] = evals[-1].get("test_accuracy")
+    return out
 
 
 def load_sweep(directory: Path, flag: str) -> dict:
@@ -40,6 +71,19 @@ def load_sweep(directory: Path, flag: str) -> dict:
 def invocations(record: dict) -> list[dict]:
     """``record``'s invocations, oldest first: its earlier ones, then its own ``args`` and ``machine``."""
     return record.get("earlier_invocations", []) + [{"args": record["args"], "machine": record["machine"]}]
+
+
+def append_runs(out: Path, args, record: dict) -> None:
+    """``--append``: into ``record``, the runs of ``out/results.json`` (a sweep of the same task and init) that
+    this invocation does not train again, and that sweep's invocations; SystemExit (one line) on a mismatch."""
+    old = load_sweep(out, "--append")
+    if old["args"]["task"] != args.task:
+        raise SystemExit(f"--append: {out} holds a {old['args']['task']} sweep, not {args.task}")
+    if old["args"]["init"] != args.init:
+        raise SystemExit(f"--append: {out} holds a sweep with --init {old['args']['init']}, not {args.init}")
+    new_pairs = {(c, T) for c in args.cells for T in args.lengths}
+    record["runs"] = [r for r in old["runs"] if (r["cell"], r["T"]) not in new_pairs]
+    record["earlier_invocations"] = invocations(old)
 
 
 def merge_sweeps(out: Path, sources: list[Path]) -> None:
@@ -65,3 +109,23 @@ def merge_sweeps(out: Path, sources: list[Path]) -> None:
         record["earlier_invocations"] = record.get("earlier_invocations", []) + invocations(other)
     record["runs"].sort(key=lambda r: (r["T"], CELL_ORDER.index(r["cell"])))
     (out / "results.json").write_text(json.dumps(record, indent=1))
+
+
+def copy_sweep_figures(args, out: Path) -> None:
+    """``--figure PATH``: copy ``long_range.png`` there and ``curves.png`` beside it (``<stem>_curves.png``)."""
+    if args.figure:
+        fig = Path(args.figure)
+        copy_figures(out, fig.parent, {"long_range.png": fig.name, "curves.png": fig.stem + "_curves.png"})
+
+
+def replot(args, out: Path) -> None:
+    """Rewrite results.md and the PNGs from ``out/results.json`` with the configuration saved there."""
+    record = load_sweep(out, "--replot")
+    for k in REPLOT_KEYS:
+        setattr(args, k, record["args"][k])
+    args.cells = [c for c in CELL_ORDER if any(r["cell"] == c for r in record["runs"])]
+    T0 = min(r["T"] for r in record["runs"])
+    task = make_task(args.task, T0, num_symbols=args.num_symbols, length=args.copy_length)
+    draw_sweep(out, task, record["runs"], args)
+    copy_sweep_figures(args, out)
+    print((out / "results.md").read_text())

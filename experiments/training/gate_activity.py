@@ -20,7 +20,8 @@ Units (``--units``): explicit indices, or ``auto``: over the ``--text-length``
 stretch, the unit whose tanh(c) correlates most with the position in the line,
 the one that correlates most with "this line is a speaker name" (e.g.
 ``VINCENTIO:``), the one that correlates most with spaces, and the
-slowest-forgetting unit whose cell state still moves (see :func:`choose_units`;
+slowest-forgetting unit whose cell state still moves (see
+:func:`experiments.common.gate_units.choose_units`;
 the reasons are written to ``gate_activity.json``).
 
 Example::
@@ -43,60 +44,11 @@ import numpy as np
 from experiments.common import cli
 from experiments.common.analysis_figures import plot_cell_text, plot_heatmap
 from experiments.common.figures import copy_figures
+from experiments.common.gate_units import choose_units, text_stretch
 from lstm_jax.analysis import lstm_gate_trace
 from lstm_jax.checkpoint import load_checkpoint
 from lstm_jax.data.text import TINY_SHAKESPEARE_PATH, Vocab
 from lstm_jax.models.char_model import encode_inputs, infer_cell
-
-def text_features(text: str) -> dict[str, np.ndarray]:
-    """Simple per-character properties of the text a unit's cell state may track."""
-    pos, in_name, cur = [], [], 0
-    lines = text.split("\n")
-    for li, line in enumerate(lines):
-        name_line = line.strip().endswith(":") and line.strip()[:-1].replace(" ", "").isupper()
-        chars = line + ("\n" if li < len(lines) - 1 else "")
-        for k, _ in enumerate(chars):
-            pos.append(k)
-            in_name.append(1.0 if name_line else 0.0)
-    return {
-        "position in line": np.array(pos[: len(text)], float),
-        "speaker-name line": np.array(in_name[: len(text)], float),
-        "space": np.array([c == " " for c in text], float),
-    }
-
-
-def correlations(values: np.ndarray, feature: np.ndarray) -> np.ndarray:
-    """Pearson correlation of every unit's values ``(T, H)`` with a feature ``(T,)``."""
-    v = values - values.mean(axis=0)
-    f = feature - feature.mean()
-    denom = np.sqrt((v**2).sum(axis=0) * (f**2).sum()) + 1e-12
-    return (v * f[:, None]).sum(axis=0) / denom
-
-
-def choose_units(layer: dict, text: str, k: int = 4) -> tuple[list[int], dict]:
-    """``auto`` units: for each :func:`text_features` feature the unit whose tanh(c)
-    correlates most (in absolute value) with it, then fill up to ``k`` with the
-    highest-mean-forget-gate units among those whose tanh(c) actually varies
-    (std > 0.1), i.e. slow "memory" units that are not stuck at saturation."""
-    tc = np.tanh(np.asarray(layer["cell"]))
-    feats = text_features(text)
-    units, why = [], {}
-    for name, f in feats.items():
-        r = correlations(tc, f)
-        order = np.argsort(-np.abs(r))
-        u = int(next(u for u in order if u not in units))
-        units.append(u)
-        why[u] = f"tanh(c) vs {name}: r = {r[u]:+.2f}"
-    f_mean = np.asarray(layer["forget"]).mean(axis=0)
-    moving = tc.std(axis=0) > 0.1
-    for u in np.argsort(-f_mean):
-        if len(units) >= k:
-            break
-        if moving[u] and int(u) not in units:
-            units.append(int(u))
-            why[int(u)] = f"slow memory unit: mean f = {f_mean[u]:.2f}, std tanh(c) = {tc[:, u].std():.2f}"
-    return units[:k], why
-
 
 def build_parser():
     p = cli.make_parser(__doc__, script=__file__)
@@ -136,12 +88,7 @@ def gate_activity(args):
     if args.text_file is None:
         args.text_file = str(TINY_SHAKESPEARE_PATH)  # the copy shipped with the package
     text = Path(args.text_file).read_text(encoding="utf-8")
-    start = int(args.offset) if args.offset >= 1 else int(args.offset * len(text))
-    start = text.index("\n", start) + 1 if "\n" in text[start:] else start
-    span = max(args.length, args.text_length)
-    if start - args.warmup_chars < 0 or start + span > len(text):
-        raise SystemExit("error: the stretch (with warmup) does not fit in the text; change --offset")
-    chunk = text[start - args.warmup_chars : start + span]
+    start, chunk = text_stretch(text, args.offset, args.warmup_chars, max(args.length, args.text_length))
     ids = vocab.encode(chunk)
     trace = lstm_gate_trace(stack, encode_inputs(params, ids))  # single sequence: (T, H) arrays
     layer = {k: np.asarray(v)[args.warmup_chars :] for k, v in trace[args.layer].items()}

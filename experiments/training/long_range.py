@@ -32,9 +32,8 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
 import jax
 
 from experiments.common import cli
-from experiments.common.figures import copy_figures
-from experiments.common.run_figures import plot_sweep, plot_sweep_curves, sweep_table
-from experiments.common.sweeps import CELL_ORDER, REPLOT_KEYS, invocations, load_sweep, merge_sweeps
+from experiments.common.run_figures import draw_sweep
+from experiments.common.sweeps import CELL_ORDER, append_runs, copy_sweep_figures, merge_sweeps, replot, run_summary
 from experiments.common.harness import run_matmul_gflops
 from experiments.common.machine import finish_machine_info, machine_info
 from lstm_jax.cells import get_cell
@@ -51,36 +50,7 @@ def run_one(task, cell: str, args, test_batch) -> dict:
     t0 = time.perf_counter()
     result = fit(model.loss, model.init(k_init), task.batch_fn(k_data, args.batch_size), config,
                  eval_fn=model.eval_fn(test_batch, prefix="test_"), best_metric=f"test_{task.metric}")
-    seconds = time.perf_counter() - t0
-    evals = [r for r in result.history if r.get("kind") == "eval"]
-    trains = [r for r in result.history if r.get("kind") == "train"]
-    metric = f"test_{task.metric}"
-    curve = [(r["step"], r[metric]) for r in evals]
-    final = evals[-1][metric] if evals else float("nan")
-    best = min((v for _, v in curve), default=float("nan"))
-    solved_at = next((s for s, v in curve if v <= args.solved_threshold), None)
-    out = {
-        "cell": cell,
-        "T": task.T,
-        "final_test": final,
-        "best_test": best,
-        "steps": result.step,
-        "seconds": round(seconds, 1),
-        "stop_reason": getattr(result, "stop_reason", None),
-        "solved_at_step": solved_at,
-        "layer": choice,
-        "curve": curve,
-        "train_loss_curve": [(r["step"], r["loss"]) for r in trains],
-    }
-    if task.name == "copy" and evals:
-        out["final_test_accuracy"] = evals[-1].get("test_accuracy")
-    return out
-
-
-def _copy_figures(args, out: Path) -> None:
-    if args.figure:
-        fig = Path(args.figure)
-        copy_figures(out, fig.parent, {"long_range.png": fig.name, "curves.png": fig.stem + "_curves.png"})
+    return run_summary(result, task, cell, time.perf_counter() - t0, choice, args.solved_threshold)
 
 
 def build_parser():
@@ -121,21 +91,6 @@ def build_parser():
     return p
 
 
-def replot(args, out: Path) -> None:
-    """Rewrite results.md and the PNGs from ``out/results.json`` with the configuration saved there."""
-    record = load_sweep(out, "--replot")
-    for k in REPLOT_KEYS:
-        setattr(args, k, record["args"][k])
-    args.cells = [c for c in CELL_ORDER if any(r["cell"] == c for r in record["runs"])]
-    T0 = min(r["T"] for r in record["runs"])
-    task = make_task(args.task, T0, num_symbols=args.num_symbols, length=args.copy_length)
-    sweep_table(out / "results.md", task, record["runs"], args)
-    plot_sweep(out / "long_range.png", task, record["runs"], args)
-    plot_sweep_curves(out / "curves.png", task, record["runs"], args)
-    _copy_figures(args, out)
-    print((out / "results.md").read_text())
-
-
 def long_range(args):
     cli.apply_malloc(args)
     if args.solved_threshold is None:
@@ -154,14 +109,7 @@ def long_range(args):
     out.mkdir(parents=True, exist_ok=True)
     record = {"args": vars(args), "machine": machine_info(matmul_gflops=run_matmul_gflops()), "runs": []}
     if args.append and (out / "results.json").exists():
-        old = load_sweep(out, "--append")
-        if old["args"]["task"] != args.task:
-            raise SystemExit(f"--append: {out} holds a {old['args']['task']} sweep, not {args.task}")
-        if old["args"]["init"] != args.init:
-            raise SystemExit(f"--append: {out} holds a sweep with --init {old['args']['init']}, not {args.init}")
-        new_pairs = {(c, T) for c in args.cells for T in args.lengths}
-        record["runs"] = [r for r in old["runs"] if (r["cell"], r["T"]) not in new_pairs]
-        record["earlier_invocations"] = invocations(old)
+        append_runs(out, args, record)
     run_cells = list(args.cells)  # what this invocation trains; args.cells: what the table and plots show
     args.cells = [c for c in CELL_ORDER if c in run_cells or any(r["cell"] == c for r in record["runs"])]
     for T in args.lengths:
@@ -177,12 +125,10 @@ def long_range(args):
             record["runs"].sort(key=lambda r: (r["T"], CELL_ORDER.index(r["cell"])))
             # rewrite after every run, so a partial sweep is still a result
             (out / "results.json").write_text(json.dumps(record, indent=1))
-            sweep_table(out / "results.md", task, record["runs"], args)
-            plot_sweep(out / "long_range.png", task, record["runs"], args)
-            plot_sweep_curves(out / "curves.png", task, record["runs"], args)
+            draw_sweep(out, task, record["runs"], args)
     finish_machine_info(record["machine"], matmul_gflops=run_matmul_gflops())
     (out / "results.json").write_text(json.dumps(record, indent=1))
-    _copy_figures(args, out)
+    copy_sweep_figures(args, out)
     print((out / "results.md").read_text())
 
 
