@@ -150,12 +150,26 @@ memory mem(const memory::desc& md, const void* ptr) {
 }
 
 // One primitive, the weight layouts it chose (format any lets oneDNN pick its blocked brgemm layouts) and
-// reorders into them from the caller's ldigo weights, run before each execution (cheap next to T steps).
+// reorders into them from the caller's ldigo weights, run before each execution (cheap next to T steps);
+// for the backward also the layouts of the weight gradients and the reorders from them to ldigo.
 struct Stage {
   dnnl::primitive prim;
-  memory::desc scratch, user_wl, user_wi, wl, wi;
-  dnnl::primitive wl_reorder, wi_reorder;
-  bool reorder_wl = false, reorder_wi = false;
+  memory::desc scratch, user_wl, user_wi, wl, wi, user_dwl, user_dwi, dwl, dwi;
+  dnnl::primitive wl_reorder, wi_reorder, dwl_reorder, dwi_reorder;
+  bool reorder_wl = false, reorder_wi = false, reorder_dwl = false, reorder_dwi = false;
+
+  // The backward's gradient layouts (called after init); oneDNN accumulates into them, so run() zeroes them.
+  void init_diff(const memory::desc& chosen_layer, const memory::desc& chosen_iter, const memory::desc& user_layer,
+                 const memory::desc& user_iter) {
+    dwl = chosen_layer;
+    dwi = chosen_iter;
+    user_dwl = user_layer;
+    user_dwi = user_iter;
+    reorder_dwl = dwl != user_dwl;
+    reorder_dwi = dwi != user_dwi;
+    if (reorder_dwl) dwl_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(cpu_engine(), dwl, cpu_engine(), user_dwl));
+    if (reorder_dwi) dwi_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(cpu_engine(), dwi, cpu_engine(), user_dwi));
+  }
 
   template <typename PD>
   void init(const PD& pd, const memory::desc& user_layer, const memory::desc& user_iter) {
@@ -171,12 +185,17 @@ struct Stage {
     if (reorder_wi) wi_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(cpu_engine(), user_wi, cpu_engine(), wi));
   }
 
-  // Runs the primitive with `args` plus the weights (reordered if needed) and the scratchpad.
-  void run(std::unordered_map<int, memory>& args, const void* w_layer, const void* w_iter) const {
+  // Runs the primitive with `args` plus the weights (reordered if needed) and the scratchpad; with
+  // `dw_layer`/`dw_iter` (the backward) also the weight gradients, zeroed, then reordered to ldigo.
+  void run(std::unordered_map<int, memory>& args, const void* w_layer, const void* w_iter,
+           void* dw_layer = nullptr, void* dw_iter = nullptr) const {
     const size_t n_scratch = aligned(scratch.get_size());
     const size_t n_wl = reorder_wl ? aligned(wl.get_size()) : 0;
     const size_t n_wi = reorder_wi ? aligned(wi.get_size()) : 0;
-    ScratchPool::Buffer held = scratch_pool().take(n_scratch + n_wl + n_wi + 64);
+    const bool diff = dw_layer != nullptr;
+    const size_t n_dwl = diff && reorder_dwl ? aligned(dwl.get_size()) : 0;
+    const size_t n_dwi = diff && reorder_dwi ? aligned(dwi.get_size()) : 0;
+    ScratchPool::Buffer held = scratch_pool().take(n_scratch + n_wl + n_wi + n_dwl + n_dwi + 64);
     uint8_t* buf = reinterpret_cast<uint8_t*>(aligned(reinterpret_cast<size_t>(held.data.get())));
     dnnl::stream s(cpu_engine());
     memory m_wl = mem(user_wl, w_layer), m_wi = mem(user_wi, w_iter);
@@ -193,7 +212,19 @@ struct Stage {
     args.insert({DNNL_ARG_WEIGHTS_LAYER, m_wl});
     args.insert({DNNL_ARG_WEIGHTS_ITER, m_wi});
     args.insert({DNNL_ARG_SCRATCHPAD, mem(scratch, buf)});
+    memory m_dwl, m_dwi;
+    if (diff) {
+      uint8_t* at = buf + n_scratch + n_wl + n_wi;
+      m_dwl = reorder_dwl ? mem(dwl, at) : mem(user_dwl, dw_layer);
+      m_dwi = reorder_dwi ? mem(dwi, at + n_dwl) : mem(user_dwi, dw_iter);
+      std::memset(m_dwl.get_data_handle(), 0, dwl.get_size());
+      std::memset(m_dwi.get_data_handle(), 0, dwi.get_size());
+      args.insert({DNNL_ARG_DIFF_WEIGHTS_LAYER, m_dwl});
+      args.insert({DNNL_ARG_DIFF_WEIGHTS_ITER, m_dwi});
+    }
     prim.execute(s, args);
+    if (diff && reorder_dwl) dwl_reorder.execute(s, {{DNNL_ARG_FROM, m_dwl}, {DNNL_ARG_TO, mem(user_dwl, dw_layer)}});
+    if (diff && reorder_dwi) dwi_reorder.execute(s, {{DNNL_ARG_FROM, m_dwi}, {DNNL_ARG_TO, mem(user_dwi, dw_iter)}});
     s.wait();
     scratch_pool().give(std::move(held));
   }
@@ -219,6 +250,9 @@ struct Plan {
     // Backward with the caller's layout takes the transposes (ldgoi), reordered from ldigo in Stage::run.
     const memory::desc wl_b = k.blocked ? wl : memory::desc(d.w_layer.get_dims(), d.w_layer.get_data_type(), tag::ldgoi);
     const memory::desc wi_b = k.blocked ? wi : memory::desc(d.w_iter.get_dims(), d.w_iter.get_data_type(), tag::ldgoi);
+    // Weight gradients likewise: oneDNN's choice (torch's: ldigo with padded rows) or ldigo as the caller's.
+    const memory::desc dwl = k.blocked ? memory::desc(d.diff_w_layer.get_dims(), dt::f32, tag::any) : d.diff_w_layer;
+    const memory::desc dwi = k.blocked ? memory::desc(d.diff_w_iter.get_dims(), dt::f32, tag::any) : d.diff_w_iter;
     if (k.cell == kLstm) {
       using F = dnnl::lstm_forward;
       F::primitive_desc pt(eng, train, dir, d.src_layer, d.src_iter, d.src_iter_c, wl, wi, d.bias,
@@ -227,8 +261,8 @@ struct Plan {
                            d.dst_layer, d.dst_iter, d.dst_iter_c, attr);
       dnnl::lstm_backward::primitive_desc pb(
           eng, back, dir, d.src_layer, d.src_iter, d.src_iter_c, wl_b, wi_b, d.bias, d.dst_layer,
-          d.dst_iter, d.dst_iter_c, d.diff_src_layer, d.diff_src_iter, d.diff_src_iter_c, d.diff_w_layer,
-          d.diff_w_iter, d.diff_bias, d.diff_dst_layer, d.diff_dst_iter, d.diff_dst_iter_c, pt, attr);
+          d.dst_iter, d.dst_iter_c, d.diff_src_layer, d.diff_src_iter, d.diff_src_iter_c, dwl,
+          dwi, d.diff_bias, d.diff_dst_layer, d.diff_dst_iter, d.diff_dst_iter_c, pt, attr);
       finish(pt, pi, pb);
     } else if (k.cell == kGru) {
       using F = dnnl::lbr_gru_forward;
@@ -238,7 +272,7 @@ struct Plan {
                            d.dst_iter, attr);
       dnnl::lbr_gru_backward::primitive_desc pb(
           eng, back, dir, d.src_layer, d.src_iter, wl_b, wi_b, d.bias, d.dst_layer, d.dst_iter,
-          d.diff_src_layer, d.diff_src_iter, d.diff_w_layer, d.diff_w_iter, d.diff_bias, d.diff_dst_layer,
+          d.diff_src_layer, d.diff_src_iter, dwl, dwi, d.diff_bias, d.diff_dst_layer,
           d.diff_dst_iter, pt, attr);
       finish(pt, pi, pb);
     } else {
@@ -250,7 +284,7 @@ struct Plan {
                            d.dst_layer, d.dst_iter, attr);
       dnnl::vanilla_rnn_backward::primitive_desc pb(
           eng, back, act, dir, d.src_layer, d.src_iter, wl_b, wi_b, d.bias, d.dst_layer, d.dst_iter,
-          d.diff_src_layer, d.diff_src_iter, d.diff_w_layer, d.diff_w_iter, d.diff_bias, d.diff_dst_layer,
+          d.diff_src_layer, d.diff_src_iter, dwl, dwi, d.diff_bias, d.diff_dst_layer,
           d.diff_dst_iter, pt, attr);
       finish(pt, pi, pb);
     }
@@ -262,6 +296,7 @@ struct Plan {
     fwd_train.init(pt, d.w_layer, d.w_iter);
     fwd_infer.init(pi, d.w_layer, d.w_iter);
     bwd.init(pb, d.w_layer, d.w_iter);  // the caller's ldigo weights, reordered to what backward wants
+    bwd.init_diff(pb.diff_weights_layer_desc(), pb.diff_weights_iter_desc(), d.diff_w_layer, d.diff_w_iter);
   }
 };
 
@@ -338,8 +373,8 @@ ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi:
     const Plan& p = plan_for(k);
     const auto& d = p.d;
     if (ws.size_bytes() < p.ws_bytes) return ffi::Error::InvalidArgument("onednn rnn: workspace too small");
-    // oneDNN accumulates into the weight gradients: start them at zero.
-    for (auto* r : {&dw_layer, &dw_iter, &dbias}) std::memset((*r)->untyped_data(), 0, (*r)->size_bytes());
+    // oneDNN accumulates into the weight gradients: the bias here, the weights in Stage::run.
+    std::memset(dbias->untyped_data(), 0, dbias->size_bytes());
     std::unordered_map<int, memory> args{
         {DNNL_ARG_SRC_LAYER, mem(d.src_layer, x.untyped_data())},
         {DNNL_ARG_SRC_ITER, mem(d.src_iter, h0.untyped_data())},
@@ -352,8 +387,6 @@ ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi:
         {DNNL_ARG_DIFF_DST_ITER, mem(d.diff_dst_iter, dhT.untyped_data())},
         {DNNL_ARG_DIFF_SRC_LAYER, mem(d.diff_src_layer, dx->untyped_data())},
         {DNNL_ARG_DIFF_SRC_ITER, mem(d.diff_src_iter, dh0->untyped_data())},
-        {DNNL_ARG_DIFF_WEIGHTS_LAYER, mem(d.diff_w_layer, dw_layer->untyped_data())},
-        {DNNL_ARG_DIFF_WEIGHTS_ITER, mem(d.diff_w_iter, dw_iter->untyped_data())},
         {DNNL_ARG_DIFF_BIAS, mem(d.diff_bias, dbias->untyped_data())},
     };
     if (cell == kLstm) {
@@ -364,7 +397,7 @@ ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi:
     } else {
       std::memset(dc0->untyped_data(), 0, dc0->size_bytes());
     }
-    p.bwd.run(args, w_layer.untyped_data(), w_iter.untyped_data());
+    p.bwd.run(args, w_layer.untyped_data(), w_iter.untyped_data(), dw_layer->untyped_data(), dw_iter->untyped_data());
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string("onednn rnn backward: ") + e.what());
   }
