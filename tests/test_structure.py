@@ -148,3 +148,15 @@ def test_no_function_over_80_lines_of_code():
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _code_lines(node) > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({_code_lines(node)} lines)")
     assert not long, long
+
+
+MAX_SCRIPT_LINES = 160
+
+
+def test_no_training_script_over_about_150_lines():
+    """Every training script in experiments/training/ is about 150 lines at most (160 with slack): a parser and
+    a run of library calls; model, data and report logic live in lstm_jax/ and experiments/common/."""
+    scripts = sorted((ROOT / "experiments" / "training").glob("*.py"))
+    assert len([p for p in scripts if not p.name.startswith("_")]) >= 5, scripts
+    long = {p.name: n for p in scripts if (n := len(p.read_text().splitlines())) > MAX_SCRIPT_LINES}
+    assert not long, f"training scripts over {MAX_SCRIPT_LINES} lines: {long}"
