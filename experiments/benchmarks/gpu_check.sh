@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One-shot check of lstm_jax on an NVIDIA GPU, about 10 minutes in all; nothing here has run on a GPU yet.
+# One-shot check of lstm_jax on an NVIDIA GPU. First run on an H200 on 2026-12-04 (docs/gpu.md): XLA:GPU compiles
+# take ~15 s per benchmark variant there, so everything takes about 25 minutes; GPU_CHECK_STEPS runs a part.
 #
 #   bash experiments/benchmarks/gpu_check.sh [OUT_DIR]      # OUT_DIR: first argument, else $OUT, else runs/gpu_check
 #
@@ -12,9 +13,9 @@
 #               torch + its CUDA/cuDNN, flax, ...) -> nvidia-smi.txt, versions.txt
 #   tests_gpu   the tests that matter most on a GPU: tests/test_cudnn.py (cudnn vs scan at "highest",
 #               the TF32 tolerance), tests/test_impls.py, tests/test_precision.py -> junit_gpu.xml
-#   benchmark   experiments/benchmarks/benchmark.py, LSTM, the sizes in SIZES below, lib:scan, lib:manual,
-#               lib:cudnn (fp32 only: it has no bf16 policy), flax, torch-cuda, jax-cudnn, fp32 and bf16
-#               -> benchmark.json
+#   benchmark_<i>  experiments/benchmarks/benchmark.py, LSTM, one process per size of SIZES below (the last,
+#               FlashRNN's, first), lib:scan, lib:manual, lib:cudnn (fp32 only: it has no bf16 policy), flax,
+#               torch-cuda, jax-cudnn, fp32 and bf16 -> benchmark_<i>.json
 #   scaling_*   experiments/benchmarks/scaling.py --only sizes (batch, sequence length, hidden size) for impl
 #               cudnn and manual -> scaling_<impl>.json
 #   parallel_time experiments/benchmarks/parallel_time.py, minGRU/minLSTM parallel vs the sequential LSTM, T up to
@@ -132,9 +133,14 @@ if [ "$QUICK" = 1 ]; then
     step benchmark 240 "$PY" experiments/benchmarks/benchmark.py --quick --cells lstm --impls "$BENCH_IMPLS" \
         --precisions fp32,bf16 --out "$OUT_DIR/benchmark.json"
 else
-    step benchmark 270 XLA_PYTHON_CLIENT_MEM_FRACTION=0.6 "$PY" experiments/benchmarks/benchmark.py --cells lstm \
-        --sizes "$SIZES" --impls "$BENCH_IMPLS" --precisions fp32,bf16 --repeats 5 --block-seconds 0.2 \
-        --budget-minutes 2.5 --out "$OUT_DIR/benchmark.json"
+    # One process and one JSON per size, FlashRNN's first: on the H200 each XLA variant took ~15 s to compile, so
+    # all sizes in one process ran past the step's cap and lost everything (2026-12-04, docs/gpu.md).
+    IFS=';' read -ra SIZE_LIST <<< "$SIZES"
+    for i in $(seq $((${#SIZE_LIST[@]} - 1)) -1 0); do
+        step "benchmark_$i" 150 XLA_PYTHON_CLIENT_MEM_FRACTION=0.6 "$PY" experiments/benchmarks/benchmark.py --cells lstm \
+            --sizes "${SIZE_LIST[$i]}" --impls "$BENCH_IMPLS" --precisions fp32,bf16 --repeats 5 --block-seconds 0.2 \
+            --out "$OUT_DIR/benchmark_$i.json"
+    done
 fi
 
 # --------------------------------------------------------------------------- scaling
@@ -185,8 +191,7 @@ for junit in sorted(out.glob("junit_*.xml")):
         print(f"{junit.name}: {counts}" + "".join(f"\n  failed: {b}" for b in bad))
     except (ET.ParseError, OSError, AttributeError) as err:
         print(f"{junit.name}: unreadable ({err})")
-bench = out / "benchmark.json"
-if bench.is_file():
+for bench in sorted(out.glob("benchmark*.json")):
     data = json.loads(bench.read_text())
     print(f"benchmark: backend {data['environment'].get('jax_backend')}, "
           f"matmul peak {data.get('matmul_gflops_peak_used', 0):.0f} GFLOP/s (jnp.dot 2048^2)")
