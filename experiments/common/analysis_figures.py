@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .figures import can_plot
+from .figures import pyplot, save_figure
 
-__all__ = ["GATE_ROWS", "plot_cell_text", "plot_heatmap", "plot_profiles", "plot_weight_norms", "show_char"]
+__all__ = ["CELL_COLORS", "GATE_ROWS", "plot_cell_text", "plot_heatmap", "plot_profiles", "plot_weight_norms", "show_char"]
 
 #: The LSTM gates a heatmap shows per unit, with their short labels.
 GATE_ROWS = (("input", "i"), ("forget", "f"), ("output", "o"))
+#: One color per classic cell in gradient_flow's two figures.
+CELL_COLORS = {"rnn": "C0", "gru": "C1", "lstm": "C2"}
 
 
 def show_char(ch: str) -> str:
@@ -22,13 +24,9 @@ def show_char(ch: str) -> str:
 
 
 def plot_heatmap(path: Path, text: str, layer: dict, units: list[int], title: str) -> None:
-    if not can_plot(path):
+    plt = pyplot(path)
+    if plt is None:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n = len(text)
     rows, labels, kinds = [], [], []
     for u in units:
@@ -63,12 +61,9 @@ def plot_heatmap(path: Path, text: str, layer: dict, units: list[int], title: st
 
 
 def plot_cell_text(path: Path, text: str, values: np.ndarray, title: str, width: int = 80) -> None:
-    if not can_plot(path):
+    plt = pyplot(path)
+    if plt is None:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import Normalize
 
     # lay out by the text's own lines, wrapping long ones
@@ -96,28 +91,21 @@ def plot_cell_text(path: Path, text: str, values: np.ndarray, title: str, width:
     ax.set_ylim(-len(lines), 0)
     ax.axis("off")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(plt, fig, path)
 
 
 def plot_profiles(path, results, T):
-    if not can_plot(path):
+    plt = pyplot(path)
+    if plt is None:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = {"rnn": "C0", "gru": "C1", "lstm": "C2"}
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=100, sharey=True)
     for ax, when in zip(axes, ("init", "trained")):
         for cell, r in results.items():
             prof = r[when]
             k = np.arange(len(prof["h"]))
-            ax.plot(k, prof["h"], color=colors[cell], label=f"{cell}: dL/dh")
+            ax.plot(k, prof["h"], color=CELL_COLORS[cell], label=f"{cell}: dL/dh")
             if "c" in prof:
-                ax.plot(k, prof["c"], color=colors[cell], ls="--", label=f"{cell}: dL/dc")
+                ax.plot(k, prof["c"], color=CELL_COLORS[cell], ls="--", label=f"{cell}: dL/dc")
         ax.set_yscale("log")
         ax.set_xlabel("distance from the last step, T - t")
         title = "at initialisation" if when == "init" else "after training"
@@ -125,20 +113,13 @@ def plot_profiles(path, results, T):
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("batch-mean ||dL/d state_t||")
     axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(plt, fig, path)
 
 
 def plot_weight_norms(path, results, baseline):
-    if not can_plot(path):
+    plt = pyplot(path)
+    if plt is None:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = {"rnn": "C0", "gru": "C1", "lstm": "C2"}
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(6, 5), dpi=100, sharex=True)
     for cell, r in results.items():
         steps = np.array(r["steps"])
@@ -146,12 +127,12 @@ def plot_weight_norms(path, results, baseline):
         loss = np.array(r["train_loss"])
         w = 25
         raw_label = None if len(g) > w else cell
-        a1.plot(steps, g, color=colors[cell], alpha=0.25, lw=0.6, label=raw_label)
-        a2.plot(steps, loss, color=colors[cell], alpha=0.25, lw=0.6, label=raw_label)
+        a1.plot(steps, g, color=CELL_COLORS[cell], alpha=0.25, lw=0.6, label=raw_label)
+        a2.plot(steps, loss, color=CELL_COLORS[cell], alpha=0.25, lw=0.6, label=raw_label)
         if len(g) > w:
             kern = np.ones(w) / w
-            a1.plot(steps[w - 1 :], np.convolve(g, kern, "valid"), color=colors[cell], label=cell)
-            a2.plot(steps[w - 1 :], np.convolve(loss, kern, "valid"), color=colors[cell], label=cell)
+            a1.plot(steps[w - 1 :], np.convolve(g, kern, "valid"), color=CELL_COLORS[cell], label=cell)
+            a2.plot(steps[w - 1 :], np.convolve(loss, kern, "valid"), color=CELL_COLORS[cell], label=cell)
     a2.axhline(baseline, color="k", ls="--", lw=1, label=f"baseline {baseline:.3f}")
     a1.set_yscale("log")
     a2.set_yscale("log")
@@ -163,6 +144,4 @@ def plot_weight_norms(path, results, baseline):
     a2.legend(fontsize=8)
     a1.grid(alpha=0.3)
     a2.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(plt, fig, path)

@@ -47,7 +47,6 @@ __all__ = [
     "LIBRARY_ERRORS",
     "Flag",
     "ListAction",
-    "add_argument",
     "add_flag",
     "add_malloc_flag",
     "add_model_flags",

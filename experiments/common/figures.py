@@ -11,7 +11,7 @@ import importlib.util
 from pathlib import Path
 from typing import Mapping, Sequence
 
-__all__ = ["can_plot", "copy_figures", "matplotlib_installed"]
+__all__ = ["can_plot", "copy_figures", "matplotlib_installed", "pyplot", "save_figure"]
 
 
 def matplotlib_installed() -> bool:
@@ -28,6 +28,26 @@ def can_plot(path) -> bool:
         return True
     print(f"figure {path} skipped: matplotlib is not installed", flush=True)
     return False
+
+
+def pyplot(path):
+    """``matplotlib.pyplot`` on the file backend (Agg), or ``None`` when :func:`can_plot` says the figure
+    ``path`` is skipped. Imported here, on first use: a run that draws nothing never loads matplotlib."""
+    if not can_plot(path):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(plt, fig, path, **savefig_kwargs) -> None:
+    """Lay out ``fig``, write it to ``path`` (``savefig_kwargs``: e.g. ``dpi``) and free it."""
+    fig.tight_layout()
+    fig.savefig(path, **savefig_kwargs)
+    plt.close(fig)
 
 
 def copy_figures(src_dir: str | Path, dest: str | Path | None, names: Sequence[str] | Mapping[str, str]) -> list[Path]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .figures import can_plot
+from .figures import pyplot, save_figure
 
 __all__ = ["draw_sweep", "plot_confusion", "plot_misclassified", "plot_sweep", "plot_sweep_curves", "sweep_table"]
 
@@ -51,13 +51,9 @@ def sweep_table(path: Path, task, runs: list[dict], args) -> None:
 
 
 def plot_sweep(path: Path, task, runs: list[dict], args) -> None:
-    if not can_plot(path):
+    plt = pyplot(path)
+    if plt is None:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=110)
     markers = {"rnn": "o", "gru": "s", "lstm": "^", "min_gru": "D", "min_lstm": "v"}
     for c in args.cells:
@@ -78,20 +74,14 @@ def plot_sweep(path: Path, task, runs: list[dict], args) -> None:
                  "+ wall-clock cap per run (steps run: results.md)", fontsize=8)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(plt, fig, path)
 
 
 def plot_sweep_curves(path: Path, task, runs: list[dict], args) -> None:
     """Test error vs training step, one panel per T, one line per cell."""
-    if not can_plot(path):
+    plt = pyplot(path)
+    if plt is None:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     lengths = sorted({r["T"] for r in runs})
     fig, axes = plt.subplots(1, len(lengths), figsize=(2.6 * len(lengths) + 0.6, 2.8), dpi=100,
                              sharey=True, squeeze=False)
@@ -108,9 +98,7 @@ def plot_sweep_curves(path: Path, task, runs: list[dict], args) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test MSE" if task.name == "adding" else "test xent", fontsize=8)
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(plt, fig, path)
 
 
 def draw_sweep(out: Path, task, runs: list[dict], args) -> None:
@@ -121,13 +109,9 @@ def draw_sweep(out: Path, task, runs: list[dict], args) -> None:
 
 
 def plot_confusion(cm: np.ndarray, class_names, path: Path, title: str) -> None:
-    if not can_plot(path):
+    plt = pyplot(path)
+    if plt is None:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n = len(cm)
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -142,19 +126,13 @@ def plot_confusion(cm: np.ndarray, class_names, path: Path, title: str) -> None:
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, label="fraction of true class")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(plt, fig, path, dpi=110)
 
 
 def plot_misclassified(images, labels, preds, probs, class_names, path: Path, max_items: int = 36) -> None:
-    if not can_plot(path):
+    plt = pyplot(path)
+    if plt is None:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     wrong = np.flatnonzero(preds != labels)
     # the most confidently wrong first: they say most about the model
     wrong = wrong[np.argsort(-probs[wrong, preds[wrong]])][:max_items]
@@ -168,6 +146,4 @@ def plot_misclassified(images, labels, preds, probs, class_names, path: Path, ma
         ax.imshow(images[i], cmap="gray_r")
         ax.set_title(f"true {class_names[labels[i]]}\npred {class_names[preds[i]]} ({probs[i, preds[i]]:.2f})", fontsize=6.5)
     fig.suptitle(f"{len(np.flatnonzero(preds != labels))} misclassified test images (most confident shown)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(plt, fig, path, dpi=110)
