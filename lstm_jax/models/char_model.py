@@ -28,6 +28,7 @@ import numpy as np
 
 from ..cells import CELLS, glorot_uniform, get_cell
 from ..data.windows import StatefulWindows, eval_windows, random_windows
+from ..evaluation import evaluate
 from ..layers import apply_stack, init_stack, zeros_stack_carry
 from .losses import cross_entropy, cross_entropy_per_item
 from .task import Task
@@ -298,22 +299,18 @@ def eval_split(params, ids, batch_size: int, seq_len: int, impl="scan", cell: st
     Returns ``{"nats_per_char", "bits_per_char"}``.
     """
     if context == "window":
-        windows, carry = eval_windows(ids, batch_size, seq_len), None
+        windows = eval_windows(ids, batch_size, seq_len)
+        step = functools.partial(eval_step, impl=impl, cell=cell)
     elif context == "stream":  # (1, seq_len) windows in reading order, then the tail
-        windows, carry = eval_windows(ids, 1, seq_len), zeros_carry(params, 1, cell=cell)
+        windows, carry = eval_windows(ids, 1, seq_len), [zeros_carry(params, 1, cell=cell)]
+
+        def step(params, batch):  # each window continues from the state the one before it left
+            carry[0], sums = eval_stream_step(params, carry[0], batch, impl=impl, cell=cell)
+            return sums
     else:
         raise ValueError(f"context must be one of {EVAL_CONTEXTS}, got {context!r}")
-    total, count = 0.0, 0.0
-    for batch in windows:
-        if carry is None:
-            sums = eval_step(params, batch, impl=impl, cell=cell)
-        else:
-            carry, sums = eval_stream_step(params, carry, batch, impl=impl, cell=cell)
-        sums = jax.device_get(sums)
-        total, count = total + float(sums["nats"]), count + float(sums["count"])
-    if count <= 0:
-        raise ValueError("eval_split: no characters to evaluate (empty split?)")
-    return {"nats_per_char": total / count, "bits_per_char": total / count / LN2}
+    nats = evaluate(step, params, windows)["nats"]
+    return {"nats_per_char": nats, "bits_per_char": nats / LN2}
 
 
 def context_prefix(context: str) -> str:
