@@ -4,7 +4,7 @@
 optionally keeps only the first examples of each split, carves a seeded validation split
 out of train, standardizes with the *training* split's mean and std and turns every image
 into a sequence (``rows``, ``pixels`` or ``permuted``). :func:`train_batches` gives the
-shuffled training batches (:class:`~lstm_jax.data.images.ShuffledBatches`), augmented on
+shuffled training batches (:class:`~lstm_jax.data.image_batches.ShuffledBatches`), augmented on
 the raw images when asked (shifted and/or mirrored, then normalized and sequenced).
 
 Example (offline here: Debian's Fashion-MNIST IDX files)::
@@ -17,6 +17,7 @@ Example (offline here: Debian's Fashion-MNIST IDX files)::
 from __future__ import annotations
 
 from . import images as img
+from .image_batches import ShuffledBatches, augment_images
 
 __all__ = ["prepare_sequences", "train_batches"]
 
@@ -68,14 +69,14 @@ def prepare_sequences(dataset: str, source: str = "auto", data_dir=None, *, mode
 
 
 def train_batches(data: dict, batch_size: int, seed: int, *, augment_shift: int = 0,
-                  augment_flip: bool = False) -> img.ShuffledBatches:
+                  augment_flip: bool = False) -> ShuffledBatches:
     """Shuffled training batches of :func:`prepare_sequences`' data; with ``augment_shift`` (pixels) or
     ``augment_flip``, the raw images are shifted/mirrored per example and step, then normalized and sequenced."""
     train_xs, train_ys = data["train"]
     if not (augment_shift or augment_flip):
-        return img.ShuffledBatches(train_xs, train_ys, batch_size, seed=seed)
+        return ShuffledBatches(train_xs, train_ys, batch_size, seed=seed)
 
     def transform(rng, images):
-        return data["seqs"](img.augment_images(rng, images, max_shift=augment_shift, flip=augment_flip))
+        return data["seqs"](augment_images(rng, images, max_shift=augment_shift, flip=augment_flip))
 
-    return img.ShuffledBatches(data["train_images"], train_ys, batch_size, seed=seed, transform=transform)
+    return ShuffledBatches(data["train_images"], train_ys, batch_size, seed=seed, transform=transform)

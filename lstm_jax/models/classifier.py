@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..cells import get_cell
-from ..data.images import eval_batches
+from ..data.image_batches import eval_batches
 from ..evaluation import evaluate
 from ..layers import apply_stack, init_stack, layer_impl
 from ..precision import get_precision
@@ -158,7 +158,8 @@ def make_predict_fn(config: ClassifierConfig, compute_dtype=None):
 
 
 def make_eval_step(predict):
-    """``eval_step(params, batch)`` for :func:`lstm_jax.evaluation.evaluate` over :func:`~lstm_jax.data.images.eval_batches`.
+    """``eval_step(params, batch)`` for :func:`lstm_jax.evaluation.evaluate` over
+    :func:`~lstm_jax.data.image_batches.eval_batches`.
 
     Per batch: summed ``loss`` and ``accuracy`` (correct count) and ``count`` of the real
     examples (``mask > 0``; padding dropped), and their ``predictions`` (n,) and ``logits``
