@@ -32,7 +32,8 @@ Layout (the folder tree is the architecture; imports run downward only)::
                 reporting (the step logger and loss-curve plots)
     analysis    gradient flow through time, gate traces
     data/       paths (the one data_dir()), text (Tiny Shakespeare, files, the Zen of Python),
-                windows (text batching), images (IDX via idx, TFDS), synthetic long-range tasks
+                windows (text batching), images (IDX via idx, TFDS; image_pipeline: sequences
+                of pixels or rows; image_batches: shuffling, augmentation), synthetic long-range tasks
     models/     char_model, classifier, sequence_regressor (thin compositions of the above), losses
 
 Only the core is imported here; import the rest from its module

@@ -32,6 +32,7 @@ PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 DOCTEST_MODULES = (
     "lstm_jax.cells.rnn", "lstm_jax.cells.lstm", "lstm_jax.cells.gru", "lstm_jax.cells.min_gru",
     "lstm_jax.cells.min_lstm", "lstm_jax.stack", "lstm_jax.layers", "lstm_jax.impls", "lstm_jax.train",
+    "lstm_jax.optim", "lstm_jax.evaluation", "lstm_jax.models.task",
 )
 
 
