@@ -45,10 +45,10 @@ def build_parser():
     cli.add_flag(d, "text_file", help="train on this UTF-8 text file (split 90/5/5)")
     cli.add_flag(d, "data_dir", help="a TFDS data dir: tiny_shakespeare from the TFDS builder (the same splits)")
     m = cli.add_model_flags(p, ("cell", "layers", "hidden", "match_params", "dropout", "impl", "precision", "unroll"),
-                            hidden=384)
+                            hidden=384, dropout=0.1)
     m.add_argument("--embed-dim", type=int, default=None, help="learned embedding size (default: one-hot input)")
     t = cli.add_training_flags(p, dict(
-        steps=2000, learning_rate=1.5e-2, warmup_steps=100, end_lr_ratio=0.1, weight_decay=1e-4, clip_norm=1.0,
+        steps=5000, learning_rate=1.5e-2, warmup_steps=100, end_lr_ratio=0.1, weight_decay=1e-4, clip_norm=1.0,
         eval_every=250, log_every=50, checkpoint_every=500, keep_checkpoints=3, max_minutes=3.0, seed=0, progress=True))
     t.add_argument("--seq-len", type=int, default=64, help="BPTT window length T")
     cli.add_flag(t, "batch_size")
