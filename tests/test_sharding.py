@@ -92,16 +92,21 @@ WORKER = textwrap.dedent(
 )
 
 
-def test_four_simulated_devices_match_one_device():
+def _on_four_simulated_devices(program: str) -> str:
+    """Run ``program`` in a fresh process with 4 simulated CPU devices; its stdout (it must exit 0)."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, "-c", WORKER], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", program], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "PARALLEL-OK" in proc.stdout
+    return proc.stdout
+
+
+def test_four_simulated_devices_match_one_device():
+    assert "PARALLEL-OK" in _on_four_simulated_devices(WORKER)
 
 
 def test_single_device_helpers_in_process():
@@ -166,12 +171,4 @@ FIT_WORKER = textwrap.dedent(
 @pytest.mark.slow  # in the default run: real processes: tests/test_multiprocess.py
 def test_fit_uses_data_parallel_on_four_devices():
     pytest.importorskip("lstm_jax.train")
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
-        [sys.executable, "-c", FIT_WORKER], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "FIT-OK" in proc.stdout
+    assert "FIT-OK" in _on_four_simulated_devices(FIT_WORKER)
