@@ -18,7 +18,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from lstm_jax.cells import get_cell

@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from experiments.benchmarks import ab_trees
 from experiments.tools import compare_benchmarks
