@@ -20,6 +20,11 @@ from .checkpoint import Checkpointer, closed_on_error, open_run_directory, write
 __all__ = ["RunStart", "StepSaver", "restore_or_start"]
 
 
+def _checkpoint_tree(params, opt_state, model_state, step) -> dict:
+    """What a checkpoint holds: the one layout that saving writes and resuming reads."""
+    return {"params": params, "opt_state": opt_state, "model_state": model_state, "step": np.int64(step)}
+
+
 class RunStart(NamedTuple):
     """Where :func:`~lstm_jax.train.fit` starts: the (possibly restored) state, the checkpointer, the best eval so far."""
 
@@ -46,7 +51,7 @@ def restore_or_start(out, config, params, opt_state, model_state, *, resume, bes
 def _restore_into(ckpt, config, params, opt_state, model_state, *, resume, run_meta, out) -> RunStart:
     start_step, best = 0, None
     if resume:
-        like = {"params": params, "opt_state": opt_state, "model_state": model_state, "step": np.int64(0)}
+        like = _checkpoint_tree(params, opt_state, model_state, 0)
         state, saved_meta, _ = ckpt.restore("last", like=like)
         params = sharding.place_like(state["params"], params)
         opt_state = sharding.place_like(state["opt_state"], opt_state)
@@ -82,7 +87,6 @@ class StepSaver:
     def save(self, state, metrics: dict | None = None) -> None:
         if self.checkpointer is None or self.last_saved == state.step:
             return
-        tree = {"params": state.params, "opt_state": state.opt_state, "model_state": state.model_state,
-                "step": np.int64(state.step)}
+        tree = _checkpoint_tree(state.params, state.opt_state, state.model_state, state.step)
         self.checkpointer.save(state.step, tree, metadata=self.run_meta, metrics=metrics)
         self.last_saved = state.step
