@@ -191,11 +191,12 @@ def build_parser():
     cli.add_flag(p, "out", help="JSON path (default results/benchmark[_tag].json; with --quick runs/benchmark_quick.json)")
     p.add_argument("--tag", default="", help="suffix for the default output name, e.g. hugetlb")
     p.add_argument(
-        "--omp-wait-policy", default="PASSIVE",
-        help="OMP_WAIT_POLICY for PyTorch's OpenMP threads, set before torch is imported unless already "
-        "in the environment. PASSIVE (default) stops idle OpenMP threads spin-waiting, which on an "
-        "oversubscribed shared machine slows torch by 10x or more; use ACTIVE (GOMP's default "
-        "behaviour) on a dedicated machine. Recorded in the JSON.",
+        "--omp-wait-policy", default=None, choices=("PASSIVE", "ACTIVE"),
+        help="OMP_WAIT_POLICY for the OpenMP threads of torch and of impl 'onednn' (they share GNU OpenMP), set "
+        "before either loads it unless already in the environment. Default: leave it unset (GNU OpenMP spins "
+        "briefly, then sleeps). PASSIVE (sleep at once) made both torch's and oneDNN's LSTM 5-8x slower at "
+        "T=784, B=32, H=128 on a quiet machine; on an oversubscribed one spinning threads slow torch by 10x "
+        "or more, which is what PASSIVE is for. Recorded in the JSON.",
     )
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     cli.add_malloc_flag(p)
@@ -207,6 +208,8 @@ def benchmark(args):
     print(f"malloc: {args.malloc} ({malloc['libc']}; {malloc['reason']})", flush=True)
     if args.omp_wait_policy and "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
         os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
+    openmp = {name: os.environ.get(name) for name in ("OMP_WAIT_POLICY", "OMP_PROC_BIND", "OMP_NUM_THREADS")}
+    print("OpenMP: " + ", ".join(f"{k}={v or 'unset'}" for k, v in openmp.items()), flush=True)
     if args.torch_threads:
         import torch
 
@@ -233,6 +236,7 @@ def benchmark(args):
                 torch_matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
             )
     environment["jax_default_matmul_precision"] = str(jax.config.jax_default_matmul_precision)
+    environment["openmp"] = openmp
     result = {"environment": environment, "malloc": malloc, "matmul_gflops_median_start": peak_med, "results": []}
     key = jax.random.PRNGKey(0)
     stopped_early = False
