@@ -14,12 +14,14 @@ import argparse
 import pytest
 
 from experiments.common import cli, fastest
+from lstm_jax.impls import IMPLS
 from lstm_jax.impls.onednn import cpu_has_bf16
 
 
 @pytest.mark.parametrize(
     "cell,backend,bf16_dots,expected",
     [
+        # Without the onednn extra (with it, see the next test).
         ("lstm", "cpu", True, ("manual", "bf16")),
         ("lstm", "cpu", False, ("manual", "fp32")),
         ("gru", "cpu", True, ("manual", "bf16")),
@@ -31,7 +33,22 @@ from lstm_jax.impls.onednn import cpu_has_bf16
     ],
 )
 def test_rule_per_backend_and_cell(cell, backend, bf16_dots, expected):
-    assert fastest.rule(cell, backend=backend, bf16_dots=bf16_dots) == expected
+    assert fastest.rule(cell, backend=backend, bf16_dots=bf16_dots, onednn=False) == expected
+
+
+@pytest.mark.parametrize(
+    "cell,backend,bf16_dots,expected",
+    [
+        ("lstm", "cpu", True, ("onednn", "bf16")),  # 1.75-4.2x manual/bf16, each alone in its process
+        ("lstm", "cpu", False, ("onednn", "fp32")),
+        ("gru", "cpu", True, ("onednn", "fp32")),  # oneDNN 3.2's bf16 GRU is slower than its fp32 one
+        ("rnn", "cpu", True, ("manual", "bf16")),  # not measured: the rule stays where the data is
+        ("min_gru", "cpu", True, ("manual", "bf16")),  # oneDNN has no such cell
+        ("lstm", "gpu", True, ("manual", "fp32")),  # a CPU-only impl: the GPU rule is unchanged
+    ],
+)
+def test_rule_with_onednn_available(cell, backend, bf16_dots, expected):
+    assert fastest.rule(cell, backend=backend, bf16_dots=bf16_dots, onednn=True) == expected
 
 
 def test_rule_keeps_a_given_impl_and_takes_a_policy_it_offers():
@@ -40,7 +57,8 @@ def test_rule_keeps_a_given_impl_and_takes_a_policy_it_offers():
 
 
 def test_the_default_is_the_rule_here_and_times_nothing():
-    here = ("manual", "bf16" if cpu_has_bf16() else "fp32")
+    onednn_here = IMPLS["onednn"].unavailable() is None
+    here = ("onednn" if onednn_here else "manual", "bf16" if cpu_has_bf16() else "fp32")
     for _ in range(2):  # the same answer every time: nothing measured
         choice = fastest.choose("lstm", 128, 64, 128, 512, impl=fastest.RULE, precision=fastest.RULE)
         assert (choice["impl"], choice["precision"], choice["chosen_by"], choice["step_ms"]) == (

@@ -6,13 +6,19 @@ machine always trains on the same code path (timing at start-up could pick
 another one under load). From the measured tables (README, 2-core AMD EPYC
 Zen 4 with AVX512-BF16, no AMX; 2026-12-02/03):
 
-* CPU: ``manual`` for every cell (``scan`` was 1.3x slower for the LSTM at the
-  Shakespeare shape; ``parallel`` 3x slower than ``manual`` for minGRU/minLSTM
-  at T=100: 156.8 vs 50.6 ms, 169.7 vs 87.3 ms); ``bf16`` where the CPU has bf16
-  dot products (``avx512_bf16`` or ``amx_bf16``: ``auto`` chose manual/bf16 at
-  most shapes there, e.g. 11.8 vs 15.6 ms at Fashion-MNIST H=128, and was
-  within 2% of fp32 at the LSTM-256), else ``fp32`` (XLA's bf16 matmul is
-  slower than fp32 on CPUs without them).
+* CPU, where ``onednn`` is available (the ``onednn`` extra, x86-64): ``onednn``
+  for the LSTM and the GRU, each implementation timed in a process of its own
+  (docs/onednn.md#speed, 2026-12-04, the benchmark's five sizes): the LSTM
+  1.28-1.97x ``manual`` in fp32 and 1.75-4.2x in bf16; the GRU in **fp32**
+  even where the CPU has bf16 dot products (oneDNN 3.2 has no fast bf16 GRU:
+  its fp32 GRU was 0.97-1.51x ``manual`` bf16, its bf16 GRU 0.77-1.12x).
+* CPU otherwise, and the other cells: ``manual`` (``scan`` was 1.3x slower for
+  the LSTM at the Shakespeare shape; ``parallel`` 3x slower than ``manual`` for
+  minGRU/minLSTM at T=100: 156.8 vs 50.6 ms, 169.7 vs 87.3 ms); ``bf16`` where
+  the CPU has bf16 dot products (``avx512_bf16`` or ``amx_bf16``: ``auto`` chose
+  manual/bf16 at most shapes there, e.g. 11.8 vs 15.6 ms at Fashion-MNIST
+  H=128), else ``fp32`` (XLA's bf16 matmul is slower than fp32 on CPUs without
+  them).
 * GPU (H200, docs/gpu.md, 2026-12-04): ``manual`` with ``fp32`` (TF32 matmuls)
   for the classic cells (8% behind ``cudnn`` at B=256, 2x faster at B=16;
   bf16 was slower than fp32, 0.81-1.06x), ``parallel`` for the cells linear in
@@ -37,7 +43,7 @@ in order of preference (the first one wins ties within :data:`TIE_TOLERANCE`
 and problems too small to time):
 
 * a cell linear in its state (``min_gru``, ``min_lstm``): ``parallel``, ``manual``;
-* any other cell: ``cudnn`` (on a GPU, LSTM only), ``manual`` (the fast path on CPU), ``scan`` (the reference);
+* any other cell: ``cudnn`` (on a GPU, LSTM only), ``onednn`` (on a CPU with the extra), ``manual``, ``scan`` (the reference);
 * each with every policy of :data:`lstm_jax.precision.PRECISIONS` (``fp32``, ``bf16``) that the impl offers.
 
 A problem with less than :data:`MIN_TIMED_FLOPS` matmul FLOPs per forward pass
@@ -73,7 +79,7 @@ MIN_TIMED_FLOPS = 5e7
 TIE_TOLERANCE = 0.03
 
 #: Preference order of the layer implementations, by whether the cell is linear in its state.
-PREFERENCE = {True: ("parallel", "manual"), False: ("cudnn", "manual", "scan")}
+PREFERENCE = {True: ("parallel", "manual"), False: ("cudnn", "onednn", "manual", "scan")}
 
 
 def candidates(cell, impl: str = AUTO, precision: str = AUTO) -> list[tuple[str, str]]:
@@ -95,20 +101,28 @@ def candidates(cell, impl: str = AUTO, precision: str = AUTO) -> list[tuple[str,
     return pairs
 
 
-def rule(cell, impl: str = RULE, *, backend: str | None = None, bf16_dots: bool | None = None
-         ) -> tuple[str, str]:
+#: Cells the CPU rule gives to ``onednn`` where it is available, and the precision it takes on a CPU with bf16 dots.
+ONEDNN_ON_CPU = {"lstm": "bf16", "gru": "fp32"}
+
+
+def rule(cell, impl: str = RULE, *, backend: str | None = None, bf16_dots: bool | None = None,
+         onednn: bool | None = None) -> tuple[str, str]:
     """The default ``(impl, precision)`` for ``cell`` (see the module docstring): a pure rule, nothing timed.
 
     ``impl``: keep this impl and choose only its precision. ``backend``
     (default ``jax.default_backend()``) and ``bf16_dots`` (default: the CPU's
-    ``avx512_bf16`` / ``amx_bf16`` flags) are arguments so the rule can be read
-    for another machine: ``rule("lstm", backend="gpu") == ("manual", "fp32")``.
+    ``avx512_bf16`` / ``amx_bf16`` flags) and ``onednn`` (default: whether
+    ``IMPLS["onednn"]`` runs here) are arguments so the rule can be read for
+    another machine: ``rule("lstm", backend="gpu") == ("manual", "fp32")``.
     """
     cell = get_cell(cell)
     backend = jax.default_backend() if backend is None else backend
+    bf16 = backend == "cpu" and (cpu_has_bf16() if bf16_dots is None else bf16_dots)
+    if impl == RULE and backend == "cpu" and cell.name in ONEDNN_ON_CPU:
+        if IMPLS["onednn"].available() is None if onednn is None else onednn:
+            return "onednn", "bf16" if bf16 and ONEDNN_ON_CPU[cell.name] == "bf16" else "fp32"
     if impl == RULE:
         impl = "parallel" if backend != "cpu" and cell.linear_recurrence else "manual"
-    bf16 = backend == "cpu" and (cpu_has_bf16() if bf16_dots is None else bf16_dots)
     offered = IMPLS[impl].precisions if impl in IMPLS else PRECISIONS
     return impl, "bf16" if bf16 and "bf16" in offered else "fp32"
 
