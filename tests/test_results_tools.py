@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.tools import results_table, seeds
+from experiments.tools import merge_benchmarks, results_table, seeds
 from experiments.common import fastest
 from experiments.common.records import RecordError, lookup, split_path
 from lstm_jax.impls import IMPLS
@@ -221,3 +221,27 @@ def test_auto_candidates_follow_the_cell():
     assert fastest.candidates("lstm", impl="manual", precision="bf16") == [("manual", "bf16")]
     tiny = fastest.choose("min_lstm", 8, 2, 4, 8)
     assert (tiny["impl"], tiny["precision"], tiny["chosen_by"]) == ("parallel", "fp32", "rule")
+
+
+# --------------------------------------------------------------------------- merge_benchmarks
+
+
+def _bench_record(peak, *rows):
+    size = {"T": 4, "B": 2, "I": 3, "H": 5}
+    return {"matmul_gflops_median_start": peak, "environment": {"load": peak},
+            "results": [{"cell": "lstm", "size": size,
+                         "rows": [{"impl": i, "precision": p, "median_ms": ms, "gflops": 1.0} for i, p, ms in rows]}]}
+
+
+def test_merge_benchmarks_recomputes_ratios_across_processes():
+    ours = _bench_record(100.0, ("lstm_jax onednn", "fp32", 40.0), ("lstm_jax onednn bf16", "bf16", 20.0))
+    torch = _bench_record(200.0, ("torch nn.LSTM", "fp32", 50.0), ("torch nn.LSTM autocast-bf16", "bf16", 30.0))
+    merged = merge_benchmarks.merge([ours, torch], ["ours.json", "torch.json"])
+    rows = {r["impl"]: r for r in merged["results"][0]["rows"]}
+    assert rows["lstm_jax onednn"]["speed_vs_torch"] == pytest.approx(50 / 40)
+    assert rows["lstm_jax onednn bf16"]["speed_vs_torch"] == pytest.approx(30 / 20)  # bf16 against torch's bf16
+    assert rows["lstm_jax onednn bf16"]["speed_vs_own_fp32"] == pytest.approx(40 / 20)
+    assert rows["lstm_jax onednn"]["fraction_of_matmul_peak"] == pytest.approx(1 / 200)
+    assert [r["environment"] for r in merged["runs"]] == [{"load": 100.0}, {"load": 200.0}]
+    with pytest.raises(ValueError, match="timed twice"):
+        merge_benchmarks.merge([ours, ours], ["a", "b"])

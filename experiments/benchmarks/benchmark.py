@@ -133,6 +133,18 @@ def _own_fp32(rows, row):
     return next((o["median_ms"] for o in rows if o.get("precision", "fp32") == "fp32" and o["impl"] == base), None)
 
 
+def add_ratios(results, peak):
+    """Each row's speed against torch, Flax and its own fp32 (same size, same precision), and its share of ``peak``."""
+    for entry in results:
+        for r in entry["rows"]:
+            torch_ms, flax_ms = (_ref_time(entry["rows"], ref, r["precision"]) for ref in ("torch", "flax"))
+            own_fp32 = _own_fp32(entry["rows"], r)
+            r["speed_vs_own_fp32"] = own_fp32 / r["median_ms"] if own_fp32 else None
+            r["fraction_of_matmul_peak"] = r["gflops"] / peak
+            r["speed_vs_torch"] = torch_ms / r["median_ms"] if torch_ms else None
+            r["speed_vs_flax"] = flax_ms / r["median_ms"] if flax_ms else None
+
+
 def markdown(cell, size, rows, peak):
     T, B, I, H = size
     lines = [
@@ -259,14 +271,7 @@ def benchmark(args):
     result["stopped_early_by_budget"] = stopped_early
     result["wall_seconds"] = time.perf_counter() - start
     result["load_average_at_end"] = finish_machine_info(environment)["load_average_at_end"]
-    for entry in result["results"]:
-        for r in entry["rows"]:
-            torch_ms, flax_ms = (_ref_time(entry["rows"], ref, r["precision"]) for ref in ("torch", "flax"))
-            own_fp32 = _own_fp32(entry["rows"], r)
-            r["speed_vs_own_fp32"] = own_fp32 / r["median_ms"] if own_fp32 else None
-            r["fraction_of_matmul_peak"] = r["gflops"] / peak
-            r["speed_vs_torch"] = torch_ms / r["median_ms"] if torch_ms else None
-            r["speed_vs_flax"] = flax_ms / r["median_ms"] if flax_ms else None
+    add_ratios(result["results"], peak)
     print(
         f"matmul peak: start {peak_med:.1f}, end {peak_end:.1f} GFLOP/s; % peak above uses the start value; "
         f"JSON uses max = {peak:.1f}. Load average now {result['load_average_at_end']}",
