@@ -193,18 +193,3 @@ def test_script_name_from_file():
     import experiments.benchmarks.parallel_time as script
 
     assert cfg.script_name(script.__file__) == "experiments.benchmarks.parallel_time"
-
-
-def test_seeds_runs_a_module_with_a_config_and_flags_override_it(tmp_path):
-    """The documented form of a multi-seed result: seeds.py -- -m <script> --config FILE [overrides]."""
-    from experiments.tools import seeds
-
-    QUICK = REPO / "configs" / "shakespeare_quick.toml"
-    summary = seeds.main(["--seeds", "4", "--metrics", "steps_done", "--out", str(tmp_path / "sweep"), "--",
-                          "-m", "experiments.training.char_lstm", "--config", str(QUICK),
-                          "--dataset", "zen", "--steps", "3", "--hidden", "8", "--seq-len", "8", "--batch-size", "4",
-                          "--eval-every", "3", "--no-progress", "--length", "5", "--impl", "scan", "--precision", "fp32"])
-    assert summary["metrics"][0]["values"] == [3]
-    record = json.loads((tmp_path / "sweep" / "seed_4" / "results.json").read_text())
-    assert record["config"]["config"] == str(QUICK)
-    assert (record["config"]["seed"], record["config"]["hidden"], record["config"]["learning_rate"]) == (4, 8, 0.015)

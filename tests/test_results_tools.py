@@ -50,8 +50,11 @@ def test_lookup_names_what_is_wrong(path, message):
 
 # --------------------------------------------------------------------------- seed runner
 
-CHAR_QUICK = ["experiments/training/char_lstm.py", "--dataset", "zen", "--steps", "12", "--hidden", "8", "--seq-len", "8", "--batch-size", "4",
-              "--no-progress", "--eval-every", "12", "--length", "10", "--impl", "scan", "--precision", "fp32"]
+# The documented form of a multi-seed result: seeds.py -- -m <script> --config FILE [overrides].
+QUICK_CONFIG = ROOT / "configs" / "shakespeare_quick.toml"
+CHAR_QUICK = ["-m", "experiments.training.char_lstm", "--config", str(QUICK_CONFIG), "--dataset", "zen", "--steps", "12",
+              "--hidden", "8", "--seq-len", "8", "--batch-size", "4", "--no-progress", "--eval-every", "12",
+              "--length", "10", "--impl", "scan", "--precision", "fp32"]
 
 
 def test_seed_runner_reports_each_seed_and_their_mean(tmp_path, capsys):
@@ -69,6 +72,10 @@ def test_seed_runner_reports_each_seed_and_their_mean(tmp_path, capsys):
     assert loss["std"] == pytest.approx(statistics.stdev(losses))
     assert saved["metrics"][1]["values"] == [12, 12] and saved["metrics"][1]["std"] == 0.0
     assert [r["seed"] for r in saved["runs"]] == [3, 5]
+    # the config file reached each run, and the flags after it override it
+    config = per_seed[1]["config"]
+    assert config["config"] == str(QUICK_CONFIG)
+    assert (config["seed"], config["hidden"], config["learning_rate"]) == (5, 8, 0.015)
     table = (out / "seeds.md").read_text()
     assert f"{loss['mean']:.4g} ± {loss['std']:.4g} (2)" in table and "| seed 3 | seed 5 |" in table
     assert "[seed 5] " in capsys.readouterr().out  # each run's output, prefixed
