@@ -46,8 +46,11 @@ slower than fp32's.
 Threads: the oneDNN wheel (``onednn-cpu-gomp``) threads with GNU OpenMP, so
 ``OMP_NUM_THREADS`` (set before the process starts) sets the count, as it does
 for ``torch`` (whose ``torch.set_num_threads`` is per-library); the default is
-every core the process may use. Primitives are created once per (cell,
-direction, dtype, T, B, I, H) and reused.
+every core the process may use. Every primitive runs on one thread owned by
+the library (not on the XLA thread that made the call: OpenMP pools per calling
+thread made its per-step barriers sleep; docs/onednn.md#threads), so calls are
+serialised. Primitives are created once per (cell, direction, dtype, T, B, I, H)
+and reused.
 
 Example (``lengths`` omitted: the fused path)::
 
