@@ -54,6 +54,8 @@ def test_rule_with_onednn_available(cell, backend, bf16_dots, expected):
 def test_rule_keeps_a_given_impl_and_takes_a_policy_it_offers():
     assert fastest.rule("lstm", "scan", backend="cpu", bf16_dots=True) == ("scan", "bf16")
     assert fastest.rule("lstm", "cudnn", backend="gpu", bf16_dots=True) == ("cudnn", "fp32")  # cudnn: fp32 only
+    assert fastest.rule("gru", "onednn", backend="cpu", bf16_dots=True, onednn=False) == ("onednn", "fp32")
+    assert fastest.rule("lstm", "onednn", backend="cpu", bf16_dots=True, onednn=False) == ("onednn", "bf16")
 
 
 def test_the_default_is_the_rule_here_and_times_nothing():

@@ -118,8 +118,9 @@ def rule(cell, impl: str = RULE, *, backend: str | None = None, bf16_dots: bool 
     cell = get_cell(cell)
     backend = jax.default_backend() if backend is None else backend
     bf16 = backend == "cpu" and (cpu_has_bf16() if bf16_dots is None else bf16_dots)
-    if impl == RULE and backend == "cpu" and cell.name in ONEDNN_ON_CPU:
-        if IMPLS["onednn"].available() is None if onednn is None else onednn:
+    if impl in (RULE, "onednn") and backend == "cpu" and cell.name in ONEDNN_ON_CPU:
+        # A given --impl onednn takes the measured precision too (its bf16 GRU is the slower one).
+        if impl == "onednn" or (IMPLS["onednn"].available() is None if onednn is None else onednn):
             return "onednn", "bf16" if bf16 and ONEDNN_ON_CPU[cell.name] == "bf16" else "fp32"
     if impl == RULE:
         impl = "parallel" if backend != "cpu" and cell.linear_recurrence else "manual"
