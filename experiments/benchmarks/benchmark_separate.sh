@@ -5,12 +5,14 @@
 # Record: results/benchmark_onednn_separate/merged.json (docs/onednn.md#speed)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-out=results/benchmark_onednn_separate
+out="${OUT:-results/benchmark_onednn_separate}"  # OUT=... CELLS="rnn" for another record
+cells="${CELLS:-lstm gru}"
+mkdir -p "$out"
 for run in "default lib:manual" "default lib:onednn" "default torch" "active lib:onednn" "active torch"; do
   set -- $run
   policy=$1 impl=$2 name="${2#lib:}_$1"
   env $( [ "$policy" = active ] && echo OMP_WAIT_POLICY=ACTIVE ) \
-    "${PYTHON:-python}" -m experiments.benchmarks.benchmark --cells lstm gru --impls "$impl" --repeats 5 --precisions fp32 bf16 \
+    "${PYTHON:-python}" -m experiments.benchmarks.benchmark --cells $cells --impls "$impl" --repeats 5 --precisions fp32 bf16 \
     --out "$out/$name.json" > "$out/$name.log" 2>&1
   echo "done $name"
 done

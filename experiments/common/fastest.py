@@ -7,12 +7,13 @@ another one under load). From the measured tables (README, 2-core AMD EPYC
 Zen 4 with AVX512-BF16, no AMX; 2026-12-02/03):
 
 * CPU, where ``onednn`` is available (the ``onednn`` extra, x86-64): ``onednn``
-  for the LSTM and the GRU, each implementation timed in a process of its own
-  (docs/onednn.md#speed, 2026-12-04, the benchmark's five sizes): the LSTM
-  1.28-1.97x ``manual`` in fp32 and 1.75-4.2x in bf16; the GRU in **fp32**
+  for the LSTM, the GRU and the tanh RNN, each implementation timed in a process
+  of its own (docs/onednn.md#speed, 2026-12-04, the benchmark's five sizes): the
+  LSTM 1.28-2.32x ``manual`` in fp32 and 1.75-4.2x in bf16; the RNN 1.14-1.65x
+  ``manual`` in bf16; the GRU in **fp32**
   even where the CPU has bf16 dot products (oneDNN 3.2 has no fast bf16 GRU:
   its fp32 GRU was 0.97-1.51x ``manual`` bf16, its bf16 GRU 0.77-1.12x).
-* CPU otherwise, and the other cells: ``manual`` (``scan`` was 1.3x slower for
+* CPU otherwise, and the minimal cells: ``manual`` (``scan`` was 1.3x slower for
   the LSTM at the Shakespeare shape; ``parallel`` 3x slower than ``manual`` for
   minGRU/minLSTM at T=100: 156.8 vs 50.6 ms, 169.7 vs 87.3 ms); ``bf16`` where
   the CPU has bf16 dot products (``avx512_bf16`` or ``amx_bf16``: ``auto`` chose
@@ -102,7 +103,7 @@ def candidates(cell, impl: str = AUTO, precision: str = AUTO) -> list[tuple[str,
 
 
 #: Cells the CPU rule gives to ``onednn`` where it is available, and the precision it takes on a CPU with bf16 dots.
-ONEDNN_ON_CPU = {"lstm": "bf16", "gru": "fp32"}
+ONEDNN_ON_CPU = {"lstm": "bf16", "gru": "fp32", "rnn": "bf16"}
 
 
 def rule(cell, impl: str = RULE, *, backend: str | None = None, bf16_dots: bool | None = None,
