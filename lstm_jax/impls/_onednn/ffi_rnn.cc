@@ -17,15 +17,15 @@
 // Weights arrive as oneDNN's ldigo (the library's (I, G*H) matrices as they are); each primitive is
 // created with format `any` for them, so oneDNN picks its fastest (blocked, brgemm) layouts, and the
 // weights are reordered into those before each call. Primitive descriptors, primitives and reorders are
-// built once per (cell, direction, dtype, T, B, I, H) and kept in a process-wide cache; execution uses a
-// user scratchpad from a shared pool, so concurrent calls (XLA may run two directions at once) are safe.
+// built once per (cell, direction, dtype, T, B, I, H) and kept in a process-wide cache; every execution runs
+// on one thread owned by the library (Runner: why, there), with a user scratchpad from a shared pool.
 
 #include <algorithm>
 #include <condition_variable>
 #include <cstdint>
+#include <cstring>
 #include <exception>
 #include <functional>
-#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -153,6 +153,55 @@ memory mem(const memory::desc& md, const void* ptr) {
   return memory(md, cpu_engine(), const_cast<void*>(ptr));
 }
 
+// Every primitive runs on one thread owned by this library, not on whichever XLA thread called the handler.
+// GNU OpenMP keeps a pool of worker threads per calling thread; called from several XLA threads it ends up
+// managing more threads than there are cores, and then ("throttled") its workers sleep at once instead of
+// spinning between parallel regions, so each of oneDNN's per-time-step barriers waits on a futex wake-up.
+// Measured on 2 cores (LSTM train step, T=784, B=32, H=128, bf16): 165 ms from XLA's threads, 31.7 ms for
+// torch.nn.LSTM (one calling thread); docs/onednn.md#threads has the figures with this runner.
+// Calls are serialised (they would share the same cores anyway). The object is never destroyed: its
+// thread is detached and idles on a condition variable, so process exit has nothing to join.
+class Runner {
+ public:
+  static Runner& get() {
+    static Runner* runner = new Runner();
+    return *runner;
+  }
+  // Runs `job` on the runner's thread and returns when it is done, rethrowing what it threw.
+  void run(const std::function<void()>& job) {
+    std::lock_guard<std::mutex> one_at_a_time(call_mutex_);
+    std::unique_lock<std::mutex> lock(mutex_);
+    job_ = &job;
+    error_ = nullptr;
+    done_ = false;
+    wake_.notify_one();
+    finished_.wait(lock, [this] { return done_; });
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  Runner() { std::thread([this] { loop(); }).detach(); }
+  void loop() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [this] { return job_ != nullptr; });
+      try {
+        (*job_)();
+      } catch (...) {
+        error_ = std::current_exception();
+      }
+      job_ = nullptr;
+      done_ = true;
+      finished_.notify_one();
+    }
+  }
+  std::mutex call_mutex_, mutex_;
+  std::condition_variable wake_, finished_;
+  const std::function<void()>* job_ = nullptr;
+  std::exception_ptr error_;
+  bool done_ = true;
+};
+
 // One primitive, the weight layouts it chose (format any lets oneDNN pick its blocked brgemm layouts) and
 // reorders into them from the caller's ldigo weights, run before each execution (cheap next to T steps);
 // for the backward also the layouts of the weight gradients and the reorders from them to ldigo.
@@ -191,8 +240,15 @@ struct Stage {
 
   // Runs the primitive with `args` plus the weights (reordered if needed) and the scratchpad; with
   // `dw_layer`/`dw_iter` (the backward) also the weight gradients, zeroed, then reordered to ldigo.
+  // All of it (the reorders are OpenMP-parallel too) on the library's one thread (Runner).
   void run(std::unordered_map<int, memory>& args, const void* w_layer, const void* w_iter,
            void* dw_layer = nullptr, void* dw_iter = nullptr) const {
+    Runner::get().run([&] { execute(args, w_layer, w_iter, dw_layer, dw_iter); });
+  }
+
+ private:
+  void execute(std::unordered_map<int, memory>& args, const void* w_layer, const void* w_iter, void* dw_layer,
+               void* dw_iter) const {
     const size_t n_scratch = aligned(scratch.get_size());
     const size_t n_wl = reorder_wl ? aligned(wl.get_size()) : 0;
     const size_t n_wi = reorder_wi ? aligned(wi.get_size()) : 0;
@@ -315,55 +371,6 @@ const Plan& plan_for(const Key& k) {
   return *it->second;
 }
 
-// Every primitive runs on one thread owned by this library, not on whichever XLA thread called the handler.
-// GNU OpenMP keeps a pool of worker threads per calling thread; called from several XLA threads it ends up
-// managing more threads than there are cores, and then ("throttled") its workers sleep at once instead of
-// spinning between parallel regions, so each of oneDNN's per-time-step barriers waits on a futex wake-up.
-// Measured on 2 cores (LSTM train step, T=784, B=32, H=128, bf16): 165 ms from XLA's threads, 31.7 ms for
-// torch.nn.LSTM (one calling thread); docs/onednn.md#threads has the figures with this runner.
-// Calls are serialised (they would share the same cores anyway). The object is never destroyed: its
-// thread is detached and idles on a condition variable, so process exit has nothing to join.
-class Runner {
- public:
-  static Runner& get() {
-    static Runner* runner = new Runner();
-    return *runner;
-  }
-  // Runs `job` on the runner's thread and returns when it is done, rethrowing what it threw.
-  void run(const std::function<void()>& job) {
-    std::lock_guard<std::mutex> one_at_a_time(call_mutex_);
-    std::unique_lock<std::mutex> lock(mutex_);
-    job_ = &job;
-    error_ = nullptr;
-    done_ = false;
-    wake_.notify_one();
-    finished_.wait(lock, [this] { return done_; });
-    if (error_) std::rethrow_exception(error_);
-  }
-
- private:
-  Runner() { std::thread([this] { loop(); }).detach(); }
-  void loop() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    for (;;) {
-      wake_.wait(lock, [this] { return job_ != nullptr; });
-      try {
-        (*job_)();
-      } catch (...) {
-        error_ = std::current_exception();
-      }
-      job_ = nullptr;
-      done_ = true;
-      finished_.notify_one();
-    }
-  }
-  std::mutex call_mutex_, mutex_;
-  std::condition_variable wake_, finished_;
-  const std::function<void()>* job_ = nullptr;
-  std::exception_ptr error_;
-  bool done_ = true;
-};
-
 ffi::Error key_from(const ffi::AnyBuffer& x, const ffi::AnyBuffer& h0, int32_t cell, bool reverse, bool blocked,
                     Key* k) {
   auto xd = x.dimensions();
@@ -403,9 +410,9 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi::
     if (training) {
       args.insert({DNNL_ARG_WORKSPACE, mem(memory::desc({static_cast<int64_t>(p.ws_bytes)}, dt::u8, tag::a),
                                            ws->untyped_data())});
-      Runner::get().run([&] { p.fwd_train.run(args, w_layer.untyped_data(), w_iter.untyped_data()); });
+      p.fwd_train.run(args, w_layer.untyped_data(), w_iter.untyped_data());
     } else {
-      Runner::get().run([&] { p.fwd_infer.run(args, w_layer.untyped_data(), w_iter.untyped_data()); });
+      p.fwd_infer.run(args, w_layer.untyped_data(), w_iter.untyped_data());
     }
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string("onednn rnn forward: ") + e.what());
@@ -450,10 +457,7 @@ ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi:
     } else {
       std::memset(dc0->untyped_data(), 0, dc0->size_bytes());
     }
-    Runner::get().run([&] {
-      p.bwd.run(args, w_layer.untyped_data(), w_iter.untyped_data(), dw_layer->untyped_data(),
-                dw_iter->untyped_data());
-    });
+    p.bwd.run(args, w_layer.untyped_data(), w_iter.untyped_data(), dw_layer->untyped_data(), dw_iter->untyped_data());
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string("onednn rnn backward: ") + e.what());
   }
