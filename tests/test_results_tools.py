@@ -235,7 +235,7 @@ def test_auto_candidates_follow_the_cell():
 
 def _bench_record(peak, *rows):
     size = {"T": 4, "B": 2, "I": 3, "H": 5}
-    return {"matmul_gflops_median_start": peak, "environment": {"load": peak},
+    return {"matmul_gflops_peak_used": peak, "environment": {"load": peak},
             "results": [{"cell": "lstm", "size": size,
                          "rows": [{"impl": i, "precision": p, "median_ms": ms, "gflops": 1.0} for i, p, ms in rows]}]}
 

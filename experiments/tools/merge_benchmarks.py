@@ -10,7 +10,7 @@ docs/onednn.md#speed), run each alone (``--impls`` one at a time, back to back) 
 
 Rows of the same cell and size are put together; ``speed_vs_torch``, ``speed_vs_flax`` and
 ``speed_vs_own_fp32`` are recomputed by ``benchmark.add_ratios`` (the benchmark's own code),
-against the largest start-of-run matmul peak. Each input's environment is kept under
+and the share of matmul peak against the largest peak any of the runs used. Each input's environment is kept under
 ``"runs"``, so the load and OpenMP settings of every process stay on record.
 """
 
@@ -38,7 +38,7 @@ def merge(records: list[dict], names: list[str]) -> dict:
             if twice:
                 raise ValueError(f"{sorted(twice)} timed twice for {entry['cell']} {entry['size']}: merge separate impls")
             merged["rows"] += [dict(r) for r in entry["rows"]]
-    peak = max(r.get("matmul_gflops_median_start", 0.0) for r in records)
+    peak = max(r["matmul_gflops_peak_used"] for r in records)  # each run's own choice (max of start and end)
     results = list(entries.values())
     add_ratios(results, peak)
     runs = [{"file": n, "environment": r.get("environment", {}), "wall_seconds": r.get("wall_seconds")}
