@@ -216,8 +216,13 @@ def test_long_range_chrono_init_runs_and_is_recorded(tmp_path):
     record = json.loads((tmp_path / "results.json").read_text())
     assert record["args"]["init"] == "chrono" and record["runs"][0]["steps"] == 2
     assert "chrono gate-bias init" in (tmp_path / "results.md").read_text()
-    with pytest.raises(SystemExit, match="holds a sweep with --init chrono, not standard"):
+    before = (tmp_path / "results.json").read_text()
+    with pytest.raises(SystemExit, match=r"holds a sweep of another configuration: init 'chrono' \(not 'standard'\)$"):
         mod.main([a for a in tiny if a not in ("--init", "chrono")] + ["--cells", "lstm", "--append", "--out", str(tmp_path)])
+    # --append, like --merge, refuses any setting that makes runs incomparable (here the hidden size), before training
+    with pytest.raises(SystemExit, match=r"another configuration: hidden 4 \(not 5\)$"):
+        mod.main(tiny + ["--cells", "gru", "--hidden", "5", "--append", "--out", str(tmp_path)])
+    assert (tmp_path / "results.json").read_text() == before
 
 
 def test_long_range_merge_joins_side_by_side_sweeps_and_refuses_mismatches(tmp_path):

@@ -15,8 +15,8 @@ from .cli import CELL_NAMES
 from .figures import copy_figures
 from .run_figures import draw_sweep
 
-__all__ = ["CELL_ORDER", "MERGE_KEYS", "REPLOT_KEYS", "append_runs", "invocations", "load_sweep", "merge_sweeps",
-           "copy_sweep_figures", "replot", "run_summary"]
+__all__ = ["CELL_ORDER", "MERGE_KEYS", "REPLOT_KEYS", "appended_runs", "config_differences", "invocations",
+           "load_sweep", "merge_sweeps", "copy_sweep_figures", "replot", "run_summary"]
 
 #: Table and plot order: the classic cells from the simplest up, then any other registered cell.
 CELL_ORDER = ["rnn", "gru", "lstm"] + [c for c in CELL_NAMES if c not in ("rnn", "gru", "lstm")]
@@ -73,17 +73,22 @@ def invocations(record: dict) -> list[dict]:
     return record.get("earlier_invocations", []) + [{"args": record["args"], "machine": record["machine"]}]
 
 
-def append_runs(out: Path, args, record: dict) -> None:
-    """``--append``: into ``record``, the runs of ``out/results.json`` (a sweep of the same task and init) that
-    this invocation does not train again, and that sweep's invocations; SystemExit (one line) on a mismatch."""
+def config_differences(old: dict, new: dict) -> list[str]:
+    """The :data:`MERGE_KEYS` on which two sweeps' arguments differ, as ``"key OLD (not NEW)"``."""
+    return [f"{k} {old[k]!r} (not {new[k]!r})" for k in MERGE_KEYS if old[k] != new[k]]
+
+
+def appended_runs(out: Path, args) -> dict:
+    """``--append``: the runs of ``out/results.json`` that this invocation does not train again, and that sweep's
+    invocations (a record's ``runs`` and ``earlier_invocations``); SystemExit (one line) unless every
+    :data:`MERGE_KEYS` value agrees, as for ``--merge``: a table holds runs of one configuration only."""
     old = load_sweep(out, "--append")
-    if old["args"]["task"] != args.task:
-        raise SystemExit(f"--append: {out} holds a {old['args']['task']} sweep, not {args.task}")
-    if old["args"]["init"] != args.init:
-        raise SystemExit(f"--append: {out} holds a sweep with --init {old['args']['init']}, not {args.init}")
+    differ = config_differences(old["args"], vars(args))
+    if differ:
+        raise SystemExit(f"--append: {out} holds a sweep of another configuration: " + ", ".join(differ))
     new_pairs = {(c, T) for c in args.cells for T in args.lengths}
-    record["runs"] = [r for r in old["runs"] if (r["cell"], r["T"]) not in new_pairs]
-    record["earlier_invocations"] = invocations(old)
+    return {"runs": [r for r in old["runs"] if (r["cell"], r["T"]) not in new_pairs],
+            "earlier_invocations": invocations(old)}
 
 
 def merge_sweeps(out: Path, sources: list[Path]) -> None:
@@ -97,8 +102,7 @@ def merge_sweeps(out: Path, sources: list[Path]) -> None:
     pairs = {(r["cell"], r["T"]): out for r in record["runs"]}
     for src in sources:
         other = load_sweep(src, "--merge")
-        differ = [f"{k} {other['args'][k]!r} (not {record['args'][k]!r})" for k in MERGE_KEYS
-                  if other["args"][k] != record["args"][k]]
+        differ = config_differences(other["args"], record["args"])
         if differ:
             raise SystemExit(f"--merge: {src} is a different configuration from {out}: " + ", ".join(differ))
         for r in other["runs"]:

@@ -33,7 +33,7 @@ import jax
 
 from experiments.common import cli
 from experiments.common.run_figures import draw_sweep
-from experiments.common.sweeps import CELL_ORDER, append_runs, copy_sweep_figures, merge_sweeps, replot, run_summary
+from experiments.common.sweeps import CELL_ORDER, appended_runs, copy_sweep_figures, merge_sweeps, replot, run_summary
 from experiments.common.harness import run_matmul_gflops
 from experiments.common.machine import finish_machine_info, machine_info
 from lstm_jax.cells import get_cell
@@ -80,7 +80,8 @@ def build_parser():
     o = cli.add_output_flags(p, ("out",), out={"default": "runs/long_range", "help": "run directory"})
     o.add_argument("--append", action="store_true",
                    help="add to an existing results.json in --out (runs already there are kept, "
-                        "a (cell, T) pair present is replaced by the new run)")
+                        "a (cell, T) pair present is replaced by the new run); refused, before training, "
+                        "unless the settings that make runs comparable are the same (as for --merge)")
     o.add_argument("--replot", action="store_true",
                    help="only rewrite results.md and the PNGs from --out/results.json (no training)")
     o.add_argument("--merge", nargs="+", metavar="DIR", default=None,
@@ -106,10 +107,9 @@ def long_range(args):
         no_gate = [c for c in args.cells if get_cell(c).chrono_init is None]
         if no_gate:
             raise SystemExit(f"--init chrono: cells {no_gate} have no keep gate to set (it applies to lstm, gru)")
+    earlier = appended_runs(out, args) if args.append and (out / "results.json").exists() else {}
     out.mkdir(parents=True, exist_ok=True)
-    record = {"args": vars(args), "machine": machine_info(matmul_gflops=run_matmul_gflops()), "runs": []}
-    if args.append and (out / "results.json").exists():
-        append_runs(out, args, record)
+    record = {"args": vars(args), "machine": machine_info(matmul_gflops=run_matmul_gflops()), "runs": [], **earlier}
     run_cells = list(args.cells)  # what this invocation trains; args.cells: what the table and plots show
     args.cells = [c for c in CELL_ORDER if c in run_cells or any(r["cell"] == c for r in record["runs"])]
     for T in args.lengths:
