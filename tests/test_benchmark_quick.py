@@ -25,6 +25,23 @@ def test_benchmark_quick_runs_and_writes_json(tmp_path):
     assert result["results"]
 
 
+def test_per_impl_processes_time_each_impl_alone_and_merge_the_ratios(tmp_path):
+    """--processes per-impl: one child process per implementation (its own JSON beside --out), one merged record
+    whose torch ratio is computed across the two processes' medians."""
+    out = tmp_path / "sep.json"
+    result = benchmark.main(["--quick", "--cells", "lstm", "--impls", "lib:scan", "torch", "--precisions", "fp32",
+                             "--processes", "per-impl", "--out", str(out)])
+    children = [json.loads((tmp_path / f"sep.{name}.json").read_text()) for name in ("scan", "torch")]
+    assert [c["environment"]["args"]["impls"] for c in children] == [["lib:scan"], ["torch"]]
+    (scan,), (torch,) = (c["results"][0]["rows"] for c in children)
+    merged = json.loads(out.read_text())
+    assert merged == json.loads(json.dumps(result)) and merged["processes"] == "per-impl"
+    rows = {r["impl"]: r for r in merged["results"][0]["rows"]}
+    assert set(rows) == {scan["impl"], torch["impl"]}
+    assert rows[scan["impl"]]["speed_vs_torch"] == torch["median_ms"] / scan["median_ms"]
+    assert merged["environment"]["args"]["processes"] == "per-impl"
+
+
 def test_flop_model():
     assert harness.forward_flops("lstm", 2, 3, 4, 5) == 2 * 2 * 3 * (4 + 5) * 4 * 5
     assert harness.train_flops("gru", 1, 1, 1, 1) == 3 * 2 * 2 * 3

@@ -49,6 +49,7 @@ RECORDS = {
     "benchmark_h200_flashrnn.toml": "results/gpu_h200_2026-12-04/benchmark_flashrnn.json",
     "parallel_time_h200.toml": "results/gpu_h200_2026-12-04/parallel_time.json",
     "benchmark_onednn_cpu.toml": "results/benchmark_onednn_quiet.json",
+    "benchmark_onednn_per_process.toml": "results/benchmark_onednn_per_process/benchmark.json",
 }
 
 #: Keys that do not define a run's result: where it is written, progress bars, appending to a record, the

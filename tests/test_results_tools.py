@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from experiments.benchmarks import benchmark
+from experiments.common import harness
 from experiments.tools import merge_benchmarks, results_table, seeds
 from experiments.common import fastest
 from experiments.common.records import RecordError, lookup, split_path
@@ -243,7 +245,7 @@ def _bench_record(peak, *rows):
 def test_merge_benchmarks_recomputes_ratios_across_processes():
     ours = _bench_record(100.0, ("lstm_jax onednn", "fp32", 40.0), ("lstm_jax onednn bf16", "bf16", 20.0))
     torch = _bench_record(200.0, ("torch nn.LSTM", "fp32", 50.0), ("torch nn.LSTM autocast-bf16", "bf16", 30.0))
-    merged = merge_benchmarks.merge([ours, torch], ["ours.json", "torch.json"])
+    merged = benchmark.merge_records([ours, torch], ["ours.json", "torch.json"])
     rows = {r["impl"]: r for r in merged["results"][0]["rows"]}
     assert rows["lstm_jax onednn"]["speed_vs_torch"] == pytest.approx(50 / 40)
     assert rows["lstm_jax onednn bf16"]["speed_vs_torch"] == pytest.approx(30 / 20)  # bf16 against torch's bf16
@@ -251,4 +253,19 @@ def test_merge_benchmarks_recomputes_ratios_across_processes():
     assert rows["lstm_jax onednn"]["fraction_of_matmul_peak"] == pytest.approx(1 / 200)
     assert [r["environment"] for r in merged["runs"]] == [{"load": 100.0}, {"load": 200.0}]
     with pytest.raises(ValueError, match="timed twice"):
-        merge_benchmarks.merge([ours, ours], ["a", "b"])
+        benchmark.merge_records([ours, ours], ["a", "b"])
+
+
+def test_rounds_of_one_impl_pool_their_timed_blocks():
+    """--process-rounds: the median over every block of every round, not a median of medians."""
+    first = _bench_record(100.0, ("lstm_jax onednn", "fp32", 40.0))
+    second = _bench_record(120.0, ("lstm_jax onednn", "fp32", 60.0))
+    first["results"][0]["rows"][0]["times_ms"] = [39.0, 40.0, 41.0]
+    second["results"][0]["rows"][0]["times_ms"] = [58.0, 60.0, 44.0]
+    row = benchmark.pool_rounds([first, second])["results"][0]["rows"][0]
+    assert row["times_ms"] == [39.0, 40.0, 41.0, 58.0, 60.0, 44.0]
+    assert (row["median_ms"], row["min_ms"], row["max_ms"]) == (42.5, 39.0, 60.0)
+    assert row["round_medians_ms"] == [40.0, 60.0]
+    flops = harness.train_flops("lstm", 4, 2, 3, 5)
+    assert row["gflops"] == pytest.approx(flops / 42.5e-3 / 1e9)
+    assert benchmark.pool_rounds([first, second])["matmul_gflops_peak_used"] == 120.0

@@ -23,6 +23,7 @@ Usage::
     python experiments/benchmarks/benchmark.py --cells lstm --sizes 128,64,128,512 --repeats 9
     python experiments/benchmarks/benchmark.py --quick              # tiny sizes, 2 repeats (used by the tests)
     python experiments/benchmarks/benchmark.py --malloc default --tag default   # glibc's malloc defaults
+    python -m experiments.benchmarks.benchmark --config configs/benchmark_onednn_per_process.toml  # each impl alone
 
 Allocation behaviour is a process setting and matters as much as the maths
 here: by default the script calls :func:`lstm_jax.runtime.tune_malloc` first
@@ -48,6 +49,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -58,7 +60,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
 import jax
 
 from experiments.common import cli
-from experiments.common.harness import build_benches, matmul_peak, minflt, result_path, train_flops
+from experiments.common.harness import REPO_ROOT, build_benches, matmul_peak, minflt, result_path, train_flops
 from experiments.common.machine import finish_machine_info, machine_info
 
 SIZES = [(128, 64, 128, 256), (128, 64, 128, 512), (784, 32, 1, 128), (28, 128, 28, 128), (100, 32, 65, 512)]
@@ -145,6 +147,90 @@ def add_ratios(results, peak):
             r["speed_vs_flax"] = flax_ms / r["median_ms"] if flax_ms else None
 
 
+def merge_records(records: list[dict], names: list[str]) -> dict:
+    """One record from benchmark records of separate processes (``names`` label them under ``"runs"``).
+
+    Rows of the same cell and size are put together (an implementation timed twice for one size is refused),
+    the ratios are recomputed by :func:`add_ratios` against the largest matmul peak any run used (each run's
+    ``matmul_gflops_peak_used``), and every run's environment is kept, so each process's load and OpenMP
+    settings stay on record.
+    """
+    entries: dict[tuple, dict] = {}
+    for record in records:
+        for entry in record["results"]:
+            key = (entry["cell"], tuple(sorted(entry["size"].items())))
+            merged = entries.setdefault(key, {"cell": entry["cell"], "size": entry["size"], "rows": []})
+            twice = {r["impl"] for r in merged["rows"]} & {r["impl"] for r in entry["rows"]}
+            if twice:
+                raise ValueError(f"{sorted(twice)} timed twice for {entry['cell']} {entry['size']}: merge separate impls")
+            merged["rows"] += [dict(r) for r in entry["rows"]]
+    peak = max(r["matmul_gflops_peak_used"] for r in records)
+    results = list(entries.values())
+    add_ratios(results, peak)
+    runs = [{"file": n, "environment": r.get("environment", {}), "wall_seconds": r.get("wall_seconds")}
+            for n, r in zip(names, records)]
+    return {"merged_from": names, "matmul_gflops_peak_used": peak, "results": results, "runs": runs}
+
+
+def pool_rounds(records: list[dict]) -> dict:
+    """One record from rounds of the same implementations (each round its own process): each row's times
+    pooled over the rounds, its median, min, max, steps/s and GFLOP/s taken from the pool, and each round's
+    median kept as ``round_medians_ms`` (how much the rounds differed)."""
+    pooled = json.loads(json.dumps(records[0]))
+    for entry in pooled["results"]:
+        flops = train_flops(entry["cell"], *(entry["size"][k] for k in "TBIH"))
+        for row in entry["rows"]:
+            same = [r for rec in records for e in rec["results"] if (e["cell"], e["size"]) == (entry["cell"], entry["size"])
+                    for r in e["rows"] if r["impl"] == row["impl"]]
+            times = [t for r in same for t in r["times_ms"]]
+            med = statistics.median(times)
+            row.update(times_ms=times, median_ms=med, min_ms=min(times), max_ms=max(times), steps_per_s=1e3 / med,
+                       gflops=flops / med / 1e6, round_medians_ms=[r["median_ms"] for r in same])
+    pooled["matmul_gflops_peak_used"] = max(r["matmul_gflops_peak_used"] for r in records)
+    return pooled
+
+
+def benchmark_per_impl(args, argv: list[str]) -> dict:
+    """``--processes per-impl``: each implementation timed alone in its own process, back to back, then merged.
+
+    A child runs this script with the same command line plus ``--processes one --impls <impl> --out
+    <out stem>.<impl>[.r<round>].json`` (the last occurrence of a flag wins), so it sees every other setting
+    the same. ``--process-rounds N`` runs the sequence N times, the order rotated each round, and pools each
+    implementation's timed blocks over its N processes (:func:`pool_rounds`): on a shared machine a slow
+    spell then hits every implementation alike instead of whichever process ran during it. Why separate
+    processes: torch's OpenMP threads and XLA's share the cores, and ``torch.nn.LSTM`` inside a JAX process
+    ran 1.4-4x slower than alone (docs/onednn.md#speed).
+    """
+    if args.process_rounds < 1:
+        raise SystemExit(f"--process-rounds must be at least 1, got {args.process_rounds}")
+    out = Path(args.out) if args.out else result_path("benchmark", quick=args.quick, tag=args.tag)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    impls = args.impls or default_impls(args.cells[0])
+    runs: dict[str, list] = {impl: [] for impl in impls}
+    for rnd in range(args.process_rounds):
+        for impl in impls[rnd % len(impls):] + impls[:rnd % len(impls)]:
+            suffix = f".r{rnd}" if args.process_rounds > 1 else ""
+            child = out.with_name(f"{out.stem}.{impl.removeprefix('lib:').replace(':', '-')}{suffix}.json")
+            print(f"== {impl} in its own process (round {rnd + 1} of {args.process_rounds}) -> {child}", flush=True)
+            command = [sys.executable, "-m", "experiments.benchmarks.benchmark", *argv,
+                       "--processes", "one", "--impls", impl, "--out", str(child)]
+            status = subprocess.run(command, cwd=REPO_ROOT).returncode
+            if status != 0:
+                raise SystemExit(f"benchmark: the process timing {impl} exited with status {status}; nothing merged")
+            runs[impl].append((str(child), json.loads(child.read_text())))
+    result = merge_records([pool_rounds([rec for _, rec in runs[i]]) for i in impls], [i for i in impls])
+    result["merged_from"] = [f for i in impls for f, _ in runs[i]]
+    result["runs"] = [{"impl": i, "file": f, "environment": rec["environment"], "wall_seconds": rec["wall_seconds"]}
+                      for i in impls for f, rec in runs[i]]
+    result = {"environment": machine_info(args=vars(args)), "processes": "per-impl", **result}
+    for entry in result["results"]:
+        size = tuple(entry["size"][k] for k in "TBIH")
+        print(markdown(entry["cell"], size, entry["rows"], result["matmul_gflops_peak_used"]) + "\n")
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}: {len(result['results'])} sizes from {sum(map(len, runs.values()))} processes")
+    return result
+
+
 def markdown(cell, size, rows, peak):
     T, B, I, H = size
     lines = [
@@ -211,11 +297,22 @@ def build_parser():
         "or more, which is what PASSIVE is for. Recorded in the JSON.",
     )
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument(
+        "--processes", default="one", choices=("one", "per-impl"),
+        help="one: every implementation in this process, in interleaved rounds. per-impl: each implementation "
+        "alone in its own process, back to back, merged into one record (--out; each process's own JSON "
+        "beside it): the fair way to compare torch with JAX on a CPU, where their threads share the cores",
+    )
+    p.add_argument("--process-rounds", type=int, default=1,
+                   help="with --processes per-impl: run every implementation's process this many times, the "
+                   "order rotated each round, and pool each one's timed blocks over its rounds")
     cli.add_malloc_flag(p)
     return p
 
 
-def benchmark(args):
+def benchmark(args, argv: list[str] | None = None):
+    if args.processes == "per-impl":
+        return benchmark_per_impl(args, argv if argv is not None else sys.argv[1:])
     malloc = cli.apply_malloc(args)
     print(f"malloc: {args.malloc} ({malloc['libc']}; {malloc['reason']})", flush=True)
     if args.omp_wait_policy and "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
@@ -284,7 +381,8 @@ def benchmark(args):
 
 
 def main(argv=None):
-    return cli.run(build_parser(), benchmark, argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return cli.run(build_parser(), lambda args: benchmark(args, argv), argv)
 
 
 if __name__ == "__main__":
