@@ -33,6 +33,8 @@ def test_per_impl_processes_time_each_impl_alone_and_merge_the_ratios(tmp_path):
                              "--processes", "per-impl", "--out", str(out)])
     children = [json.loads((tmp_path / f"sep.{name}.json").read_text()) for name in ("scan", "torch")]
     assert [c["environment"]["args"]["impls"] for c in children] == [["lib:scan"], ["torch"]]
+    # torch is imported only where it is timed (it brings its own GNU OpenMP, which oneDNN would then share)
+    assert [c["environment"]["torch_imported"] for c in children] == [False, True]
     (scan,), (torch,) = (c["results"][0]["rows"] for c in children)
     merged = json.loads(out.read_text())
     assert merged == json.loads(json.dumps(result)) and merged["processes"] == "per-impl"

@@ -333,8 +333,8 @@ def benchmark(args, argv: list[str] | None = None):
     print(f"fp32 matmul (jnp.dot 2048^2): median {peak_med:.1f} GFLOP/s, best {peak_best:.1f}", flush=True)
     environment = machine_info(malloc=malloc, matmul_gflops=peak_med, libraries=("flax", "torch", "equinox"),
                                args=vars(args))
-    if "torch" in environment:
-        import torch
+    if "torch" in environment and any(i.startswith("torch") for i in args.impls or default_impls(args.cells[0])):
+        import torch  # only where torch is timed: it brings its own GNU OpenMP, which oneDNN then shares
 
         environment.update(torch_threads=torch.get_num_threads(), torch_cuda=torch.cuda.is_available())
         if torch.cuda.is_available():  # what torch's cuDNN LSTM may use: TF32 is on by default for cuDNN in torch
@@ -367,6 +367,7 @@ def benchmark(args, argv: list[str] | None = None):
     result["matmul_gflops_peak_used"] = peak
     result["stopped_early_by_budget"] = stopped_early
     result["wall_seconds"] = time.perf_counter() - start
+    environment["torch_imported"] = "torch" in sys.modules  # see the import above
     result["load_average_at_end"] = finish_machine_info(environment)["load_average_at_end"]
     add_ratios(result["results"], peak)
     print(

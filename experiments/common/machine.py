@@ -9,6 +9,7 @@ the load average at the end with :func:`finish_machine_info`.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 import platform
 from datetime import datetime, timezone
@@ -43,7 +44,8 @@ def machine_info(
     :data:`PROCESS_ENV_PREFIXES`), ``transparent_hugepage`` (Linux); and, when
     given, ``malloc`` (what ``--malloc`` did, from :func:`experiments.common.cli.apply_malloc`),
     ``matmul_gflops`` (the measured fp32 matmul rate), ``<library>`` versions
-    for each name in ``libraries`` that imports, and any ``extra`` items.
+    for each name in ``libraries`` that is installed (read from its metadata, not imported), and any
+    ``extra`` items.
     """
     import jax
 
@@ -67,10 +69,10 @@ def machine_info(
         info["malloc"] = malloc
     if matmul_gflops is not None:
         info["matmul_gflops"] = matmul_gflops
-    for name in libraries:
-        try:
-            info[name] = importlib.import_module(name).__version__
-        except ImportError:
+    for name in libraries:  # from the installed metadata, without importing: importing torch loads its own
+        try:  # GNU OpenMP, which oneDNN then shares (docs/onednn.md#speed)
+            info[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
             pass
     info.update(extra)
     return info
