@@ -196,8 +196,9 @@ def benchmark_per_impl(args, argv: list[str]) -> dict:
     A child runs this script with the same command line plus ``--processes one --impls <impl> --out
     <out stem>.<impl>[.r<round>].json`` (the last occurrence of a flag wins), so it sees every other setting
     the same. ``--process-rounds N`` runs the sequence N times, the order rotated each round, and pools each
-    implementation's timed blocks over its N processes (:func:`pool_rounds`): on a shared machine a slow
-    spell then hits every implementation alike instead of whichever process ran during it. Why separate
+    implementation's timed blocks over its N processes (:func:`pool_rounds`), which spreads a shared
+    machine's slow spells over the implementations; a spell longer than a process (minutes, seen on
+    2026-12-04) still falls on whichever ran during it: read ``round_medians_ms``. Why separate
     processes: torch's OpenMP threads and XLA's share the cores, and ``torch.nn.LSTM`` inside a JAX process
     ran 1.4-4x slower than alone (docs/onednn.md#speed).
     """
@@ -218,7 +219,7 @@ def benchmark_per_impl(args, argv: list[str]) -> dict:
             if status != 0:
                 raise SystemExit(f"benchmark: the process timing {impl} exited with status {status}; nothing merged")
             runs[impl].append((str(child), json.loads(child.read_text())))
-    result = merge_records([pool_rounds([rec for _, rec in runs[i]]) for i in impls], [i for i in impls])
+    result = merge_records([pool_rounds([rec for _, rec in runs[i]]) for i in impls], list(impls))
     result["merged_from"] = [f for i in impls for f, _ in runs[i]]
     result["runs"] = [{"impl": i, "file": f, "environment": rec["environment"], "wall_seconds": rec["wall_seconds"]}
                       for i in impls for f, rec in runs[i]]
