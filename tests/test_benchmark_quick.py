@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end in quick mode, so they never rot."""
 
 import json
+import os
 
 from experiments.benchmarks import benchmark
 from experiments.common import harness
@@ -42,6 +43,23 @@ def test_per_impl_processes_time_each_impl_alone_and_merge_the_ratios(tmp_path):
     assert set(rows) == {scan["impl"], torch["impl"]}
     assert rows[scan["impl"]]["speed_vs_torch"] == torch["median_ms"] / scan["median_ms"]
     assert merged["environment"]["args"]["processes"] == "per-impl"
+
+
+def test_turns_time_each_impl_in_its_own_process_one_block_at_a_time(tmp_path):
+    """--processes turns: one worker process per implementation, each block timed in its worker, the rounds
+    interleaved as in one process; torch is imported only in torch's worker."""
+    out = tmp_path / "turns.json"
+    benchmark.main(["--quick", "--cells", "lstm", "--impls", "lib:scan", "torch", "--precisions", "fp32",
+                    "--processes", "turns", "--out", str(out)])
+    record = json.loads(out.read_text())
+    workers = record["environment"]["workers"]
+    assert [w["impl"] for w in workers] == ["lib:scan", "torch"]
+    assert len({w["pid"] for w in workers} | {os.getpid()}) == 3  # two processes besides this one
+    assert [w["torch_imported"] for w in workers] == [False, True]
+    rows = {r["impl"]: r for r in record["results"][0]["rows"]}
+    scan, torch = rows["lstm_jax scan"], rows["torch nn.LSTM"]
+    assert len(scan["times_ms"]) == len(torch["times_ms"]) == 2 and scan["median_ms"] > 0
+    assert scan["speed_vs_torch"] == torch["median_ms"] / scan["median_ms"]
 
 
 def test_flop_model():

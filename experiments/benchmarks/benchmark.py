@@ -60,7 +60,8 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
 import jax
 
 from experiments.common import cli
-from experiments.common.harness import REPO_ROOT, build_benches, matmul_peak, minflt, result_path, train_flops
+from experiments.benchmarks.turns import Worker, remote_builder, reply_channel, run_block, serve
+from experiments.common.harness import REPO_ROOT, build_benches, matmul_peak, result_path, train_flops
 from experiments.common.machine import finish_machine_info, machine_info
 
 SIZES = [(128, 64, 128, 256), (128, 64, 128, 512), (784, 32, 1, 128), (28, 128, 28, 128), (100, 32, 65, 512)]
@@ -69,33 +70,29 @@ QUICK_SIZES = [(6, 3, 4, 8)]
 LIB_IMPLS = ["scan", "hoisted", "manual", "cudnn", "onednn"]
 
 
-def measure_size(cell, size, impls, *, repeats, block_seconds, key, precisions=("fp32",), log=print):
-    """Time every impl in every precision at one size, interleaved round by round (one set of conditions)."""
+def measure_size(cell, size, impls, *, repeats, block_seconds, key, precisions=("fp32",), log=print,
+                 build=build_benches):
+    """Time every impl in every precision at one size, interleaved round by round (one set of conditions).
+
+    ``build``: where the benches live (:func:`experiments.benchmarks.turns.remote_builder`: in one process per
+    implementation, each block timed there)."""
     benches, precision_of = [], {}
     for precision in precisions:
-        for b in build_benches(cell, size, impls, key, precision):
+        for b in build(cell, size, impls, key, precision):
             benches.append(b)
             precision_of[b.name] = precision
     compile_s, warm = {}, {}
     for b in benches:
         compile_s[b.name] = b.compile()
-        t0 = time.perf_counter()
-        b.step()
-        b.step()
-        warm[b.name] = (time.perf_counter() - t0) / 2
+        warm[b.name] = run_block(b, 2)[0]
     inner = {b.name: max(1, int(block_seconds / max(warm[b.name], 1e-6))) for b in benches}
     times = {b.name: [] for b in benches}
     faults = {b.name: [] for b in benches}
     for r in range(repeats):
         k = r % len(benches)
         for b in benches[k:] + benches[:k]:  # rotate the order every round
-            n = inner[b.name]
-            f0 = minflt()
-            t0 = time.perf_counter()
-            for _ in range(n):
-                b.step()
-            dt = (time.perf_counter() - t0) / n
-            faults[b.name].append((minflt() - f0) / n)
+            dt, flt = run_block(b, inner[b.name])
+            faults[b.name].append(flt)
             times[b.name].append(dt)
     rows = []
     flops = train_flops(cell, *size)
@@ -299,10 +296,12 @@ def build_parser():
     )
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument(
-        "--processes", default="one", choices=("one", "per-impl"),
-        help="one: every implementation in this process, in interleaved rounds. per-impl: each implementation "
-        "alone in its own process, back to back, merged into one record (--out; each process's own JSON "
-        "beside it): the fair way to compare torch with JAX on a CPU, where their threads share the cores",
+        "--processes", default="one", choices=("one", "turns", "per-impl", "serve"),
+        help="one: every implementation in this process, in interleaved rounds. turns: each implementation in "
+        "its own long-lived process, the rounds' blocks taken in turns, one at a time (experiments/benchmarks/"
+        "turns.py): the fair way to compare torch with JAX on a CPU, where their threads share the cores. "
+        "per-impl: each implementation alone in its own process, back to back, merged (--out; each process's "
+        "JSON beside it). serve: internal, a worker of turns",
     )
     p.add_argument("--process-rounds", type=int, default=1,
                    help="with --processes per-impl: run every implementation's process this many times, the "
@@ -314,6 +313,7 @@ def build_parser():
 def benchmark(args, argv: list[str] | None = None):
     if args.processes == "per-impl":
         return benchmark_per_impl(args, argv if argv is not None else sys.argv[1:])
+    replies = reply_channel() if args.processes == "serve" else None  # a turns worker: stdout carries replies
     malloc = cli.apply_malloc(args)
     print(f"malloc: {args.malloc} ({malloc['libc']}; {malloc['reason']})", flush=True)
     if args.omp_wait_policy and "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
@@ -324,6 +324,8 @@ def benchmark(args, argv: list[str] | None = None):
         import torch
 
         torch.set_num_threads(args.torch_threads)
+    if args.processes == "serve":
+        return serve(args.impls[0], jax.random.PRNGKey(0), replies)
     if args.quick:
         args.repeats = min(args.repeats, 2)
         args.block_seconds = 0.0
@@ -334,7 +336,8 @@ def benchmark(args, argv: list[str] | None = None):
     print(f"fp32 matmul (jnp.dot 2048^2): median {peak_med:.1f} GFLOP/s, best {peak_best:.1f}", flush=True)
     environment = machine_info(malloc=malloc, matmul_gflops=peak_med, libraries=("flax", "torch", "equinox"),
                                args=vars(args))
-    if "torch" in environment and any(i.startswith("torch") for i in args.impls or default_impls(args.cells[0])):
+    timed_here = (args.impls or default_impls(args.cells[0])) if args.processes == "one" else []
+    if "torch" in environment and any(i.startswith("torch") for i in timed_here):
         import torch  # only where torch is timed: it brings its own GNU OpenMP, which oneDNN then shares
 
         environment.update(torch_threads=torch.get_num_threads(), torch_cuda=torch.cuda.is_available())
@@ -350,6 +353,9 @@ def benchmark(args, argv: list[str] | None = None):
     result = {"environment": environment, "malloc": malloc, "matmul_gflops_median_start": peak_med, "results": []}
     key = jax.random.PRNGKey(0)
     stopped_early = False
+    workers = [Worker(argv or [], impl) for impl in args.impls or default_impls(args.cells[0])] \
+        if args.processes == "turns" else []
+    build = remote_builder(workers) if workers else build_benches
     for cell in args.cells:
         impls = args.impls or default_impls(cell)
         for size in sizes:
@@ -358,10 +364,11 @@ def benchmark(args, argv: list[str] | None = None):
                 break
             rows = measure_size(
                 cell, size, impls, repeats=args.repeats, block_seconds=args.block_seconds, key=key,
-                precisions=args.precisions,
+                precisions=args.precisions, build=build,
             )
             result["results"].append({"cell": cell, "size": dict(zip("TBIH", size)), "rows": rows})
             print(markdown(cell, size, rows, peak_med) + "\n", flush=True)
+    environment["workers"] = [{**w.info, **w.close()} for w in workers]  # pid, impl, torch_imported
     peak_end, _ = matmul_peak(1024 if args.quick else 2048, 3 if args.quick else 9)
     peak = max(peak_med, peak_end)
     result["matmul_gflops_median_end"] = peak_end
