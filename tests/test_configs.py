@@ -50,6 +50,7 @@ RECORDS = {
     "parallel_time_h200.toml": "results/gpu_h200_2026-12-04/parallel_time.json",
     "benchmark_onednn_cpu.toml": "results/benchmark_onednn_quiet.json",
     "benchmark_onednn_per_process.toml": "results/benchmark_onednn_per_process/benchmark.json",
+    "benchmark_onednn_turns.toml": "results/benchmark_onednn_turns.json",
 }
 
 #: Keys that do not define a run's result: where it is written, progress bars, appending to a record, the
