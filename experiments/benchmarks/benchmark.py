@@ -60,7 +60,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
 import jax
 
 from experiments.common import cli
-from experiments.benchmarks.turns import Worker, remote_builder, reply_channel, run_block, serve
+from experiments.common.turns import Worker, remote_builder, reply_channel, run_block, serve
 from experiments.common.harness import REPO_ROOT, build_benches, matmul_peak, result_path, train_flops
 from experiments.common.machine import finish_machine_info, machine_info
 
@@ -74,7 +74,7 @@ def measure_size(cell, size, impls, *, repeats, block_seconds, key, precisions=(
                  build=build_benches):
     """Time every impl in every precision at one size, interleaved round by round (one set of conditions).
 
-    ``build``: where the benches live (:func:`experiments.benchmarks.turns.remote_builder`: in one process per
+    ``build``: where the benches live (:func:`experiments.common.turns.remote_builder`: in one process per
     implementation, each block timed there)."""
     benches, precision_of = [], {}
     for precision in precisions:
@@ -298,7 +298,7 @@ def build_parser():
     p.add_argument(
         "--processes", default="one", choices=("one", "turns", "per-impl", "serve"),
         help="one: every implementation in this process, in interleaved rounds. turns: each implementation in "
-        "its own long-lived process, the rounds' blocks taken in turns, one at a time (experiments/benchmarks/"
+        "its own long-lived process, the rounds' blocks taken in turns, one at a time (experiments/common/"
         "turns.py): the fair way to compare torch with JAX on a CPU, where their threads share the cores. "
         "per-impl: each implementation alone in its own process, back to back, merged (--out; each process's "
         "JSON beside it). serve: internal, a worker of turns",

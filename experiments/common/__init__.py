@@ -1,1 +1,1 @@
-"""What the experiment scripts share: command line, machine record, figure copies, benchmark harness."""
+"""What the experiment scripts share: command line, machine record, figure copies, benchmark harness and its worker processes."""
