@@ -60,7 +60,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
 import jax
 
 from experiments.common import cli
-from experiments.common.turns import Worker, remote_builder, reply_channel, run_block, serve
+from experiments.common.turns import Worker, child_command, remote_builder, reply_channel, run_block, serve
 from experiments.common.harness import REPO_ROOT, build_benches, matmul_peak, result_path, train_flops
 from experiments.common.machine import finish_machine_info, machine_info
 
@@ -144,14 +144,11 @@ def add_ratios(results, peak):
             r["speed_vs_flax"] = flax_ms / r["median_ms"] if flax_ms else None
 
 
-def merge_records(records: list[dict], names: list[str]) -> dict:
-    """One record from benchmark records of separate processes (``names`` label them under ``"runs"``).
-
-    Rows of the same cell and size are put together (an implementation timed twice for one size is refused),
-    the ratios are recomputed by :func:`add_ratios` against the largest matmul peak any run used (each run's
-    ``matmul_gflops_peak_used``), and every run's environment is kept, so each process's load and OpenMP
-    settings stay on record.
-    """
+def merge_results(records: list[dict]) -> tuple[list[dict], float]:
+    """The ``results`` of benchmark records from separate processes put together, rows of the same cell and
+    size in one entry (an implementation timed twice for one size is refused), with the ratios recomputed by
+    :func:`add_ratios` against the largest matmul peak any of them used (each one's ``matmul_gflops_peak_used``);
+    and that peak."""
     entries: dict[tuple, dict] = {}
     for record in records:
         for entry in record["results"]:
@@ -164,6 +161,14 @@ def merge_records(records: list[dict], names: list[str]) -> dict:
     peak = max(r["matmul_gflops_peak_used"] for r in records)
     results = list(entries.values())
     add_ratios(results, peak)
+    return results, peak
+
+
+def merge_records(records: list[dict], names: list[str]) -> dict:
+    """One record from benchmark records of separate processes (:func:`merge_results`); ``names`` label them
+    under ``"runs"``, where every run's environment is kept, so each process's load and OpenMP settings stay
+    on record."""
+    results, peak = merge_results(records)
     runs = [{"file": n, "environment": r.get("environment", {}), "wall_seconds": r.get("wall_seconds")}
             for n, r in zip(names, records)]
     return {"merged_from": names, "matmul_gflops_peak_used": peak, "results": results, "runs": runs}
@@ -210,17 +215,16 @@ def benchmark_per_impl(args, argv: list[str]) -> dict:
             suffix = f".r{rnd}" if args.process_rounds > 1 else ""
             child = out.with_name(f"{out.stem}.{impl.removeprefix('lib:').replace(':', '-')}{suffix}.json")
             print(f"== {impl} in its own process (round {rnd + 1} of {args.process_rounds}) -> {child}", flush=True)
-            command = [sys.executable, "-m", "experiments.benchmarks.benchmark", *argv,
-                       "--processes", "one", "--impls", impl, "--out", str(child)]
-            status = subprocess.run(command, cwd=REPO_ROOT).returncode
+            status = subprocess.run(child_command(argv, "one", impl, "--out", str(child)), cwd=REPO_ROOT).returncode
             if status != 0:
                 raise SystemExit(f"benchmark: the process timing {impl} exited with status {status}; nothing merged")
             runs[impl].append((str(child), json.loads(child.read_text())))
-    result = merge_records([pool_rounds([rec for _, rec in runs[i]]) for i in impls], list(impls))
-    result["merged_from"] = [f for i in impls for f, _ in runs[i]]
-    result["runs"] = [{"impl": i, "file": f, "environment": rec["environment"], "wall_seconds": rec["wall_seconds"]}
-                      for i in impls for f, rec in runs[i]]
-    result = {"environment": machine_info(args=vars(args)), "processes": "per-impl", **result}
+    results, peak = merge_results([pool_rounds([rec for _, rec in runs[i]]) for i in impls])
+    result = {"environment": machine_info(args=vars(args)), "processes": "per-impl",
+              "merged_from": [f for i in impls for f, _ in runs[i]], "matmul_gflops_peak_used": peak,
+              "results": results,
+              "runs": [{"impl": i, "file": f, "environment": rec["environment"], "wall_seconds": rec["wall_seconds"]}
+                       for i in impls for f, rec in runs[i]]}
     for entry in result["results"]:
         size = tuple(entry["size"][k] for k in "TBIH")
         print(markdown(entry["cell"], size, entry["rows"], result["matmul_gflops_peak_used"]) + "\n")

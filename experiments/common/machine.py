@@ -8,7 +8,6 @@ the load average at the end with :func:`finish_machine_info`.
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 import os
 import platform

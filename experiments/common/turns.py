@@ -37,14 +37,20 @@ def run_block(bench: Bench, n: int) -> tuple[float, float]:
     return (time.perf_counter() - t0) / n, (minflt() - f0) / n
 
 
+def child_command(argv: list[str], processes: str, impl: str, *extra: str) -> list[str]:
+    """The benchmark's command line ``argv`` for a child process that times ``impl`` alone, in mode
+    ``processes`` (``serve`` for :class:`Worker`, ``one`` for ``--processes per-impl``); the flags added
+    last win over the same flags in ``argv``."""
+    return [sys.executable, "-m", "experiments.benchmarks.benchmark", *argv,
+            "--processes", processes, "--impls", impl, *extra]
+
+
 class Worker:
     """One implementation's process: this benchmark's command line plus ``--processes serve --impls IMPL``."""
 
     def __init__(self, argv: list[str], impl: str):
         self.impl = impl
-        command = [sys.executable, "-m", "experiments.benchmarks.benchmark", *argv,
-                   "--processes", "serve", "--impls", impl]
-        self.proc = subprocess.Popen(command, cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(child_command(argv, "serve", impl), cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.info = self.ask(op="hello")
 
     def ask(self, **request) -> dict:
