@@ -39,10 +39,10 @@ def test_rule_per_backend_and_cell(cell, backend, bf16_dots, expected):
 @pytest.mark.parametrize(
     "cell,backend,bf16_dots,expected",
     [
-        ("lstm", "cpu", True, ("onednn", "bf16")),  # 1.75-4.2x manual/bf16, each alone in its process
+        ("lstm", "cpu", True, ("onednn", "bf16")),  # 1.67-3.00x manual/bf16, each in its own process
         ("lstm", "cpu", False, ("onednn", "fp32")),
         ("gru", "cpu", True, ("onednn", "fp32")),  # oneDNN 3.2's bf16 GRU is slower than its fp32 one
-        ("rnn", "cpu", True, ("onednn", "bf16")),  # 1.14-1.65x manual/bf16
+        ("rnn", "cpu", True, ("onednn", "bf16")),  # 0.92-1.68x manual/bf16
         ("min_gru", "cpu", True, ("manual", "bf16")),  # oneDNN has no such cell
         ("lstm", "gpu", True, ("manual", "fp32")),  # a CPU-only impl: the GPU rule is unchanged
     ],

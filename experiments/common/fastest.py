@@ -7,12 +7,13 @@ another one under load). From the measured tables (README, 2-core AMD EPYC
 Zen 4 with AVX512-BF16, no AMX; 2026-12-02/03):
 
 * CPU, where ``onednn`` is available (the ``onednn`` extra, x86-64): ``onednn``
-  for the LSTM, the GRU and the tanh RNN, each implementation timed in a process
-  of its own (docs/onednn.md#speed, 2026-12-04, the benchmark's five sizes): the
-  LSTM 1.28-2.32x ``manual`` in fp32 and 1.75-4.2x in bf16; the RNN 1.14-1.65x
-  ``manual`` in bf16; the GRU in **fp32**
-  even where the CPU has bf16 dot products (oneDNN 3.2 has no fast bf16 GRU:
-  its fp32 GRU was 0.97-1.51x ``manual`` bf16, its bf16 GRU 0.77-1.12x).
+  for the LSTM, the GRU and the tanh RNN, each implementation in a process of
+  its own, the processes taking turns (docs/onednn.md#speed, 2026-12-04, the
+  benchmark's five sizes): the LSTM 1.23-1.96x ``manual`` in fp32 and
+  1.67-3.00x in bf16; the RNN 0.92-1.68x ``manual`` in bf16 (behind only at the
+  shortest step); the GRU in **fp32** even where the CPU has bf16 dot products
+  (oneDNN 3.2 has no fast bf16 GRU: its fp32 GRU was 1.00-1.46x ``manual`` bf16,
+  its bf16 GRU 0.78-1.02x).
 * CPU otherwise, and the minimal cells: ``manual`` (``scan`` was 1.3x slower for
   the LSTM at the Shakespeare shape; ``parallel`` 3x slower than ``manual`` for
   minGRU/minLSTM at T=100: 156.8 vs 50.6 ms, 169.7 vs 87.3 ms); ``bf16`` where
