@@ -1,23 +1,20 @@
-"""Runnable experiments on top of :mod:`lstm_jax`, in three kinds.
+"""Runnable experiments on top of :mod:`lstm_jax`, one folder per task.
 
-* :mod:`experiments.training`: training scripts (char LM, sequence classification,
-  long-range tasks, gradient flow, gate activity), each configured by a file under
-  ``configs/`` and flags.
+* :mod:`experiments.char_lm`: character-level language modelling (Tiny Shakespeare).
+* :mod:`experiments.classification`: image sequences (Fashion-MNIST by rows or pixels).
+* :mod:`experiments.long_range`: the adding and copy tasks over sequence lengths.
+* :mod:`experiments.analysis`: gradient flow, gate activity, the gradient check.
 * :mod:`experiments.benchmarks`: side-by-side timings that save JSON and figures.
-* :mod:`experiments.tools`: record tools (the results table, the seed runner, the
-  gradient check).
+* :mod:`experiments.tools`: record tools (the results table, the seed runner).
 
-Each script runs as ``python -m experiments.<kind>.<name>`` or
-``python experiments/<kind>/<name>.py``. Run as a file, a script has its own folder as
-``sys.path[0]``, so it starts with one guarded import of the ``_bootstrap.py`` beside it,
-which puts the repository root first on ``sys.path`` (under ``-m`` the guard is false)::
-
-    if __name__ == "__main__" and not __package__:  # run as a file
-        import _bootstrap  # noqa: F401
- What
-they share lives in :mod:`experiments.common`: the command line
-(:mod:`~experiments.common.cli`), the record of the machine a result came from
-(:mod:`~experiments.common.machine`), figure copies (:mod:`~experiments.common.figures`)
-and the benchmark harness (:mod:`~experiments.common.harness`). Scripts never import
-each other.
+Each script runs from the clone's root as ``python -m experiments.<task>.<script>``,
+configured by a file under ``configs/`` and flags. A task folder imports itself,
+:mod:`experiments.common` and :mod:`lstm_jax`, nothing else (``tests/test_experiments_cli.py``);
+:mod:`experiments.common` holds what two or more tasks share: the command line
+(:mod:`~experiments.common.cli`, with :mod:`~experiments.common.config` and the default
+layer rule :mod:`~experiments.common.fastest`), the run epilogue
+(:mod:`~experiments.common.epilogue`), the record of the machine
+(:mod:`~experiments.common.machine`), figures (:mod:`~experiments.common.figures`,
+:mod:`~experiments.common.run_figures`) and the benchmark harness
+(:mod:`~experiments.common.harness`).
 """

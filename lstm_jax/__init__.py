@@ -12,29 +12,16 @@ bind an implementation's options, and ``lstm_jax.train.fit`` to train. Internal
 (not for users; may change): ``sequence.run_layer``, ``stack.run_stack``, the
 implementation cores in ``impls/`` and ``bptt.forward`` / ``stack_forward``.
 
-Layout (the folder tree is the architecture; imports run downward only)::
+Layout: the recurrent library sits at the top of the package (``cells/``, ``bptt/``,
+``impls/``, ``sequence``, ``stack``, ``layers``, ``precision``, ``runtime``, ``analysis``);
+beside it four wings, each importing only what is below it::
 
-    cells/      one module per cell (rnn, lstm, gru, min_gru, min_lstm): its equations,
-                backward step, init and zero carry, bundled in a Cell; base.py: the Cell
-                protocol; minimal.py: what the two minimal cells share
-    sequence    the shared front of every layer: validation, lengths, reverse, batch axis
-    stack       stacks of layers: params, carries and the one loop over layers
-    bptt/       hand-derived backpropagation through time (scans, one layer, stacks)
-    impls/      layer implementations and their registry (IMPLS, layer_impl)
-    layers      scan_layer, init_stack / apply_stack: the user-facing layer API
-    precision   the fp32 and bf16 precision policies
-    sharding    data parallelism over all devices with jax.sharding, placement of training state
-    multiprocess  joining a multi-process job (env vars), each process's rows; launch: the local
-                launcher; stopping: SIGTERM and the time budget across processes
-    train       fit: the shared training loop over a TrainState; its pieces: optim (the default
-                optimizer), train_step (the jitted update), evaluation (means, best step),
-                resume (restore-or-start, saving), divergence (the guard), checkpoint (Orbax I/O),
-                reporting (the step logger and loss-curve plots)
-    analysis    gradient flow through time, gate traces
-    data/       paths (the one data_dir()), text (Tiny Shakespeare, files, the Zen of Python),
-                windows (text batching), images (IDX via idx, TFDS; image_pipeline: sequences
-                of pixels or rows; image_batches: shuffling, augmentation), synthetic long-range tasks
-    models/     char_model, classifier, sequence_regressor (thin compositions of the above), losses
+    data/          input pipelines (imports nothing of lstm_jax)
+    models/        models for a task, described by a RecurrentSpec (library, data)
+    distributed/   several processes and devices (imports nothing of lstm_jax)
+    train/         fit and its parts (library, data, models, distributed)
+
+Every module: docs/architecture.md#layout.
 
 Only the core is imported here; import the rest from its module
 (``from lstm_jax.train import fit``), so that ``import lstm_jax`` stays light.

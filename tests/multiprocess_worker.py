@@ -1,11 +1,11 @@
 """A tiny real training run for tests/test_multiprocess.py, run as every process of a job.
 
-    python -m lstm_jax.launch --processes 2 --local-devices 2 -- tests/multiprocess_worker.py --out DIR --steps 6
+    python -m lstm_jax.distributed.launch --processes 2 --local-devices 2 -- tests/multiprocess_worker.py --out DIR --steps 6
 
 A 1-layer LSTM char model (H=8, dropout 0.1) on the built-in Zen of Python,
 stateful truncated BPTT (so the carry, split over processes, is checkpointed
 too), global batch 8 of 8-char windows. Each process loads only its rows
-(:func:`lstm_jax.multiprocess.process_rows`). ``--crash-process P --crash-step S``
+(:func:`lstm_jax.distributed.multiprocess.process_rows`). ``--crash-process P --crash-step S``
 makes process P kill itself (SIGKILL) when it reaches step S, after the
 checkpoints of the earlier steps (a crash, not an error); ``--stall-process P
 --stall-step S`` makes it sleep there instead (alive, stuck). ``--sigterm-step S``:
@@ -26,9 +26,7 @@ import signal
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: import this checkout
-
-import time  # noqa: E402
+import time
 
 # Fault injection: process 1's clock runs MP_WORKER_CLOCK_SKEW seconds ahead (set before lstm_jax reads it),
 # so its own view of a time budget ends that much earlier than process 0's.
@@ -39,18 +37,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lstm_jax import multiprocess
+from lstm_jax.distributed import multiprocess
 from lstm_jax.data.text import StatefulWindows, load_text
 from lstm_jax.models import char_model as cm
+from lstm_jax.models.spec import RecurrentSpec
 from lstm_jax.train import TrainConfig, fit
 
 GLOBAL_BATCH, SEQ_LEN = 8, 8
+SPEC = RecurrentSpec(cell="lstm", hidden=8, layers=1, dropout=0.1)
 
 
 def loss_fn(p, batch, key, state):
     x, y, reset = batch
     carry = jax.tree_util.tree_map(lambda c: jnp.where(reset, 0.0, c), state)
-    loss, final = cm.char_loss(p, x, y, carry, dropout=0.1, key=key, impl="scan")
+    loss, final = cm.char_loss(p, x, y, SPEC, carry, key=key, train=True)
     return loss, (jax.lax.stop_gradient(final), {})
 
 
@@ -60,7 +60,7 @@ def run(out, steps, *, resume=False, crash_process=None, crash_step=None, global
     zen = load_text("zen")
     windows = StatefulWindows(zen.train, global_batch, SEQ_LEN)
     rows = multiprocess.process_rows(global_batch)
-    params = cm.init_char_model(jax.random.PRNGKey(1), zen.vocab.size, 8, 1, "lstm")
+    params = cm.init_char_model(jax.random.PRNGKey(1), zen.vocab.size, SPEC)
 
     def get_batch(step):
         if step == crash_step and jax.process_index() == crash_process:
@@ -77,7 +77,7 @@ def run(out, steps, *, resume=False, crash_process=None, crash_step=None, global
     config = TrainConfig(steps=steps, learning_rate=1e-2, warmup_steps=2, log_every=1, eval_every=10**6,
                          checkpoint_every=checkpoint_every, keep_checkpoints=100, progress=False,
                          max_minutes=max_minutes)
-    return fit(loss_fn, params, get_batch, config, out_dir=out, model_state=cm.zeros_carry(params, global_batch),
+    return fit(loss_fn, params, get_batch, config, out_dir=out, model_state=cm.zeros_carry(params, SPEC, global_batch),
                resume=resume)
 
 

@@ -166,15 +166,11 @@ def test_lstm_total_cell_gradient_identity(x64):
 
 
 def test_gradient_flow_script_smoke(tmp_path):
-    """experiments/training/gradient_flow.py end to end, tiny: profiles at init/trained and per-step ||dL/dw_h||."""
-    import importlib.util
+    """experiments/analysis/gradient_flow.py end to end, tiny: profiles at init/trained and per-step ||dL/dw_h||."""
+    import importlib
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "training" / "gradient_flow.py"
-    spec = importlib.util.spec_from_file_location("gradient_flow_script", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = importlib.import_module("experiments.analysis.gradient_flow")
     mod.main(["--T", "6", "--cells", "lstm", "--hidden", "4", "--batch-size", "8", "--probe", "8", "--steps", "5",
               "--out", str(tmp_path)])
     r = json.loads((tmp_path / "gradient_flow.json").read_text())["results"]["lstm"]

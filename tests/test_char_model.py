@@ -1,7 +1,8 @@
-"""The character model (lstm_jax.models.char_model) and experiments/training/char_lstm.py."""
+"""The character model (lstm_jax.models.char_model) and experiments/char_lm/char_lstm.py."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import math
@@ -14,12 +15,13 @@ import pytest
 from lstm_jax.data.text import Vocab, eval_windows, load_text, random_windows
 from lstm_jax.models import char_model as cm
 from lstm_jax.models import classifier, losses
+from lstm_jax.models.spec import RecurrentSpec
 from lstm_jax.train import TrainConfig, evaluate, fit
 
 
 @pytest.fixture(scope="module")
 def script():
-    return importlib.import_module("experiments.training.char_lstm")
+    return importlib.import_module("experiments.char_lm.char_lstm")
 
 
 @pytest.fixture(scope="module")
@@ -32,35 +34,45 @@ def zen():
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("embed_dim", [None, 8])
-def test_shapes_cell_inference_and_carry_continuation(cell, embed_dim):
-    params = cm.init_char_model(jax.random.PRNGKey(0), 11, 6, 2, cell, embed_dim)
-    assert cm.infer_cell(params) == cell
-    assert cm.model_config(params) == {"cell": cell, "layers": 2, "hidden": 6, "vocab_size": 11, "embed_dim": embed_dim}
+def test_shapes_spec_record_and_carry_continuation(cell, embed_dim):
+    spec = RecurrentSpec(cell=cell, hidden=6, layers=2)
+    params = cm.init_char_model(jax.random.PRNGKey(0), 11, spec, embed_dim)
+    config = cm.model_config(params, spec)
+    assert config == {"spec": spec.to_dict(), "vocab_size": 11, "embed_dim": embed_dim}
+    assert cm.spec_from_config(json.loads(json.dumps(config))) == spec  # as a checkpoint's metadata holds it
     ids = jax.random.randint(jax.random.PRNGKey(1), (3, 10), 0, 11)
-    logits, carry = cm.char_logits(params, ids)
+    logits, carry = cm.char_logits(params, ids, spec)
     assert logits.shape == (3, 10, 11) and len(carry) == 2
     # Truncated BPTT consistency: two halves with the carry passed on == one pass.
-    l1, c1 = cm.char_logits(params, ids[:, :4])
-    l2, c2 = cm.char_logits(params, ids[:, 4:], c1)
+    l1, c1 = cm.char_logits(params, ids[:, :4], spec)
+    l2, c2 = cm.char_logits(params, ids[:, 4:], spec, c1)
     np.testing.assert_allclose(jnp.concatenate([l1, l2], axis=1), logits, atol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(c2), jax.tree_util.tree_leaves(carry)):
         np.testing.assert_allclose(a, b, atol=1e-5)
     # Unbatched input.
-    l_single, _ = cm.char_logits(params, ids[0])
+    l_single, _ = cm.char_logits(params, ids[0], spec)
     np.testing.assert_allclose(l_single, logits[0], atol=1e-5)
 
 
-def test_cell_is_taken_as_recorded_and_inferred_only_without_a_record():
-    params = cm.init_char_model(jax.random.PRNGKey(0), 11, 6, 2, "gru")
-    assert cm.model_config(params, "gru")["cell"] == "gru" == cm.model_config(params)["cell"]
+def test_the_spec_is_what_runs_and_a_record_without_one_is_refused():
+    spec = RecurrentSpec(cell="gru", hidden=6, layers=2)
+    params = cm.init_char_model(jax.random.PRNGKey(0), 11, spec)
     ids = jax.random.randint(jax.random.PRNGKey(1), (2, 5), 0, 11)
-    recorded, _ = cm.char_logits(params, ids, cell="gru")
-    inferred, _ = cm.char_logits(params, ids)
-    np.testing.assert_array_equal(recorded, inferred)
-    assert cm.sample(params, _TinyVocab(), "ab", 4, temperature=0.0, cell="gru") == cm.sample(
-        params, _TinyVocab(), "ab", 4, temperature=0.0)
+    ref, _ = cm.char_logits(params, ids, spec)
+    manual, _ = cm.char_logits(params, ids, spec.replace(impl="manual"))
+    np.testing.assert_allclose(manual, ref, atol=1e-5)
+    assert cm.sample(params, spec, _TinyVocab(), "ab", 4, temperature=0.0) == cm.sample(
+        params, spec.replace(impl="manual"), _TinyVocab(), "ab", 4, temperature=0.0)
+    with pytest.raises(ValueError, match="no model spec"):
+        cm.spec_from_config({"cell": "gru", "layers": 2, "hidden": 6})  # an old record: nothing is guessed
+    with pytest.raises(ValueError, match="unknown keys \\['heads'\\]"):
+        RecurrentSpec.from_dict({**spec.to_dict(), "heads": 4})
     with pytest.raises(ValueError, match="unknown|cell"):
-        cm.char_logits(params, ids, cell="transformer")
+        RecurrentSpec(cell="transformer")
+    with pytest.raises(ValueError, match="RecurrentSpec.impl"):
+        RecurrentSpec(impl="fastest")
+    with pytest.raises(TypeError, match="spec must be a RecurrentSpec"):
+        cm.init_char_model(jax.random.PRNGKey(0), 11, "gru")
 
 
 class _TinyVocab:
@@ -84,54 +96,62 @@ def test_one_cross_entropy_for_both_models():
     assert float(losses.cross_entropy(logits, targets)) == pytest.approx(float(per_item.mean()), rel=1e-6)
     # bf16 logits are scored in float32
     assert losses.cross_entropy_per_item(logits.astype(jnp.bfloat16), targets).dtype == jnp.float32
-    params = cm.init_char_model(jax.random.PRNGKey(0), 7, 5)
+    spec = RecurrentSpec(hidden=5)
+    params = cm.init_char_model(jax.random.PRNGKey(0), 7, spec)
     ids = jax.random.randint(jax.random.PRNGKey(2), (2, 6), 0, 7)
-    loss, _ = cm.char_loss(params, ids, ids)
-    out, _ = cm.char_logits(params, ids)
+    loss, _ = cm.char_loss(params, ids, ids, spec)
+    out, _ = cm.char_logits(params, ids, spec)
     assert float(loss) == pytest.approx(float(losses.cross_entropy(out, ids)), rel=1e-6)
-    summed = cm.eval_step(params, (ids, ids))
+    summed = cm.eval_step(params, (ids, ids), spec)
     assert float(summed["nats"]) == pytest.approx(float(loss) * ids.size, rel=1e-5) and float(summed["count"]) == ids.size
 
 
 def test_loss_at_init_is_near_uniform_and_dropout_needs_key():
     v = 30
-    params = cm.init_char_model(jax.random.PRNGKey(0), v, 16, 1)
+    spec = RecurrentSpec(hidden=16, dropout=0.5)
+    params = cm.init_char_model(jax.random.PRNGKey(0), v, spec)
     ids = jnp.zeros((2, 5), jnp.int32)
-    loss, _ = cm.char_loss(params, ids, ids)
+    loss, _ = cm.char_loss(params, ids, ids, spec)
     assert abs(float(loss) - math.log(v)) < 0.3  # nats/char of a near-uniform prediction
     with pytest.raises(ValueError, match="dropout > 0 needs a jax.random key"):
-        cm.char_logits(params, ids, dropout=0.5)
-    a, _ = cm.char_logits(params, ids, dropout=0.5, key=jax.random.PRNGKey(0))
-    b, _ = cm.char_logits(params, ids, dropout=0.5, key=jax.random.PRNGKey(1))
+        cm.char_logits(params, ids, spec, train=True)
+    a, _ = cm.char_logits(params, ids, spec, key=jax.random.PRNGKey(0), train=True)
+    b, _ = cm.char_logits(params, ids, spec, key=jax.random.PRNGKey(1), train=True)
     assert not np.allclose(a, b)
+    c, _ = cm.char_logits(params, ids, spec, key=jax.random.PRNGKey(1))  # evaluation: no dropout
+    np.testing.assert_array_equal(c, cm.char_logits(params, ids, spec)[0])
 
 
 def test_bad_model_inputs():
-    with pytest.raises(ValueError, match="hidden"):
-        cm.init_char_model(jax.random.PRNGKey(0), 10, 0)
-    with pytest.raises(ValueError, match="unknown|cell"):
-        cm.init_char_model(jax.random.PRNGKey(0), 10, 4, cell="transformer")
-    params = cm.init_char_model(jax.random.PRNGKey(0), 10, 4)
+    with pytest.raises(ValueError, match="RecurrentSpec.hidden must be a positive integer"):
+        RecurrentSpec(hidden=0)
+    with pytest.raises(ValueError, match="vocab_size"):
+        cm.init_char_model(jax.random.PRNGKey(0), 0, RecurrentSpec(hidden=4))
+    spec = RecurrentSpec(hidden=4)
+    params = cm.init_char_model(jax.random.PRNGKey(0), 10, spec)
     with pytest.raises(ValueError, match="empty time axis"):
-        cm.char_logits(params, jnp.zeros((2, 0), jnp.int32))
+        cm.char_logits(params, jnp.zeros((2, 0), jnp.int32), spec)
     with pytest.raises(TypeError, match="integer"):
-        cm.char_logits(params, jnp.zeros((2, 3), jnp.float32))
+        cm.char_logits(params, jnp.zeros((2, 3), jnp.float32), spec)
 
 
 # --------------------------------------------------------------------------- training on the embedded corpus
 
 
+SPEC64 = RecurrentSpec(cell="lstm", hidden=64)
+
+
 @pytest.fixture(scope="module")
 def trained(zen, script):
     """A few hundred steps of a small LSTM on the Zen of Python (the shared fixture of the tests below)."""
-    params = cm.init_char_model(jax.random.PRNGKey(0), zen.vocab.size, 64, 1, "lstm")
-    loss_fn = cm.make_loss_fn(dropout=0.0, stateful=False, impl="scan", unroll=1)
+    params = cm.init_char_model(jax.random.PRNGKey(0), zen.vocab.size, SPEC64)
+    loss_fn = cm.make_loss_fn(SPEC64, stateful=False)
     cfg = TrainConfig(steps=300, learning_rate=1e-2, warmup_steps=20, log_every=25, eval_every=1000, progress=False)
 
     def get_batch(step):
         return random_windows(zen.train, 16, 32, seed=0, step=step)
 
-    initial_val = cm.eval_split(params, zen.validation, 8, 32)
+    initial_val = cm.eval_split(params, zen.validation, SPEC64, 8, 32)
     res = fit(loss_fn, params, get_batch, cfg, items_per_batch=16 * 32, item_name="chars")
     return res, initial_val
 
@@ -150,15 +170,15 @@ def test_eval_on_held_out_split(trained, zen, script):
     batches = eval_windows(zen.validation, 8, 32)
     n_chars = sum(t.size for _, t in batches)
     assert n_chars == len(zen.validation) - 1
-    nats = evaluate(cm.eval_step, res.params, batches)["nats"]
+    nats = evaluate(functools.partial(cm.eval_step, spec=SPEC64), res.params, batches)["nats"]
     # Same number from the script helper, and bits = nats / ln 2.
-    r = cm.eval_split(res.params, zen.validation, 8, 32)
+    r = cm.eval_split(res.params, zen.validation, SPEC64, 8, 32)
     assert r["nats_per_char"] == pytest.approx(nats)
     assert r["bits_per_char"] == pytest.approx(nats / math.log(2))
     # Held-out aphorisms are new text: the model does better than at init, not perfectly.
     assert math.isfinite(nats) and nats < initial_val["nats_per_char"]
     # Training text is (nearly) memorised: far lower loss than held-out text.
-    train_nats = cm.eval_split(res.params, zen.train, 8, 32)["nats_per_char"]
+    train_nats = cm.eval_split(res.params, zen.train, SPEC64, 8, 32)["nats_per_char"]
     assert train_nats < nats
 
 
@@ -166,43 +186,43 @@ def test_stream_eval_is_one_pass_over_the_whole_split(trained, zen, script):
     """context="stream" equals scoring the whole split in one call from one zero state."""
     res, _ = trained
     ids = np.asarray(zen.validation)
-    logits, _ = cm.char_logits(res.params, ids[None, :-1])
+    logits, _ = cm.char_logits(res.params, ids[None, :-1], SPEC64)
     whole = float(jnp.mean(losses.cross_entropy_per_item(logits, ids[None, 1:])))
     for seq_len in (7, 32, len(ids) - 1):  # 7 and 32 leave a short tail window
-        r = cm.eval_split(res.params, zen.validation, 8, seq_len, context="stream")
+        r = cm.eval_split(res.params, zen.validation, SPEC64, 8, seq_len, context="stream")
         assert r["nats_per_char"] == pytest.approx(whole, rel=1e-5)
     # Zero-state windows lose the context at every window start: a worse loss on short windows.
-    windowed = cm.eval_split(res.params, zen.validation, 8, 7)["nats_per_char"]
+    windowed = cm.eval_split(res.params, zen.validation, SPEC64, 8, 7)["nats_per_char"]
     assert windowed > whole + 0.05
     with pytest.raises(ValueError, match="context must be one of"):
-        cm.eval_split(res.params, zen.validation, 8, 7, context="carried")
+        cm.eval_split(res.params, zen.validation, SPEC64, 8, 7, context="carried")
 
 
 def test_sampling_reproducible_and_reproduces_corpus(trained, zen):
     res, _ = trained
     vocab = zen.vocab
-    a = cm.sample(res.params, vocab, "Beautiful is", 120, temperature=0.5, seed=3)
-    b = cm.sample(res.params, vocab, "Beautiful is", 120, temperature=0.5, seed=3)
-    c = cm.sample(res.params, vocab, "Beautiful is", 120, temperature=1.5, seed=4)
+    a = cm.sample(res.params, SPEC64, vocab, "Beautiful is", 120, temperature=0.5, seed=3)
+    b = cm.sample(res.params, SPEC64, vocab, "Beautiful is", 120, temperature=0.5, seed=3)
+    c = cm.sample(res.params, SPEC64, vocab, "Beautiful is", 120, temperature=1.5, seed=4)
     assert a == b and a != c
     assert a.startswith("Beautiful is") and len(a) == len("Beautiful is") + 120
     # Greedy decoding (temperature 0) == top_k=1, and follows the corpus.
-    g = cm.sample(res.params, vocab, "Beautiful is", 40, temperature=0.0)
-    assert g == cm.sample(res.params, vocab, "Beautiful is", 40, temperature=1.0, top_k=1, seed=9)
+    g = cm.sample(res.params, SPEC64, vocab, "Beautiful is", 40, temperature=0.0)
+    assert g == cm.sample(res.params, SPEC64, vocab, "Beautiful is", 40, temperature=1.0, top_k=1, seed=9)
     assert g.startswith("Beautiful is better than")
-    assert cm.sample(res.params, vocab, "Now", 0) == "Now"
+    assert cm.sample(res.params, SPEC64, vocab, "Now", 0) == "Now"
 
 
 def test_sampling_bad_inputs(trained, zen):
     res, _ = trained
     with pytest.raises(ValueError, match="not in the vocabulary|unknown|outside"):
-        cm.sample(res.params, zen.vocab, "Zen ☃", 10)
+        cm.sample(res.params, SPEC64, zen.vocab, "Zen ☃", 10)
     with pytest.raises(ValueError, match="non-empty"):
-        cm.sample(res.params, zen.vocab, "", 10)
+        cm.sample(res.params, SPEC64, zen.vocab, "", 10)
     with pytest.raises(ValueError, match="temperature"):
-        cm.sample(res.params, zen.vocab, "a", 10, temperature=-1.0)
+        cm.sample(res.params, SPEC64, zen.vocab, "a", 10, temperature=-1.0)
     with pytest.raises(ValueError, match="top_k"):
-        cm.sample(res.params, zen.vocab, "a", 10, top_k=0)
+        cm.sample(res.params, SPEC64, zen.vocab, "a", 10, top_k=0)
 
 
 # --------------------------------------------------------------------------- the script
@@ -223,7 +243,16 @@ def test_script_train_then_sample_from_checkpoint(tmp_path, script, capsys):
     assert saved["machine"]["matmul_gflops"] > 0 and saved["machine"]["matmul_gflops_at_end"] > 0
     meta = json.loads((out / "metadata.json").read_text())
     assert Vocab.from_json(meta["vocab"]) == load_text("zen").vocab
-    assert meta["model"]["cell"] == "lstm" and meta["model"]["layers"] == 2
+    assert meta["model"]["spec"]["cell"] == "lstm" and meta["model"]["spec"]["layers"] == 2
+    # The checkpoint restores with its spec and nothing else: no flag, no shape guessing.
+    from lstm_jax.train import load_checkpoint
+
+    params, restored = load_checkpoint(out, "last")
+    spec = cm.spec_from_config(restored["model"])
+    assert (spec.cell, spec.hidden, spec.layers, spec.dropout) == ("lstm", 32, 2, 0.1)
+    assert spec.impl == meta["args"]["impl"] and spec.precision == meta["args"]["precision"]
+    again = cm.eval_split(params, load_text("zen").test, spec, 1, 16, context="stream")["nats_per_char"]
+    assert again == pytest.approx(results["final"]["test"]["stream_nats_per_char"], abs=1e-5)
 
     ev = script.main(["eval", "--checkpoint", str(out), "--which", "last", "--save", str(tmp_path / "ev.json")])
     assert ev["step"] == 30 and ev["eval_seq_len"] == 16
@@ -314,11 +343,11 @@ def test_the_char_lm_the_classifier_and_the_regressor_are_one_task_protocol(zen)
     images = (rng.normal(size=(16, 5, 3)).astype(np.float32), rng.integers(0, 3, 16).astype(np.int32))
     adding = make_task("adding", 6)
     families = {
-        "char": (cm.char_task(zen.vocab.size, 8, eval_batch_size=4, eval_seq_len=8),
+        "char": (cm.char_task(zen.vocab.size, RecurrentSpec(hidden=8), eval_batch_size=4, eval_seq_len=8),
                  lambda step: random_windows(zen.train, 4, 8, seed=0, step=step), zen.validation),
-        "classifier": (classifier_task(ClassifierConfig(input_size=3, num_classes=3, hidden_size=4), 8),
+        "classifier": (classifier_task(ClassifierConfig(input_size=3, num_classes=3, spec=RecurrentSpec(hidden=4)), 8),
                        lambda step: {"x": images[0][:8], "y": images[1][:8]}, images),
-        "regressor": (regressor_task(adding, "lstm", 4),
+        "regressor": (regressor_task(adding, RecurrentSpec(hidden=4)),
                       adding.batch_fn(jax.random.key(1), 8), adding.batch_fn(jax.random.key(2), 16)(0)),
     }
     cfg = TrainConfig(steps=3, learning_rate=1e-2, warmup_steps=1, log_every=3, eval_every=3, progress=False)

@@ -145,14 +145,14 @@ def test_config_matches_its_recorded_run(name):
 
 
 def _toy_parser(tmp_path):
-    import experiments.training.char_lstm as script
+    import experiments.char_lm.char_lstm as script
 
     return script.build_parser(), tmp_path / "c.toml"
 
 
 def test_flags_override_the_file(tmp_path):
     parser, path = _toy_parser(tmp_path)
-    path.write_text('script = "experiments.training.char_lstm"\nhidden = 96\nlearning_rate = 1e-3\nstateful = true\n')
+    path.write_text('script = "experiments.char_lm.char_lstm"\nhidden = 96\nlearning_rate = 1e-3\nstateful = true\n')
     args = cfg.parse_args(parser, ["--config", str(path), "--hidden", "32"])
     assert (args.hidden, args.learning_rate, args.stateful) == (32, 1e-3, True)
 
@@ -169,7 +169,7 @@ def test_flags_override_the_file(tmp_path):
 ])
 def test_bad_values_are_refused_naming_file_and_key(tmp_path, capsys, body, message):
     parser, path = _toy_parser(tmp_path)
-    path.write_text(f'script = "experiments.training.char_lstm"\n{body}\n')
+    path.write_text(f'script = "experiments.char_lm.char_lstm"\n{body}\n')
     with pytest.raises(SystemExit):
         cfg.parse_args(parser, ["--config", str(path)])
     err = capsys.readouterr().err.strip().splitlines()
@@ -178,10 +178,10 @@ def test_bad_values_are_refused_naming_file_and_key(tmp_path, capsys, body, mess
 
 def test_a_config_for_another_script_or_none_is_refused(tmp_path, capsys):
     parser, path = _toy_parser(tmp_path)
-    path.write_text('script = "experiments.training.mnist_lstm"\nhidden = 8\n')
+    path.write_text('script = "experiments.classification.mnist_lstm"\nhidden = 8\n')
     with pytest.raises(SystemExit):
         cfg.parse_args(parser, ["--config", str(path)])
-    assert "a config for experiments.training.mnist_lstm, not for experiments.training.char_lstm" in capsys.readouterr().err
+    assert "a config for experiments.classification.mnist_lstm, not for experiments.char_lm.char_lstm" in capsys.readouterr().err
     path.write_text("hidden = 8\n")
     with pytest.raises(SystemExit):
         cfg.parse_args(parser, ["--config", str(path)])

@@ -31,8 +31,9 @@ PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 #: Modules whose docstring examples run here (the public names: cell steps, init_stack, apply_stack, layer_impl, fit).
 DOCTEST_MODULES = (
     "lstm_jax.cells.rnn", "lstm_jax.cells.lstm", "lstm_jax.cells.gru", "lstm_jax.cells.min_gru",
-    "lstm_jax.cells.min_lstm", "lstm_jax.stack", "lstm_jax.layers", "lstm_jax.impls", "lstm_jax.train",
-    "lstm_jax.optim", "lstm_jax.evaluation", "lstm_jax.models.task",
+    "lstm_jax.cells.min_lstm", "lstm_jax.stack", "lstm_jax.layers", "lstm_jax.impls", "lstm_jax.train.loop",
+    "lstm_jax.train.optim", "lstm_jax.models.evaluation", "lstm_jax.models.task", "lstm_jax.models.spec",
+    "lstm_jax.models.char_model",
 )
 
 
@@ -179,3 +180,75 @@ def test_relative_links_resolve(page):
         elif anchor and file.suffix == ".md" and anchor not in anchors(file):
             broken.append(f"{target} (no heading with that anchor in {file.name})")
     assert not broken, f"{page.relative_to(ROOT)}: broken links: {broken}"
+
+
+# --------------------------------------------------------------------------- the layout, written once
+
+
+def _layout_block(page: Path) -> list[str]:
+    """The code block under a page's ``## Layout`` heading, as lines."""
+    text = page.read_text()
+    section = text[text.index("## Layout\n"):]
+    return section.split("```")[1].splitlines()[1:]
+
+
+def _subtree(lines: list[str], folder: str, indent: int) -> tuple[str, int]:
+    """The text of ``folder/``'s line and of every line after it indented more than it (its entries
+    and the wrapped lines of their descriptions), and the folder's indent."""
+    def depth(line):
+        return len(line) - len(line.lstrip())
+
+    for i, line in enumerate(lines):
+        if depth(line) == indent and line.lstrip().startswith(folder + "/"):
+            out = [line]
+            for rest in lines[i + 1:]:
+                if rest.strip() and depth(rest) <= indent:
+                    break
+                out.append(rest)
+            return "\n".join(out), indent
+    raise AssertionError(f"no line for {folder}/ at indent {indent}")
+
+
+def _tree_names(folder: Path) -> list[str]:
+    """Modules (``x.py``) and sub-folders (``x/``) of a source folder, as a reader would look for them."""
+    skip = {"__init__.py", "__pycache__", "corpora", "_onednn"}
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()
+                  if p.name not in skip and (p.is_dir() or p.suffix in (".py", ".sh")) and not p.name.startswith("."))
+
+
+def test_architecture_layout_names_every_folder_and_module():
+    lines = _layout_block(ROOT / "docs" / "architecture.md")
+    missing = []
+    for top in ("lstm_jax", "experiments"):
+        text, _ = _subtree(lines, top, 0)
+        for name in _tree_names(ROOT / top):
+            if not re.search(rf"(?<![\w/.]){re.escape(name.rstrip('/'))}(\.py)?/?(?![\w])", text):
+                missing.append(f"{top}/{name}")
+            if name.endswith("/"):
+                sub, _ = _subtree(text.splitlines(), name.rstrip("/"), 2)
+                missing += [f"{top}/{name}{n}" for n in _tree_names(ROOT / top / name) if n.rstrip("/") not in sub]
+    assert not missing, f"docs/architecture.md's layout block misses: {missing}"
+
+
+def test_readme_layout_names_every_folder_and_nothing_else():
+    block = "\n".join(_layout_block(ROOT / "README.md"))
+    named = set(re.findall(r"(?<![\w.])([a-z_]+)/", block))
+    folders = {p.name for top in ("lstm_jax", "experiments") for p in (ROOT / top).iterdir()
+               if p.is_dir() and not p.name.startswith(("_", "."))} - {"corpora"}
+    top_level = {"lstm_jax", "experiments", "configs", "docs", "results"}
+    assert folders - named == set(), f"README's layout block misses {sorted(folders - named)}"
+    unknown = named - folders - top_level - {"cells", "bptt", "impls"}
+    assert not unknown, f"README's layout block names folders that do not exist: {sorted(unknown)}"
+    for name in ("cells", "bptt", "impls"):
+        assert (ROOT / "lstm_jax" / name).is_dir()
+
+
+def test_package_docstring_names_every_wing_and_top_module():
+    import lstm_jax
+
+    doc = lstm_jax.__doc__
+    for p in (ROOT / "lstm_jax").iterdir():
+        if p.name.startswith(("_", ".")) or not (p.is_dir() or p.suffix == ".py"):
+            continue
+        name = p.name + "/" if p.is_dir() else p.stem
+        assert f"``{name}``" in doc or f"{name} " in doc, f"lstm_jax's docstring does not name {name}"

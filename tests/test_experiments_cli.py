@@ -16,11 +16,12 @@ import pytest
 from experiments.common import cli, figures, machine
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Every script as ``<kind>.<name>`` (``training.char_lstm``): training scripts, benchmarks and record tools.
+#: The task folders of experiments/ (each with its scripts and the helpers only it uses) and the shared one.
+TASKS = ("char_lm", "classification", "long_range", "analysis", "benchmarks", "tools")
+#: Every script as ``<task>.<name>`` (``char_lm.char_lstm``): a module of a task folder that builds a parser.
 SCRIPTS = sorted(
     f"{p.parent.name}.{p.stem}" for p in (ROOT / "experiments").glob("*/*.py")
-    if not p.stem.startswith("_") and p.parent.name in ("training", "benchmarks", "tools")
-    and "def build_parser" in p.read_text()
+    if not p.stem.startswith("_") and p.parent.name in TASKS and "def build_parser" in p.read_text()
 )
 #: Every flag has one spelling: these older ones (hidden aliases once) are refused now.
 OLD_SPELLINGS = {"--warmup", "--minutes-per-run", "--minutes-per-cell", "--batch", "--keep"}
@@ -30,7 +31,7 @@ KINDS = {p.split(".")[1]: p.split(".")[0] for p in SCRIPTS}
 
 
 def script(name):
-    """The script module ``name`` (``char_lstm`` or ``training.char_lstm``)."""
+    """The script module ``name`` (``char_lstm`` or ``char_lm.char_lstm``)."""
     return importlib.import_module(f"experiments.{name if '.' in name else KINDS[name] + '.' + name}")
 
 
@@ -167,28 +168,76 @@ def test_script_reports_a_bad_config_value_by_its_flag(tmp_path):
 # --------------------------------------------------------------------------- layout
 
 
-def test_no_script_imports_another_script():
-    """Scripts share code only through experiments.common (and the library)."""
-    for name in SCRIPTS:
-        tree = ast.parse((ROOT / "experiments" / f"{name.replace('.', '/')}.py").read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("experiments"):
-                assert node.module.startswith("experiments.common"), (name, node.module)
-            if isinstance(node, ast.Import):
-                for alias in node.names:
-                    assert not alias.name.startswith("experiments.") or alias.name.startswith(
-                        "experiments.common"), (name, alias.name)
+def test_the_experiment_folders_are_the_tasks():
+    folders = {p.name for p in (ROOT / "experiments").iterdir() if p.is_dir() and not p.name.startswith("_")}
+    assert folders == {*TASKS, "common"}, folders
 
 
-@pytest.mark.parametrize("how", ["file", "module"])
-def test_script_runs_as_a_file_and_as_a_module(tmp_path, how):
-    """``python experiments/training/char_lstm.py`` (from anywhere) and ``python -m experiments.training.char_lstm`` (from the repo)."""
+def test_a_task_folder_imports_itself_common_and_the_library_only():
+    """Every file of experiments/: a task folder imports its own modules, experiments.common and lstm_jax;
+    common imports only itself and lstm_jax. So tasks never lean on each other."""
+    offenders = []
+    for path in sorted((ROOT / "experiments").rglob("*.py")):
+        folder = path.relative_to(ROOT / "experiments").parts[0] if path.parent != ROOT / "experiments" else None
+        allowed = {f"experiments.{folder}", "experiments.common"} if folder and folder != "common" else {"experiments.common"}
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level:
+                names = []  # relative imports stay inside the folder
+            for name in names:
+                if name.startswith("experiments") and not any(name == a or name.startswith(a + ".") for a in allowed):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {name}")
+    assert not offenders, offenders
+
+
+def _common_imports(path):
+    """The experiments.common modules a file imports (``from experiments.common import a`` or ``.a``)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "experiments.common":
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("experiments.common."):
+            found.add(node.module.split(".")[2])
+        elif isinstance(node, ast.ImportFrom) and node.level == 1 and path.parent.name == "common":
+            found |= {node.module} if node.module else {a.name for a in node.names}
+    return found
+
+
+def test_every_common_module_serves_two_tasks():
+    """experiments/common/ holds what two or more task folders share (directly or through another common
+    module); a helper of one task lives in that task's folder."""
+    common = {p.stem: _common_imports(p) for p in (ROOT / "experiments" / "common").glob("*.py") if p.stem != "__init__"}
+    tasks = {m: set() for m in common}
+    for path in (ROOT / "experiments").glob("*/*.py"):
+        task = path.parent.name
+        if task == "common":
+            continue
+        todo = list(_common_imports(path))
+        seen = set()
+        while todo:  # a common module used by a common module serves that one's tasks too
+            m = todo.pop()
+            if m in seen or m not in common:
+                continue
+            seen.add(m)
+            tasks[m].add(task)
+            todo.extend(common[m])
+    lonely = {m: sorted(t) for m, t in tasks.items() if len(t) < 2}
+    assert not lonely, f"common modules with fewer than two task folders using them: {lonely}"
+
+
+def test_no_sys_path_manipulation_anywhere():
+    hits = [f"{p.relative_to(ROOT)}" for folder in ("experiments", "lstm_jax", "tests")
+            for p in (ROOT / folder).rglob("*.py") if "sys.path" in p.read_text() and p.name != "test_experiments_cli.py"]
+    assert not hits, hits
+    assert not list((ROOT / "experiments").rglob("_bootstrap.py"))
+
+
+def test_script_runs_as_a_module_from_the_root():
+    """``python -m experiments.char_lm.char_lstm --help`` from the clone's root, with no PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    if how == "file":
-        cmd, cwd = [sys.executable, str(ROOT / "experiments" / "training" / "char_lstm.py"), "--help"], tmp_path
-    else:
-        cmd, cwd = [sys.executable, "-m", "experiments.training.char_lstm", "--help"], ROOT
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "experiments.char_lm.char_lstm", "--help"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "--warmup-steps" in proc.stdout and "--max-minutes" in proc.stdout and "--keep-checkpoints" in proc.stdout
     assert "--minutes-per-run" not in proc.stdout and "--config" in proc.stdout
@@ -230,7 +279,7 @@ def test_gate_activity_reads_the_cell_from_the_checkpoint(tmp_path):
     script("char_lstm").main(["--dataset", "zen", "--steps", "4", "--hidden", "8", "--seq-len", "8", "--batch-size", "2",
                               "--eval-every", "4", "--no-progress", "--out", str(run), "--length", "5"])
     meta = json.loads((run / "metadata.json").read_text())
-    assert meta["model"]["cell"] == "lstm"
+    assert meta["model"]["spec"]["cell"] == "lstm"
     text = tmp_path / "zen.txt"
     text.write_text(zen_of_python())
     out = tmp_path / "gates"
@@ -241,20 +290,23 @@ def test_gate_activity_reads_the_cell_from_the_checkpoint(tmp_path):
     assert len(summary["units"]) == 4 and all(0 <= u < 8 for u in summary["units"])
     if figures.matplotlib_installed():  # without matplotlib the figures are skipped, saying so
         assert (tmp_path / "figs" / "gate_activity.png").stat().st_size > 0
-    # The recorded cell decides; the shapes only for a record without one.
+    # The recorded spec decides; a record without one is refused in one line (nothing is guessed from shapes).
     import jax
 
     from lstm_jax.models import char_model as cm
+    from lstm_jax.models.spec import RecurrentSpec
 
-    gru_params = cm.init_char_model(jax.random.PRNGKey(0), 5, 4, 1, "gru")
-    assert script("gate_activity").checkpoint_cell(gru_params, {"model": {"cell": "gru"}}) == "gru"
-    assert script("gate_activity").checkpoint_cell(gru_params, {}) == "gru"
+    spec = RecurrentSpec(cell="gru", hidden=4)
+    gru_params = cm.init_char_model(jax.random.PRNGKey(0), 5, spec)
+    assert script("gate_activity").checkpoint_cell(gru_params, {"model": cm.model_config(gru_params, spec)}) == "gru"
+    with pytest.raises(ValueError, match="no model spec"):
+        script("gate_activity").checkpoint_cell(gru_params, {})
 
 
 def test_resume_on_an_empty_run_directory_prints_only_the_error_line(tmp_path):
     """The Orbax manager is closed on the error path: no absl/asyncio tracebacks after the one line."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    cmd = [sys.executable, "-m", "experiments.training.char_lstm", "train", "--resume", "--out", str(tmp_path / "empty"),
+    cmd = [sys.executable, "-m", "experiments.char_lm.char_lstm", "train", "--resume", "--out", str(tmp_path / "empty"),
            "--steps", "2", "--no-progress"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -268,7 +320,7 @@ def test_a_run_directory_with_checkpoints_is_refused_with_only_the_error_line(tm
     manager exists) prints one line: no absl/asyncio tracebacks from a manager's threads at shutdown."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "experiments.training.char_lstm", "train", "--dataset", "zen", "--out", str(run), "--steps", "2",
+    cmd = [sys.executable, "-m", "experiments.char_lm.char_lstm", "train", "--dataset", "zen", "--out", str(run), "--steps", "2",
            "--eval-every", "2", "--hidden", "8", "--impl", "scan", "--precision", "fp32", "--no-progress"]
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -282,7 +334,7 @@ def test_a_run_directory_with_checkpoints_is_refused_with_only_the_error_line(tm
 
 
 def test_gate_units_pick_the_unit_that_tracks_a_text_feature_and_the_stretch_starts_a_line():
-    from experiments.common import gate_units
+    from experiments.analysis import gate_units
 
     text = "ROMEO:\nab cd\nJULIET:\nefg h\n"
     features = gate_units.text_features(text)

@@ -40,7 +40,7 @@ def test_multisteps_of_four_equals_four_times_the_batch(make_opt):
 
 
 def test_default_optimizer_is_one_object_per_setting():
-    from lstm_jax.optim import make_optimizer
+    from lstm_jax.train.optim import make_optimizer
 
     assert make_optimizer(TrainConfig(steps=10)) is make_optimizer(TrainConfig(steps=10))
     assert make_optimizer(TrainConfig(steps=10)) is not make_optimizer(TrainConfig(steps=11))

@@ -267,14 +267,14 @@ def test_wrong_params_for_min_cells():
 # --------------------------------------------------------------------------- models and scripts
 
 
-def test_char_model_with_min_lstm_trains_and_is_recognised():
+def test_char_model_with_min_lstm_trains_and_is_recorded():
     from lstm_jax.models import char_model as cm
+    from lstm_jax.models.spec import RecurrentSpec
 
     vocab, hidden = 7, 16
-    params = cm.init_char_model(jax.random.PRNGKey(0), vocab, hidden, 1, "min_lstm")
-    assert cm.infer_cell(params) == "min_lstm"
-    assert cm.model_config(params)["hidden"] == hidden
-    assert cm.infer_cell(cm.init_char_model(jax.random.PRNGKey(0), vocab, 6, 2, "min_gru")) == "min_gru"
+    spec = RecurrentSpec(cell="min_lstm", hidden=hidden, impl="parallel")
+    params = cm.init_char_model(jax.random.PRNGKey(0), vocab, spec)
+    assert cm.spec_from_config(cm.model_config(params, spec)) == spec
     ids = jnp.tile(jnp.arange(vocab), 2)[None]  # a cyclic text: each next character is predictable
     inputs, targets = ids[:, :-1], ids[:, 1:]
 
@@ -283,7 +283,7 @@ def test_char_model_with_min_lstm_trains_and_is_recognised():
     @jax.jit
     def step(params, opt_state):
         loss, grads = jax.value_and_grad(
-            lambda p: cm.char_loss(p, inputs, targets, cell="min_lstm", impl="parallel")[0]
+            lambda p: cm.char_loss(p, inputs, targets, spec)[0]
         )(params)
         updates, opt_state = opt.update(grads, opt_state)
         return loss, optax.apply_updates(params, updates), opt_state
@@ -298,8 +298,8 @@ def test_char_model_with_min_lstm_trains_and_is_recognised():
 def test_experiment_scripts_accept_the_min_cells():
     import importlib
 
-    for name in ("char_lstm", "long_range"):
-        parser = importlib.import_module(f"experiments.training.{name}").build_parser()
+    for name in ("char_lm.char_lstm", "long_range.long_range"):
+        parser = importlib.import_module(f"experiments.{name}").build_parser()
         for cell in MIN_CELLS:
             flag = "--cell" if any("--cell" in a.option_strings for a in parser._actions) else "--cells"
             assert getattr(parser.parse_args([flag, cell]), flag[2:]) in (cell, [cell])

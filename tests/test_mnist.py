@@ -16,6 +16,7 @@ from lstm_jax.cells import LSTMCarry
 from lstm_jax.data import images as img
 from lstm_jax.layers import apply_stack
 from lstm_jax.models import classifier as clf
+from lstm_jax.models.spec import RecurrentSpec
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -26,7 +27,7 @@ needs_fashion = pytest.mark.skipif(
 
 
 def load_script():
-    return importlib.import_module("experiments.training.mnist_lstm")
+    return importlib.import_module("experiments.classification.mnist_lstm")
 
 
 # ---------------------------------------------------------------------------
@@ -36,7 +37,8 @@ def load_script():
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, False), (1, True)])
 def test_logits_are_readout_of_top_final_hidden(cell, layers, bidirectional):
-    cfg = clf.ClassifierConfig(input_size=5, hidden_size=6, cell=cell, num_layers=layers, bidirectional=bidirectional)
+    cfg = clf.ClassifierConfig(input_size=5, spec=RecurrentSpec(cell=cell, hidden=6, layers=layers,
+                                                               bidirectional=bidirectional))
     params = clf.init_classifier(jax.random.PRNGKey(0), cfg)
     xs = jax.random.normal(jax.random.PRNGKey(1), (3, 7, 5))
     logits = clf.classifier_logits(params, xs, cfg)
@@ -72,7 +74,7 @@ def test_loss_is_softmax_cross_entropy_on_raw_logits():
 
 
 def test_evaluate_and_confusion_matrix():
-    cfg = clf.ClassifierConfig(input_size=4, hidden_size=8, num_classes=10)
+    cfg = clf.ClassifierConfig(input_size=4, num_classes=10, spec=RecurrentSpec(hidden=8))
     params = clf.init_classifier(jax.random.PRNGKey(0), cfg)
     xs = np.random.default_rng(0).normal(size=(23, 5, 4)).astype(np.float32)
     ys = np.arange(23) % 10
@@ -85,11 +87,19 @@ def test_evaluate_and_confusion_matrix():
     assert cm.sum() == 23 and np.trace(cm) == round(r["accuracy"] * 23)
 
 
-def test_config_validation():
+def test_config_validation_and_record():
     with pytest.raises(ValueError, match="unknown cell|choose"):
-        clf.ClassifierConfig(input_size=3, cell="transformer")
+        clf.ClassifierConfig(input_size=3, spec=RecurrentSpec(cell="transformer"))
     with pytest.raises(ValueError, match="dropout"):
-        clf.ClassifierConfig(input_size=3, dropout=1.0)
+        clf.ClassifierConfig(input_size=3, spec=RecurrentSpec(dropout=1.0))
+    with pytest.raises(TypeError, match="spec must be a RecurrentSpec"):
+        clf.ClassifierConfig(input_size=3, spec={"cell": "lstm"})
+    with pytest.raises(ValueError, match="num_classes"):
+        clf.ClassifierConfig(input_size=3, num_classes=1)
+    cfg = clf.ClassifierConfig(input_size=3, num_classes=4, spec=RecurrentSpec(cell="gru", hidden=5, bidirectional=True))
+    assert clf.ClassifierConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="no classifier spec"):
+        clf.ClassifierConfig.from_dict({"input_size": 3, "num_classes": 4, "cell": "gru"})
 
 
 # ---------------------------------------------------------------------------
@@ -142,6 +152,27 @@ def test_permuted_mode_run_saves_its_permutation_seed(tmp_path):
 
 
 @needs_fashion
+def test_checkpoint_restores_with_its_spec_alone(tmp_path):
+    """The run's checkpoint says what model it holds: its ClassifierConfig (with the RecurrentSpec) rebuilds
+    the classifier, whose test accuracy is the run's."""
+    from lstm_jax.data.image_pipeline import prepare_sequences
+    from lstm_jax.train import load_checkpoint
+
+    out = tmp_path / "rows"
+    results = load_script().main([
+        "--mode", "rows", "--cell", "gru", "--train-subset", "200", "--val-size", "100", "--test-subset", "100",
+        "--hidden", "8", "--batch-size", "50", "--steps", "2", "--eval-every", "2", "--no-progress", "--no-plots",
+        "--out", str(out)])
+    params, meta = load_checkpoint(out, "best")
+    config = clf.ClassifierConfig.from_dict(meta["model"])
+    assert (config.spec.cell, config.spec.hidden, config.input_size) == ("gru", 8, 28)
+    data = prepare_sequences(meta["dataset"], meta["source"], mode="rows", val_size=100, seed=0, train_subset=200,
+                             test_subset=100)
+    r = clf.classifier_task(config).evaluate(params, data["test"])
+    assert r["accuracy"] == pytest.approx(results["test_accuracy"]) and r["count"] == 100
+
+
+@needs_fashion
 def test_augmented_run_trains_on_shifted_flipped_images_and_refuses_flipping_digits(tmp_path):
     script = load_script()
     out = tmp_path / "aug"
@@ -165,7 +196,7 @@ def test_resume_continues_exactly(tmp_path):
     rng = np.random.default_rng(0)
     xs = rng.normal(size=(64, 6, 3)).astype(np.float32)
     ys = (xs[:, -1, 0] > 0).astype(np.int32)
-    cfg = clf.ClassifierConfig(input_size=3, hidden_size=8, num_classes=2)
+    cfg = clf.ClassifierConfig(input_size=3, num_classes=2, spec=RecurrentSpec(hidden=8))
     loss_fn = clf.make_loss_fn(cfg)
     batches = img.ShuffledBatches(xs, ys, 16, seed=3)  # 4 steps per epoch: resume crosses epochs
     tc = train.TrainConfig(steps=12, learning_rate=1e-2, warmup_steps=2, log_every=3, eval_every=6,
@@ -225,7 +256,7 @@ def test_offline_mnist_cli_error_is_one_line_saying_what_exists(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, TFDS_DATA_DIR=str(tmp_path / "tfds"), JAX_PLATFORMS="cpu")
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.training.mnist_lstm", "--dataset", "mnist", "--out", str(tmp_path / "run")],
+        [sys.executable, "-m", "experiments.classification.mnist_lstm", "--dataset", "mnist", "--out", str(tmp_path / "run")],
         cwd=root, env=env, capture_output=True, text=True, timeout=300,
     )
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

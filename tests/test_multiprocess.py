@@ -1,6 +1,6 @@
-"""Data-parallel training across real processes on localhost (lstm_jax.launch, lstm_jax.multiprocess).
+"""Data-parallel training across real processes on localhost (lstm_jax.distributed.launch, lstm_jax.distributed.multiprocess).
 
-The processes are real: ``python -m lstm_jax.launch`` starts them, they join
+The processes are real: ``python -m lstm_jax.distributed.launch`` starts them, they join
 one JAX job over 127.0.0.1 (Gloo CPU collectives) and train the tiny char
 model of ``tests/multiprocess_worker.py`` on the built-in Zen of Python. Every
 subprocess runs in its own process group with a timeout and is killed in a
@@ -39,8 +39,8 @@ import jax
 import numpy as np
 import pytest
 
-from lstm_jax import launch, multiprocess
-from lstm_jax.checkpoint import load_checkpoint
+from lstm_jax.distributed import launch, multiprocess
+from lstm_jax.train.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "multiprocess_worker.py"
@@ -87,7 +87,7 @@ def run_bounded(cmd, *, timeout=TIMEOUT, env=None) -> tuple[int, str, float]:
 
 
 def launch_cmd(out, *args, processes=2, local_devices=2):
-    return [sys.executable, "-m", "lstm_jax.launch", "--processes", str(processes), "--local-devices",
+    return [sys.executable, "-m", "lstm_jax.distributed.launch", "--processes", str(processes), "--local-devices",
             str(local_devices), "--init-timeout", "60", "--", str(WORKER), "--out", str(out), *args]
 
 
@@ -323,7 +323,7 @@ def test_missing_processes_time_out_with_one_line(tmp_path):
         f"error: process 0: not all 2 processes joined the coordinator at 127.0.0.1:{port} within 3 s")
 
 
-# --------------------------------------------------------------------------- agreed stops (lstm_jax.stopping)
+# --------------------------------------------------------------------------- agreed stops (lstm_jax.distributed.stopping)
 
 
 def stop_steps(output: str, why: str) -> dict[str, int]:
@@ -396,7 +396,7 @@ def test_auto_is_timed_once_by_process_0_and_shared(tmp_path):
 
 _DECIDE = """
 import time
-from lstm_jax import multiprocess
+from lstm_jax.distributed import multiprocess
 multiprocess.initialize_from_env()
 import jax
 print("value", multiprocess.decide_on_main(lambda: {"x": jax.process_index()}, "thing"), flush=True)
@@ -416,7 +416,7 @@ else:
 
 @pytest.mark.slow
 def test_decide_on_main_shares_process_0s_value_and_error_and_times_out_in_one_line():
-    rc, output, _ = run_bounded([sys.executable, "-m", "lstm_jax.launch", "--processes", "2", "--local-devices", "1",
+    rc, output, _ = run_bounded([sys.executable, "-m", "lstm_jax.distributed.launch", "--processes", "2", "--local-devices", "1",
                                  "--", "-c", _DECIDE], timeout=120)
     assert rc == 0, output[-3000:]
     assert "[p0] value {'x': 0}" in output and "[p1] value {'x': 0}" in output

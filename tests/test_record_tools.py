@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 from experiments.benchmarks import ab_trees
-from experiments.tools import compare_benchmarks
+from experiments.benchmarks import compare_benchmarks
 
 ROOT = Path(__file__).resolve().parents[1]
 REFACTOR = ROOT / "results" / "refactor_benchmark"
@@ -31,7 +31,7 @@ def test_ab_trees_times_each_tree_in_its_own_process(tmp_path):
 
 
 def test_ab_trees_refuses_a_tree_without_the_library_in_one_line(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "benchmarks" / "ab_trees.py"), "--trees",
+    done = subprocess.run([sys.executable, "-m", "experiments.benchmarks.ab_trees", "--trees",
                            str(tmp_path), str(ROOT), "--sizes", "4,2,3,8", "--rounds", "1", "--repeats", "1",
                            "--out", str(tmp_path / "x.json")], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode != 0

@@ -10,9 +10,10 @@ import pytest
 
 from experiments.benchmarks import benchmark
 from experiments.common import harness
-from experiments.tools import merge_benchmarks, results_table, seeds
+from experiments.benchmarks import merge_benchmarks
+from experiments.tools import results_table, seeds
 from experiments.common import fastest
-from experiments.common.records import RecordError, lookup, split_path
+from experiments.tools.records import RecordError, lookup, split_path
 from lstm_jax.impls import IMPLS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +55,7 @@ def test_lookup_names_what_is_wrong(path, message):
 
 # The documented form of a multi-seed result: seeds.py -- -m <script> --config FILE [overrides].
 QUICK_CONFIG = ROOT / "configs" / "shakespeare_quick.toml"
-CHAR_QUICK = ["-m", "experiments.training.char_lstm", "--config", str(QUICK_CONFIG), "--dataset", "zen", "--steps", "12",
+CHAR_QUICK = ["-m", "experiments.char_lm.char_lstm", "--config", str(QUICK_CONFIG), "--dataset", "zen", "--steps", "12",
               "--hidden", "8", "--seq-len", "8", "--batch-size", "4", "--no-progress", "--eval-every", "12",
               "--length", "10", "--impl", "scan", "--precision", "fp32"]
 
@@ -101,13 +102,13 @@ def test_seed_runner_reports_each_seed_and_their_mean(tmp_path, capsys):
 
 def test_seed_runner_refuses_bad_commands_with_one_line(tmp_path):
     with pytest.raises(SystemExit, match="must not set --seed"):
-        seeds.main(["--metrics", "x", "--out", str(tmp_path), "--", "experiments/training/char_lstm.py", "--seed", "1"])
+        seeds.main(["--metrics", "x", "--out", str(tmp_path), "--", "-m", "experiments.char_lm.char_lstm", "--seed", "1"])
     with pytest.raises(SystemExit, match="no experiment script"):
         seeds.main(["--metrics", "x", "--out", str(tmp_path), "--", "experiments/nope.py"])
     # a run that fails stops the sweep, naming the seed and its log
-    with pytest.raises(SystemExit, match=r"seed 0: .*char_lstm.py exited with status 1 \(log: .*seeds_stdout.log\)"):
+    with pytest.raises(SystemExit, match=r"seed 0: -m experiments.char_lm.char_lstm exited with status 1 \(log: .*seeds_stdout.log\)"):
         seeds.main(["--seeds", "0", "--metrics", "x", "--out", str(tmp_path / "f"), "--",
-                    "experiments/training/char_lstm.py", "--hidden", "0"])
+                    "-m", "experiments.char_lm.char_lstm", "--hidden", "0"])
 
 
 def test_summaries_leave_missing_values_out_of_the_mean():

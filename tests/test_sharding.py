@@ -14,14 +14,14 @@ import jax
 import numpy as np
 import pytest
 
-from lstm_jax import sharding
+from lstm_jax.distributed import sharding
 
 ROOT = Path(__file__).resolve().parents[1]
 
 WORKER = textwrap.dedent(
     r"""
     import jax, jax.numpy as jnp, numpy as np, optax
-    from lstm_jax import sharding
+    from lstm_jax.distributed import sharding
     from lstm_jax.layers import apply_stack, init_stack
 
     assert jax.device_count() == 4, jax.devices()

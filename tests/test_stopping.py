@@ -1,4 +1,4 @@
-"""Early stops of fit that every process agrees on (lstm_jax.stopping), in one process.
+"""Early stops of fit that every process agrees on (lstm_jax.distributed.stopping), in one process.
 
 The multi-process cases (SIGTERM through the launcher, a time budget that
 expires mid-run, ``--impl auto`` decided once) run real JAX children in
@@ -25,8 +25,8 @@ import jax
 import numpy as np
 import pytest
 
-from lstm_jax import launch
-from lstm_jax.stopping import PREEMPTED_STATUS, Preempted, StallWatchdog, TimeBudget
+from lstm_jax.distributed import launch
+from lstm_jax.distributed.stopping import PREEMPTED_STATUS, Preempted, StallWatchdog, TimeBudget
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "multiprocess_worker.py"
@@ -128,7 +128,7 @@ def test_time_budget_checks_halfway_to_the_deadline_at_the_average_step_time():
 
 
 def test_stall_watchdog_ends_the_process_with_one_line():
-    code = ("import time; from lstm_jax.stopping import StallWatchdog; "
+    code = ("import time; from lstm_jax.distributed.stopping import StallWatchdog; "
             "w = StallWatchdog(1.0, poll=0.1).start(); w.beat(7, 'checkpoint save'); time.sleep(60)")
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,

@@ -22,6 +22,7 @@ from lstm_jax.data.synthetic import (
     copy_task,
 )
 from lstm_jax.models.sequence_regressor import apply_sequence_model, init_sequence_model, make_task
+from lstm_jax.models.spec import RecurrentSpec
 
 
 # --------------------------------------------------------------------------- adding
@@ -143,11 +144,12 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_model_shapes():
     task = make_task("copy", 4, num_symbols=3, length=2)
-    p = init_sequence_model(jax.random.key(0), "gru", task.input_size, 8, task.output_size)
+    spec = RecurrentSpec(cell="gru", hidden=8)
+    p = init_sequence_model(jax.random.key(0), spec, task.input_size, task.output_size)
     x, y = task.batch_fn(jax.random.key(1), 5)(0)
-    out = apply_sequence_model("gru", p, task.prepare(x), readout="all")
+    out = apply_sequence_model(p, task.prepare(x), spec, readout="all")
     assert out.shape == (5, 8, 5)
-    loss, metrics = task.model_loss("gru", p, (x, y))
+    loss, metrics = task.model_loss(spec, p, (x, y))
     assert np.isfinite(loss) and set(metrics) == {"xent", "accuracy"}
 
 
@@ -156,31 +158,32 @@ def test_lstm_learns_adding_T10():
     """A real training run: LSTM (H=32) on T=10, 400 Adam steps -> test MSE < 0.05
     (the memoryless baseline is 0.167)."""
     task = make_task("adding", 10)
-    params = init_sequence_model(jax.random.key(0), "lstm", task.input_size, 32, 1)
+    spec = RecurrentSpec(cell="lstm", hidden=32)
+    params = init_sequence_model(jax.random.key(0), spec, task.input_size, 1)
     get_batch = task.batch_fn(jax.random.key(1), 64)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))
     state = opt.init(params)
 
     @jax.jit
     def train_step(params, state, batch):
-        (loss, _), grads = jax.value_and_grad(lambda p: task.model_loss("lstm", p, batch), has_aux=True)(params)
+        (loss, _), grads = jax.value_and_grad(lambda p: task.model_loss(spec, p, batch), has_aux=True)(params)
         updates, state = opt.update(grads, state, params)
         return optax.apply_updates(params, updates), state, loss
 
     for step in range(400):
         params, state, _ = train_step(params, state, get_batch(step))
     test = adding_problem(jax.random.key(123), 1000, 10)
-    mse, _ = task.model_loss("lstm", params, test)
+    mse, _ = task.model_loss(spec, params, test)
     assert float(mse) < 0.05, float(mse)
 
 
 @pytest.mark.slow  # end-to-end; `python -m pytest -m slow`
 def test_long_range_script_smoke(tmp_path):
-    """experiments/training/long_range.py end to end on a tiny sweep: JSON, table and PNG written."""
+    """experiments/long_range/long_range.py end to end on a tiny sweep: JSON, table and PNG written."""
     import importlib
     import json
 
-    mod = importlib.import_module("experiments.training.long_range")
+    mod = importlib.import_module("experiments.long_range.long_range")
     mod.main(["--lengths", "4", "--cells", "rnn", "lstm", "--hidden", "4", "--batch-size", "8", "--steps", "6",
               "--eval-every", "3", "--warmup-steps", "2", "--test-size", "16", "--out", str(tmp_path)])
     record = json.loads((tmp_path / "results.json").read_text())
@@ -200,7 +203,7 @@ _CHRONO_TINY = ["--task", "copy", "--lengths", "4", "--copy-length", "2", "--hid
 def test_long_range_chrono_init_refuses_cells_without_a_keep_gate_before_any_run(tmp_path):
     import importlib
 
-    mod = importlib.import_module("experiments.training.long_range")
+    mod = importlib.import_module("experiments.long_range.long_range")
     with pytest.raises(SystemExit, match=r"--init chrono: cells \['rnn'\] have no keep gate"):
         mod.main(_CHRONO_TINY + ["--cells", "rnn", "lstm", "--out", str(tmp_path / "refused")])
     assert not (tmp_path / "refused").exists()  # refused before any run
@@ -210,7 +213,7 @@ def test_long_range_chrono_init_runs_and_is_recorded(tmp_path):
     import importlib
     import json
 
-    mod = importlib.import_module("experiments.training.long_range")
+    mod = importlib.import_module("experiments.long_range.long_range")
     tiny = _CHRONO_TINY
     mod.main(tiny + ["--cells", "lstm", "--out", str(tmp_path)])
     record = json.loads((tmp_path / "results.json").read_text())
@@ -225,13 +228,37 @@ def test_long_range_chrono_init_runs_and_is_recorded(tmp_path):
     assert (tmp_path / "results.json").read_text() == before
 
 
+def test_long_range_model_restores_with_its_spec_alone(tmp_path):
+    """Each (cell, T) run keeps its model; the checkpoint's spec and task rebuild it, and its test loss is the
+    table's. A rerun of the run (--append) keeps the first model and saves beside it."""
+    import importlib
+    import json
+
+    from lstm_jax.models.sequence_regressor import regressor_from_config, regressor_task
+    from lstm_jax.train import load_checkpoint
+
+    mod = importlib.import_module("experiments.long_range.long_range")
+    mod.main(_CHRONO_TINY + ["--cells", "lstm", "--out", str(tmp_path)])
+    row = json.loads((tmp_path / "results.json").read_text())["runs"][0]
+    assert row["model_dir"] == "models/lstm-T4"
+    params, meta = load_checkpoint(tmp_path / row["model_dir"], "last")
+    task, spec = regressor_from_config(meta["model"])
+    assert (spec.cell, spec.hidden, task.name, task.T) == ("lstm", 4, "copy", 4)
+    test_batch = task.batch_fn(jax.random.key(10_000), 8)(0)  # the script's test set: seed 0, --test-size 8
+    again = regressor_task(task, spec).evaluate(params, test_batch)[task.metric]
+    assert again == pytest.approx(row["final_test"], rel=1e-5)
+    mod.main(_CHRONO_TINY + ["--cells", "lstm", "--append", "--out", str(tmp_path)])
+    rerun = json.loads((tmp_path / "results.json").read_text())["runs"][0]
+    assert rerun["model_dir"] == "models/lstm-T4-2" and (tmp_path / "models" / "lstm-T4" / "metadata.json").is_file()
+
+
 def test_long_range_merge_joins_side_by_side_sweeps_and_refuses_mismatches(tmp_path):
     """--merge: two sweeps of one configuration become one table; another configuration or a pair
     present twice is refused with one line, and the target is left as it was."""
     import importlib
     import json
 
-    mod = importlib.import_module("experiments.training.long_range")
+    mod = importlib.import_module("experiments.long_range.long_range")
     tiny = ["--task", "copy", "--copy-length", "2", "--batch-size", "8", "--steps", "2", "--eval-every", "2",
             "--warmup-steps", "1", "--test-size", "8", "--cells", "lstm", "--impl", "scan", "--precision", "fp32"]
     mod.main(tiny + ["--lengths", "4", "--hidden", "4", "--out", str(tmp_path / "a")])

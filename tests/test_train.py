@@ -1,4 +1,4 @@
-"""The shared training loop and its Orbax checkpoints (lstm_jax.train, lstm_jax.checkpoint)."""
+"""The shared training loop and its Orbax checkpoints (lstm_jax.train, lstm_jax.train.checkpoint)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lstm_jax.checkpoint import CheckpointError, Checkpointer, load_checkpoint
+from lstm_jax.train.checkpoint import CheckpointError, Checkpointer, load_checkpoint
 from lstm_jax.data.text import StatefulWindows, load_text
 from lstm_jax.models import char_model as cm
-from lstm_jax import reporting
-from lstm_jax.reporting import MetricsLog, StepLogger
+from lstm_jax.models.spec import RecurrentSpec
+from lstm_jax.train import reporting
+from lstm_jax.train.reporting import MetricsLog, StepLogger
 from lstm_jax.train import TrainConfig, TrainingDiverged, fit, make_schedule, plot_history
 
 # Plots are a convenience: without matplotlib (the GPU check's machine) fit warns and writes no PNG.
@@ -66,19 +67,20 @@ def char_task(zen):
 def stateful_char_task(zen, *, dropout=0.2):
     """A small stateful char model: exercises dropout keys and the model_state carry."""
     windows = StatefulWindows(zen.train, 4, 8)
-    params = cm.init_char_model(jax.random.PRNGKey(1), zen.vocab.size, 16, 2, "lstm")
+    spec = RecurrentSpec(cell="lstm", hidden=16, layers=2, dropout=dropout)
+    params = cm.init_char_model(jax.random.PRNGKey(1), zen.vocab.size, spec)
 
     def loss_fn(p, batch, key, state):
         x, y, reset = batch
         carry = jax.tree_util.tree_map(lambda c: jnp.where(reset, 0.0, c), state)
-        loss, final = cm.char_loss(p, x, y, carry, dropout=dropout, key=key)
+        loss, final = cm.char_loss(p, x, y, spec, carry, key=key, train=True)
         return loss, (jax.lax.stop_gradient(final), {})
 
     def get_batch(step):
         x, y = windows(step)
         return x, y, np.bool_(windows.is_stream_start(step))
 
-    return loss_fn, get_batch, params, cm.zeros_carry(params, 4)
+    return loss_fn, get_batch, params, cm.zeros_carry(params, spec, 4)
 
 
 def tree_max_diff(a, b):
@@ -458,7 +460,6 @@ def test_interrupted_save_is_ignored(tmp_path):
 DATA_PARALLEL_SCRIPT = r"""
 import os, sys, tempfile
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2])
 import jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from test_train import linear_problem
@@ -496,7 +497,8 @@ def test_data_parallel_drop_in_with_resume(tmp_path):
     script = tmp_path / "dp.py"
     script.write_text(DATA_PARALLEL_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "tests")])  # this checkout and test_train
     proc = subprocess.run(
-        [sys.executable, str(script), str(root), str(root / "tests")], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300
     )
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]

@@ -8,7 +8,7 @@ the API both trees share), plus the ``jnp.dot`` 2048² rate and the load average
 each pair of numbers comes from the same minutes of the machine::
 
     git worktree add /tmp/before <commit>
-    python experiments/benchmarks/ab_trees.py --trees /tmp/before . --sizes 128,64,128,512 --rounds 2 \\
+    python -m experiments.benchmarks.ab_trees --trees /tmp/before . --sizes 128,64,128,512 --rounds 2 \\
         --out runs/ab.json
 """
 
@@ -21,8 +21,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
-    import _bootstrap  # noqa: F401
 
 from experiments.common import cli
 

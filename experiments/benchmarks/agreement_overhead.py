@@ -1,17 +1,17 @@
-"""What agreeing on early stops costs per training step in a multi-process job (lstm_jax.stopping).
+"""What agreeing on early stops costs per training step in a multi-process job (lstm_jax.distributed.stopping).
 
-    python experiments/benchmarks/agreement_overhead.py --out results/agreement_overhead.json
+    python -m experiments.benchmarks.agreement_overhead --out results/agreement_overhead.json
 
-Starts itself as a 2-process job (``lstm_jax.launch``, one CPU device each) and,
+Starts itself as a 2-process job (``lstm_jax.distributed.launch``, one CPU device each) and,
 in each process, times a small data-parallel training step (a 2-layer GRU,
 H=48, T=32, global batch 8: the issue's configuration, whose step is a few
 ms) four ways, interleaved in rounds so load from elsewhere hits all alike:
 
 * ``plain``: the step alone;
-* ``sigterm``: plus :func:`lstm_jax.stopping.preemption_requested` (JAX's sync point) every step;
-* ``budget``: plus a :class:`lstm_jax.stopping.TimeBudget` whose deadline falls
+* ``sigterm``: plus :func:`lstm_jax.distributed.stopping.preemption_requested` (JAX's sync point) every step;
+* ``budget``: plus a :class:`lstm_jax.distributed.stopping.TimeBudget` whose deadline falls
   inside the round (its agreed checks: process 0's broadcast at check steps);
-* ``every_step``: plus :func:`lstm_jax.multiprocess.any_process` every step
+* ``every_step``: plus :func:`lstm_jax.distributed.multiprocess.any_process` every step
   (the naive agreement, for comparison).
 
 Process 0 prints the median ms per step of each, the overhead against
@@ -30,24 +30,24 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file: import this checkout
-
-from lstm_jax import launch, multiprocess  # noqa: E402
+from lstm_jax.distributed import launch, multiprocess
 
 
 def measure(steps: int, rounds: int) -> dict:
     import jax
     import numpy as np
 
-    from lstm_jax import sharding, stopping
+    from lstm_jax.distributed import sharding, stopping
     from lstm_jax.models import char_model as cm
+    from lstm_jax.models.spec import RecurrentSpec
     from lstm_jax.train import TrainConfig, make_optimizer, make_train_step
 
-    params = cm.init_char_model(jax.random.PRNGKey(0), 40, 48, 2, "gru")
+    spec = RecurrentSpec(cell="gru", hidden=48, layers=2, impl="manual")
+    params = cm.init_char_model(jax.random.PRNGKey(0), 40, spec)
 
     def loss_fn(p, batch, key, state):
         x, y = batch
-        loss, _ = cm.char_loss(p, x, y, None, impl="manual", cell="gru")
+        loss, _ = cm.char_loss(p, x, y, spec)
         return loss, (state, {})
 
     config = TrainConfig(steps=10**6, progress=False)
@@ -99,7 +99,7 @@ def per_call_ms(start: int, calls: int = 300) -> dict:
     """Median ms of one call of each agreement mechanism alone (interleaved, so load hits all alike)."""
     import numpy as np
 
-    from lstm_jax import stopping
+    from lstm_jax.distributed import stopping
 
     ts = {"preemption_sync_point": [], "broadcast_from_main": [], "any_process": []}
     for i in range(calls):
@@ -114,7 +114,7 @@ def per_call_ms(start: int, calls: int = 300) -> dict:
 
 def schedule_checks(budget_s: float, step_s: float) -> int:
     """How many agreed checks a run of steady ``step_s`` steps makes until its ``budget_s`` runs out."""
-    from lstm_jax.stopping import TimeBudget
+    from lstm_jax.distributed.stopping import TimeBudget
 
     now = [0.0]
     budget = TimeBudget(budget_s / 60, clock=lambda: now[0])
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="JSON file (process 0 writes it)")
     args = p.parse_args(argv)
     if multiprocess.ENV_NUM_PROCESSES not in os.environ:  # the parent: start the job
-        return launch.launch([str(Path(__file__).resolve()), *(argv if argv is not None else sys.argv[1:])], 2,
+        return launch.launch(["-m", "experiments.benchmarks.agreement_overhead", *(argv if argv is not None else sys.argv[1:])], 2,
                              local_devices=1)
     multiprocess.initialize_from_env()
     import jax

@@ -19,10 +19,10 @@ PyTorch and to Flax, and minor page faults per step (``getrusage``).
 
 Usage::
 
-    python experiments/benchmarks/benchmark.py                      # all cells, all sizes
-    python experiments/benchmarks/benchmark.py --cells lstm --sizes 128,64,128,512 --repeats 9
-    python experiments/benchmarks/benchmark.py --quick              # tiny sizes, 2 repeats (used by the tests)
-    python experiments/benchmarks/benchmark.py --malloc default --tag default   # glibc's malloc defaults
+    python -m experiments.benchmarks.benchmark                      # all cells, all sizes
+    python -m experiments.benchmarks.benchmark --cells lstm --sizes 128,64,128,512 --repeats 9
+    python -m experiments.benchmarks.benchmark --quick              # tiny sizes, 2 repeats (used by the tests)
+    python -m experiments.benchmarks.benchmark --malloc default --tag default   # glibc's malloc defaults
     python -m experiments.benchmarks.benchmark --config configs/benchmark_onednn_per_process.toml  # each impl alone
 
 Allocation behaviour is a process setting and matters as much as the maths
@@ -54,13 +54,11 @@ import sys
 import time
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
-    import _bootstrap  # noqa: F401
 
 import jax
 
 from experiments.common import cli
-from experiments.common.turns import Worker, child_command, remote_builder, reply_channel, run_block, serve
+from experiments.benchmarks.turns import Worker, child_command, remote_builder, reply_channel, run_block, serve
 from experiments.common.harness import REPO_ROOT, build_benches, matmul_peak, result_path, train_flops
 from experiments.common.machine import finish_machine_info, machine_info
 
@@ -74,7 +72,7 @@ def measure_size(cell, size, impls, *, repeats, block_seconds, key, precisions=(
                  build=build_benches):
     """Time every impl in every precision at one size, interleaved round by round (one set of conditions).
 
-    ``build``: where the benches live (:func:`experiments.common.turns.remote_builder`: in one process per
+    ``build``: where the benches live (:func:`experiments.benchmarks.turns.remote_builder`: in one process per
     implementation, each block timed there)."""
     benches, precision_of = [], {}
     for precision in precisions:

@@ -15,8 +15,8 @@ process:
 
 Prints a markdown table and writes JSON (default ``results/bptt_benchmark.json``).
 
-    python experiments/benchmarks/bptt_benchmark.py --quick          # seconds; smoke test
-    python experiments/benchmarks/bptt_benchmark.py --budget-minutes 15  # the real run
+    python -m experiments.benchmarks.bptt_benchmark --quick          # seconds; smoke test
+    python -m experiments.benchmarks.bptt_benchmark --budget-minutes 15  # the real run
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
-    import _bootstrap  # noqa: F401
 
 import jax
 import jax.numpy as jnp

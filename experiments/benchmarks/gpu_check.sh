@@ -130,14 +130,14 @@ step tests_gpu 200 XLA_PYTHON_CLIENT_PREALLOCATE=false "$PY" -m pytest -o addopt
 # --------------------------------------------------------------------------- benchmark
 # JAX keeps 60% of the GPU, torch (same process) gets the rest.
 if [ "$QUICK" = 1 ]; then
-    step benchmark 240 "$PY" experiments/benchmarks/benchmark.py --quick --cells lstm --impls "$BENCH_IMPLS" \
+    step benchmark 240 "$PY" -m experiments.benchmarks.benchmark --quick --cells lstm --impls "$BENCH_IMPLS" \
         --precisions fp32,bf16 --out "$OUT_DIR/benchmark.json"
 else
     # One process and one JSON per size, FlashRNN's first: on the H200 each XLA variant took ~15 s to compile, so
     # all sizes in one process ran past the step's cap and lost everything (2026-12-04, docs/gpu.md).
     IFS=';' read -ra SIZE_LIST <<< "$SIZES"
     for i in $(seq $((${#SIZE_LIST[@]} - 1)) -1 0); do
-        step "benchmark_$i" 150 XLA_PYTHON_CLIENT_MEM_FRACTION=0.6 "$PY" experiments/benchmarks/benchmark.py --cells lstm \
+        step "benchmark_$i" 150 XLA_PYTHON_CLIENT_MEM_FRACTION=0.6 "$PY" -m experiments.benchmarks.benchmark --cells lstm \
             --sizes "${SIZE_LIST[$i]}" --impls "$BENCH_IMPLS" --precisions fp32,bf16 --repeats 5 --block-seconds 0.2 \
             --out "$OUT_DIR/benchmark_$i.json"
     done
@@ -150,16 +150,16 @@ SCALING_FLAGS="--only sizes --repeats 3 --budget-minutes 1"
 if [ "$QUICK" = 1 ]; then SCALING_FLAGS="--only sizes --quick"; fi
 for impl in $SCALING_IMPLS; do
     # shellcheck disable=SC2086
-    step "scaling_$impl" 90 "$PY" experiments/benchmarks/scaling.py --impl "$impl" $SCALING_FLAGS \
+    step "scaling_$impl" 90 "$PY" -m experiments.benchmarks.scaling --impl "$impl" $SCALING_FLAGS \
         --out "$OUT_DIR/scaling_$impl.json"
 done
 
 # --------------------------------------------------------------------------- parallel in time (issue: sub-linear in T on a GPU)
 if [ "$QUICK" = 1 ]; then
-    step parallel_time 120 "$PY" experiments/benchmarks/parallel_time.py --quick --cases manual,min_gru-parallel,min_gru-scan \
+    step parallel_time 120 "$PY" -m experiments.benchmarks.parallel_time --quick --cases manual,min_gru-parallel,min_gru-scan \
         --out "$OUT_DIR/parallel_time.json"
 else
-    step parallel_time 120 "$PY" experiments/benchmarks/parallel_time.py --cases manual,min_gru-parallel,min_lstm-parallel,min_gru-scan \
+    step parallel_time 120 "$PY" -m experiments.benchmarks.parallel_time --cases manual,min_gru-parallel,min_lstm-parallel,min_gru-scan \
         --batch-size 16 --input 64 --hidden 256 --lengths 256 1024 4096 16384 --repeats 3 --budget-minutes 1.5 \
         --out "$OUT_DIR/parallel_time.json"
 fi

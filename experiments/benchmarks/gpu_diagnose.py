@@ -11,7 +11,7 @@
    recurrent matmul ``h @ w_h`` only (the floor any sequential XLA loop pays
    per step), each the median of a few calls.
 
-    python experiments/benchmarks/gpu_diagnose.py --out runs/gpu_diagnose.json      # any backend; part 1 needs a GPU
+    python -m experiments.benchmarks.gpu_diagnose --out runs/gpu_diagnose.json      # any backend; part 1 needs a GPU
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ import json
 import statistics
 import time
 
-if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
-    import _bootstrap  # noqa: F401
 
 import jax
 import jax.numpy as jnp

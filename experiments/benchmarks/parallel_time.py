@@ -34,9 +34,9 @@ work to run on, so DEER is expected to be slower here at every T; its win
 needs many processors (a GPU or TPU with far more lanes than ``B H``). The
 iteration counts and memory are machine-independent; the times are not.
 
-    python experiments/benchmarks/parallel_time.py --quick                   # seconds; writes runs/parallel_time_quick.json
-    python experiments/benchmarks/parallel_time.py --budget-minutes 30       # the real run -> results/parallel_time.json
-    python experiments/benchmarks/parallel_time.py --cases quasi-deer,quasi-deer-jvp --lengths 256,1024,4096 --out runs/qd.json
+    python -m experiments.benchmarks.parallel_time --quick                   # seconds; writes runs/parallel_time_quick.json
+    python -m experiments.benchmarks.parallel_time --budget-minutes 30       # the real run -> results/parallel_time.json
+    python -m experiments.benchmarks.parallel_time --cases quasi-deer,quasi-deer-jvp --lengths 256,1024,4096 --out runs/qd.json
 """
 
 from __future__ import annotations
@@ -48,8 +48,6 @@ import statistics
 import time
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
-    import _bootstrap  # noqa: F401
 
 import jax
 import jax.numpy as jnp

@@ -20,8 +20,8 @@ Writes ``results/remat_benchmark.json``, a markdown table, and
 ``results/remat_benchmark.png`` (log-log: temp memory, step time and compile
 time vs T).
 
-    python experiments/benchmarks/remat_benchmark.py --budget-minutes 15
-    python experiments/benchmarks/remat_benchmark.py --lengths 32,512,8192 --batch-size 16 --hidden 128
+    python -m experiments.benchmarks.remat_benchmark --budget-minutes 15
+    python -m experiments.benchmarks.remat_benchmark --lengths 32,512,8192 --batch-size 16 --hidden 128
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ import statistics
 import time
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
-    import _bootstrap  # noqa: F401
 
 import jax
 

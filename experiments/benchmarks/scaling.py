@@ -6,7 +6,7 @@ sizes held at the base. Throughput is reported as training tokens/s
 
 The device-count sweep runs each count N in a fresh subprocess with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (JAX fixes the device
-count at start-up) and uses :mod:`lstm_jax.sharding` (batch sharded over a 1-D
+count at start-up) and uses :mod:`lstm_jax.distributed.sharding` (batch sharded over a 1-D
 mesh, params replicated) at a fixed global batch. On a CPU the simulated
 devices share the same cores, so this measures the *overhead* of the sharded
 program (partitioning, all-reduce), not a speed-up; on a multi-GPU/TPU host the
@@ -14,16 +14,16 @@ same code measures real scaling.
 
 The process sweep adds the process dimension: each configuration
 ``processes x local devices`` (1x1, 1x2, 2x1, 2x2, 4x1) is a real multi-process
-JAX job started with ``python -m lstm_jax.launch`` (processes on localhost,
+JAX job started with ``python -m lstm_jax.distributed.launch`` (processes on localhost,
 Gloo collectives between them), global batch fixed. Next to the step time it
 reports the *communication share*: the time of an all-reduce of one
 gradient-sized buffer over all devices (what the step's gradient averaging
 costs) divided by the step time. On one 2-core machine this measures the
 overhead of the multi-process program, not a speed-up.
 
-    python experiments/benchmarks/scaling.py --budget-minutes 10
-    python experiments/benchmarks/scaling.py --quick
-    python experiments/benchmarks/scaling.py --only processes --process-grid 1x1,1x2,2x1,2x2,4x1
+    python -m experiments.benchmarks.scaling --budget-minutes 10
+    python -m experiments.benchmarks.scaling --quick
+    python -m experiments.benchmarks.scaling --only processes --process-grid 1x1,1x2,2x1,2x2,4x1
 
 Writes ``results/scaling.json``, prints a markdown table and saves log-log
 plots ``results/scaling.png`` and ``results/scaling_processes.png``.
@@ -39,8 +39,6 @@ import sys
 import time
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
-    import _bootstrap  # noqa: F401
 
 from experiments.common import cli
 from experiments.common.harness import REPO_ROOT, layer_problem, result_path, run_python, time_calls, train_flops
@@ -61,7 +59,7 @@ def time_step(T, B, I, H, impl, repeats, devices=1):
     """Median seconds per training step (params grads of mean(ys^2)); data-parallel if devices > 1."""
     import jax
 
-    from lstm_jax import sharding
+    from lstm_jax.distributed import sharding
 
     loss, params, xs = layer_problem("lstm", impl, T, B, I, H)
     if devices > 1:
@@ -105,18 +103,18 @@ def device_subprocess(n, T, B, I, H, impl, repeats, malloc="tuned"):
 def process_step(T, B, I, H, impl, repeats):
     """One process of the process sweep: ``(step_s, compile_s, allreduce_s)`` of the sharded step.
 
-    Runs under ``lstm_jax.launch`` (or alone, as 1 process). Every process
+    Runs under ``lstm_jax.distributed.launch`` (or alone, as 1 process). Every process
     builds the same global problem and keeps its rows; the all-reduce is timed
     on a ``(devices, n_params)`` buffer summed over its sharded axis, i.e. the
     gradient averaging of the step without the compute.
     """
-    from lstm_jax import multiprocess
+    from lstm_jax.distributed import multiprocess
 
     multiprocess.initialize_from_env()
     import jax
     import numpy as np
 
-    from lstm_jax import sharding
+    from lstm_jax.distributed import sharding
 
     loss, params, xs = layer_problem("lstm", impl, T, B, I, H)
     mesh = sharding.make_data_mesh()
@@ -141,7 +139,7 @@ def process_subprocess(processes, local_devices, T, B, I, H, impl, repeats, mall
     """``process_step`` as a real job of ``processes`` x ``local_devices``; the numbers of process 0.
 
     ``platform="cpu"``: each process gets ``local_devices`` CPU devices; ``"gpu"``: its own
-    ``local_devices`` GPUs (``CUDA_VISIBLE_DEVICES``, via ``lstm_jax.launch --gpus-per-process``).
+    ``local_devices`` GPUs (``CUDA_VISIBLE_DEVICES``, via ``lstm_jax.distributed.launch --gpus-per-process``).
     """
     code = (
         "import json,sys;"
@@ -153,7 +151,7 @@ def process_subprocess(processes, local_devices, T, B, I, H, impl, repeats, mall
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     per_process = ["--local-devices" if platform == "cpu" else "--gpus-per-process", str(local_devices)]
-    cmd = [sys.executable, "-m", "lstm_jax.launch", "--processes", str(processes), *per_process,
+    cmd = [sys.executable, "-m", "lstm_jax.distributed.launch", "--processes", str(processes), *per_process,
            "--init-timeout", "120", "--", "-c", code]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO_ROOT, timeout=1800)
     for line in out.stdout.splitlines():

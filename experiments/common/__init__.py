@@ -1,1 +1,1 @@
-"""What the experiment scripts share: command line, machine record, figure copies, benchmark harness and its worker processes."""
+"""What two or more experiment tasks share: command line and configs, the default layer rule, run epilogue, machine record, figures and the benchmark harness."""

@@ -30,9 +30,10 @@ from typing import Any, Callable, Sequence, TypeVar
 import jax
 
 from lstm_jax.cells import CELLS
-from lstm_jax.checkpoint import CheckpointError
+from lstm_jax.train.checkpoint import CheckpointError
 from lstm_jax.impls import LayerImpl, layer_impl
 from lstm_jax.layers import count_params, hidden_for_params
+from lstm_jax.models.spec import RecurrentSpec
 from lstm_jax.precision import PRECISIONS, get_precision
 from lstm_jax.runtime import add_malloc_argument, apply_malloc_argument
 from lstm_jax.train import TrainConfig, TrainingDiverged
@@ -114,7 +115,7 @@ class Flag:
 
 
 def checkpoint_which(text: str) -> str | int:
-    """``--which``: ``"best"``, ``"last"`` or a step number (as :func:`lstm_jax.checkpoint.load_checkpoint` takes it)."""
+    """``--which``: ``"best"``, ``"last"`` or a step number (as :func:`lstm_jax.train.checkpoint.load_checkpoint` takes it)."""
     return int(text) if text.isdigit() else text
 
 
@@ -318,6 +319,15 @@ def layer_from_args(args: argparse.Namespace, *, T: int, B: int, I: int, H: int)
     layer, choice = choose_layer(args.cell, args.impl, getattr(args, "precision", fastest.RULE), T=T, B=B, I=I, H=H)
     args.impl, args.precision, args.layer_choice = choice["impl"], choice["precision"], choice
     return layer
+
+
+def recurrent_spec(args: argparse.Namespace) -> RecurrentSpec:
+    """The :class:`~lstm_jax.models.spec.RecurrentSpec` of a run's model flags (after :func:`layer_from_args`
+    resolved ``--impl`` and ``--precision``): what the models take and the checkpoints record."""
+    return RecurrentSpec(cell=args.cell, hidden=args.hidden, layers=getattr(args, "layers", 1),
+                         bidirectional=bool(getattr(args, "bidirectional", False)), impl=args.impl,
+                         precision=getattr(args, "precision", "fp32"), dropout=getattr(args, "dropout", 0.0),
+                         unroll=getattr(args, "unroll", 1))
 
 
 def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], T], argv: Sequence[str] | None) -> T:

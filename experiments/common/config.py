@@ -6,12 +6,12 @@ with dashes as underscores, except ``--lr`` -> ``learning_rate`` and
 ``--no-progress`` -> ``progress``), plus one required key naming the script
 the config is for::
 
-    script = "experiments.training.char_lstm"
+    script = "experiments.char_lm.char_lstm"
     layers = 2
     hidden = 512
     learning_rate = 3e-3
 
-    python -m experiments.training.char_lstm --config configs/shakespeare_30min.toml --seed 1
+    python -m experiments.char_lm.char_lstm --config configs/shakespeare_30min.toml --seed 1
 
 :func:`parse_args` parses the command line once for ``--config``, validates the
 file against the parser (an unknown key, a value of the wrong type or outside a
@@ -46,7 +46,7 @@ class ConfigError(ValueError):
 
 
 def script_name(file: str | Path) -> str:
-    """The dotted module name of a script from its ``__file__``: ``experiments.training.char_lstm``."""
+    """The dotted module name of a script from its ``__file__``: ``experiments.char_lm.char_lstm``."""
     path = Path(file).resolve().with_suffix("")
     return ".".join(path.relative_to(REPO_ROOT).parts)
 

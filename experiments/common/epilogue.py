@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from lstm_jax import sharding
-from lstm_jax.checkpoint import load_checkpoint
+from lstm_jax.distributed import sharding
+from lstm_jax.train.checkpoint import load_checkpoint
 
 from .harness import run_matmul_gflops
 from .machine import finish_machine_info

@@ -29,7 +29,7 @@ Zen 4 with AVX512-BF16, no AMX; 2026-12-02/03):
 
 A given ``--impl`` / ``--precision`` is used as given (the other follows the
 rule, or is timed if ``auto``). In a multi-process job the choice is made by
-process 0 and shared (:func:`lstm_jax.multiprocess.decide_on_main`): hosts
+process 0 and shared (:func:`lstm_jax.distributed.multiprocess.decide_on_main`): hosts
 with different CPUs, or timings that differ, cannot put processes on
 different code paths.
 
@@ -60,7 +60,7 @@ import statistics
 
 import jax
 
-from lstm_jax import multiprocess
+from lstm_jax.distributed import multiprocess
 from lstm_jax.cells import get_cell
 from lstm_jax.impls import IMPLS, layer_impl
 from lstm_jax.impls.onednn import cpu_has_bf16

@@ -1,1 +1,1 @@
-"""Record tools: the results table, the seed runner and the gradient check, which read or write the records under ``results/``."""
+"""Record tools: ``results_table`` (the results page from the records), ``seeds`` (a run over seeds) and ``records`` (reading values out of records)."""

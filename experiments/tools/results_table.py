@@ -16,7 +16,7 @@ list of entries::
 ``file`` and ``config`` are paths from the repository root (the table links
 them relative to the page it is written into); ``section`` is a Markdown link
 as it should appear on that page. ``values`` maps names to paths into the file
-(:mod:`experiments.common.records`), or to ``{"min" | "max" | "mean": [paths]}``
+(:mod:`experiments.tools.records`), or to ``{"min" | "max" | "mean": [paths]}``
 or ``{"ratio": [numerator, denominator]}``; ``result`` is a :meth:`str.format`
 template over them; ``goal`` (optional) says which value must be at most
 ``max`` / at least ``min`` for the "met" column; ``config`` (optional) is the
@@ -24,9 +24,9 @@ config file that reproduces the run. The table replaces the text between the
 markers ``<!-- results-table:start -->`` and ``<!-- results-table:end -->`` of
 the page::
 
-    python experiments/tools/results_table.py              # rewrite docs/results.md's table from results/glance.json
-    python experiments/tools/results_table.py --check      # exit 1 if the page's table differs (the test suite runs this)
-    python experiments/tools/results_table.py --print      # print the table only
+    python -m experiments.tools.results_table              # rewrite docs/results.md's table from results/glance.json
+    python -m experiments.tools.results_table --check      # exit 1 if the page's table differs (the test suite runs this)
+    python -m experiments.tools.results_table --print      # print the table only
 
 A missing file or path is an error naming the entry, not an empty cell.
 """
@@ -36,12 +36,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
-    import _bootstrap  # noqa: F401
 
 from experiments.common import cli
 from experiments.common.harness import REPO_ROOT
-from experiments.common.records import RecordError, lookup, read_json
+from experiments.tools.records import RecordError, lookup, read_json
 
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
 REQUIRED = ("experiment", "file", "values", "result", "target", "section")
@@ -145,7 +143,7 @@ def results_table(args) -> str:
     if args.check:
         if updated != page:
             raise SystemExit(f"error: {doc_path}'s results table differs from {args.manifest}'s runs; "
-                             f"run python experiments/tools/results_table.py")
+                             f"run python -m experiments.tools.results_table")
         print(f"{doc_path}: results table up to date")
     elif updated != page:
         doc_path.write_text(updated)

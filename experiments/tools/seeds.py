@@ -3,15 +3,15 @@
 Runs ``SCRIPT ARGS --seed S --out OUT/seed_S`` once per seed, one after the
 other, each in its own process (fresh JAX, its own malloc setting, nothing
 cached between seeds), then reads every run's ``results.json`` and reports the
-requested values (paths as in :mod:`experiments.common.records`)::
+requested values (paths as in :mod:`experiments.tools.records`)::
 
-    python experiments/tools/seeds.py --seeds 0 1 2 --out runs/char_30min \\
+    python -m experiments.tools.seeds --seeds 0 1 2 --out runs/char_30min \\
         --metrics final.test.stream_nats_per_char final.test.nats_per_char steps_done \\
-        -- -m experiments.training.char_lstm --config configs/shakespeare_30min.toml
+        -- -m experiments.char_lm.char_lstm --config configs/shakespeare_30min.toml
 
-    python experiments/tools/seeds.py --seeds 0 1 2 --out runs/adding_seeds \\
+    python -m experiments.tools.seeds --seeds 0 1 2 --out runs/adding_seeds \\
         --metrics "runs[cell=lstm,T=400].final_test" "runs[cell=lstm,T=400].solved_at_step" \\
-        -- experiments/training/long_range.py --task adding --lengths 400 --cells lstm
+        -- -m experiments.long_range.long_range --task adding --lengths 400 --cells lstm
 
 Writes ``OUT/seeds.json`` (``--name``; the command, per-seed values and run directories,
 and per metric ``n, mean, std`` (sample standard deviation, ``ddof=1``),
@@ -34,12 +34,10 @@ import sys
 import time
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
-    import _bootstrap  # noqa: F401
 
 from experiments.common import cli
 from experiments.common.harness import REPO_ROOT
-from experiments.common.records import RecordError, lookup, read_json
+from experiments.tools.records import RecordError, lookup, read_json
 
 
 
@@ -47,7 +45,7 @@ def build_parser():
     p = cli.make_parser(__doc__)
     p.add_argument("--seeds", action=cli.ListAction, item_type=int, default=[0, 1, 2], help="seeds to run")
     p.add_argument("--metrics", action=cli.ListAction, required=True,
-                   help="paths of the values to report (experiments/common/records.py)")
+                   help="paths of the values to report (experiments/tools/records.py)")
     p.add_argument("--out", required=True, help="sweep directory: OUT/seed_S per run, OUT/seeds.json")
     p.add_argument("--results-file", default="results.json", help="the JSON each run writes in its --out")
     p.add_argument("--reuse", action="store_true", help="keep seeds whose results file already exists")
@@ -103,7 +101,7 @@ def run_seed(command: list[str], seed: int, run_dir: Path) -> None:
             f.write(line)
             print(f"[seed {seed}] {line}", end="", flush=True)
     if proc.returncode != 0:
-        raise SystemExit(f"error: seed {seed}: {' '.join(command[:1])} exited with status {proc.returncode} "
+        raise SystemExit(f"error: seed {seed}: {' '.join(command[:2] if command[0] == '-m' else command[:1])} exited with status {proc.returncode} "
                          f"(log: {log})")
 
 
@@ -115,9 +113,9 @@ def seeds(args) -> dict:
     script = Path(command[0])
     if script.suffix == ".py" and not script.exists() and (REPO_ROOT / script).exists():
         command[0] = str(REPO_ROOT / script)
-    if command[0] == "-m":  # -- -m experiments.training.char_lstm ...: a module, run from the repository
+    if command[0] == "-m":  # -- -m experiments.char_lm.char_lstm ...: a module, run from the repository
         if len(command) < 2:
-            raise SystemExit("error: -m needs a module name (e.g. -m experiments.training.char_lstm)")
+            raise SystemExit("error: -m needs a module name (e.g. -m experiments.char_lm.char_lstm)")
     elif not Path(command[0]).exists():
         raise SystemExit(f"error: no experiment script {command[0]!r}")
     if len(set(args.seeds)) != len(args.seeds):

@@ -3,7 +3,7 @@
 Nothing in this module calls ``jax.grad``, ``jax.vjp`` or ``jax.jvp``: every
 derivative is written out by hand, so that the equations can be read (each
 function's docstring gives them) and checked against autodiff (see
-``tests/test_bptt.py`` and ``experiments/tools/grad_check.py``).
+``tests/test_bptt.py`` and ``experiments/analysis/grad_check.py``).
 
 Three levels:
 

@@ -34,7 +34,7 @@ def random_windows(ids, batch_size: int, seq_len: int, *, seed: int, step: int, 
     pure function of ``(seed, step)`` (exact resume). Every offset in
     ``[0, len(ids) - seq_len - 1]`` is equally likely; ``targets`` is ``inputs``
     shifted left by one character. ``rows``: only these rows of that batch
-    (one process's share, :func:`lstm_jax.multiprocess.process_rows`).
+    (one process's share, :func:`lstm_jax.distributed.multiprocess.process_rows`).
     """
     ids = _as_ids(ids)
     batch_size = _check_positive("batch_size", batch_size)

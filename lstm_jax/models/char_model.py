@@ -10,10 +10,17 @@ character; bits per character = nats / ln 2.
 
 Params are a plain dict ``{"embed": (V, E) (absent for one-hot input),
 "stack": [per-layer cell params], "readout": {"w": (H, V), "b": (V,)}}``.
-The cell type is not a pytree leaf; it is recorded in :func:`model_config`
-(saved as the checkpoint's ``metadata["model"]``) and passed back as ``cell=``.
-Functions given ``cell=None`` fall back to :func:`infer_cell`, which reads it
-off the parameter shapes.
+What the stack is (cell, sizes, impl, precision, dropout, unroll) is a
+:class:`~lstm_jax.models.spec.RecurrentSpec`, which every function here takes;
+:func:`model_config` records it (the training script saves it as the checkpoint's
+``metadata["model"]``) and :func:`spec_from_config` reads it back.
+
+>>> import jax
+>>> spec = RecurrentSpec(cell="lstm", hidden=16, layers=2)
+>>> params = init_char_model(jax.random.PRNGKey(0), vocab_size=10, spec=spec)
+>>> logits, carry = char_logits(params, jax.numpy.zeros((3, 7), int), spec)
+>>> logits.shape
+(3, 7, 10)
 """
 
 from __future__ import annotations
@@ -26,11 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..cells import CELLS, glorot_uniform, get_cell
+from ..cells import glorot_uniform
 from ..data.windows import StatefulWindows, eval_windows, random_windows
-from ..evaluation import evaluate
-from ..layers import apply_stack, init_stack, zeros_stack_carry
+from .evaluation import evaluate
 from .losses import cross_entropy, cross_entropy_per_item
+from .spec import RecurrentSpec
 from .task import Task
 
 Array = jax.Array
@@ -40,9 +47,7 @@ LN2 = math.log(2.0)
 def init_char_model(
     key: Array,
     vocab_size: int,
-    hidden: int,
-    layers: int = 1,
-    cell: str = "lstm",
+    spec: RecurrentSpec,
     embed_dim: int | None = None,
     dtype=jnp.float32,
 ) -> dict:
@@ -50,72 +55,46 @@ def init_char_model(
 
     Args:
         vocab_size: number of distinct characters ``V``.
-        hidden: hidden size ``H`` of every layer.
-        layers: number of stacked recurrent layers.
-        cell: a registered cell name (``"lstm"``, ``"gru"``, ``"rnn"``, ``"min_gru"``, ``"min_lstm"``).
+        spec: the recurrent stack (cell, hidden size ``H``, layers, directions).
         embed_dim: size of a learned embedding; ``None`` feeds one-hot vectors
             (then the first layer's ``w_x`` rows *are* the embedding).
     """
-    for name, v in (("vocab_size", vocab_size), ("hidden", hidden), ("layers", layers)):
-        if not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if not isinstance(spec, RecurrentSpec):
+        raise TypeError(f"spec must be a RecurrentSpec, got {type(spec).__name__}")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or vocab_size < 1:
+        raise ValueError(f"vocab_size must be a positive integer, got {vocab_size!r}")
     if embed_dim is not None and (not isinstance(embed_dim, (int, np.integer)) or embed_dim < 1):
         raise ValueError(f"embed_dim must be a positive integer or None (one-hot), got {embed_dim!r}")
-    get_cell(cell)  # validates the name
     k_embed, k_stack, k_out = jax.random.split(key, 3)
     params: dict[str, Any] = {}
     in_size = vocab_size
     if embed_dim is not None:
         params["embed"] = (jax.random.normal(k_embed, (vocab_size, embed_dim)) / math.sqrt(embed_dim)).astype(dtype)
         in_size = embed_dim
-    params["stack"] = init_stack(k_stack, cell, in_size, hidden, num_layers=layers, dtype=dtype)
+    params["stack"] = spec.init(k_stack, in_size, dtype)
     params["readout"] = {
-        "w": glorot_uniform(k_out, hidden, vocab_size, dtype),
+        "w": glorot_uniform(k_out, spec.features, vocab_size, dtype),
         "b": jnp.zeros((vocab_size,), dtype),
     }
     return params
 
 
-def infer_cell(params: dict) -> str:
-    """Cell name from the first layer's params: the registered cell whose keys and gate blocks they fit.
-
-    ``H`` is read off the readout ``(H, V)``, so the number of gate blocks tells
-    cells with the same keys apart (lstm: 4H biases, rnn: H; min_lstm: 3H, min_gru: 2H).
-    The fallback for callers that hold only params; a checkpoint written by
-    ``experiments/training/char_lstm.py`` records the cell in ``metadata["model"]["cell"]``.
-    """
-    layer, hidden = params["stack"][0], _hidden(params)
-    for name, cell in CELLS.items():
-        if set(layer) == set(cell.param_keys) and layer["w_x"].shape[-1] == cell.num_gates * hidden:
-            return name
-    raise ValueError(f"no registered cell has params {sorted(layer)} with hidden size {hidden}")
-
-
-def _hidden(params: dict) -> int:
-    return int(params["readout"]["w"].shape[0])
-
-
-def model_config(params: dict, cell: str | None = None) -> dict:
-    """JSON-able description of the architecture (saved as checkpoint metadata).
-
-    ``cell``: the cell the model was built with, recorded as given; ``None``
-    infers it from the params (:func:`infer_cell`).
-    """
+def model_config(params: dict, spec: RecurrentSpec) -> dict:
+    """JSON-able description of the model (saved as checkpoint metadata ``["model"]``): the spec and the sizes
+    the params fix (``vocab_size``, ``embed_dim``). :func:`spec_from_config` reads the spec back."""
     return {
-        "cell": _cell(params, cell),
-        "layers": len(params["stack"]),
-        "hidden": _hidden(params),
+        "spec": spec.to_dict(),
         "vocab_size": int(params["readout"]["b"].shape[0]),
         "embed_dim": int(params["embed"].shape[1]) if "embed" in params else None,
     }
 
 
-def _cell(params: dict, cell: str | None) -> str:
-    """``cell`` if given (the recorded name wins: shapes need not identify every cell), else :func:`infer_cell`."""
-    if cell is None:
-        return infer_cell(params)
-    get_cell(cell)  # validates the name
-    return cell
+def spec_from_config(config: dict) -> RecurrentSpec:
+    """The :class:`RecurrentSpec` of a :func:`model_config` record; one line when the record has none."""
+    if not isinstance(config, dict) or "spec" not in config:
+        raise ValueError("the checkpoint's metadata has no model spec (metadata['model']['spec']); "
+                         "it was not written by this version of char_lstm")
+    return RecurrentSpec.from_dict(config["spec"])
 
 
 def encode_inputs(params: dict, inputs: Array) -> Array:
@@ -129,52 +108,39 @@ def encode_inputs(params: dict, inputs: Array) -> Array:
     return jax.nn.one_hot(inputs, params["readout"]["b"].shape[0], dtype=dtype)
 
 
-def zeros_carry(params: dict, batch_size: int | None = None, *, cell: str | None = None):
+def zeros_carry(params: dict, spec: RecurrentSpec, batch_size: int | None = None):
     """Zero recurrent state for ``batch_size`` sequences (``None``: one unbatched sequence)."""
-    batch_shape = () if batch_size is None else (batch_size,)
-    return zeros_stack_carry(_cell(params, cell), params["stack"], batch_shape)
+    return spec.zeros_carry(params["stack"], () if batch_size is None else (batch_size,))
 
 
 def char_logits(
     params: dict,
     inputs: Array,
+    spec: RecurrentSpec,
     carry=None,
     *,
-    cell: str | None = None,
-    dropout: float = 0.0,
     key: Array | None = None,
-    impl: str = "scan",
-    unroll: int = 1,
+    train: bool = False,
     compute_dtype=None,
 ):
     """Next-character logits for ``inputs`` (int ids, ``(B, T)`` or ``(T,)``).
 
     Returns ``(logits (B, T, V), final_carry)``. ``carry`` continues from a
     previous window (truncated BPTT, sampling); ``None`` starts from zeros.
-    ``dropout`` (with ``key``) is applied between layers and before the readout.
+    With ``train=True``, ``spec.dropout`` (with ``key``) is applied between layers
+    and before the readout.
     """
     inputs = jnp.asarray(inputs)
     if inputs.ndim not in (1, 2):
         raise ValueError(f"inputs must have shape (batch, time) or (time,), got {inputs.shape}")
     if inputs.shape[-1] == 0:
         raise ValueError(f"inputs have an empty time axis (shape {inputs.shape})")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
     xs = encode_inputs(params, inputs)
+    dropout = spec.dropout if train else 0.0
     if dropout and key is None:
         raise ValueError("dropout > 0 needs a jax.random key")
     k_stack, k_out = jax.random.split(key) if dropout else (None, None)
-    ys, carry = apply_stack(
-        _cell(params, cell),
-        params["stack"],
-        xs,
-        carry,
-        dropout=dropout,
-        key=k_stack,
-        impl=impl,
-        unroll=unroll,
-        compute_dtype=compute_dtype,
-    )
+    ys, carry = spec.run(params["stack"], xs, carry, key=k_stack, train=train, compute_dtype=compute_dtype)
     if dropout:
         keep = jax.random.bernoulli(k_out, 1.0 - dropout, ys.shape)
         ys = jnp.where(keep, ys / (1.0 - dropout), 0.0)
@@ -182,20 +148,20 @@ def char_logits(
     return logits, carry
 
 
-def char_loss(params, inputs, targets, carry=None, **kwargs):
+def char_loss(params, inputs, targets, spec: RecurrentSpec, carry=None, **kwargs):
     """Mean next-character cross-entropy in nats/char; returns ``(loss, final_carry)``."""
-    logits, carry = char_logits(params, inputs, carry, **kwargs)
+    logits, carry = char_logits(params, inputs, spec, carry, **kwargs)
     return cross_entropy(logits, targets), carry
 
 
-@functools.partial(jax.jit, static_argnames=("impl", "cell"))
-def eval_step(params, batch, impl: str = "scan", cell: str | None = None):
+@functools.partial(jax.jit, static_argnames=("spec",))
+def eval_step(params, batch, spec: RecurrentSpec):
     """Summed loss over a batch ``(inputs, targets)`` from a zero state: ``{"nats": sum, "count": n}``."""
-    return eval_stream_step(params, None, batch, impl=impl, cell=cell)[1]
+    return eval_stream_step(params, None, batch, spec)[1]
 
 
-@functools.partial(jax.jit, static_argnames=("impl", "cell"))
-def eval_stream_step(params, carry, batch, impl: str = "scan", cell: str | None = None):
+@functools.partial(jax.jit, static_argnames=("spec",))
+def eval_stream_step(params, carry, batch, spec: RecurrentSpec):
     """Summed loss over a batch ``(inputs, targets)`` continuing from ``carry`` (``None``: zeros).
 
     Returns ``(final_carry, {"nats": sum, "count": n})``: feeding consecutive
@@ -203,7 +169,7 @@ def eval_stream_step(params, carry, batch, impl: str = "scan", cell: str | None 
     character given all the characters before it (no reset at window edges).
     """
     inputs, targets = batch
-    logits, carry = char_logits(params, inputs, carry, cell=cell, impl=impl)
+    logits, carry = char_logits(params, inputs, spec, carry)
     nats = jnp.sum(cross_entropy_per_item(logits, targets))
     return carry, {"nats": nats, "count": jnp.asarray(targets.size, jnp.float32)}
 
@@ -216,9 +182,10 @@ def _filter_logits(logits: Array, temperature: float, top_k: int | None) -> Arra
     return logits
 
 
-@functools.partial(jax.jit, static_argnames=("length", "top_k", "greedy", "cell"))
-def _generate(params, prompt_ids, key, temperature, *, length: int, top_k: int | None, greedy: bool, cell: str):
-    logits, carry = char_logits(params, prompt_ids[None, :], cell=cell)
+@functools.partial(jax.jit, static_argnames=("length", "top_k", "greedy", "spec"))
+def _generate(params, prompt_ids, key, temperature, *, length: int, top_k: int | None, greedy: bool,
+              spec: RecurrentSpec):
+    logits, carry = char_logits(params, prompt_ids[None, :], spec)
     last = logits[0, -1]
 
     def body(state, i):
@@ -227,7 +194,7 @@ def _generate(params, prompt_ids, key, temperature, *, length: int, top_k: int |
             nxt = jnp.argmax(last).astype(jnp.int32)
         else:
             nxt = jax.random.categorical(jax.random.fold_in(key, i), _filter_logits(last, temperature, top_k)).astype(jnp.int32)
-        logits, carry = char_logits(params, nxt[None, None], carry, cell=cell)
+        logits, carry = char_logits(params, nxt[None, None], spec, carry)
         return (carry, logits[0, -1]), nxt
 
     _, out = jax.lax.scan(body, (carry, last), jnp.arange(length))
@@ -236,6 +203,7 @@ def _generate(params, prompt_ids, key, temperature, *, length: int, top_k: int |
 
 def sample(
     params: dict,
+    spec: RecurrentSpec,
     vocab,
     prompt: str,
     length: int = 300,
@@ -243,13 +211,13 @@ def sample(
     temperature: float = 1.0,
     top_k: int | None = None,
     seed: int = 0,
-    cell: str | None = None,
 ) -> str:
     """Generate ``length`` characters after ``prompt``; returns ``prompt`` + the generated text.
 
     Deterministic for a given ``seed``. ``temperature == 0`` picks the most
     likely character each step (greedy). ``top_k`` keeps only the k most likely
-    characters before sampling. ``cell``: the model's cell (``None``: inferred).
+    characters before sampling. Generation runs one character at a time on the reference
+    ``scan`` in float32, whatever ``spec.impl`` and ``spec.precision`` trained the model.
 
     Raises:
         ValueError: empty prompt, characters outside ``vocab`` (from
@@ -274,7 +242,7 @@ def sample(
         length=int(length),
         top_k=None if top_k is None else int(top_k),
         greedy=temperature == 0,
-        cell=_cell(params, cell),
+        spec=spec.replace(impl="scan", precision="fp32"),
     )
     return prompt + vocab.decode(np.asarray(out))
 
@@ -285,8 +253,7 @@ EVAL_CONTEXTS = ("window", "stream")
 """How :func:`eval_split` reads a split: ``window`` (zero state per window) and ``stream`` (state carried)."""
 
 
-def eval_split(params, ids, batch_size: int, seq_len: int, impl="scan", cell: str | None = None,
-               context: str = "window") -> dict:
+def eval_split(params, ids, spec: RecurrentSpec, batch_size: int, seq_len: int, context: str = "window") -> dict:
     """Nats and bits per character over every character of ``ids`` (int ids, ``(N,)``).
 
     ``context="window"``: windows of ``seq_len`` characters, ``batch_size`` at a
@@ -300,12 +267,12 @@ def eval_split(params, ids, batch_size: int, seq_len: int, impl="scan", cell: st
     """
     if context == "window":
         windows = eval_windows(ids, batch_size, seq_len)
-        step = functools.partial(eval_step, impl=impl, cell=cell)
+        step = functools.partial(eval_step, spec=spec)
     elif context == "stream":  # (1, seq_len) windows in reading order, then the tail
-        windows, carry = eval_windows(ids, 1, seq_len), [zeros_carry(params, 1, cell=cell)]
+        windows, carry = eval_windows(ids, 1, seq_len), [zeros_carry(params, spec, 1)]
 
         def step(params, batch):  # each window continues from the state the one before it left
-            carry[0], sums = eval_stream_step(params, carry[0], batch, impl=impl, cell=cell)
+            carry[0], sums = eval_stream_step(params, carry[0], batch, spec)
             return sums
     else:
         raise ValueError(f"context must be one of {EVAL_CONTEXTS}, got {context!r}")
@@ -318,20 +285,19 @@ def context_prefix(context: str) -> str:
     return "" if context == "window" else f"{context}_"
 
 
-def eval_contexts(params, ids, batch_size: int, seq_len: int, impl="scan", cell: str | None = None,
-                  contexts=EVAL_CONTEXTS) -> dict:
+def eval_contexts(params, ids, spec: RecurrentSpec, batch_size: int, seq_len: int, contexts=EVAL_CONTEXTS) -> dict:
     """:func:`eval_split` under each of ``contexts``, in one dict: ``window`` keys plain, the others prefixed.
 
     E.g. ``{"nats_per_char", "bits_per_char", "stream_nats_per_char", "stream_bits_per_char"}``.
     """
     out = {}
     for context in contexts:
-        r = eval_split(params, ids, batch_size, seq_len, impl, cell, context=context)
+        r = eval_split(params, ids, spec, batch_size, seq_len, context=context)
         out.update({context_prefix(context) + k: v for k, v in r.items()})
     return out
 
 
-def make_loss_fn(*, dropout: float, stateful: bool, impl, unroll: int, cell: str | None = None):
+def make_loss_fn(spec: RecurrentSpec, *, stateful: bool):
     """``loss_fn`` for :func:`lstm_jax.train.fit`: mean nats/char; with ``stateful`` the carry is the model_state.
 
     ``batch`` is ``(inputs, targets)`` ``(B, T)`` ints, or with ``stateful`` ``(inputs, targets, reset)``:
@@ -344,8 +310,7 @@ def make_loss_fn(*, dropout: float, stateful: bool, impl, unroll: int, cell: str
         else:
             inputs, targets = batch
             carry = None
-        loss, final = char_loss(params, inputs, targets, carry, cell=cell, dropout=dropout, key=key, impl=impl,
-                                unroll=unroll)
+        loss, final = char_loss(params, inputs, targets, spec, carry, key=key, train=True)
         new_state = jax.lax.stop_gradient(final) if stateful else model_state
         return loss, (new_state, {"bits_per_char": loss / LN2})
 
@@ -362,9 +327,9 @@ def train_batches(train_ids, batch_size: int, seq_len: int, *, seed: int = 0, st
     return lambda step: (*windows(step, rows), np.bool_(windows.is_stream_start(step)))
 
 
-def char_task(vocab_size: int, hidden: int, layers: int = 1, cell: str = "lstm", *, embed_dim: int | None = None,
-              dropout: float = 0.0, stateful: bool = False, batch_size: int | None = None, impl="scan",
-              unroll: int = 1, eval_batch_size: int = 64, eval_seq_len: int = 64, contexts=EVAL_CONTEXTS):
+def char_task(vocab_size: int, spec: RecurrentSpec, *, embed_dim: int | None = None, stateful: bool = False,
+              batch_size: int | None = None, eval_batch_size: int = 64, eval_seq_len: int = 64,
+              contexts=EVAL_CONTEXTS) -> Task:
     """The character LM as a :class:`~lstm_jax.models.task.Task`; ``data`` is a split's ids ``(N,)``.
 
     ``validate``: window loss (``{"loss", "bpc"}``, nats and bits per char); ``evaluate``:
@@ -372,10 +337,10 @@ def char_task(vocab_size: int, hidden: int, layers: int = 1, cell: str = "lstm",
     streams is the model state (truncated BPTT).
     """
     def init(key):
-        return init_char_model(key, vocab_size, hidden, layers, cell, embed_dim)
+        return init_char_model(key, vocab_size, spec, embed_dim)
 
     def validate(params, ids):
-        r = eval_split(params, ids, eval_batch_size, eval_seq_len, impl, cell)
+        r = eval_split(params, ids, spec, eval_batch_size, eval_seq_len)
         return {"loss": r["nats_per_char"], "bpc": r["bits_per_char"]}
 
     def report(r):
@@ -386,10 +351,10 @@ def char_task(vocab_size: int, hidden: int, layers: int = 1, cell: str = "lstm",
 
     state = None
     if stateful:
-        state = zeros_stack_carry(cell, jax.eval_shape(init, jax.random.PRNGKey(0))["stack"], (batch_size,))
+        state = spec.zeros_carry(jax.eval_shape(init, jax.random.PRNGKey(0))["stack"], (batch_size,))
     return Task(
         init=init,
-        loss=make_loss_fn(dropout=dropout, stateful=stateful, impl=impl, unroll=unroll, cell=cell),
-        evaluate=lambda params, ids: eval_contexts(params, ids, eval_batch_size, eval_seq_len, impl, cell, contexts),
+        loss=make_loss_fn(spec, stateful=stateful),
+        evaluate=lambda params, ids: eval_contexts(params, ids, spec, eval_batch_size, eval_seq_len, contexts),
         validate=validate, report=report, metric="loss", model_state=state,
     )

@@ -26,10 +26,9 @@ import numpy as np
 
 from ..cells import get_cell
 from ..data.image_batches import eval_batches
-from ..evaluation import evaluate
-from ..layers import apply_stack, init_stack, layer_impl
-from ..precision import get_precision
+from .evaluation import evaluate
 from .losses import cross_entropy, cross_entropy_per_item
+from .spec import RecurrentSpec
 from .task import Task
 
 Array = jax.Array
@@ -37,45 +36,38 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierConfig:
-    """Architecture of a sequence classifier."""
+    """A sequence classifier: ``input_size`` features per step, ``num_classes`` classes, and the recurrent
+    stack as a :class:`~lstm_jax.models.spec.RecurrentSpec` (its ``precision`` is the matmul policy; params
+    stay float32 under any)."""
 
     input_size: int
     num_classes: int = 10
-    cell: str = "lstm"
-    hidden_size: int = 128
-    num_layers: int = 1
-    bidirectional: bool = False
-    dropout: float = 0.0  # between recurrent layers, training only
-    unroll: int = 1
-    impl: str = "scan"
-    precision: str = "fp32"  # lstm_jax.precision policy; params stay float32 under any
+    spec: RecurrentSpec = RecurrentSpec()
 
     def __post_init__(self):
-        get_cell(self.cell)  # validates the name
-        get_precision(self.precision)
-        if self.input_size < 1 or self.num_classes < 2 or self.hidden_size < 1:
-            raise ValueError(f"bad sizes in {self}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.spec, RecurrentSpec):
+            raise TypeError(f"ClassifierConfig.spec must be a RecurrentSpec, got {type(self.spec).__name__}")
+        if self.input_size < 1 or self.num_classes < 2:
+            raise ValueError(f"ClassifierConfig needs input_size >= 1 and num_classes >= 2, got {self}")
 
-    @property
-    def feature_size(self) -> int:
-        return self.hidden_size * (2 if self.bidirectional else 1)
+    def to_dict(self) -> dict:
+        """JSON-able, as a checkpoint's ``metadata["model"]`` records it (:meth:`from_dict` reads it back)."""
+        return {"input_size": int(self.input_size), "num_classes": int(self.num_classes), "spec": self.spec.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ClassifierConfig":
+        """The config of a :meth:`to_dict` record; one line when the record has no spec."""
+        if not isinstance(data, dict) or "spec" not in data:
+            raise ValueError("the checkpoint's metadata has no classifier spec (metadata['model']['spec'])")
+        return cls(input_size=data["input_size"], num_classes=data["num_classes"],
+                   spec=RecurrentSpec.from_dict(data["spec"]))
 
 
 def init_classifier(key: Array, config: ClassifierConfig, dtype=jnp.float32) -> dict:
-    """Stack params from :func:`~lstm_jax.layers.init_stack`, plus a Glorot-uniform readout with zero bias."""
+    """Stack params from :meth:`RecurrentSpec.init`, plus a Glorot-uniform readout with zero bias."""
     k_rnn, k_head = jax.random.split(key)
-    rnn = init_stack(
-        k_rnn,
-        config.cell,
-        config.input_size,
-        config.hidden_size,
-        num_layers=config.num_layers,
-        bidirectional=config.bidirectional,
-        dtype=dtype,
-    )
-    fan_in, fan_out = config.feature_size, config.num_classes
+    rnn = config.spec.init(k_rnn, config.input_size, dtype)
+    fan_in, fan_out = config.spec.features, config.num_classes
     limit = np.sqrt(6.0 / (fan_in + fan_out))
     w = jax.random.uniform(k_head, (fan_in, fan_out), dtype, -limit, limit)
     return {"rnn": rnn, "head": {"w": w, "b": jnp.zeros((fan_out,), dtype)}}
@@ -102,24 +94,13 @@ def classifier_logits(
 ) -> Array:
     """Logits ``(B, C)`` for sequences ``xs`` ``(B, T, F)``.
 
-    ``train=True`` with ``config.dropout > 0`` applies dropout between layers
+    ``train=True`` with ``config.spec.dropout > 0`` applies dropout between layers
     (needs ``key``). With ``lengths``, each sequence's features are its state
     after its last real step.
     """
     xs = jnp.asarray(xs, params["head"]["w"].dtype)
-    dropout = config.dropout if train else 0.0
-    _, finals = apply_stack(
-        config.cell,
-        params["rnn"],
-        xs,
-        lengths=lengths,
-        unroll=config.unroll,
-        compute_dtype=compute_dtype,
-        dropout=dropout,
-        key=key if dropout else None,
-        impl=layer_impl(config.impl, precision=config.precision),
-    )
-    h = last_hidden(finals, config.cell)
+    _, finals = config.spec.run(params["rnn"], xs, lengths=lengths, key=key, train=train, compute_dtype=compute_dtype)
+    h = last_hidden(finals, config.spec.cell)
     return h @ params["head"]["w"] + params["head"]["b"]
 
 
@@ -158,7 +139,7 @@ def make_predict_fn(config: ClassifierConfig, compute_dtype=None):
 
 
 def make_eval_step(predict):
-    """``eval_step(params, batch)`` for :func:`lstm_jax.evaluation.evaluate` over
+    """``eval_step(params, batch)`` for :func:`lstm_jax.models.evaluation.evaluate` over
     :func:`~lstm_jax.data.image_batches.eval_batches`.
 
     Per batch: summed ``loss`` and ``accuracy`` (correct count) and ``count`` of the real

@@ -1,6 +1,6 @@
 """A recurrent stack with a linear head, for the synthetic long-range tasks.
 
-``xs (B, T, F) -> apply_stack -> ys (B, T, H) -> linear head``, read out either
+``xs (B, T, F) -> spec.run (apply_stack) -> ys (B, T, H) -> linear head``, read out either
 at the last step (the adding problem: one number per sequence) or at every step
 (the copy task: a distribution over tokens per step). The stack is the library's
 :func:`~lstm_jax.layers.apply_stack`, so every cell (``rnn``, ``gru``,
@@ -24,48 +24,37 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..cells import Cell, get_cell, glorot_uniform
+from ..cells import glorot_uniform
 from ..data import synthetic
-from ..evaluation import evaluate
-from ..layers import apply_stack, init_stack
 from ..stack import chrono_init_stack
 from . import task as task_protocol
+from .evaluation import evaluate
 from .losses import cross_entropy
+from .spec import RecurrentSpec
 
 Array = jax.Array
 
 READOUTS = ("last", "all")
 
 
-def init_sequence_model(
-    key: Array,
-    cell: str | Cell,
-    input_size: int,
-    hidden_size: int,
-    output_size: int,
-    *,
-    num_layers: int = 1,
-    dtype=jnp.float32,
-) -> dict:
+def init_sequence_model(key: Array, spec: RecurrentSpec, input_size: int, output_size: int,
+                        dtype=jnp.float32) -> dict:
     """Params ``{"stack": ..., "head": {"w", "b"}}`` for :func:`apply_sequence_model`."""
     if not isinstance(output_size, int) or output_size < 1:
         raise ValueError(f"output_size must be a positive int, got {output_size!r}")
     k_stack, k_head = jax.random.split(key)
-    stack = init_stack(k_stack, cell, input_size, hidden_size, num_layers=num_layers, dtype=dtype)
     head = {
-        "w": glorot_uniform(k_head, hidden_size, output_size, dtype),
+        "w": glorot_uniform(k_head, spec.features, output_size, dtype),
         "b": jnp.zeros((output_size,), dtype),
     }
-    return {"stack": stack, "head": head}
+    return {"stack": spec.init(k_stack, input_size, dtype), "head": head}
 
 
-def apply_sequence_model(
-    cell: str | Cell, params: dict, xs: Array, *, readout: str = "last", impl: str = "scan", unroll: int = 1
-) -> Array:
+def apply_sequence_model(params: dict, xs: Array, spec: RecurrentSpec, *, readout: str = "last") -> Array:
     """Run the model; ``readout="last"`` -> ``(B, out)``, ``"all"`` -> ``(B, T, out)``."""
     if readout not in READOUTS:
         raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
-    ys, _ = apply_stack(get_cell(cell), params["stack"], xs, impl=impl, unroll=unroll)
+    ys, _ = spec.run(params["stack"], xs)
     if readout == "last":
         ys = ys[..., -1, :]
     return ys @ params["head"]["w"] + params["head"]["b"]
@@ -100,10 +89,10 @@ class Task(NamedTuple):
     baseline: float
     metric: str
 
-    def model_loss(self, cell, params, batch, *, impl: str = "scan"):
+    def model_loss(self, spec: RecurrentSpec, params, batch):
         """Forward the model on ``batch = (inputs, targets)`` and score it."""
         inputs, _ = batch
-        out = apply_sequence_model(cell, params, self.prepare(inputs), readout=self.readout, impl=impl)
+        out = apply_sequence_model(params, self.prepare(inputs), spec, readout=self.readout)
         return self.loss(out, batch)
 
     def prepare(self, inputs: Array) -> Array:
@@ -148,9 +137,26 @@ def make_task(name: str, T: int, *, num_symbols: int = 8, length: int = 10) -> T
     raise ValueError(f"unknown task {name!r}; choose 'adding' or 'copy'")
 
 
-def regressor_task(task: Task, cell: str, hidden: int, *, impl="scan", init: str = "standard",
+def regressor_config(task: Task, spec: RecurrentSpec, *, init: str = "standard", num_symbols: int = 8,
+                     copy_length: int = 10) -> dict:
+    """JSON-able record of a regressor (a checkpoint's ``metadata["model"]``): the task as :func:`make_task`
+    builds it, the init and the spec; :func:`regressor_from_config` reads it back."""
+    made = {"name": task.name, "T": task.T}
+    if task.name == "copy":
+        made.update(num_symbols=num_symbols, length=copy_length)
+    return {"task": made, "init": init, "spec": spec.to_dict()}
+
+
+def regressor_from_config(config: dict) -> tuple[Task, RecurrentSpec]:
+    """``(task, spec)`` of a :func:`regressor_config` record; one line when the record has no spec."""
+    if not isinstance(config, dict) or "spec" not in config or "task" not in config:
+        raise ValueError("the checkpoint's metadata has no regressor spec (metadata['model']['spec'] and ['task'])")
+    return make_task(**config["task"]), RecurrentSpec.from_dict(config["spec"])
+
+
+def regressor_task(task: Task, spec: RecurrentSpec, *, init: str = "standard",
                    chunk: int = 500) -> task_protocol.Task:
-    """``task`` (from :func:`make_task`) with a one-layer ``cell`` model of width ``hidden`` as a
+    """``task`` (from :func:`make_task`) with the recurrent stack ``spec`` and a linear head as a
     :class:`lstm_jax.models.task.Task`; ``data`` is a fixed test batch ``(inputs, targets)``.
 
     ``init="chrono"`` sets the keep-gate biases for memory up to ``T`` steps (Tallec & Ollivier 2018).
@@ -161,19 +167,19 @@ def regressor_task(task: Task, cell: str, hidden: int, *, impl="scan", init: str
         raise ValueError(f"init must be 'standard' or 'chrono', got {init!r}")
 
     def init_params(key):
-        params = init_sequence_model(key, cell, task.input_size, hidden, task.output_size)
+        params = init_sequence_model(key, spec, task.input_size, task.output_size)
         if init == "chrono":  # memory ranges up to the whole sequence
             seq_len = task.batch_fn(jax.random.key(0), 1)(0)[0].shape[1]
-            params["stack"] = chrono_init_stack(jax.random.fold_in(key, 1), cell, params["stack"], seq_len)
+            params["stack"] = chrono_init_stack(jax.random.fold_in(key, 1), spec.cell, params["stack"], seq_len)
         return params
 
     def loss(params, batch, key, model_state):
-        value, metrics = task.model_loss(cell, params, batch, impl=impl)
+        value, metrics = task.model_loss(spec, params, batch)
         return value, (model_state, metrics)
 
     @jax.jit
     def chunk_metrics(params, batch):
-        return task.model_loss(cell, params, batch, impl=impl)[1]
+        return task.model_loss(spec, params, batch)[1]
 
     def chunk_sums(params, b):  # the chunk's means times its size, for the one evaluate's sums
         n = b[0].shape[0]

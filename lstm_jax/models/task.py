@@ -19,7 +19,8 @@ Example (any task trains the same way)::
 
     >>> import jax
     >>> from lstm_jax.models.classifier import ClassifierConfig, classifier_task
-    >>> task = classifier_task(ClassifierConfig(input_size=3, num_classes=2, hidden_size=4))
+    >>> from lstm_jax.models.spec import RecurrentSpec
+    >>> task = classifier_task(ClassifierConfig(input_size=3, num_classes=2, spec=RecurrentSpec(hidden=4)))
     >>> params = task.init(jax.random.PRNGKey(0))
     >>> xs, ys = jax.numpy.ones((2, 5, 3)), jax.numpy.array([0, 1])
     >>> loss, (state, metrics) = task.loss(params, {"x": xs, "y": ys}, jax.random.PRNGKey(1), task.model_state)

@@ -15,27 +15,24 @@ wall time, throughput), ``confusion_matrix.png``, ``misclassified.png``.
 Examples::
 
     # Fashion-MNIST, offline here (Debian's dataset-fashion-mnist IDX files)
-    python experiments/training/mnist_lstm.py --dataset fashion_mnist --mode rows --epochs 12 --out runs/fmnist_rows
+    python -m experiments.classification.mnist_lstm --dataset fashion_mnist --mode rows --epochs 12 --out runs/fmnist_rows
     # MNIST via TFDS (needs a network for the first download)
-    python experiments/training/mnist_lstm.py --dataset mnist --source tfds --mode rows --epochs 20 --out runs/mnist_rows
+    python -m experiments.classification.mnist_lstm --dataset mnist --source tfds --mode rows --epochs 20 --out runs/mnist_rows
     # continue an interrupted run
-    python experiments/training/mnist_lstm.py ... --out runs/fmnist_rows --resume
+    python -m experiments.classification.mnist_lstm ... --out runs/fmnist_rows --resume
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
-    import _bootstrap  # noqa: F401
 
 import jax
 
 from experiments.common import cli, epilogue
-from experiments.common.classifier_report import plot_test, test_figures
+from experiments.classification.classifier_report import plot_test, test_figures
 from experiments.common.harness import run_matmul_gflops
 from experiments.common.machine import machine_info
 from lstm_jax.data import images as img
@@ -101,23 +98,20 @@ def mnist_lstm(args, argv=None) -> dict:
                             augment_flip=args.augment_flip)
     steps = args.steps if args.epochs is None else max(1, round(args.epochs * batches.steps_per_epoch))
     cli.layer_from_args(args, T=int(steps_t), B=args.batch_size, I=int(features), H=args.hidden)  # says what runs
-    model_cfg = ClassifierConfig(
-        input_size=features, num_classes=img.NUM_CLASSES, cell=args.cell, hidden_size=args.hidden,
-        num_layers=args.layers, bidirectional=args.bidirectional, dropout=args.dropout, unroll=args.unroll,
-        impl=args.impl, precision=args.precision)
+    model_cfg = ClassifierConfig(input_size=int(features), num_classes=img.NUM_CLASSES, spec=cli.recurrent_spec(args))
     task = classifier_task(model_cfg, args.eval_batch_size)
     train_cfg = cli.train_config(
         args, steps=steps, warmup_steps=min(args.warmup_steps, max(steps // 10, 1)), checkpoint_every=args.eval_every)
     metadata = {
         "task": "image sequence classification",
-        "argv": sys.argv if argv is None else ["experiments/training/mnist_lstm.py", *argv],
+        "argv": sys.argv if argv is None else ["experiments/classification/mnist_lstm.py", *argv],
         "dataset": args.dataset, "source": data["source"], "data_location": data["location"],
         "mode": args.mode, "perm_seed": args.perm_seed, "sequence_shape": [int(steps_t), int(features)],
         "normalization": {"mean": data["mean"], "std": data["std"]},
         "val_size": args.val_size, "train_examples": int(len(train_xs)), "batch_size": args.batch_size,
         "steps_per_epoch": batches.steps_per_epoch, "data_seed": args.seed,
         "augment": {"max_shift": args.augment_shift, "flip": args.augment_flip},
-        "model": dataclasses.asdict(model_cfg),
+        "model": model_cfg.to_dict(),
     }
     print(f"{args.dataset} ({data['source']}: {data['location']}) mode={args.mode} seq={steps_t}x{features} "
           f"train={len(train_xs)} val={len(val_xs)} test={len(data['test'][0])} | {args.cell} "

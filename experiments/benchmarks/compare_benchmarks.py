@@ -6,7 +6,7 @@ before and after it, alternated), prints the conditions of each run (load averag
 after ÷ before, and each side's median ratio to a reference impl measured in the
 same runs (default: Flax), which cancels much of the machine's drift between runs::
 
-    python experiments/tools/compare_benchmarks.py --before results/refactor_benchmark/before_?.json \\
+    python -m experiments.benchmarks.compare_benchmarks --before results/refactor_benchmark/before_?.json \\
         --after results/refactor_benchmark/after_?.json
 """
 
@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import statistics
 
-if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
-    import _bootstrap  # noqa: F401
 
 from experiments.common import cli
 

@@ -17,7 +17,7 @@ scale, one curve per cell and state, at init and after training),
 
 Example (the README figures)::
 
-    python experiments/training/gradient_flow.py --T 100 --steps 3000 --max-minutes 3 \\
+    python -m experiments.analysis.gradient_flow --T 100 --steps 3000 --max-minutes 3 \\
         --out runs/gradient_flow --figure-dir docs/figures
 """
 
@@ -28,19 +28,18 @@ import json
 import time
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
-    import _bootstrap  # noqa: F401
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import cli
-from experiments.common.analysis_figures import plot_profiles, plot_weight_norms
+from experiments.analysis.analysis_figures import plot_profiles, plot_weight_norms
 from experiments.common.figures import copy_figures
 from experiments.common.machine import machine_info
 from lstm_jax.analysis import recurrent_grad_norms, state_gradient_profile
 from lstm_jax.models.sequence_regressor import make_task, regressor_task
+from lstm_jax.models.spec import RecurrentSpec
 from lstm_jax.train import fit, make_train_step
 
 
@@ -93,7 +92,7 @@ def gradient_flow(args):
     }
     for cell in args.cells:
         k_init, k_data = jax.random.split(jax.random.key(args.seed))
-        model = regressor_task(task, cell, args.hidden)
+        model = regressor_task(task, RecurrentSpec(cell=cell, hidden=args.hidden))
         params = model.init(k_init)
         r = {"init": profile(task, cell, params, probe)}
         # log_every=1: the recurrent-weight gradient norm of every step is the measurement.

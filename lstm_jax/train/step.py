@@ -6,7 +6,7 @@ with the key ``fold_in(PRNGKey(seed), step)`` (nothing random is carried between
 steps, so a resumed run sees the keys the uninterrupted run would), applies the
 optimizer's update and returns ``stats``: ``loss``, ``grad_norm`` (before any
 clipping), the task's metrics, optional ``grad_metrics(grads)``, and whether
-the updated params are finite (read by :mod:`lstm_jax.divergence`).
+the updated params are finite (read by :mod:`lstm_jax.train.divergence`).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def make_train_step(
 ) -> Callable:
     """Jitted ``step_fn(params, opt_state, model_state, batch, step) -> (params, opt_state, model_state, stats)``.
 
-    One update with ``optimizer`` (default: :func:`lstm_jax.optim.make_optimizer` ``(config)``)
+    One update with ``optimizer`` (default: :func:`lstm_jax.train.optim.make_optimizer` ``(config)``)
     and the key ``fold_in(PRNGKey(config.seed), step)``.
 
     ``grad_metrics(grads) -> dict`` (optional, a module-level function so it

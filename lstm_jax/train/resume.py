@@ -1,6 +1,6 @@
 """The run directory of :func:`lstm_jax.train.fit`: where it starts, and what it saves.
 
-``restore_or_start`` opens the run directory (:func:`lstm_jax.checkpoint.open_run_directory`),
+``restore_or_start`` opens the run directory (:func:`lstm_jax.train.checkpoint.open_run_directory`),
 restores the latest checkpoint when resuming (placed like the caller's arrays,
 e.g. replicated over a mesh), warns about a changed config and writes
 ``metadata.json`` (process 0 only). :class:`StepSaver` writes the training
@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import sharding
+from ..distributed import sharding
 from .checkpoint import Checkpointer, closed_on_error, open_run_directory, write_metadata
 
 __all__ = ["RunStart", "StepSaver", "restore_or_start"]
@@ -37,7 +37,7 @@ class RunStart(NamedTuple):
 
 
 def restore_or_start(out, config, params, opt_state, model_state, *, resume, best_metric, run_meta) -> RunStart:
-    """Open the run directory ``out`` (:func:`~lstm_jax.checkpoint.open_run_directory`) and,
+    """Open the run directory ``out`` (:func:`~lstm_jax.train.checkpoint.open_run_directory`) and,
     if ``resume``, restore its latest checkpoint, placed like the caller's arrays
     (e.g. replicated over a mesh). ``out=None``: nothing on disk, start at step 0.
     """

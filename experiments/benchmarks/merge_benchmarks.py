@@ -3,7 +3,7 @@
 ``benchmark.py --processes per-impl`` runs each implementation alone and merges in one go; this
 tool merges records made apart (by hand, one ``--impls`` at a time, or on another day)::
 
-    python -m experiments.tools.merge_benchmarks results/x/manual.json results/x/onednn.json \\
+    python -m experiments.benchmarks.merge_benchmarks results/x/manual.json results/x/onednn.json \\
         results/x/torch.json --out results/x/merged.json
 
 Rows of the same cell and size are put together; ``speed_vs_torch``, ``speed_vs_flax`` and
@@ -16,8 +16,6 @@ import argparse
 import json
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
-    import _bootstrap  # noqa: F401
 
 from experiments.benchmarks.benchmark import merge_records
 

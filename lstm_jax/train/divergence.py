@@ -31,7 +31,7 @@ default). Steps from before a resume count as sane.
 In a multi-process job every process runs its own guard on the same numbers:
 the loss, gradient norm and params-finite flag are replicated outputs of the
 one SPMD step (reduced across processes inside it), so all processes raise
-at the same update without exchanging anything (:mod:`lstm_jax.stopping`;
+at the same update without exchanging anything (:mod:`lstm_jax.distributed.stopping`;
 ``tests/test_multiprocess.py`` checks the processes read the same bits).
 """
 
@@ -92,7 +92,7 @@ class DivergenceGuard:
         ``lr``: its learning rate for the message (``None``: unknown, a caller's own optimizer).
 
         Pops :data:`PARAMS_FINITE` from ``stats``; ``ckpt`` is the run's
-        :class:`~lstm_jax.checkpoint.Checkpointer` (or ``None``).
+        :class:`~lstm_jax.train.checkpoint.Checkpointer` (or ``None``).
         """
         params_finite = bool(stats.pop(PARAMS_FINITE, True))
         loss, grad_norm = stats["loss"], stats["grad_norm"]

@@ -16,17 +16,15 @@ with status 1 if any relative error exceeds ``--tol``.
 The loss heads are differentiated by hand too (softmax-CE: ``dlogits = p - onehot``),
 so the manual path never calls jax.grad.
 
-    python experiments/tools/grad_check.py            # full set
-    python experiments/tools/grad_check.py --quick    # fewer, smaller shapes
-    python experiments/tools/grad_check.py --summary  # one line (worst parameter) per case
+    python -m experiments.analysis.grad_check            # full set
+    python -m experiments.analysis.grad_check --quick    # fewer, smaller shapes
+    python -m experiments.analysis.grad_check --summary  # one line (worst parameter) per case
 """
 
 from __future__ import annotations
 
 import sys
 
-if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
-    import _bootstrap  # noqa: F401
 
 import jax
 import jax.numpy as jnp

@@ -8,7 +8,7 @@ The loop is model-agnostic. A task supplies
   unused) and a dict of scalar metrics to log. ``fit`` jits and differentiates it.
 * ``get_batch(step) -> batch``: a pytree of arrays, a pure function of ``step``
   (so a resumed run sees exactly the batches the uninterrupted run would); in a
-  multi-process job, this process's rows of it (:mod:`lstm_jax.multiprocess`).
+  multi-process job, this process's rows of it (:mod:`lstm_jax.distributed.multiprocess`).
 * optionally ``eval_fn(params) -> {"val_loss": ..., ...}`` (lower is better for
   ``best_metric``).
 
@@ -20,7 +20,7 @@ step N continues bit-for-bit like the uninterrupted run (on CPU).
 Data parallelism needs no change in the step. With ``data_parallel=True`` (by
 default: whenever there is more than one device and no ``put_batch`` of the
 caller's), :func:`fit` replicates params and optimizer state over all devices
-and shards each batch on its leading axis (:mod:`lstm_jax.sharding`); to
+and shards each batch on its leading axis (:mod:`lstm_jax.distributed.sharding`); to
 control the mesh yourself, pass params already replicated and your own
 sharding ``put_batch``. The optimizer state inherits the
 params' sharding, a resumed run restores every array with the sharding of the
@@ -40,15 +40,16 @@ import jax
 import numpy as np
 import optax
 
-from . import sharding
+from ..distributed import sharding
+from ..distributed.stopping import Preempted, StopControl, stop_message
+from ..models.evaluation import evaluate
+from .best import BestTracker
 from .checkpoint import CheckpointError, load_checkpoint
 from .divergence import DivergenceGuard, TrainingDiverged
-from .evaluation import BestTracker, evaluate
 from .optim import make_optimizer, make_schedule
 from .reporting import MetricsLog, StepLogger, plot_history, save_loss_curve
 from .resume import StepSaver, restore_or_start
-from .stopping import Preempted, StopControl, stop_message
-from .train_step import make_train_step
+from .step import make_train_step
 
 __all__ = [
     "TrainConfig",
@@ -78,10 +79,10 @@ class TrainConfig:
     wall-clock budget: when exceeded, the loop stops after the current step,
     saves a checkpoint and returns (``TrainResult.stop_reason == "time budget"``);
     ``fit(..., resume=True)`` then continues the same schedule. In a multi-process
-    job the processes agree on the step (:mod:`lstm_jax.stopping`).
+    job the processes agree on the step (:mod:`lstm_jax.distributed.stopping`).
     ``blowup_factor``: a loss more than this many times the running median
     (and the first loss) stops the run as diverged, before it reaches NaN
-    (:mod:`lstm_jax.divergence`); ``None`` stops only at NaN/inf.
+    (:mod:`lstm_jax.train.divergence`); ``None`` stops only at NaN/inf.
     """
 
     steps: int = 1000
@@ -215,28 +216,28 @@ def fit(
             module's :func:`put_batch` (default device), or the data-parallel
             sharding. Pass your own to shard the batch yourself.
         make_step: ``make_step(loss_fn, config, optimizer=...) -> step_fn`` (see
-            :func:`~lstm_jax.train_step.make_train_step`); replace to wrap the
+            :func:`~lstm_jax.train.step.make_train_step`); replace to wrap the
             step (e.g. pmean of gradients, explicit shardings).
         data_parallel: replicate params/optimizer state over all local devices
-            and shard every batch over them (:mod:`lstm_jax.sharding`).
+            and shard every batch over them (:mod:`lstm_jax.distributed.sharding`).
             ``None`` (default): exactly when there is more than one device and
             no ``put_batch`` of your own is given. ``True`` with a
             ``put_batch`` of your own is an error.
         optimizer: any ``optax.GradientTransformation``; ``None``: the
             config's clipping + AdamW + warmup-cosine schedule
-            (:func:`~lstm_jax.optim.make_optimizer`). With your own, the
+            (:func:`~lstm_jax.train.optim.make_optimizer`). With your own, the
             config's optimiser fields are unused and the logged records carry
             no ``lr``; e.g. ``optax.MultiSteps(optax.adam(1e-3), 4)``
             accumulates gradients over 4 batches per update.
 
     Raises:
         TrainingDiverged: loss or gradient norm became NaN/inf, or the loss
-            blew up (:mod:`lstm_jax.divergence`). Nothing is saved for the bad
+            blew up (:mod:`lstm_jax.train.divergence`). Nothing is saved for the bad
             step; earlier checkpoints are kept, and the message names the
             last good one.
         Preempted: SIGTERM arrived (a ``SystemExit`` with status 143): every
             process stopped at the same step and saved a checkpoint there
-            (:mod:`lstm_jax.stopping`); ``resume=True`` continues exactly.
+            (:mod:`lstm_jax.distributed.stopping`); ``resume=True`` continues exactly.
 
     Example (a linear model; any ``loss_fn`` of this signature trains the same way)::
 

@@ -9,17 +9,16 @@ import json
 import sys
 from pathlib import Path
 
-from lstm_jax.checkpoint import load_checkpoint
+from lstm_jax.train.checkpoint import load_checkpoint
 from lstm_jax.data.text import Vocab, load_text
-from lstm_jax.impls import layer_impl
 from lstm_jax.models import char_model as cm
-from lstm_jax.precision import PRECISIONS
 
 __all__ = ["load_run", "sample_mode", "eval_mode"]
 
 
 def load_run(args, mode: str):
-    """``(params, metadata, vocab)`` of checkpoint ``--which`` in ``--checkpoint``, for the sample/eval modes."""
+    """``(params, spec, metadata, vocab)`` of checkpoint ``--which`` in ``--checkpoint``, for the sample/eval modes:
+    the model is what the checkpoint's spec says (its cell, sizes and the layer path training used)."""
     if not args.checkpoint:
         raise SystemExit(f"error: {mode} mode needs --checkpoint RUN_DIR (the --out of a training run)")
     params, meta = load_checkpoint(args.checkpoint, args.which)
@@ -28,34 +27,32 @@ def load_run(args, mode: str):
     why = {"best": "lowest validation loss", "last": "latest step"}.get(args.which, "requested with --which")
     print(f"{mode}: checkpoint step {meta['step']} of {args.checkpoint} (--which {args.which}: {why}; "
           "--which best|last|STEP)", file=sys.stderr)
-    return params, meta, Vocab.from_json(meta["vocab"])
+    return params, cm.spec_from_config(meta.get("model")), meta, Vocab.from_json(meta["vocab"])
 
 
 def sample_mode(args) -> str:
     """Print and return ``--length`` characters sampled after ``--prompt`` (default a newline)."""
-    params, meta, vocab = load_run(args, "sample")
-    text = cm.sample(params, vocab, "\n" if args.prompt is None else args.prompt, args.length,
-                     temperature=args.temperature, top_k=args.top_k, seed=args.seed, cell=meta.get("model", {}).get("cell"))
+    params, spec, meta, vocab = load_run(args, "sample")
+    text = cm.sample(params, spec, vocab, "\n" if args.prompt is None else args.prompt, args.length,
+                     temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     print(text)
     return text
 
 
 def eval_mode(args) -> dict:
     """Evaluate a saved checkpoint on the validation and test splits of its dataset."""
-    params, meta, vocab = load_run(args, "eval")
+    params, spec, meta, vocab = load_run(args, "eval")
     saved = meta.get("args", {})
     dataset = "file" if saved.get("text_file") else saved.get("dataset", args.dataset)
     splits = load_text(dataset, text_file=saved.get("text_file"), data_dir=args.data_dir or saved.get("data_dir"))
     if splits.vocab != vocab:
         raise SystemExit(f"error: the vocabulary of {splits.name} differs from the checkpoint's")
-    seq_len, cell = args.eval_seq_len or saved.get("seq_len", args.seq_len), meta.get("model", {}).get("cell")
-    # the layer path training used (its figures are reproduced), recorded as chosen; older records: the reference
-    layer = layer_impl(saved["impl"], precision=saved["precision"]) if saved.get("precision") in PRECISIONS else "scan"
+    seq_len = args.eval_seq_len or saved.get("seq_len", args.seq_len)
     out = {"checkpoint": str(args.checkpoint), "which": args.which, "step": meta["step"], "eval_seq_len": seq_len}
     how = {"window": f"windows of {seq_len} chars from a zero state",
            "stream": f"the split as one stream, state carried across windows of {seq_len}"}
     for split, ids in (("val", splits.validation), ("test", splits.test)):
-        out[split] = r = cm.eval_contexts(params, ids, args.eval_batch_size, seq_len, layer, cell, args.eval_context)
+        out[split] = r = cm.eval_contexts(params, ids, spec, args.eval_batch_size, seq_len, args.eval_context)
         for c in args.eval_context:
             p = cm.context_prefix(c)
             print(f"{split}: {r[p + 'nats_per_char']:.4f} nats/char = {r[p + 'bits_per_char']:.4f} bits/char "

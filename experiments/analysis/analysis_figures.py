@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .figures import pyplot, save_figure
+from experiments.common.figures import pyplot, save_figure
 
 __all__ = ["CELL_COLORS", "GATE_ROWS", "plot_cell_text", "plot_heatmap", "plot_profiles", "plot_weight_norms", "show_char"]
 

@@ -14,7 +14,7 @@ replicated. No ``pmap``, no code change in the step function.
 Typical use (this is what :func:`lstm_jax.train.fit` does when
 ``jax.device_count() > 1``)::
 
-    from lstm_jax import sharding
+    from lstm_jax.distributed import sharding
     mesh = sharding.make_data_mesh()                  # all devices, axis "data"
     params, opt_state = sharding.replicate((params, opt_state), mesh)
     batch = sharding.shard_batch(get_batch(step), mesh)  # every leaf split on axis 0
@@ -24,7 +24,7 @@ or, in one call, :func:`parallelize`.
 
 Multi-host (several machines / processes, e.g. a TPU pod or several GPU nodes):
 call :func:`initialize_distributed` (``jax.distributed.initialize``; or
-:func:`lstm_jax.multiprocess.initialize_from_env`, which ``python -m lstm_jax.launch``
+:func:`lstm_jax.distributed.multiprocess.initialize_from_env`, which ``python -m lstm_jax.distributed.launch``
 feeds) at the very start of *every* process, before any other JAX call; then
 ``jax.devices()`` lists the devices of all processes and
 :func:`make_data_mesh` spans them. Each process loads only its own share of
@@ -261,7 +261,7 @@ def replicate_train_state(params, opt_state, model_state):
 
     The batch (and a batch-major ``model_state``, e.g. a truncated-BPTT carry)
     is split on its leading axis over a 1-D mesh of all devices
-    (:mod:`lstm_jax.sharding`); XLA inserts the gradient all-reduce.
+    (:mod:`lstm_jax.distributed.sharding`); XLA inserts the gradient all-reduce.
     """
     mesh = make_data_mesh()
     params, opt_state = replicate((params, opt_state), mesh)

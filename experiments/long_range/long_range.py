@@ -6,7 +6,8 @@ budget and wall-clock budget, and is trained with the shared loop
 measured on a fixed held-out set (its own key) every ``--eval-every`` steps.
 
 Outputs (in ``--out``):
-    results.json   every run: final / best test error, steps, seconds, curve
+    results.json   every run: final / best test error, steps, seconds, curve, its model_dir
+    models/        each run's checkpoint (``<cell>-T<T>``; never overwritten), restorable from its spec alone
     results.md     markdown table: final test error per cell x T, with the baseline
     long_range.png final test error vs T per cell, trivial baseline dashed
     curves.png     test error vs training step, one panel per T
@@ -16,7 +17,7 @@ Sweeps of one configuration trained side by side (``taskset -c 0`` and ``-c 1``,
 
 Example (the README numbers)::
 
-    python experiments/training/long_range.py --task adding --lengths 50 100 200 400 \\
+    python -m experiments.long_range.long_range --task adding --lengths 50 100 200 400 \\
         --steps 4000 --max-minutes 2.5 --out runs/long_range_adding
 """
 
@@ -26,31 +27,43 @@ import json
 import time
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
-    import _bootstrap  # noqa: F401
 
 import jax
 
 from experiments.common import cli
 from experiments.common.run_figures import draw_sweep
-from experiments.common.sweeps import CELL_ORDER, appended_runs, copy_sweep_figures, merge_sweeps, replot, run_summary
+from experiments.long_range.sweeps import CELL_ORDER, appended_runs, copy_sweep_figures, merge_sweeps, replot, run_summary
 from experiments.common.harness import run_matmul_gflops
 from experiments.common.machine import finish_machine_info, machine_info
 from lstm_jax.cells import get_cell
-from lstm_jax.models.sequence_regressor import make_task, regressor_task
+from lstm_jax.models.sequence_regressor import make_task, regressor_config, regressor_task
+from lstm_jax.models.spec import RecurrentSpec
 from lstm_jax.train import fit
 
-def run_one(task, cell: str, args, test_batch) -> dict:
+def model_dir(out: Path, cell: str, T: int) -> Path:
+    """A new folder for the (cell, T) run's checkpoint (the trained model, its spec in the metadata):
+    ``models/<cell>-T<T>``, or ``-2``, ``-3``, ... when a run of it (replaced in the table by --append) is there."""
+    base = out / "models" / f"{cell}-T{T}"
+    return next(p for n in range(1, 10_000) if not (p := base if n == 1 else base.with_name(f"{base.name}-{n}")).exists())
+
+
+def run_one(task, cell: str, args, test_batch, out: Path) -> dict:
     k_init, k_data = jax.random.split(jax.random.key(args.seed))
     # the impl/precision rule (or "auto": measured) for this cell and T, on one layer (the model has one)
-    impl, choice = cli.choose_layer(cell, args.impl, args.precision, T=task.T, B=args.batch_size,
-                                    I=task.input_size, H=args.hidden)
-    model = regressor_task(task, cell, args.hidden, impl=impl, init=args.init)
+    _, choice = cli.choose_layer(cell, args.impl, args.precision, T=task.T, B=args.batch_size,
+                                 I=task.input_size, H=args.hidden)
+    spec = RecurrentSpec(cell=cell, hidden=args.hidden, impl=choice["impl"], precision=choice["precision"])
+    model = regressor_task(task, spec, init=args.init)
     config = cli.train_config(args, log_every=args.eval_every, checkpoint_every=max(args.steps, 1), progress=False)
+    metadata = {"model": regressor_config(task, spec, init=args.init, num_symbols=args.num_symbols,
+                                          copy_length=args.copy_length)}
     t0 = time.perf_counter()
+    where = model_dir(out, cell, task.T)
     result = fit(model.loss, model.init(k_init), task.batch_fn(k_data, args.batch_size), config,
-                 eval_fn=model.eval_fn(test_batch, prefix="test_"), best_metric=f"test_{task.metric}")
-    return run_summary(result, task, cell, time.perf_counter() - t0, choice, args.solved_threshold)
+                 eval_fn=model.eval_fn(test_batch, prefix="test_"), best_metric=f"test_{task.metric}",
+                 out_dir=where, metadata=metadata)
+    summary = run_summary(result, task, cell, time.perf_counter() - t0, choice, args.solved_threshold)
+    return {**summary, "model_dir": str(where.relative_to(out))}
 
 
 def build_parser():
@@ -117,7 +130,7 @@ def long_range(args):
         record.setdefault("baseline", task.baseline)
         test_batch = task.batch_fn(jax.random.key(10_000 + args.seed), args.test_size)(0)
         for cell in run_cells:
-            r = run_one(task, cell, args, test_batch)
+            r = run_one(task, cell, args, test_batch, out)
             print(f"{args.task} T={T:4d} {cell:5s}: final test {task.metric} {r['final_test']:.4f} "
                   f"(best {r['best_test']:.4f}) after {r['steps']} steps, {r['seconds']:.0f}s "
                   f"[{r['stop_reason']}]", flush=True)

@@ -11,7 +11,7 @@ import numpy as np
 
 from lstm_jax.models.classifier import confusion_matrix
 
-from .run_figures import plot_confusion, plot_misclassified
+from experiments.common.run_figures import plot_confusion, plot_misclassified
 
 __all__ = ["test_figures", "plot_test"]
 

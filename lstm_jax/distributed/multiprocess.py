@@ -3,13 +3,13 @@
 A multi-process job runs the *same* script in every process (SPMD). Each
 process calls :func:`initialize_from_env` first (before any other JAX call);
 afterwards ``jax.devices()`` lists the devices of every process,
-:func:`lstm_jax.sharding.make_data_mesh` spans them, and
+:func:`lstm_jax.distributed.sharding.make_data_mesh` spans them, and
 :func:`lstm_jax.train.fit` trains across all of them unchanged.
 
 Where the job's shape comes from (read by :func:`initialize_from_env`):
 
 * ``LSTM_JAX_NUM_PROCESSES`` / ``LSTM_JAX_PROCESS_ID`` / ``LSTM_JAX_COORDINATOR``
-  (``host:port`` of process 0): set by ``python -m lstm_jax.launch`` for
+  (``host:port`` of process 0): set by ``python -m lstm_jax.distributed.launch`` for
   processes on this machine, or by hand.
 * ``LSTM_JAX_DISTRIBUTED=auto``: let ``jax.distributed.initialize()`` detect
   everything (SLURM, Open MPI, Cloud TPU).
@@ -22,7 +22,7 @@ Where the job's shape comes from (read by :func:`initialize_from_env`):
 * ``LSTM_JAX_STALL_TIMEOUT`` (seconds, default 600; ``0``: off): a process of
   a multi-process :func:`~lstm_jax.train.fit` that makes no progress for this
   long ends itself with one line naming it and the step
-  (:class:`lstm_jax.stopping.StallWatchdog`); also how long :func:`decide_on_main`
+  (:class:`lstm_jax.distributed.stopping.StallWatchdog`); also how long :func:`decide_on_main`
   waits for process 0.
 
 Decisions that change control flow are taken once and shared, never computed

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from lstm_jax.models.sequence_regressor import make_task
 
-from .cli import CELL_NAMES
-from .figures import copy_figures
-from .run_figures import draw_sweep
+from experiments.common.cli import CELL_NAMES
+from experiments.common.figures import copy_figures
+from experiments.common.run_figures import draw_sweep
 
 __all__ = ["CELL_ORDER", "MERGE_KEYS", "REPLOT_KEYS", "appended_runs", "config_differences", "invocations",
            "load_sweep", "merge_sweeps", "copy_sweep_figures", "replot", "run_summary"]

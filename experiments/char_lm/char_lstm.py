@@ -2,19 +2,19 @@
 
 The quick start (no flags = configs/shakespeare_quick.toml: 1xLSTM-384, a 3-minute budget, run in runs/char_lstm/)::
 
-    python -m experiments.training.char_lstm
-    python -m experiments.training.char_lstm --config configs/shakespeare_30min.toml --out runs/shakespeare
-    python -m experiments.training.char_lstm --config configs/shakespeare_30min.toml --out runs/shakespeare --resume
-    python -m experiments.training.char_lstm --dataset zen --steps 100      # a 10-second smoke run
+    python -m experiments.char_lm.char_lstm
+    python -m experiments.char_lm.char_lstm --config configs/shakespeare_30min.toml --out runs/shakespeare
+    python -m experiments.char_lm.char_lstm --config configs/shakespeare_30min.toml --out runs/shakespeare --resume
+    python -m experiments.char_lm.char_lstm --dataset zen --steps 100      # a 10-second smoke run
 
 Sample from, or evaluate, a run directory (``--which best|last|STEP``)::
 
-    python -m experiments.training.char_lstm sample --checkpoint runs/shakespeare --prompt "ROMEO:" --top-k 20
-    python -m experiments.training.char_lstm eval --checkpoint runs/shakespeare --which last --save eval.json
+    python -m experiments.char_lm.char_lstm sample --checkpoint runs/shakespeare --prompt "ROMEO:" --top-k 20
+    python -m experiments.char_lm.char_lstm eval --checkpoint runs/shakespeare --which last --save eval.json
 
 Losses are in nats/char (bits = nats / ln 2), over every character of a split: in windows of ``--eval-seq-len``
 from a zero state, and (``stream_*``) the split read as one sequence with the state carried (full context).
-Across processes: ``python -m lstm_jax.launch --processes 2 -- experiments/training/char_lstm.py --out runs/mp``.
+Across processes: ``python -m lstm_jax.distributed.launch --processes 2 -- -m experiments.char_lm.char_lstm --out runs/mp``.
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
-    import _bootstrap  # noqa: F401
 
 import jax
 
-from experiments.common import char_runs, cli, epilogue
+from experiments.common import cli, epilogue
+from experiments.char_lm import char_runs
 from experiments.common.harness import run_matmul_gflops
 from experiments.common.machine import machine_info
-from lstm_jax import multiprocess, sharding
+from lstm_jax.distributed import multiprocess, sharding
 from lstm_jax.data.text import DATASETS, load_text
 from lstm_jax.layers import count_params
 from lstm_jax.models import char_model as cm
+from lstm_jax.models.spec import RecurrentSpec
 from lstm_jax.train import fit
 
 
@@ -95,14 +95,16 @@ def train(args, malloc: dict | None = None) -> dict:
     say(f"data: {splits.name}: train {len(splits.train):,} / val {len(splits.validation):,} / test "
         f"{len(splits.test):,} chars, vocab {splits.vocab.size}")
     V = splits.vocab.size
-    cli.match_params(args, lambda c, h: cm.init_char_model(jax.random.PRNGKey(0), V, h, args.layers, c, args.embed_dim))
-    layer = cli.layer_from_args(args, T=args.seq_len, B=args.batch_size, I=args.embed_dim or V, H=args.hidden)
-    task = cm.char_task(V, args.hidden, args.layers, args.cell, embed_dim=args.embed_dim, dropout=args.dropout,
-                        stateful=args.stateful, batch_size=args.batch_size, impl=layer, unroll=args.unroll,
+    cli.match_params(args, lambda c, h: cm.init_char_model(jax.random.PRNGKey(0), V,
+                                                           RecurrentSpec(cell=c, hidden=h, layers=args.layers),
+                                                           args.embed_dim))
+    cli.layer_from_args(args, T=args.seq_len, B=args.batch_size, I=args.embed_dim or V, H=args.hidden)
+    spec = cli.recurrent_spec(args)  # the model, as the checkpoint records it
+    task = cm.char_task(V, spec, embed_dim=args.embed_dim, stateful=args.stateful, batch_size=args.batch_size,
                         eval_batch_size=args.eval_batch_size, eval_seq_len=args.eval_seq_len)
     params = task.init(jax.random.PRNGKey(args.seed))
     say(f"model: {args.layers}x{args.cell.upper()} H={args.hidden}, {count_params(params):,} params; out: {out}")
-    metadata = {"vocab": splits.vocab.to_json(), "dataset": splits.name, "model": cm.model_config(params, args.cell),
+    metadata = {"vocab": splits.vocab.to_json(), "dataset": splits.name, "model": cm.model_config(params, spec),
                 "args": epilogue.resolved_args(args)}
     machine = machine_info(malloc=malloc, matmul_gflops=run_matmul_gflops())  # the rate this run saw
     t0 = time.perf_counter()
@@ -114,8 +116,8 @@ def train(args, malloc: dict | None = None) -> dict:
     seconds = time.perf_counter() - t0
     cli.report_stop(result)
     prompt = args.prompt or (splits.vocab.decode(splits.train[:200]).split("\n")[0] or splits.vocab.decode(splits.train[:1]))
-    text = cm.sample(result.params, splits.vocab, prompt, args.length, temperature=args.temperature, top_k=args.top_k,
-                     seed=args.seed, cell=args.cell)
+    text = cm.sample(result.params, spec, splits.vocab, prompt, args.length, temperature=args.temperature,
+                     top_k=args.top_k, seed=args.seed)
     extra = {"dataset": splits.name, "params": count_params(params), "hidden": args.hidden,
              "matched_params_of": getattr(args, "matched", None), "layer": args.layer_choice,
              "sample": {"from": "final params", "prompt": prompt, "temperature": args.temperature,
@@ -128,7 +130,7 @@ def train(args, malloc: dict | None = None) -> dict:
 
 
 def char_lstm(args):
-    multiprocess.initialize_from_env()  # a no-op unless started by lstm_jax.launch or a cluster (first JAX call)
+    multiprocess.initialize_from_env()  # a no-op unless started by lstm_jax.distributed.launch or a cluster (first JAX call)
     malloc = cli.apply_malloc(args)
     return {"sample": char_runs.sample_mode, "eval": char_runs.eval_mode}.get(args.mode, lambda a: train(a, malloc))(args)
 

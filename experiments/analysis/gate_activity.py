@@ -1,8 +1,8 @@
 """LSTM gate activity on text: heatmaps of chosen units' gates and cell state, characters on the axis.
 
-Loads a character model trained by ``experiments/training/char_lstm.py`` (``--checkpoint``:
+Loads a character model trained by ``experiments/char_lm/char_lstm.py`` (``--checkpoint``:
 its ``--out`` directory; params and vocabulary come from
-:func:`lstm_jax.checkpoint.load_checkpoint`), runs it over a stretch of text
+:func:`lstm_jax.train.checkpoint.load_checkpoint`), runs it over a stretch of text
 and records every step's gates with :func:`lstm_jax.analysis.lstm_gate_trace`.
 
 The model first reads ``--warmup-chars`` characters before the displayed stretch,
@@ -21,14 +21,14 @@ stretch, the unit whose tanh(c) correlates most with the position in the line,
 the one that correlates most with "this line is a speaker name" (e.g.
 ``VINCENTIO:``), the one that correlates most with spaces, and the
 slowest-forgetting unit whose cell state still moves (see
-:func:`experiments.common.gate_units.choose_units`;
+:func:`experiments.analysis.gate_units.choose_units`;
 the reasons are written to ``gate_activity.json``).
 
 Example::
 
-    python experiments/training/char_lstm.py train --max-minutes 9 \\
+    python -m experiments.char_lm.char_lstm train --max-minutes 9 \\
         --hidden 128 --seq-len 100 --steps 3000 --out runs/char_lstm_gates
-    python experiments/training/gate_activity.py --checkpoint runs/char_lstm_gates --out runs/gate_activity
+    python -m experiments.analysis.gate_activity --checkpoint runs/char_lstm_gates --out runs/gate_activity
 """
 
 from __future__ import annotations
@@ -36,23 +36,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
-    import _bootstrap  # noqa: F401
 
 import numpy as np
 
 from experiments.common import cli
-from experiments.common.analysis_figures import plot_cell_text, plot_heatmap
+from experiments.analysis.analysis_figures import plot_cell_text, plot_heatmap
 from experiments.common.figures import copy_figures
-from experiments.common.gate_units import choose_units, text_stretch
+from experiments.analysis.gate_units import choose_units, text_stretch
 from lstm_jax.analysis import lstm_gate_trace
-from lstm_jax.checkpoint import load_checkpoint
+from lstm_jax.train.checkpoint import load_checkpoint
 from lstm_jax.data.text import TINY_SHAKESPEARE_PATH, Vocab
-from lstm_jax.models.char_model import encode_inputs, infer_cell
+from lstm_jax.models.char_model import encode_inputs, spec_from_config
 
 def build_parser():
     p = cli.make_parser(__doc__, script=__file__)
-    cli.add_flag(p, "checkpoint", required=True, help="run directory of experiments/training/char_lstm.py (its --out)")
+    cli.add_flag(p, "checkpoint", required=True, help="run directory of experiments/char_lm/char_lstm.py (its --out)")
     cli.add_flag(p, "which")
     cli.add_flag(p, "text_file",
                  help="text to run over (default: Tiny Shakespeare, shipped in lstm_jax/data/corpora)")
@@ -72,8 +70,8 @@ def build_parser():
 
 
 def checkpoint_cell(params, meta: dict) -> str:
-    """The cell of a char_lstm checkpoint, as recorded in its metadata (shapes only for a record without it)."""
-    return meta.get("model", {}).get("cell") or infer_cell(params)
+    """The cell of a char_lstm checkpoint, as its spec records it."""
+    return spec_from_config(meta.get("model")).cell
 
 
 def gate_activity(args):

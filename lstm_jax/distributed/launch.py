@@ -1,10 +1,10 @@
-"""Start a multi-process JAX job on this machine: ``python -m lstm_jax.launch``.
+"""Start a multi-process JAX job on this machine: ``python -m lstm_jax.distributed.launch``.
 
-    python -m lstm_jax.launch --processes 2 --local-devices 2 -- experiments/training/char_lstm.py --steps 200
-    python -m lstm_jax.launch --processes 4 -- -m experiments.benchmarks.scaling --quick
+    python -m lstm_jax.distributed.launch --processes 2 --local-devices 2 -- -m experiments.char_lm.char_lstm --steps 200
+    python -m lstm_jax.distributed.launch --processes 4 -- -m experiments.benchmarks.scaling --quick
 
 Runs ``python <args after -->`` N times, as processes 0..N-1 of one job. Each
-gets the variables :func:`lstm_jax.multiprocess.initialize_from_env` reads
+gets the variables :func:`lstm_jax.distributed.multiprocess.initialize_from_env` reads
 (``LSTM_JAX_COORDINATOR`` = ``127.0.0.1:<free port>``, ``LSTM_JAX_NUM_PROCESSES``,
 ``LSTM_JAX_PROCESS_ID``, and ``LSTM_JAX_INIT_TIMEOUT`` if ``--init-timeout``);
 ``--local-devices K`` makes each process a CPU process with K devices
@@ -13,7 +13,7 @@ gets the variables :func:`lstm_jax.multiprocess.initialize_from_env` reads
 Every line a process prints comes out here prefixed ``[p<i>]``. SIGINT/SIGTERM
 /SIGHUP sent to the launcher are passed on to every process (a SIGTERM makes
 :func:`lstm_jax.train.fit` stop all processes at one step with a checkpoint,
-:mod:`lstm_jax.stopping`); a process still running ``--signal-grace`` seconds
+:mod:`lstm_jax.distributed.stopping`); a process still running ``--signal-grace`` seconds
 (default 30) after the first signal, or at a second signal, is killed
 (SIGKILL), and the launcher exits with ``128 + signal`` (143 for SIGTERM). If
 one process fails (non-zero exit or killed), the launcher says so in one line,
@@ -195,7 +195,7 @@ def _stop(procs: list[subprocess.Popen], grace: float) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lstm_jax.launch", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m lstm_jax.distributed.launch", description=__doc__.split("\n\n")[0],
                                 usage="%(prog)s --processes N [--local-devices K] [options] -- SCRIPT [ARGS...]")
     p.add_argument("--processes", type=int, required=True, help="number of processes N")
     p.add_argument("--local-devices", type=int, default=None,
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" not in argv:
-        raise SystemExit("error: put the script after '--': python -m lstm_jax.launch --processes N -- SCRIPT [ARGS]")
+        raise SystemExit("error: put the script after '--': python -m lstm_jax.distributed.launch --processes N -- SCRIPT [ARGS]")
     split = argv.index("--")
     args, command = build_parser().parse_args(argv[:split]), argv[split + 1:]
     if not command:

@@ -23,7 +23,7 @@ checkpoint, stop) at the same step:
   broadcasts, not one per step, and stops at most about one step (plus an
   evaluation that falls in the last interval) after its deadline.
 
-The divergence stop (:mod:`lstm_jax.divergence`) and the evaluation and
+The divergence stop (:mod:`lstm_jax.train.divergence`) and the evaluation and
 checkpoint steps need no agreement: they depend only on step numbers and on
 the step's statistics, which are replicated outputs of the one SPMD step,
 the same numbers in every process.

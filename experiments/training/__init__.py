@@ -1,1 +1,0 @@
-"""Training scripts: each trains one model family from a config file and flags (``--config configs/NAME.toml``)."""
