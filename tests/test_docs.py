@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import importlib.util
 import re
 import unicodedata
 from pathlib import Path
@@ -252,3 +253,20 @@ def test_package_docstring_names_every_wing_and_top_module():
             continue
         name = p.name + "/" if p.is_dir() else p.stem
         assert f"``{name}``" in doc or f"{name} " in doc, f"lstm_jax's docstring does not name {name}"
+
+
+def test_every_name_the_pages_import_exists():
+    """Each ``from lstm_jax... import a, b`` and ``import lstm_jax...`` in the README's and the docs' code
+    blocks names something that exists (the layout can move; the names users copy stay)."""
+    missing = []
+    for page in PAGES:
+        for block in fenced_blocks(page.read_text(), "python"):
+            for module, names in re.findall(r"^\s*from (lstm_jax[\w.]*) import \(?([\w, \n]+?)\)?\s*(?:#.*)?$", block, re.M):
+                mod = importlib.import_module(module)
+                missing += [f"{page.name}: {module}.{n}" for n in (x.strip() for x in names.split(","))
+                            if n and not hasattr(mod, n.split(" as ")[0])
+                            and importlib.util.find_spec(f"{module}.{n.split(' as ')[0]}") is None]
+            for module in re.findall(r"^\s*import (lstm_jax[\w.]*)", block, re.M):
+                if importlib.util.find_spec(module) is None:
+                    missing.append(f"{page.name}: {module}")
+    assert not missing, missing
