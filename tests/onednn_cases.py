@@ -14,24 +14,24 @@ Cases:
   f64_carry  a float64 initial carry with jax_enable_x64 and float32 params
   w_x_1d     a 1-D ``w_x`` whose length matches, under ``jax.grad``
   empty      a batch of zero sequences (B = 0), forward and gradient
-  fork       a child forked after a call computes the parent's answer (within 60 s)
+  fork       a child forked after a call computes the parent's answer (within 30 s)
+  ffi_sizes  direct FFI calls whose buffers do not fit the plan (a short bias, a wrong h0 batch, a wrong
+             output, a short workspace, a wrong cotangent): each must return the FFI error naming the operand
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
+import warnings
 
-# Only the case that needs float64 turns x64 on, before jax is imported (as a user would).
-if "f64_carry" in sys.argv[1:]:
-    os.environ["JAX_ENABLE_X64"] = "1"
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from lstm_jax.cells import get_cell  # noqa: E402
-from lstm_jax.impls import layer_impl  # noqa: E402
+from lstm_jax.cells import get_cell
+from lstm_jax.impls import layer_impl
 
 CELLS = ("lstm", "gru", "rnn")
 REL = 1e-5
@@ -104,9 +104,10 @@ def bf16_bias(cell_name):
 
 
 def f64_carry(cell_name):
-    cell, params, xs, carry = _problem(cell_name)
-    carry = jax.tree_util.tree_map(lambda c: c.astype(jnp.float64), carry)
-    _compare("f64_carry", cell_name, cell, params, xs, carry)
+    with jax.enable_x64(True):  # as JAX_ENABLE_X64=1 would, for this case only
+        cell, params, xs, carry = _problem(cell_name)
+        carry = jax.tree_util.tree_map(lambda c: c.astype(jnp.float64), carry)
+        _compare("f64_carry", cell_name, cell, params, xs, carry)
 
 
 def w_x_1d(cell_name):
@@ -164,9 +165,59 @@ def fork(cell_name, timeout=30.0):
         print(f"ok fork {cell_name}", flush=True)
 
 
-CASES = {"bf16_bias": bf16_bias, "f64_carry": f64_carry, "w_x_1d": w_x_1d, "empty": empty, "fork": fork}
+def ffi_sizes(cell_name):
+    """Each wrong buffer must come back as XLA's error carrying the handler's message, not a crash."""
+    from lstm_jax.impls import onednn
+    from lstm_jax.impls._onednn.build import BACKWARD_TARGET, FORWARD_TARGET, load
+
+    code = {"lstm": 0, "gru": 1, "rnn": 2}[cell_name]
+    G, Gb = {"lstm": (4, 4), "gru": (3, 4), "rnn": (1, 1)}[cell_name]
+    T, B, I, H = 3, 2, 4, 5
+    f32, u8 = jnp.float32, jnp.uint8
+    ws = load().workspace_bytes(code, False, False, True, T, B, I, H)
+    good = dict(x=(T, B, I), h0=(B, H), c0=(B, H), w_layer=(I, G * H), w_iter=(H, G * H), bias=(Gb * H,))
+    outs = dict(y=(T, B, H), hT=(B, H), cT=(B, H), workspace=(ws,))
+
+    def forward(ins, outs):
+        args = [jnp.ones(shape, f32) for shape in ins.values()]
+        shapes = [jax.ShapeDtypeStruct(shape, u8 if name == "workspace" else f32) for name, shape in outs.items()]
+        call = jax.ffi.ffi_call(FORWARD_TARGET, shapes)
+        return call(*args, cell=np.int32(code), reverse=False, training=True, blocked=True)
+
+    def backward(dy_shape):
+        args = [jnp.ones(shape, f32) for shape in good.values()]
+        args += [jnp.ones((T, B, H), f32), jnp.ones((B, H), f32), jnp.ones((B, H), f32), jnp.zeros((ws,), u8)]
+        args += [jnp.ones(dy_shape, f32), jnp.ones((B, H), f32), jnp.ones((B, H), f32)]
+        shapes = [jax.ShapeDtypeStruct(shape, f32) for shape in good.values()]
+        call = jax.ffi.ffi_call(BACKWARD_TARGET, shapes)
+        return call(*args, cell=np.int32(code), reverse=False, blocked=True)
+
+    trials = {
+        "bias": lambda: forward({**good, "bias": (Gb * H - 1,)}, outs),
+        "h0": lambda: forward({**good, "h0": (B + 1, H)}, outs),
+        "w_layer": lambda: forward({**good, "w_layer": (G * H,)}, outs),
+        "y": lambda: forward(good, {**outs, "y": (T, B, H + 1)}),
+        "workspace": lambda: forward(good, {**outs, "workspace": (max(ws - 64, 1),)}),
+        "dy": lambda: backward((T, B + 1, H)),
+    }
+    for operand, trial in trials.items():
+        try:
+            jax.block_until_ready(trial())
+        except Exception as err:  # noqa: BLE001 - XLA's runtime error type moved between jax versions
+            message = str(err)
+            if re.search(rf"onednn rnn (forward|backward): {operand} is \S+, the plan expects \S+", message):
+                print(f"ok ffi_sizes {cell_name} {operand}", flush=True)
+            else:
+                print(f"FAIL ffi_sizes {cell_name} {operand}: {type(err).__name__}: {message[:300]!r}", flush=True)
+        else:
+            print(f"FAIL ffi_sizes {cell_name} {operand}: no error", flush=True)
+    assert onednn.unavailable_reason() is None
+
+
+CASES = {"ffi_sizes": ffi_sizes, "bf16_bias": bf16_bias, "f64_carry": f64_carry, "w_x_1d": w_x_1d, "empty": empty, "fork": fork}
 
 if __name__ == "__main__":
+    warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)  # forking is the point
     for name in sys.argv[1:]:
         for cell_name in CELLS:
             CASES[name](cell_name)

@@ -51,10 +51,11 @@ def _loss_and_grads(cell, impl, params, xs, lengths):
     return ys, grads
 
 
-# Every impl with the LSTM; the GRU and RNN with the fast path (every combination with -m slow).
+# Every impl with the LSTM; the GRU and RNN with the fast path and oneDNN's bf16 kernel, which the
+# default rule picks for them on a bf16 CPU (every combination with -m slow).
 @pytest.mark.parametrize(
     "cell, impl",
-    [pytest.param(c, i, marks=() if c == "lstm" or i == "manual" else pytest.mark.slow)
+    [pytest.param(c, i, marks=() if c == "lstm" or i in ("manual", "onednn") else pytest.mark.slow)
      for c in ("rnn", "lstm", "gru") for i in sorted(IMPLS)],
 )
 def test_bf16_matches_fp32_within_bf16_tolerance(cell, impl):

@@ -115,18 +115,19 @@ def cache_root() -> Path:
 def private_dir(path: Path, *, check_parent: bool = True) -> Path:
     """``path`` created ``0700`` if missing (its missing parents too), then checked: a directory owned by this
     user and not writable by group or others, else :class:`OnednnUnavailable` (another user could plant a
-    library there). ``check_parent``: also the directory above (the cache root above a build's)."""
-    missing = []
-    at = path
-    while not at.exists() and at != at.parent:
-        missing.append(at)
-        at = at.parent
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            pass  # made meanwhile by another process: checked below like any other
+    library there). ``check_parent``: the directory above (the cache root above a build's) is checked first,
+    so nothing is created inside a refused one."""
     for directory in ([path.parent, path] if check_parent else [path]):
+        missing = []
+        at = directory
+        while not os.path.lexists(at) and at != at.parent:
+            missing.append(at)
+            at = at.parent
+        for new in reversed(missing):
+            try:
+                os.mkdir(new, 0o700)
+            except FileExistsError:
+                pass  # made meanwhile by another process: checked below like any other
         info = os.stat(directory)
         if not stat.S_ISDIR(info.st_mode):
             raise OnednnUnavailable(f"refuses its build cache {directory}: not a directory")
