@@ -49,8 +49,15 @@ for ``torch`` (whose ``torch.set_num_threads`` is per-library); the default is
 every core the process may use. Every primitive runs on one thread owned by
 the library (not on the XLA thread that made the call: OpenMP pools per calling
 thread made its per-step barriers sleep; docs/onednn.md#threads), so calls are
-serialised. Primitives are created once per (cell, direction, dtype, T, B, I, H)
-and reused.
+serialised. Primitives are created once per (cell, direction, dtype, T, B, I, H),
+on that thread, and reused (the 64 most recently used; :func:`clear` frees them). A
+process forked after a call gets a fresh thread on its first call.
+
+Input contract (docs/onednn.md#contract): weights, bias and carry are cast to the
+kernel's float32 (the outputs and final carry back to the carry's dtype), so any
+dtype mix ``scan`` accepts gives its answer; ``B = 0`` returns without calling
+oneDNN; the C++ handlers refuse any buffer whose dtype or shape differs from the
+plan's with XLA's ``INVALID_ARGUMENT`` error naming it.
 
 Example (``lengths`` omitted: the fused path)::
 
