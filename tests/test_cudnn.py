@@ -30,11 +30,15 @@ needs_gpu = pytest.mark.skipif(
     not ON_GPU, reason=f"the cuDNN kernel needs a GPU backend (jax.default_backend() is {jax.default_backend()!r})"
 )
 
-#: The registered "cudnn" impl with jax's reference kernel in place of cuDNN: runs on any backend.
+#: The registered "cudnn" impl with jax's reference kernel in place of cuDNN: runs on any backend. It
+#: differentiates reversed layers with lengths too (the refusal is about cuDNN's kernel; tested below).
 REFERENCE = dataclasses.replace(
     IMPLS["cudnn"], name="cudnn-reference", core=functools.partial(cudnn_core, kernel=reference_kernel),
-    available=lambda: None,
+    available=lambda: None, refuse_gradient=lambda reverse, lengths: None,
 )
+#: The registered impl as it is on a GPU (its refusals included), made to run here; its kernel would fail
+#: off a GPU, so only what is decided before the kernel runs is tested with it.
+FORCED = dataclasses.replace(IMPLS["cudnn"], available=lambda: None)
 
 
 def _problem(T=7, B=4, I=3, H=5, *, layers=1, bidirectional=False, dtype=jnp.float32, seed=0):
@@ -178,6 +182,29 @@ def test_refuses_other_cells_bf16_and_other_dtypes():
             cudnn_kernel(x64, x64[:, :1, :1], x64[:, :1, :1], jnp.zeros(num_weights(3, 1)), jnp.ones(1, jnp.int32), 3, 1)
 
 
+def test_a_reversed_layer_with_lengths_is_not_differentiated():
+    """Refused while the gradient is traced (before any kernel: this runs off a GPU), naming 'manual';
+    a single reversed layer and a bidirectional stack's backward direction alike. Without lengths, or
+    without a gradient, nothing is refused (the reference kernel stands in to run it here)."""
+    from lstm_jax.impls.cudnn import GRADIENT_REFUSAL
+
+    assert "\n" not in GRADIENT_REFUSAL and "use impl='manual'" in GRADIENT_REFUSAL
+    params, xs, carry = _problem()
+    lengths = jnp.array([7, 3, 0, 1])
+    with pytest.raises(ValueError) as err:
+        _outputs_and_grads(FORCED, params, xs, carry, lengths, True)  # one reversed layer
+    assert str(err.value) == GRADIENT_REFUSAL
+    guarded = dataclasses.replace(FORCED, core=REFERENCE.core)  # the forward direction runs a kernel first
+    bi_params, _, bi_carry = _problem(bidirectional=True)
+    with pytest.raises(ValueError) as err:
+        _outputs_and_grads(guarded, bi_params, xs, bi_carry, lengths, False)  # a stack's backward direction
+    assert str(err.value) == GRADIENT_REFUSAL
+    _compare(guarded, params, xs, carry, None, True, 1e-5, 1e-5)  # reversed without lengths: differentiated
+    ys_ref = layer_impl("scan")("lstm", params[0], xs, carry[0], lengths=lengths, reverse=True)[0]
+    ys = jax.jit(lambda p: guarded("lstm", p, xs, carry[0], lengths=lengths, reverse=True)[0])(params[0])
+    np.testing.assert_allclose(ys, ys_ref, rtol=1e-5, atol=1e-5)  # no gradient: it runs
+
+
 # --------------------------------------------------------------------------- the cuDNN kernel (GPU only)
 
 
@@ -188,13 +215,23 @@ def test_cudnn_equals_scan_at_highest_precision(lengths, reverse):
     # tests/conftest.py runs this under jax.default_matmul_precision("highest"): no TF32 in cuDNN or XLA.
     params, xs, carry = _problem()
     lengths = None if lengths is None else jnp.array(lengths)
+    if reverse and lengths is not None:  # refused when differentiated (test above); the forward runs
+        run = jax.jit(lambda p: layer_impl("cudnn")("lstm", p, xs, carry[0], lengths=lengths, reverse=True))
+        want = layer_impl("scan")("lstm", params[0], xs, carry[0], lengths=lengths, reverse=True)
+        _assert_same(run(params[0]), want, 1e-5, "forward of a reversed layer with lengths")
+        return
     _compare(layer_impl("cudnn"), params, xs, carry, lengths, reverse, 1e-5, 1e-5)
 
 
 @needs_gpu
 def test_cudnn_equals_scan_in_a_two_layer_bidirectional_stack():
+    """With lengths the backward direction's gradient is refused: the forward is compared, and the
+    gradient without lengths."""
     params, xs, carry = _problem(T=9, B=4, I=3, H=6, layers=2, bidirectional=True, seed=1)
-    _compare(layer_impl("cudnn"), params, xs, carry, jnp.array([9, 1, 5, 0]), False, 1e-5, 1e-5)
+    lengths = jnp.array([9, 1, 5, 0])
+    run = jax.jit(lambda p: apply_stack("lstm", p, xs, carry, lengths=lengths, impl="cudnn"))
+    _assert_same(run(params), apply_stack("lstm", params, xs, carry, lengths=lengths, impl="scan"), 1e-5, "forward")
+    _compare(layer_impl("cudnn"), params, xs, carry, None, False, 1e-5, 1e-5)
 
 
 @needs_gpu
@@ -255,7 +292,7 @@ def test_cudnn_kernel_traces_with_the_layers_sizes_and_the_tf32_switch(monkeypat
     params, xs, carry = _problem(T=T, B=B, I=I, H=H)
 
     def loss(p, c):
-        ys, final = forced("lstm", p, xs, c, lengths=jnp.array([7, 3, 0, 1]), reverse=True)
+        ys, final = forced("lstm", p, xs, c, lengths=jnp.array([7, 3, 0, 1]))  # reversed: refused, tested above
         return jnp.sum(ys) + jnp.sum(final.cell)
 
     with jax.default_matmul_precision(precision) if precision else contextlib.nullcontext():

@@ -76,10 +76,10 @@ def _run(cell, name, params, xs, carry, lengths, bidirectional):
     return jax.jit(f)(params, xs, carry)
 
 
-def _compare_all(cell, params, xs, carry, lengths=None, bidirectional=False, tol=2e-5):
-    """Each impl in IMPLS against the reference (computed once)."""
+def _compare_all(cell, params, xs, carry, lengths=None, bidirectional=False, tol=2e-5, leave_out=()):
+    """Each impl in IMPLS (but ``leave_out``) against the reference (computed once)."""
     (_, (ys_ref, fin_ref)), g_ref = _run(cell, "scan", params, xs, carry, lengths, bidirectional)
-    for impl in [name for name in HERE if runs(name, cell)]:
+    for impl in [name for name in HERE if runs(name, cell) and name not in leave_out]:
         (_, (ys_got, fin_got)), g_got = _run(cell, impl, params, xs, carry, lengths, bidirectional)
         np.testing.assert_allclose(ys_got, ys_ref, rtol=tol, atol=tol, err_msg=f"{impl} outputs")
         for a, b in zip(jax.tree_util.tree_leaves(fin_got), jax.tree_util.tree_leaves(fin_ref)):
@@ -101,7 +101,8 @@ def test_matches_reference_lengths_bidirectional_stack(cell):
     size = (9, 4, 3, 8)
     params, xs, carry = _setup(cell, size, layers=2, bidirectional=True, seed=1)
     lengths = jnp.array([9, 1, 5, 0])
-    _compare_all(cell, params, xs, carry, lengths=lengths, bidirectional=True)
+    # cudnn refuses the gradient of a reversed layer with lengths (tests/test_cudnn.py checks the refusal).
+    _compare_all(cell, params, xs, carry, lengths=lengths, bidirectional=True, leave_out=("cudnn",))
 
 
 @pytest.mark.parametrize("impl", sorted(set(IMPLS) - set(HERE)))

@@ -12,6 +12,7 @@ Skipped, with the reason, where the ``onednn`` extra (or a compiler) is missing.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import subprocess
 import sys
@@ -67,15 +68,17 @@ def _assert_rel(got, want, bound, what):
 
 
 # (T, B, I, H, reverse): T=1 and B=1 with odd H in reverse; a longer one with one input feature.
-# The LSTM here; every cell in both directions in the stack test below (-m slow: every cell here too).
+# Every cell at the tiny one (so both weight layouts of every cell run by default), the LSTM at both
+# (-m slow: every cell at both); the stack test below runs every cell in both directions.
 SINGLE = [(1, 1, 3, 5, True), (12, 2, 1, 7, False)]
 
 
 @needs_onednn
 @pytest.mark.parametrize(
-    "cell", [pytest.param(c, marks=() if c == "lstm" else pytest.mark.slow) for c in CELLS]
+    "cell, size",
+    [pytest.param(c, s, marks=() if c == "lstm" or s == SINGLE[0] else pytest.mark.slow,
+                  id="{}-T{}B{}I{}H{}{}".format(c, *s[:4], "r" if s[4] else "")) for c in CELLS for s in SINGLE],
 )
-@pytest.mark.parametrize("size", SINGLE, ids=lambda s: "T{}B{}I{}H{}{}".format(*s[:4], "r" if s[4] else ""))
 def test_fp32_matches_scan(cell, size, monkeypatch):
     """Both weight layouts: oneDNN's own (blocked, the default) and the library's ldigo as given (plain)."""
     *shape, reverse = size
@@ -102,9 +105,7 @@ def test_fp32_two_layer_bidirectional_stack_matches_scan(cell):
 
 @needs_onednn
 @pytest.mark.skipif(not onednn.cpu_has_bf16(), reason="this CPU has no bf16 dot products (avx512_bf16/amx_bf16)")
-@pytest.mark.parametrize(
-    "cell", [pytest.param(c, marks=() if c == "lstm" else pytest.mark.slow) for c in CELLS]
-)
+@pytest.mark.parametrize("cell", CELLS)
 def test_bf16_kernel_within_bf16_tolerance(cell):
     """oneDNN's bf16 RNN (no lengths, so the fused kernel runs) against the float32 reference,
     on tests/test_precision.py's kind of problem (the cells' own init, no added noise)."""
@@ -154,28 +155,58 @@ def test_refusals_are_one_line(monkeypatch):
 
 
 def test_missing_onednn_is_a_one_line_reason(monkeypatch, tmp_path):
-    monkeypatch.setattr(build, "_prefixes", lambda: [tmp_path])
-    with pytest.raises(build.OnednnUnavailable, match=r"^needs oneDNN's library and headers \(pip install onednn-cpu"):
+    """The real lookup, through the documented override: ``$DNNLROOT`` alone is searched, and named;
+    pointed at the environment's install it finds that one."""
+    try:
+        found = build.find_onednn()
+    except build.OnednnUnavailable:
+        found = None
+    monkeypatch.setenv("DNNLROOT", str(tmp_path))
+    with pytest.raises(build.OnednnUnavailable, match=rf"^needs oneDNN's library and headers \(pip install onednn-cpu-gomp"
+                                                      rf".*\); none under {re.escape(str(tmp_path))}$"):
         build.build()
+    assert onednn.precisions() == ("fp32",)  # what the registry asks at import: an answer, not an error
+    if found is not None:
+        monkeypatch.setenv("DNNLROOT", str(found[0].parent))
+        assert build.find_onednn() == found
+
+
+def _fake_compiler(tmp_path, exit_code=3):
+    """A compiler that answers ``--version`` (so it is the build's compiler) and fails to compile."""
+    fake = tmp_path / "fake-cxx"
+    fake.write_text(f'#!/bin/sh\n[ "$1" = --version ] && {{ echo "fake-cxx 1.0"; exit 0; }}\n'
+                    f'echo "fake-cxx: cannot" >&2\nexit {exit_code}\n')
+    fake.chmod(0o755)
+    return fake
 
 
 @pytest.mark.skipif(REASON is not None and "needs oneDNN" in REASON, reason=str(REASON))
 def test_a_compiler_error_is_one_line_with_the_log(monkeypatch, tmp_path):
-    """A failing compiler (here ``false``) leaves a log and a one-line reason naming it; nothing is cached."""
-    monkeypatch.setenv("LSTM_JAX_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("CXX", "false")
-    with pytest.raises(build.OnednnUnavailable, match=r"could not compile its FFI library \(false exit 1\); log: ") as err:
+    """A failing compiler leaves a log and a one-line reason naming it; nothing is cached."""
+    monkeypatch.setenv("LSTM_JAX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", str(_fake_compiler(tmp_path)))
+    with pytest.raises(build.OnednnUnavailable, match=r"could not compile its FFI library \(fake-cxx exit 3\); log: ") as err:
         build.build()
     log = re.search(r"log: (\S+)$", str(err.value)).group(1)
-    assert "\n" not in str(err.value) and open(log).read().startswith(build.find_compiler())
-    assert not list(tmp_path.rglob("ffi_rnn.so"))
+    assert "\n" not in str(err.value) and open(log).read().startswith(str(tmp_path / "fake-cxx"))
+    assert "fake-cxx: cannot" in open(log).read()
+    assert not list(tmp_path.rglob("ffi_rnn*"))
 
 
 @needs_onednn
 def test_the_build_is_cached_across_processes():
-    """A second process finds the library the first one built (same path, no compiler run)."""
+    """A second process finds the library the first one built, and runs no compiler: with its compiler
+    (the lookup hits) and with ``CXX=false`` (it could not have built one) it names the same file, whose
+    inode and mtime, and the build log's mtime, are unchanged."""
     path = build.load().path
-    code = "from lstm_jax.impls._onednn import build; print(build.build())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == str(path)
-    assert "isa=" in build.load().describe()
+    log = path.parent / "build.log"
+    before = (path.stat().st_ino, path.stat().st_mtime_ns, log.stat().st_mtime_ns)
+    code = ("import os; from lstm_jax.impls._onednn import build; print(build.build())\n"
+            "os.environ['CXX'] = 'false'; print(build.build()); print(build.load().describe())")
+    env = {k: v for k, v in os.environ.items() if k != "CXX"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=root,
+                         timeout=300).stdout.splitlines()
+    assert out[:2] == [str(path), str(path)]
+    assert "isa=" in out[2]
+    assert (path.stat().st_ino, path.stat().st_mtime_ns, log.stat().st_mtime_ns) == before

@@ -213,6 +213,12 @@ class Cell:
                 f"{self.name}: params have unexpected keys {extra}; expected keys {self.param_keys}: "
                 "are these params for another cell?"
             )
+        for key, rank in self._param_ranks().items():  # a 1-D w_x of a matching length once reached a kernel
+            shape = getattr(params[key], "shape", None)
+            if shape is None or len(shape) != rank:
+                raise ValueError(
+                    f"{self.name}: params[{key!r}] must be {rank}-D, {self._expected_shape(key)}; got shape {shape}"
+                )
         hidden = self.hidden_size(params)
         width = self.num_gates * hidden
         bias_ok = all(
@@ -232,6 +238,24 @@ class Cell:
                 f"{self.num_gates} gate block(s) of hidden size {hidden}"
             )
         return hidden
+
+    def _param_ranks(self) -> dict:
+        """The rank each param must have: weights 2-D, biases 1-D (other keys a cell adds: unchecked here)."""
+        ranks = {"w_x": 2}
+        if self.recurrent_weight is not None:
+            ranks[self.recurrent_weight] = 2
+        for key in (self.input_bias, self.recurrent_bias):
+            if key is not None:
+                ranks[key] = 1
+        return ranks
+
+    def _expected_shape(self, key: str) -> str:
+        gates = f"{self.num_gates} * hidden" if self.num_gates > 1 else "hidden"
+        if key == "w_x":
+            return f"(input_size, {gates})"
+        if key == self.recurrent_weight:
+            return f"(hidden, {gates})"
+        return f"({gates},)"
 
     def check_carry(self, carry, hidden_size: int, batch_shape: tuple, dtype, context: str, what: str = "carry"):
         """``carry`` must be structured like :attr:`zeros_carry`'s result, leaves ``(*batch_shape, H)``.

@@ -54,6 +54,8 @@ from ..precision import PRECISIONS, get_precision
 from ..sequence import run_layer
 from .cudnn import REQUIREMENT as _CUDNN_REQUIREMENT
 from .cudnn import cudnn_core
+from .cudnn import gradient_refusal as _cudnn_gradient_refusal
+from .cudnn import refuse_under_differentiation
 from .cudnn import supports as _cudnn_supports
 from .cudnn import unavailable_reason as _cudnn_unavailable
 from .deer import check_options as _deer_options
@@ -86,6 +88,16 @@ def _runs_here() -> None:
     return None
 
 
+def _differentiable(reverse, lengths) -> None:
+    return None
+
+
+def _guarded_core(core: Callable, message: str, cell, params, xs_tm, carry, *args, **kwargs):
+    """``core`` with its inputs behind :func:`refuse_under_differentiation` (after the inputs were validated)."""
+    params, xs_tm, carry = refuse_under_differentiation(message, (params, xs_tm, carry))
+    return core(cell, params, xs_tm, carry, *args, **kwargs)
+
+
 def _refuse(impl: "LayerImpl", cell, *args, **kwargs):
     """Stands in for the core of an impl that cannot run ``cell``: raised once the inputs are validated."""
     runs = [name for name, other in IMPLS.items() if other.supports(cell)]
@@ -113,6 +125,8 @@ class LayerImpl:
     gives no ``compute_dtype`` of its own; ``precisions`` the policies it has.
     ``available() -> str | None``: ``None`` if it runs on this machine, else why
     not (completing "layer impl '<name>' ..."; see :meth:`unavailable`).
+    ``refuse_gradient(reverse, lengths) -> str | None``: a message for calls whose
+    gradient the impl must not give (refused when differentiated, at trace time).
     """
 
     name: str
@@ -125,6 +139,7 @@ class LayerImpl:
     precision: str = "fp32"
     precisions: tuple = tuple(PRECISIONS)
     available: Callable[[], str | None] = _runs_here
+    refuse_gradient: Callable = _differentiable
 
     def unavailable(self) -> str | None:
         """``None`` if this impl runs on this machine, else the one-line reason it cannot."""
@@ -140,6 +155,8 @@ class LayerImpl:
             core = functools.partial(_refuse, self)
         elif (reason := self.unavailable()) is not None:
             core = functools.partial(_unavailable, reason)
+        elif (message := self.refuse_gradient(reverse, lengths)) is not None:
+            core = functools.partial(_guarded_core, self.core, message)
         else:
             core = self.core
         if compute_dtype is None:
@@ -184,6 +201,7 @@ register(LayerImpl("deer", deer_core, "parallel-in-time Newton (DEER); options m
 register(LayerImpl(
     "cudnn", cudnn_core, "cuDNN's fused LSTM via jax.experimental.rnn; CUDA GPUs, float32 only",
     supports=_cudnn_supports, requirement=_CUDNN_REQUIREMENT, precisions=("fp32",), available=_cudnn_unavailable,
+    refuse_gradient=_cudnn_gradient_refusal,
 ))
 register(LayerImpl(
     "onednn", onednn_core, "oneDNN's fused LSTM/GRU/RNN via XLA FFI; CPU, float32 and bf16, lengths run 'manual'",

@@ -31,6 +31,12 @@ Semantics the library's other impls have, arranged around the kernel:
 * ``reverse``: this runs a single forward direction; a reverse layer flips
   each sequence within its length, runs forwards and flips the outputs back.
   (The front already does this when there are lengths.)
+* a reversed layer with ``lengths`` is refused under differentiation (``jax.grad``
+  and friends; the forward alone runs), with one line naming ``"manual"``: on
+  the one GPU run so far (docs/gpu.md) its gradients disagreed with ``scan``,
+  cause not established. The refusal is decided at trace time, before any
+  kernel runs (:func:`gradient_refusal`); the backward direction of a
+  bidirectional stack with ``lengths`` is such a layer.
 * bidirectional stacks run each direction as its own single-direction layer
   through :func:`lstm_jax.stack.run_stack`, never cuDNN's own bidirectional
   mode, whose outputs once disagreed with its reference (jax issue #15183).
@@ -78,6 +84,43 @@ def unavailable_reason() -> str | None:
     if "rocm" in version:
         return "runs on CUDA only: ROCm's MIOpen orders the LSTM gates differently and is untested here"
     return None
+
+
+GRADIENT_REFUSAL = (
+    "layer impl 'cudnn' does not differentiate a reversed layer with lengths (its gradients disagreed with "
+    "'scan' on a GPU; docs/gpu.md): use impl='manual' for it"
+)
+
+
+def gradient_refusal(reverse: bool, lengths) -> str | None:
+    """Why a call with this ``reverse`` and ``lengths`` must not be differentiated, or ``None``."""
+    return GRADIENT_REFUSAL if reverse and lengths is not None else None
+
+
+def refuse_under_differentiation(message: str, tree):
+    """``tree`` unchanged; differentiating through it raises ``ValueError(message)`` while the gradient is
+    traced (a ``jax.custom_vjp`` whose forward rule refuses), so no kernel ever runs for it.
+
+    Example::
+
+        >>> x = refuse_under_differentiation("no", jnp.ones(2))   # the forward alone runs
+        >>> jax.grad(lambda x: refuse_under_differentiation("no", x).sum())(jnp.ones(2))
+        Traceback (most recent call last):
+        ValueError: no
+    """
+
+    @jax.custom_vjp
+    def guard(t):
+        return t
+
+    def forward(t):
+        raise ValueError(message)
+
+    def backward(residual, cotangent):  # never reached: forward() refuses first
+        raise ValueError(message)
+
+    guard.defvjp(forward, backward)
+    return guard(tree)
 
 
 def num_weights(input_size: int, hidden_size: int) -> int:

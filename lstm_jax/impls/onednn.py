@@ -49,8 +49,15 @@ for ``torch`` (whose ``torch.set_num_threads`` is per-library); the default is
 every core the process may use. Every primitive runs on one thread owned by
 the library (not on the XLA thread that made the call: OpenMP pools per calling
 thread made its per-step barriers sleep; docs/onednn.md#threads), so calls are
-serialised. Primitives are created once per (cell, direction, dtype, T, B, I, H)
-and reused.
+serialised. Primitives are created once per (cell, direction, dtype, T, B, I, H),
+on that thread, and reused (the 64 most recently used; :func:`clear` frees them). A
+process forked after a call gets a fresh thread on its first call.
+
+Input contract (docs/onednn.md#contract): weights, bias and carry are cast to the
+kernel's float32 (the outputs and final carry back to the carry's dtype), so any
+dtype mix ``scan`` accepts gives its answer; ``B = 0`` returns without calling
+oneDNN; the C++ handlers refuse any buffer whose dtype or shape differs from the
+plan's with XLA's ``INVALID_ARGUMENT`` error naming it.
 
 Example (``lengths`` omitted: the fused path)::
 
@@ -139,7 +146,7 @@ def precisions() -> tuple:
     (without oneDNN the impl is refused anyway; this keeps precision sweeps from choosing it)."""
     try:
         find_onednn()
-    except OnednnUnavailable:
+    except Exception:  # noqa: BLE001 - never fail the import: unavailable_reason() gives the reason
         return ("fp32",)
     return ("fp32", "bf16") if cpu_has_bf16() else ("fp32",)
 
@@ -169,6 +176,16 @@ def weight_layout() -> str:
     if choice not in ("", "plain", "blocked"):
         raise ValueError(f"LSTM_JAX_ONEDNN_WEIGHTS must be 'plain' or 'blocked'; got {choice!r}")
     return choice or "blocked"
+
+
+def clear() -> None:
+    """Free oneDNN's cached plans (primitives and their kernels, at most 64, least recently used evicted
+    first) and the pooled scratch memory; the next call of each shape plans it again. Nothing to free
+    where the library was never loaded."""
+    from ._onednn import build
+
+    if isinstance(build._LOADED.get("result"), build.Library):
+        build._LOADED["result"].clear()
 
 
 def _data_dtype(bf16: bool):
@@ -250,7 +267,10 @@ def onednn_core(cell, params, xs_tm, carry, mask, reverse, *, unroll, compute_dt
     """The ``"onednn"`` time-major core (see the module docstring).
 
     ``xs_tm (T, B, I)``, ``carry`` the cell's carry of ``(B, H)`` leaves, ``mask (T, B)`` or ``None``
-    -> ``(ys_tm (T, B, H), final carry)``.
+    -> ``(ys_tm (T, B, H), final carry)``. The kernel's input contract: weights and bias are cast to
+    float32, the carry to float32 (the final carry and the outputs come back in the carry's dtype), so
+    any dtype mix ``scan`` accepts gives ``scan``'s answer; an empty batch returns empty outputs and the
+    initial carry without calling oneDNN, and an empty input or hidden size runs ``manual``.
     """
     del unroll  # one fused kernel: nothing to unroll
     bf16 = _check_dtypes(params, compute_dtype)
@@ -261,9 +281,17 @@ def onednn_core(cell, params, xs_tm, carry, mask, reverse, *, unroll, compute_dt
         return manual_core(cell, params, xs_tm, carry, mask, reverse, unroll=1, compute_dtype=compute_dtype)
     kind = KINDS[cell.recurrence]
     h0, c0 = kind.split(carry)
-    if c0 is None:
-        c0 = jnp.zeros_like(h0)
-    w_layer, w_iter, bias = kind.weights(params)
+    seq_len, batch, features = xs_tm.shape
+    if batch == 0:  # nothing to compute (oneDNN divides by B): scan's answer, without calling it
+        ys_tm = jnp.zeros((seq_len, 0, h0.shape[-1]), h0.dtype)
+        return ys_tm, carry
+    if features == 0 or h0.shape[-1] == 0:  # oneDNN has no empty matmul: the same equations, unfused
+        return manual_core(cell, params, xs_tm, carry, None, reverse, unroll=1, compute_dtype=compute_dtype)
+    f32 = jnp.float32
+    c0_in = jnp.zeros(h0.shape, f32) if c0 is None else c0.astype(f32)
+    w_layer, w_iter, bias = (w.astype(f32) for w in kind.weights(params))
     blocked = weight_layout() == "blocked"
-    ys_tm, h_t, c_t = fused(kind.code, bool(reverse), bf16, blocked, xs_tm, h0, c0, w_layer, w_iter, bias)
-    return ys_tm, kind.join(h_t, c_t)
+    ys_tm, h_t, c_t = fused(kind.code, bool(reverse), bf16, blocked, xs_tm.astype(f32), h0.astype(f32), c0_in,
+                            w_layer, w_iter, bias)
+    out = jnp.result_type(*jax.tree_util.tree_leaves(carry))  # scan's output dtype: the carry's, promoted
+    return ys_tm.astype(out), kind.join(h_t.astype(h0.dtype), None if c0 is None else c_t.astype(c0.dtype))

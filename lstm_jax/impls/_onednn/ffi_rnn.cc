@@ -26,7 +26,9 @@
 #include <cstring>
 #include <exception>
 #include <functional>
+#include <list>
 #include <map>
+#include <new>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -35,6 +37,8 @@
 #include <tuple>
 #include <unordered_map>
 #include <vector>
+
+#include <pthread.h>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -60,9 +64,11 @@ struct Key {
 int64_t gates(int32_t cell) { return cell == kLstm ? 4 : cell == kGru ? 3 : 1; }
 int64_t bias_gates(int32_t cell) { return cell == kLstm ? 4 : cell == kGru ? 4 : 1; }  // lbr_gru: 4 biases
 
+// Process-wide objects are created on first use and never destroyed (here and below): a call still in
+// flight on another thread while the interpreter exits must not find them freed by static destructors.
 dnnl::engine& cpu_engine() {
-  static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
-  return eng;
+  static dnnl::engine* eng = new dnnl::engine(dnnl::engine::kind::cpu, 0);
+  return *eng;
 }
 
 // All memory descriptors of one layer; `data` is the dtype of the matmul operands and the hidden states.
@@ -130,6 +136,10 @@ class ScratchPool {
     }
     return b;
   }
+  void clear() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    free_.clear();
+  }
   void give(Buffer b) {
     std::lock_guard<std::mutex> lock(mutex_);
     free_.push_back(std::move(b));
@@ -143,8 +153,8 @@ class ScratchPool {
 };
 
 ScratchPool& scratch_pool() {
-  static ScratchPool pool;
-  return pool;
+  static ScratchPool* pool = new ScratchPool();
+  return *pool;
 }
 
 size_t aligned(size_t n) { return (n + 63) / 64 * 64; }
@@ -159,17 +169,16 @@ memory mem(const memory::desc& md, const void* ptr) {
 // spinning between parallel regions, so each of oneDNN's per-time-step barriers waits on a futex wake-up.
 // Measured on 2 cores (LSTM train step, T=784, B=32, H=128, bf16): 165 ms from XLA's threads, 31.7 ms for
 // torch.nn.LSTM (one calling thread); docs/onednn.md#threads has the figures with this runner.
-// Calls are serialised (they would share the same cores anyway). The object is never destroyed: its
-// thread is detached and idles on a condition variable, so process exit has nothing to join.
+// Calls are serialised (they would share the same cores anyway), plan creation included: oneDNN keys its
+// primitives by the creating thread's OpenMP setting, so plans are made on the thread that runs them.
+// The object is never destroyed: its thread is detached and idles on a condition variable, so process
+// exit has nothing to join. A forked child has none of the parent's threads: the fork handlers below give
+// it a fresh runner (and the parent's is left, unused, in the child's copy of memory).
 class Runner {
  public:
-  static Runner& get() {
-    static Runner* runner = new Runner();
-    return *runner;
-  }
   // Runs `job` on the runner's thread and returns when it is done, rethrowing what it threw.
   void run(const std::function<void()>& job) {
-    std::lock_guard<std::mutex> one_at_a_time(call_mutex_);
+    std::lock_guard<std::mutex> one_at_a_time(call_mutex);
     std::unique_lock<std::mutex> lock(mutex_);
     job_ = &job;
     error_ = nullptr;
@@ -178,9 +187,10 @@ class Runner {
     finished_.wait(lock, [this] { return done_; });
     if (error_) std::rethrow_exception(error_);
   }
+  Runner() { std::thread([this] { loop(); }).detach(); }
+  std::mutex call_mutex;  // held for a whole call; the fork handlers hold it so no call is mid-way at fork
 
  private:
-  Runner() { std::thread([this] { loop(); }).detach(); }
   void loop() {
     std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
@@ -195,12 +205,48 @@ class Runner {
       finished_.notify_one();
     }
   }
-  std::mutex call_mutex_, mutex_;
+  std::mutex mutex_;
   std::condition_variable wake_, finished_;
   const std::function<void()>* job_ = nullptr;
   std::exception_ptr error_;
   bool done_ = true;
 };
+
+std::mutex runner_mutex;   // guards current_runner; fork handlers take it first, then call_mutex, then cache_mutex
+std::mutex cache_mutex;    // guards the plan cache (below)
+Runner* current_runner = nullptr;
+
+void before_fork() {
+  runner_mutex.lock();
+  if (current_runner) current_runner->call_mutex.lock();  // waits for a call in flight to finish
+  cache_mutex.lock();
+}
+
+void after_fork_in_parent() {
+  cache_mutex.unlock();
+  if (current_runner) current_runner->call_mutex.unlock();
+  runner_mutex.unlock();
+}
+
+void after_fork_in_child() {
+  cache_mutex.unlock();
+  if (current_runner) current_runner->call_mutex.unlock();
+  current_runner = nullptr;  // its thread did not survive the fork: the next call starts a fresh runner
+  runner_mutex.unlock();
+}
+
+// Runs `job` on the library's thread (Runner), starting it (and the fork handlers) on first use.
+void on_runner(const std::function<void()>& job) {
+  Runner* runner;
+  {
+    std::lock_guard<std::mutex> lock(runner_mutex);
+    static const bool registered = pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child) == 0;
+    (void)registered;
+    if (current_runner == nullptr) current_runner = new Runner();
+    runner = current_runner;
+  }
+  runner->run(job);
+}
 
 // One primitive, the weight layouts it chose (format any lets oneDNN pick its blocked brgemm layouts) and
 // reorders into them from the caller's ldigo weights, run before each execution (cheap next to T steps);
@@ -240,15 +286,9 @@ struct Stage {
 
   // Runs the primitive with `args` plus the weights (reordered if needed) and the scratchpad; with
   // `dw_layer`/`dw_iter` (the backward) also the weight gradients, zeroed, then reordered to ldigo.
-  // All of it (the reorders are OpenMP-parallel too) on the library's one thread (Runner).
+  // Called on the library's one thread (Runner; the reorders are OpenMP-parallel too).
   void run(std::unordered_map<int, memory>& args, const void* w_layer, const void* w_iter,
            void* dw_layer = nullptr, void* dw_iter = nullptr) const {
-    Runner::get().run([&] { execute(args, w_layer, w_iter, dw_layer, dw_iter); });
-  }
-
- private:
-  void execute(std::unordered_map<int, memory>& args, const void* w_layer, const void* w_iter, void* dw_layer,
-               void* dw_iter) const {
     const size_t n_scratch = aligned(scratch.get_size());
     const size_t n_wl = reorder_wl ? aligned(wl.get_size()) : 0;
     const size_t n_wi = reorder_wi ? aligned(wi.get_size()) : 0;
@@ -360,28 +400,166 @@ struct Plan {
   }
 };
 
-std::mutex cache_mutex;
+// The most recently used plans, at most kMaxPlans (least recently used evicted first): a long sweep over
+// shapes must not keep every plan's primitives and JIT-compiled kernels alive. clear() empties it.
+constexpr size_t kMaxPlans = 64;
+using PlanPtr = std::shared_ptr<const Plan>;  // shared: an evicted plan lives until the call using it ends
+struct PlanCache {
+  std::list<std::pair<Key, PlanPtr>> recent;  // most recent first
+  std::map<Key, std::list<std::pair<Key, PlanPtr>>::iterator> index;
+};
 
-// The cached plan for `k`, built on first request (a build failure throws dnnl::error; nothing is cached).
-const Plan& plan_for(const Key& k) {
-  static std::map<Key, std::unique_ptr<Plan>> cache;
-  std::lock_guard<std::mutex> lock(cache_mutex);
-  auto it = cache.find(k);
-  if (it == cache.end()) it = cache.emplace(k, std::make_unique<Plan>(k)).first;
-  return *it->second;
+PlanCache& plan_cache() {
+  static PlanCache* cache = new PlanCache();
+  return *cache;
 }
 
-ffi::Error key_from(const ffi::AnyBuffer& x, const ffi::AnyBuffer& h0, int32_t cell, bool reverse, bool blocked,
-                    Key* k) {
+// The cached plan for `k`, built on first request (a failure throws dnnl::error; nothing is cached).
+// Built outside the lock: a slow creation does not hold up lookups of other shapes.
+PlanPtr plan_for(const Key& k) {
+  PlanCache& c = plan_cache();
+  {
+    std::lock_guard<std::mutex> lock(cache_mutex);
+    auto it = c.index.find(k);
+    if (it != c.index.end()) {
+      c.recent.splice(c.recent.begin(), c.recent, it->second);
+      return it->second->second;
+    }
+  }
+  PlanPtr plan = std::make_shared<const Plan>(k);
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  auto it = c.index.find(k);
+  if (it != c.index.end()) return it->second->second;  // made meanwhile by another caller: keep one
+  c.recent.emplace_front(k, plan);
+  c.index[k] = c.recent.begin();
+  while (c.recent.size() > kMaxPlans) {
+    c.index.erase(c.recent.back().first);
+    c.recent.pop_back();
+  }
+  return plan;
+}
+
+const char* type_name(ffi::DataType t) {
+  switch (t) {
+    case ffi::DataType::F32: return "f32";
+    case ffi::DataType::BF16: return "bf16";
+    case ffi::DataType::U8: return "u8";
+    case ffi::DataType::F64: return "f64";
+    case ffi::DataType::F16: return "f16";
+    case ffi::DataType::S32: return "s32";
+    default: return "other";
+  }
+}
+
+template <typename Dims>
+std::string shape_text(ffi::DataType t, const Dims& dims) {
+  std::string text = std::string(type_name(t)) + "[";
+  bool first = true;
+  for (int64_t d : dims) {
+    text += (first ? "" : ",") + std::to_string(d);
+    first = false;
+  }
+  return text + "]";
+}
+
+// Empty when `b` has exactly element type `t` and dimensions `dims`; else the mismatch in words.
+std::string mismatch(const char* name, const ffi::AnyBuffer& b, ffi::DataType t, std::initializer_list<int64_t> dims) {
+  auto got = b.dimensions();
+  if (b.element_type() == t && got.size() == dims.size() && std::equal(dims.begin(), dims.end(), got.begin()))
+    return {};
+  return std::string(name) + " is " + shape_text(b.element_type(), got) + ", the plan expects " + shape_text(t, dims);
+}
+
+// The first mismatch among `found` as an InvalidArgument error, or success.
+ffi::Error first_mismatch(const char* handler, std::initializer_list<std::string> found) {
+  for (const std::string& m : found)
+    if (!m.empty()) return ffi::Error::InvalidArgument(std::string("onednn rnn ") + handler + ": " + m);
+  return ffi::Error::Success();
+}
+
+ffi::Error key_from(const char* handler, const ffi::AnyBuffer& x, const ffi::AnyBuffer& h0, int32_t cell,
+                    bool reverse, bool blocked, Key* k) {
   auto xd = x.dimensions();
   auto hd = h0.dimensions();
-  if (xd.size() != 3 || hd.size() != 2) return ffi::Error::InvalidArgument("onednn rnn: x must be (T,B,I), h0 (B,H)");
-  if (cell < kLstm || cell > kRnn) return ffi::Error::InvalidArgument("onednn rnn: unknown cell kind");
+  const std::string where = std::string("onednn rnn ") + handler + ": ";
+  if (xd.size() != 3 || hd.size() != 2)
+    return ffi::Error::InvalidArgument(where + "x must be (T,B,I), h0 (B,H); got x " + shape_text(x.element_type(), xd) +
+                                       ", h0 " + shape_text(h0.element_type(), hd));
+  if (cell < kLstm || cell > kRnn) return ffi::Error::InvalidArgument(where + "unknown cell kind " + std::to_string(cell));
   const bool bf16 = x.element_type() == ffi::DataType::BF16;
   if (!bf16 && x.element_type() != ffi::DataType::F32)
-    return ffi::Error::InvalidArgument("onednn rnn: x must be float32 or bfloat16");
+    return ffi::Error::InvalidArgument(where + "x must be f32 or bf16; got " + shape_text(x.element_type(), xd));
+  if (xd[0] < 1 || xd[1] < 1 || xd[2] < 1 || hd[1] < 1)  // oneDNN divides by them (B = 0 was a SIGFPE)
+    return ffi::Error::InvalidArgument(where + "every dimension must be at least 1; got x " +
+                                       shape_text(x.element_type(), xd) + ", h0 " + shape_text(h0.element_type(), hd));
   *k = Key{cell, reverse ? 1 : 0, bf16 ? 1 : 0, blocked ? 1 : 0, xd[0], xd[1], xd[2], hd[1]};
   return ffi::Error::Success();
+}
+
+const char* isa_name() {
+  switch (dnnl::get_effective_cpu_isa()) {
+    case dnnl::cpu_isa::sse41: return "sse41";
+    case dnnl::cpu_isa::avx: return "avx";
+    case dnnl::cpu_isa::avx2: return "avx2";
+    case dnnl::cpu_isa::avx2_vnni: return "avx2_vnni";
+    case dnnl::cpu_isa::avx2_vnni_2: return "avx2_vnni_2";
+    case dnnl::cpu_isa::avx512_core: return "avx512_core";
+    case dnnl::cpu_isa::avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl::cpu_isa::avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl::cpu_isa::avx512_core_fp16: return "avx512_core_fp16";
+    case dnnl::cpu_isa::avx512_core_amx: return "avx512_core_amx";
+    case dnnl::cpu_isa::avx512_core_amx_fp16: return "avx512_core_amx_fp16";
+    default: return "unknown";
+  }
+}
+
+// What an exception from planning or running says about its cause: the shape or dtype, the CPU's
+// instruction set, or memory (oneDNN's status says which).
+std::string cause(std::exception_ptr error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const dnnl::error& e) {
+    switch (e.status) {
+      case dnnl_unimplemented:
+        return std::string("no oneDNN kernel for this cell, dtype and shape on this CPU's instruction set (") +
+               isa_name() + "): " + e.what();
+      case dnnl_out_of_memory: return std::string("out of memory: ") + e.what();
+      case dnnl_invalid_arguments: return std::string("invalid shape or dtype: ") + e.what();
+      default: return "oneDNN status " + std::to_string(static_cast<int>(e.status)) + ": " + e.what();
+    }
+  } catch (const std::bad_alloc&) {
+    return "out of memory (std::bad_alloc)";
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "an unknown C++ exception";
+  }
+}
+
+ffi::ErrorCode code_of(std::exception_ptr error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const dnnl::error& e) {
+    if (e.status == dnnl_out_of_memory) return ffi::ErrorCode::kResourceExhausted;
+    if (e.status == dnnl_unimplemented) return ffi::ErrorCode::kUnimplemented;
+    if (e.status == dnnl_invalid_arguments) return ffi::ErrorCode::kInvalidArgument;
+  } catch (const std::bad_alloc&) {
+    return ffi::ErrorCode::kResourceExhausted;
+  } catch (...) {
+  }
+  return ffi::ErrorCode::kInternal;
+}
+
+// Runs `job` on the runner; whatever it throws (std::exception or not) becomes an ffi::Error saying its cause.
+ffi::Error guarded(const char* handler, const std::function<ffi::Error()>& job) {
+  ffi::Error result = ffi::Error::Success();
+  try {
+    on_runner([&] { result = job(); });
+  } catch (...) {
+    std::exception_ptr error = std::current_exception();
+    return ffi::Error(code_of(error), std::string("onednn rnn ") + handler + ": " + cause(error));
+  }
+  return result;
 }
 
 ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi::AnyBuffer w_layer,
@@ -389,11 +567,27 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi::
                    ffi::Result<ffi::AnyBuffer> hT, ffi::Result<ffi::AnyBuffer> cT,
                    ffi::Result<ffi::AnyBuffer> ws, int32_t cell, bool reverse, bool training, bool blocked) {
   Key k;
-  if (auto err = key_from(x, h0, cell, reverse, blocked, &k); !err.success()) return err;
-  try {
-    const Plan& p = plan_for(k);
+  if (auto err = key_from("forward", x, h0, cell, reverse, blocked, &k); !err.success()) return err;
+  const auto data = k.bf16 ? ffi::DataType::BF16 : ffi::DataType::F32, f32 = ffi::DataType::F32;
+  const int64_t T = k.T, B = k.B, I = k.I, H = k.H, GH = gates(cell) * H, GbH = bias_gates(cell) * H;
+  if (auto err = first_mismatch("forward", {
+          mismatch("h0", h0, data, {B, H}), mismatch("c0", c0, f32, {B, H}),
+          mismatch("w_layer", w_layer, data, {I, GH}), mismatch("w_iter", w_iter, data, {H, GH}),
+          mismatch("bias", bias, f32, {GbH}), mismatch("y", *y, data, {T, B, H}),
+          mismatch("hT", *hT, data, {B, H}), mismatch("cT", *cT, f32, {B, H})});
+      !err.success())
+    return err;
+  if (ws->element_type() != ffi::DataType::U8 || ws->dimensions().size() != 1)
+    return ffi::Error::InvalidArgument("onednn rnn forward: workspace is " + shape_text(ws->element_type(), ws->dimensions()) +
+                                       ", the plan expects a u8 vector");
+  return guarded("forward", [&]() -> ffi::Error {
+    PlanPtr plan = plan_for(k);
+    const Plan& p = *plan;
     const auto& d = p.d;
-    if (training && ws->size_bytes() < p.ws_bytes) return ffi::Error::InvalidArgument("onednn rnn: workspace too small");
+    const int64_t ws_bytes = static_cast<int64_t>(p.ws_bytes);
+    if (training)
+      if (auto err = first_mismatch("forward", {mismatch("workspace", *ws, ffi::DataType::U8, {ws_bytes})}); !err.success())
+        return err;
     std::unordered_map<int, memory> args{
         {DNNL_ARG_SRC_LAYER, mem(d.src_layer, x.untyped_data())},
         {DNNL_ARG_SRC_ITER, mem(d.src_iter, h0.untyped_data())},
@@ -408,16 +602,13 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi::
       std::memset(cT->untyped_data(), 0, cT->size_bytes());
     }
     if (training) {
-      args.insert({DNNL_ARG_WORKSPACE, mem(memory::desc({static_cast<int64_t>(p.ws_bytes)}, dt::u8, tag::a),
-                                           ws->untyped_data())});
+      args.insert({DNNL_ARG_WORKSPACE, mem(memory::desc({ws_bytes}, dt::u8, tag::a), ws->untyped_data())});
       p.fwd_train.run(args, w_layer.untyped_data(), w_iter.untyped_data());
     } else {
       p.fwd_infer.run(args, w_layer.untyped_data(), w_iter.untyped_data());
     }
-  } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string("onednn rnn forward: ") + e.what());
-  }
-  return ffi::Error::Success();
+    return ffi::Error::Success();
+  });
 }
 
 ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi::AnyBuffer w_layer,
@@ -428,11 +619,26 @@ ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi:
                     ffi::Result<ffi::AnyBuffer> dw_iter, ffi::Result<ffi::AnyBuffer> dbias, int32_t cell,
                     bool reverse, bool blocked) {
   Key k;
-  if (auto err = key_from(x, h0, cell, reverse, blocked, &k); !err.success()) return err;
-  try {
-    const Plan& p = plan_for(k);
+  if (auto err = key_from("backward", x, h0, cell, reverse, blocked, &k); !err.success()) return err;
+  const auto data = k.bf16 ? ffi::DataType::BF16 : ffi::DataType::F32, f32 = ffi::DataType::F32;
+  const int64_t T = k.T, B = k.B, I = k.I, H = k.H, GH = gates(cell) * H, GbH = bias_gates(cell) * H;
+  if (auto err = first_mismatch("backward", {
+          mismatch("h0", h0, data, {B, H}), mismatch("c0", c0, f32, {B, H}),
+          mismatch("w_layer", w_layer, data, {I, GH}), mismatch("w_iter", w_iter, data, {H, GH}),
+          mismatch("bias", bias, f32, {GbH}), mismatch("y", y, data, {T, B, H}), mismatch("hT", hT, data, {B, H}),
+          mismatch("cT", cT, f32, {B, H}), mismatch("dy", dy, f32, {T, B, H}), mismatch("dhT", dhT, f32, {B, H}),
+          mismatch("dcT", dcT, f32, {B, H}), mismatch("dx", *dx, f32, {T, B, I}), mismatch("dh0", *dh0, f32, {B, H}),
+          mismatch("dc0", *dc0, f32, {B, H}), mismatch("dw_layer", *dw_layer, f32, {I, GH}),
+          mismatch("dw_iter", *dw_iter, f32, {H, GH}), mismatch("dbias", *dbias, f32, {GbH})});
+      !err.success())
+    return err;
+  return guarded("backward", [&]() -> ffi::Error {
+    PlanPtr plan = plan_for(k);
+    const Plan& p = *plan;
     const auto& d = p.d;
-    if (ws.size_bytes() < p.ws_bytes) return ffi::Error::InvalidArgument("onednn rnn: workspace too small");
+    const int64_t ws_bytes = static_cast<int64_t>(p.ws_bytes);
+    if (auto err = first_mismatch("backward", {mismatch("workspace", ws, ffi::DataType::U8, {ws_bytes})}); !err.success())
+      return err;
     // oneDNN accumulates into the weight gradients: the bias here, the weights in Stage::run.
     std::memset(dbias->untyped_data(), 0, dbias->size_bytes());
     std::unordered_map<int, memory> args{
@@ -441,8 +647,7 @@ ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi:
         {DNNL_ARG_BIAS, mem(d.bias, bias.untyped_data())},
         {DNNL_ARG_DST_LAYER, mem(d.dst_layer, y.untyped_data())},
         {DNNL_ARG_DST_ITER, mem(d.dst_iter, hT.untyped_data())},
-        {DNNL_ARG_WORKSPACE,
-         mem(memory::desc({static_cast<int64_t>(p.ws_bytes)}, dt::u8, tag::a), ws.untyped_data())},
+        {DNNL_ARG_WORKSPACE, mem(memory::desc({ws_bytes}, dt::u8, tag::a), ws.untyped_data())},
         {DNNL_ARG_DIFF_DST_LAYER, mem(d.diff_dst_layer, dy.untyped_data())},
         {DNNL_ARG_DIFF_DST_ITER, mem(d.diff_dst_iter, dhT.untyped_data())},
         {DNNL_ARG_DIFF_SRC_LAYER, mem(d.diff_src_layer, dx->untyped_data())},
@@ -458,10 +663,8 @@ ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi:
       std::memset(dc0->untyped_data(), 0, dc0->size_bytes());
     }
     p.bwd.run(args, w_layer.untyped_data(), w_iter.untyped_data(), dw_layer->untyped_data(), dw_iter->untyped_data());
-  } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string("onednn rnn backward: ") + e.what());
-  }
-  return ffi::Error::Success();
+    return ffi::Error::Success();
+  });
 }
 
 thread_local std::string last_error;
@@ -511,18 +714,56 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxOnednnBackward, Backward,
                                   .Attr<bool>("blocked"));
 
 // Trace-time queries through ctypes: the workspace size in bytes of one plan (building and caching
-// it), or -1 with the reason in lstm_jax_onednn_last_error().
+// it, on the runner like every plan), or -1 with the reason in lstm_jax_onednn_last_error().
 extern "C" int64_t lstm_jax_onednn_workspace_bytes(int32_t cell, int32_t reverse, int32_t bf16, int32_t blocked,
                                                    int64_t T, int64_t B, int64_t I, int64_t H) {
-  try {
-    return static_cast<int64_t>(plan_for(Key{cell, reverse, bf16, blocked, T, B, I, H}).ws_bytes);
-  } catch (const std::exception& e) {
-    last_error = e.what();
+  if (cell < kLstm || cell > kRnn || T < 1 || B < 1 || I < 1 || H < 1) {
+    last_error = "invalid shape or dtype: cell " + std::to_string(cell) + ", every dimension at least 1";
     return -1;
   }
+  int64_t bytes = -1;
+  try {
+    on_runner([&] { bytes = static_cast<int64_t>(plan_for(Key{cell, reverse, bf16, blocked, T, B, I, H})->ws_bytes); });
+  } catch (...) {
+    last_error = cause(std::current_exception());
+    return -1;
+  }
+  return bytes;
 }
 
 extern "C" const char* lstm_jax_onednn_last_error() { return last_error.c_str(); }
+
+// Frees every cached plan and the pooled scratch buffers (plans in use by a running call live until it ends).
+extern "C" void lstm_jax_onednn_clear() {
+  {
+    std::lock_guard<std::mutex> lock(cache_mutex);
+    plan_cache().index.clear();
+    plan_cache().recent.clear();
+  }
+  scratch_pool().clear();
+}
+
+extern "C" int64_t lstm_jax_onednn_cached_plans() {
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  return static_cast<int64_t>(plan_cache().recent.size());
+}
+
+extern "C" int64_t lstm_jax_onednn_max_plans() { return static_cast<int64_t>(kMaxPlans); }
+
+// The oneDNN version these sources were compiled against, and the one the loaded libdnnl reports: the
+// loader refuses a library whose two differ (a different libdnnl.so found at run time).
+extern "C" const char* lstm_jax_onednn_built_version() {
+  static const std::string text = std::to_string(DNNL_VERSION_MAJOR) + "." + std::to_string(DNNL_VERSION_MINOR) + "." +
+                                  std::to_string(DNNL_VERSION_PATCH);
+  return text.c_str();
+}
+
+extern "C" const char* lstm_jax_onednn_running_version() {
+  static std::string text;
+  const dnnl_version_t* v = dnnl_version();
+  text = std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);
+  return text.c_str();
+}
 
 // oneDNN's version and the ISA its kernels dispatch to (e.g. "avx512_core_bf16"), for the docs and checks.
 extern "C" const char* lstm_jax_onednn_describe() {
@@ -530,6 +771,6 @@ extern "C" const char* lstm_jax_onednn_describe() {
   const dnnl_version_t* v = dnnl_version();
   int isa = static_cast<int>(dnnl::get_effective_cpu_isa());
   text = "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch) +
-         " cpu_runtime=" + std::to_string(v->cpu_runtime) + " isa=" + std::to_string(isa);
+         " cpu_runtime=" + std::to_string(v->cpu_runtime) + " isa=" + std::to_string(isa) + " (" + isa_name() + ")";
   return text.c_str();
 }
