@@ -27,7 +27,7 @@ from lstm_jax.impls import IMPLS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [README, ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "results" / "JOURNAL.md"]
 
 #: Modules whose docstring examples run here (the public names: cell steps, init_stack, apply_stack, layer_impl, fit).
 DOCTEST_MODULES = (
@@ -111,7 +111,7 @@ def test_readme_is_a_front_door():
     lines = text.splitlines()
     assert len(lines) <= 250, f"README.md has {len(lines)} lines; move detail to docs/ (at most 250)"
     for phrase in ("load average", "matmul probe", "this session", "a later session"):
-        assert phrase not in text.lower(), f"README.md: lab-notebook phrase {phrase!r} belongs in docs/journal.md"
+        assert phrase not in text.lower(), f"README.md: lab-notebook phrase {phrase!r} belongs in results/JOURNAL.md"
     dated = [line for line in lines if re.search(r"\b20\d\d-\d\d\b", line) and not line.startswith("|")]
     assert not dated, f"README.md: dates belong on result rows only: {dated}"
 

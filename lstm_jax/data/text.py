@@ -361,8 +361,9 @@ def load_text(name: str = "tiny_shakespeare", *, text_file=None, data_dir=None, 
       name: ``"tiny_shakespeare"`` (default; the shipped copy, split as TFDS splits it), ``"zen"``
         (embedded, tiny) or ``"file"`` (``text_file`` split 90/5/5 with ``split_text``).
       text_file: path of a UTF-8 text file; required for, and only used with, ``"file"``.
-      data_dir, manual_dir: with either, ``"tiny_shakespeare"`` comes from the TFDS builder
-        (``load_tiny_shakespeare``) instead of the shipped file: the same splits.
+      data_dir: with it (or ``manual_dir``), ``"tiny_shakespeare"`` comes from the TFDS builder
+        (``load_tiny_shakespeare``) prepared there instead of the shipped file: the same splits.
+      manual_dir: the folder the TFDS builder reads ``input.txt`` from (see ``load_tiny_shakespeare``).
 
     >>> s = load_text("tiny_shakespeare")
     >>> len(s.train), len(s.validation), len(s.test), s.vocab.size
