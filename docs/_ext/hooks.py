@@ -110,3 +110,18 @@ def on_page_markdown(markdown: str, page, config, files, **kwargs) -> str:
     page_dir = (DOCS / src).parent
     markdown = _images_to_copies(markdown, page_dir, src, f"docs/{src}")
     return _rewrite(markdown, page_dir, lambda text, target: f"[{text}]({target})", source_url, f"docs/{src}")
+
+
+def on_post_page(output: str, page, config, **kwargs) -> str:
+    """A notebook page (mkdocs-jupyter renders it to HTML itself): its links to ``X.md`` go to page ``X``."""
+    if not page.file.src_uri.endswith(".ipynb"):
+        return output
+
+    def one(match: re.Match) -> str:
+        name, anchor = match.group(1), match.group(2) or ""
+        if not (DOCS / f"{name}.md").is_file():
+            raise PluginError(f"docs/{page.file.src_uri}: link {name}.md{anchor}: no such page")
+        target = f"../{name}/" if config.use_directory_urls else f"{name}.html"
+        return f'href="{target}{anchor}"'
+
+    return re.sub(r'href="([\w-]+)\.md(#[^"]*)?"', one, output)
