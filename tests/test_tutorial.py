@@ -5,7 +5,7 @@ the scan layer against ``apply_stack``, the hand BPTT against ``jax.grad``, a
 training loss far below the uniform guess), so an error in any cell fails here.
 The kernel runs with XLA's normal code generation (the suite's ``-O0`` flag is
 taken out of its environment: the training cell runs more steps than it compiles).
-About a minute on 2 CPU cores.
+The training cell takes about 40 s of CPU time.
 """
 
 from __future__ import annotations
@@ -41,10 +41,14 @@ def test_tutorial_runs_and_its_checks_hold():
         out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
     )
     assert "c_t = 1.17082   h_t = 0.60278" in outputs  # the step worked by hand
-    assert re.search(r"^400 steps in \d+ s$", outputs, re.M), outputs[-2000:]
+    trained = re.search(r"^400 steps in \d+ s \((\d+) s of CPU time\)$", outputs, re.M)
+    assert trained, outputs[-2000:]
     plots = [out for cell in nb.cells for out in cell.get("outputs", []) if "image/png" in out.get("data", {})]
     assert len(plots) == 1, "the loss curve"
-    assert seconds < 300, f"the tutorial took {seconds:.0f} s; it should run in a minute or two"
+    # Bounded in CPU time, which other work on the machine does not inflate (about 40 s on a 2-core EPYC);
+    # the kernel's cell timeout (300 s) bounds the wall time.
+    assert int(trained.group(1)) < 120, f"the training cell took {trained.group(1)} s of CPU time; keep it short"
+    print(f"tutorial: {seconds:.0f} s wall")
 
 
 if __name__ == "__main__":  # refresh the stored outputs the site shows: python tests/test_tutorial.py
