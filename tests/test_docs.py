@@ -5,8 +5,11 @@
 * the README stays a front door (at most 250 lines, no lab-notebook phrases);
 * the README's Python examples run, and so do the ``>>>`` examples in the
   docstrings of the public names (:data:`DOCTEST_MODULES`);
-* every relative link in the README and ``docs/*.md`` points to an existing
-  file, and a ``#anchor`` into a Markdown file to one of its headings.
+* every figure of the README's results table is in the generated results table
+  (docs/results.md, from the records) for the same config;
+* every relative link in the README, ``docs/*.md``, the changelog and the
+  journal points to an existing file, and a ``#anchor`` into a Markdown file to
+  one of its headings.
 """
 
 from __future__ import annotations
@@ -138,6 +141,36 @@ def test_docstring_examples_run():
         result = doctest.testmod(module, optionflags=flags, verbose=False, report=True)
         assert result.attempted > 0, f"{name} has no docstring examples"
         assert result.failed == 0, f"{name}: {result.failed} of {result.attempted} docstring examples failed (above)"
+
+
+# --------------------------------------------------------------------------- one figure per fact
+
+
+def test_readme_results_are_the_generated_tables_figures():
+    """Each figure of the README's results table is in docs/results.md's generated row for the same config.
+
+    docs/results.md's table is generated from the records (``tests/test_results_tools.py`` checks it), so a
+    README figure found there comes from a record. Exempt: a comparison from outside (after "≈") and the
+    adding problem's constant baseline (1/6).
+    """
+    text = README.read_text()
+    section = text[text.index("## Results"):text.index("\n## ", text.index("## Results") + 3)]
+    page = (ROOT / "docs" / "results.md").read_text()
+    generated = page[page.index("<!-- results-table:start -->"):page.index("<!-- results-table:end -->")]
+    rows = [line for line in generated.splitlines() if "configs/" in line]
+    checked, missing = 0, []
+    for line in section.splitlines():
+        configs = re.findall(r"\(configs/([\w.-]+\.toml)\)", line)
+        if not line.startswith("| ") or not configs:
+            continue
+        same = [r for r in rows if any(f"configs/{c})" in r for c in configs)]
+        result = re.sub(r"(≈ |baseline )\d+\.\d+", "", line.split("|")[1])
+        for number in re.findall(r"(?<![\w.])\d+\.\d+", result):
+            checked += 1
+            if not any(re.search(rf"(?<![\d.]){re.escape(number)}(?!\d)", r) for r in same):
+                missing.append(f"{number} ({', '.join(configs)})")
+    assert checked >= 20, f"only {checked} figures found in the README's results table"
+    assert not missing, f"README.md results figures not in docs/results.md's generated rows: {missing}"
 
 
 # --------------------------------------------------------------------------- links
