@@ -57,7 +57,7 @@ from .cells import (
 from .impls import IMPLS, LayerImpl, layer_impl
 from .layers import apply_stack, init_stack, scan_layer, zeros_stack_carry
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version source: pyproject.toml reads it (dynamic version)
 
 __all__ = [
     # cells

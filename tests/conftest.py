@@ -14,6 +14,11 @@ from 56 s to 39 s. XLA's HLO passes (fusion, layout, the rewrites the
 optimised-HLO tests look at) are unchanged; only the machine code of each
 kernel is less optimised. Processes a test starts inherit it unless the test
 sets its own ``XLA_FLAGS``; set the flag yourself to run the suite otherwise.
+
+Data: a development checkout's ``../shared/data`` (real MNIST test files) is
+named as ``$LSTM_JAX_DATA`` here when it exists and the variable is unset, so
+the tests that read it (and the processes they start) find it; on a machine
+without it they skip, saying so.
 """
 
 import contextlib
@@ -24,6 +29,11 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):  # b
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+from lstm_jax.data import paths as _paths  # noqa: E402
+
+if not os.environ.get(_paths.DATA_ENV_VAR) and (_shared := _paths.checkout_shared_data()) is not None:
+    os.environ[_paths.DATA_ENV_VAR] = str(_shared)
 
 
 @pytest.fixture(autouse=True)

@@ -5,8 +5,11 @@
 * the README stays a front door (at most 250 lines, no lab-notebook phrases);
 * the README's Python examples run, and so do the ``>>>`` examples in the
   docstrings of the public names (:data:`DOCTEST_MODULES`);
-* every relative link in the README and ``docs/*.md`` points to an existing
-  file, and a ``#anchor`` into a Markdown file to one of its headings.
+* every figure of the README's results table is in the generated results table
+  (docs/results.md, from the records) for the same config;
+* every relative link in the README, ``docs/*.md``, the changelog and the
+  journal points to an existing file, and a ``#anchor`` into a Markdown file to
+  one of its headings.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from lstm_jax.impls import IMPLS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [README, ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "results" / "JOURNAL.md"]
 
 #: Modules whose docstring examples run here (the public names: cell steps, init_stack, apply_stack, layer_impl, fit).
 DOCTEST_MODULES = (
@@ -111,7 +114,7 @@ def test_readme_is_a_front_door():
     lines = text.splitlines()
     assert len(lines) <= 250, f"README.md has {len(lines)} lines; move detail to docs/ (at most 250)"
     for phrase in ("load average", "matmul probe", "this session", "a later session"):
-        assert phrase not in text.lower(), f"README.md: lab-notebook phrase {phrase!r} belongs in docs/journal.md"
+        assert phrase not in text.lower(), f"README.md: lab-notebook phrase {phrase!r} belongs in results/JOURNAL.md"
     dated = [line for line in lines if re.search(r"\b20\d\d-\d\d\b", line) and not line.startswith("|")]
     assert not dated, f"README.md: dates belong on result rows only: {dated}"
 
@@ -138,6 +141,36 @@ def test_docstring_examples_run():
         result = doctest.testmod(module, optionflags=flags, verbose=False, report=True)
         assert result.attempted > 0, f"{name} has no docstring examples"
         assert result.failed == 0, f"{name}: {result.failed} of {result.attempted} docstring examples failed (above)"
+
+
+# --------------------------------------------------------------------------- one figure per fact
+
+
+def test_readme_results_are_the_generated_tables_figures():
+    """Each figure of the README's results table is in docs/results.md's generated row for the same config.
+
+    docs/results.md's table is generated from the records (``tests/test_results_tools.py`` checks it), so a
+    README figure found there comes from a record. Exempt: a comparison from outside (after "≈") and the
+    adding problem's constant baseline (1/6).
+    """
+    text = README.read_text()
+    section = text[text.index("## Results"):text.index("\n## ", text.index("## Results") + 3)]
+    page = (ROOT / "docs" / "results.md").read_text()
+    generated = page[page.index("<!-- results-table:start -->"):page.index("<!-- results-table:end -->")]
+    rows = [line for line in generated.splitlines() if "configs/" in line]
+    checked, missing = 0, []
+    for line in section.splitlines():
+        configs = re.findall(r"\(configs/([\w.-]+\.toml)\)", line)
+        if not line.startswith("| ") or not configs:
+            continue
+        same = [r for r in rows if any(f"configs/{c})" in r for c in configs)]
+        result = re.sub(r"(≈ |baseline )\d+\.\d+", "", line.split("|")[1])
+        for number in re.findall(r"(?<![\w.])\d+\.\d+", result):
+            checked += 1
+            if not any(re.search(rf"(?<![\d.]){re.escape(number)}(?!\d)", r) for r in same):
+                missing.append(f"{number} ({', '.join(configs)})")
+    assert checked >= 20, f"only {checked} figures found in the README's results table"
+    assert not missing, f"README.md results figures not in docs/results.md's generated rows: {missing}"
 
 
 # --------------------------------------------------------------------------- links

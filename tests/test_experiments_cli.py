@@ -254,9 +254,24 @@ def test_machine_info_has_the_same_keys_everywhere():
         assert key in info, key
     assert info["malloc"] == {"applied": False} and info["matmul_gflops"] == 12.5 and info["note"] == "x"
     assert "numpy" in info and "no_such_lib" not in info
+    import lstm_jax
+
+    assert info["lstm_jax"] == lstm_jax.__version__
+    assert info["git_commit"] is None or len(info["git_commit"]) == 40
+
     assert len(info["load_average_at_start"]) == 3
     assert len(machine.finish_machine_info(info)["load_average_at_end"]) == 3
     json.dumps(info)  # goes into results JSON as it is
+
+
+def test_machine_info_records_known_variables_only(monkeypatch):
+    """The environment capture is a list of names: a variable that only shares a prefix stays out."""
+    monkeypatch.setenv("TF_CLI_CONFIG_FILE", "/home/someone/.terraformrc")
+    monkeypatch.setenv("XLA_SOMETHING_UNKNOWN", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    env = machine.machine_info()["process_env"]
+    assert env.get("OMP_NUM_THREADS") == "2"
+    assert "TF_CLI_CONFIG_FILE" not in env and "XLA_SOMETHING_UNKNOWN" not in env
 
 
 def test_copy_figures_keeps_or_renames(tmp_path):

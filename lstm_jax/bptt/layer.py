@@ -156,8 +156,8 @@ def backward(cache: LayerCache, dys: Array | None, dfinal: Any = None) -> Grads:
         :class:`Grads` ``(params dict, xs (B,T,I), carry like the initial carry)``.
 
     Raises:
-        TypeError / ValueError on a missing or incomplete cache, or on
-        ``dys`` / ``dfinal`` of the wrong shape.
+        TypeError: a missing cache, or one that is not the ``LayerCache`` of ``forward``.
+        ValueError: an incomplete cache, or ``dys`` / ``dfinal`` of the wrong shape.
     """
     check_cache(cache)
     cell, params = cache.cell, cache.params

@@ -132,7 +132,7 @@ def gru_step(params: dict, carry: Array, x_t: Array, *, compute_dtype=None):
         h_t = (1 - z_t) ⊙ n_t + z_t ⊙ h_{t-1}
         y_t = h_t
 
-    Params:
+    Params dict:
         w_x: (I, 3H); w_h: (H, 3H); b_x: (3H,); b_h: (3H,); gate order :data:`GRU_GATES`.
     Carry:
         h: (H,) or (batch, H)

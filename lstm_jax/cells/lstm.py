@@ -207,7 +207,7 @@ def lstm_step(params: dict, carry: LSTMCarry, x_t: Array, *, compute_dtype=None)
         h_t = o_t ⊙ tanh(c_t)
         y_t = h_t
 
-    Params:
+    Params dict:
         w_x: (I, 4H); w_h: (H, 4H); b: (4H,), gate order :data:`LSTM_GATES`.
         :func:`init_lstm` sets the forget block of ``b`` to 1.0 (in the
         params, so it is trained and seen by every backward pass).

@@ -58,7 +58,7 @@ def min_gru_step(params: dict, carry: Array, x_t: Array, *, compute_dtype=None):
         h_t = (1 - z_t) ⊙ h_{t-1} + z_t ⊙ h̃_t
         y_t = h_t
 
-    Params:
+    Params dict:
         w_x: (I, 2H); b: (2H,)
     Carry:
         h: (H,) or (batch, H)

@@ -65,7 +65,7 @@ def min_lstm_step(params: dict, carry: Array, x_t: Array, *, compute_dtype=None)
         h_t  = f'_t ⊙ h_{t-1} + i'_t ⊙ h̃_t
         y_t  = h_t
 
-    Params:
+    Params dict:
         w_x: (I, 3H); b: (3H,)
     Carry:
         h: (H,) or (batch, H)

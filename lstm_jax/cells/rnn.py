@@ -72,7 +72,7 @@ def rnn_step(params: dict, carry: Array, x_t: Array, *, compute_dtype=None):
         h_t = tanh(x_t @ w_x + b + h_{t-1} @ w_h)
         y_t = h_t
 
-    Params:
+    Params dict:
         w_x: (I, H); w_h: (H, H); b: (H,)
     Carry:
         h: (H,) or (batch, H)

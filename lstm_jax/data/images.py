@@ -30,9 +30,10 @@ a seeded validation split out of train. Batching (:class:`ShuffledBatches`,
 Offline defaults here: Fashion-MNIST from ``/usr/share/datasets/fashion-mnist``
 (Debian's ``dataset-fashion-mnist``; Debian recompressed the gzip files, so
 their checksums differ from TFDS's registered ones and the TFDS builder would
-refuse them, but the IDX content is the dataset) and the MNIST test split from
-``<repo>/../shared/data/mnist`` (no MNIST training images there). Set
-``LSTM_JAX_DATA`` to move the shared data root.
+refuse them, but the IDX content is the dataset), or ``fashion_mnist/`` under
+the data root; MNIST from ``mnist/`` under the data root
+(:func:`lstm_jax.data.paths.data_dir`: ``$LSTM_JAX_DATA``, else the user cache
+folder ``~/.cache/lstm_jax``).
 """
 
 from __future__ import annotations

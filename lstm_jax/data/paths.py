@@ -1,8 +1,26 @@
-"""Where the read-only shared data lives: the one place that reads ``$LSTM_JAX_DATA``.
+"""Where offline copies of datasets live: the one place that reads ``$LSTM_JAX_DATA``.
 
-The shared data root holds one folder per dataset (``tinyshakespeare/``,
-``mnist/``, ...). Text (:mod:`lstm_jax.data.text`) and image
-(:mod:`lstm_jax.data.images`) loaders both find their offline copies under it.
+The data root holds one folder per dataset (``mnist/``, ``fashion_mnist/``,
+...). The image loaders (:mod:`lstm_jax.data.images`) look for IDX files under
+it; Tiny Shakespeare needs no data root (it ships in the package). The root is,
+in order:
+
+1. ``$LSTM_JAX_DATA`` when set (any folder, e.g. a read-only shared copy);
+2. else the user cache folder: ``$XDG_CACHE_HOME/lstm_jax``, or
+   ``~/.cache/lstm_jax`` when ``XDG_CACHE_HOME`` is unset (the XDG base
+   directory convention).
+
+A development checkout may have a ``shared/data`` folder beside the clone;
+:func:`checkout_shared_data` finds it, and it is used only when named, e.g.
+``LSTM_JAX_DATA=../shared/data`` (the test suite does so when it exists).
+
+Example::
+
+    >>> from lstm_jax.data.paths import data_dir, user_cache_dir
+    >>> user_cache_dir().name
+    'lstm_jax'
+    >>> (data_dir() / "mnist").name       # where the MNIST IDX files are looked for
+    'mnist'
 """
 
 from __future__ import annotations
@@ -11,31 +29,46 @@ import os
 from pathlib import Path
 
 __all__ = [
-    "DATA_ENV_VAR", "DOWNLOAD_HOST", "DataUnavailable", "REPO_ROOT", "data_dir", "reachable", "tfds_data_dir",
-    "tfds_prepared",
+    "DATA_ENV_VAR", "DOWNLOAD_HOST", "DataUnavailable", "REPO_ROOT", "checkout_shared_data", "data_dir", "reachable",
+    "tfds_data_dir", "tfds_prepared", "user_cache_dir",
 ]
 
 DATA_ENV_VAR = "LSTM_JAX_DATA"
-"""Environment variable overriding the shared data root."""
+"""Environment variable naming the data root."""
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+"""The folder above the package: the clone's root for an editable install."""
+
+
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/lstm_jax`` (an absolute ``XDG_CACHE_HOME`` only, as the XDG spec says), else ``~/.cache/lstm_jax``."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "lstm_jax"
 
 
 def data_dir() -> Path:
-    """Root of the shared data: ``$LSTM_JAX_DATA`` if set, else ``<repo>/../shared/data``.
+    """The data root: ``$LSTM_JAX_DATA`` if set, else :func:`user_cache_dir`.
 
-    If ``<repo>/../shared/data`` does not exist but ``<repo>/../../shared/data``
-    does (a git worktree checked out one level deeper), the latter is used.
+    The folder need not exist: loaders that look under it report what they did
+    not find.
     """
     env = os.environ.get(DATA_ENV_VAR)
     if env:
         return Path(env).expanduser()
-    primary = (REPO_ROOT / ".." / "shared" / "data").resolve()
-    if not primary.is_dir():
-        fallback = (REPO_ROOT / ".." / ".." / "shared" / "data").resolve()
-        if fallback.is_dir():
-            return fallback
-    return primary
+    return user_cache_dir()
+
+
+def checkout_shared_data() -> Path | None:
+    """A development checkout's ``<clone>/../shared/data`` (or one level further up, for a git worktree), or None.
+
+    Never a default: pass it as ``LSTM_JAX_DATA`` to use it.
+    """
+    for up in (REPO_ROOT / "..", REPO_ROOT / ".." / ".."):
+        candidate = (up / "shared" / "data").resolve()
+        if candidate.is_dir():
+            return candidate
+    return None
 
 
 # ---------------------------------------------------------------------------

@@ -361,8 +361,9 @@ def load_text(name: str = "tiny_shakespeare", *, text_file=None, data_dir=None, 
       name: ``"tiny_shakespeare"`` (default; the shipped copy, split as TFDS splits it), ``"zen"``
         (embedded, tiny) or ``"file"`` (``text_file`` split 90/5/5 with ``split_text``).
       text_file: path of a UTF-8 text file; required for, and only used with, ``"file"``.
-      data_dir, manual_dir: with either, ``"tiny_shakespeare"`` comes from the TFDS builder
-        (``load_tiny_shakespeare``) instead of the shipped file: the same splits.
+      data_dir: with it (or ``manual_dir``), ``"tiny_shakespeare"`` comes from the TFDS builder
+        (``load_tiny_shakespeare``) prepared there instead of the shipped file: the same splits.
+      manual_dir: the folder the TFDS builder reads ``input.txt`` from (see ``load_tiny_shakespeare``).
 
     >>> s = load_text("tiny_shakespeare")
     >>> len(s.train), len(s.validation), len(s.test), s.vocab.size
@@ -400,16 +401,21 @@ def load_text(name: str = "tiny_shakespeare", *, text_file=None, data_dir=None, 
     )
 
 
-def main(argv=None) -> None:
-    """``python -m lstm_jax.data.text [zen|tiny_shakespeare|file] [--text-file P]``: corpus summary."""
+def build_parser():
+    """The command line of ``python -m lstm_jax.data.text``."""
     import argparse
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lstm_jax.data.text", description=main.__doc__)
     parser.add_argument("name", nargs="?", default=DATASETS[0], choices=DATASETS)
     parser.add_argument("--text-file", default=None)
     parser.add_argument("--data-dir", default=None, help="TFDS data dir (default: TFDS default)")
     parser.add_argument("--manual-dir", default=None, help="folder with tiny_shakespeare input.txt")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    """``python -m lstm_jax.data.text [zen|tiny_shakespeare|file] [--text-file P]``: corpus summary."""
+    args = build_parser().parse_args(argv)
     s = load_text(args.name, text_file=args.text_file, data_dir=args.data_dir, manual_dir=args.manual_dir)
     print(f"dataset {s.name}: vocab size {s.vocab.size}")
     for split in ("train", "validation", "test"):

@@ -58,15 +58,17 @@ class StepLogger:
 
     Args:
         log: where the ``kind="train"`` records go.
-        total_steps, log_every: the run's ``config.steps`` and ``config.log_every``;
-            a record is written every ``log_every`` steps, at the last step and
-            when the loop stops inside a window; ``window_steps`` says how many
-            steps its means cover, and ``partial: true`` marks a short window.
+        total_steps: the run's ``config.steps``.
+        log_every: the run's ``config.log_every``; a record is written every
+            ``log_every`` steps, at the last step and when the loop stops inside a
+            window; ``window_steps`` says how many steps its means cover, and
+            ``partial: true`` marks a short window.
         start_step: the step the loop starts from (``> 0`` when resumed).
         schedule: ``schedule(step) -> learning rate``; each record holds the rate
             of its window's last step (``None``: records carry no ``lr``).
-        items_per_batch, item_name: throughput in items (e.g. ``"chars"``) per
-            second, logged as ``<item_name>_per_s`` and shown in the bar.
+        items_per_batch: items per batch, for the throughput in items per second.
+        item_name: what an item is (e.g. ``"chars"``): the throughput is logged as
+            ``<item_name>_per_s`` and shown in the bar.
         progress: show a tqdm bar.
         t_start: ``time.perf_counter()`` at the start of the loop (for ``elapsed_s``).
     """
