@@ -412,7 +412,9 @@ def test_auto_is_timed_once_by_process_0_and_shared(tmp_path):
     assert rc == 0, output[-3000:]
     choices = {m.group(1): json.loads(m.group(2)) for m in re.finditer(r"\[(p\d)\] choice (.*)", output)}
     assert set(choices) == {"p0", "p1"} and choices["p0"]["chosen_by"] == "measured"
-    assert choices["p1"] == choices["p0"] and len(choices["p0"]["step_ms"]) == 4
+    # every candidate of this machine timed (4 without oneDNN, 6 with it), and p1 got p0's timings
+    assert choices["p1"] == choices["p0"] and list(choices["p0"]["step_ms"]) == choices["p0"]["candidates"]
+    assert len(choices["p0"]["candidates"]) >= 4
 
 
 _DECIDE = """
