@@ -62,7 +62,7 @@ def test_turns_time_each_impl_in_its_own_process_one_block_at_a_time(tmp_path, m
     monkeypatch.setattr(turns.Worker, "ask", ask_and_note)
     out = tmp_path / "turns.json"
     benchmark.main(["--quick", "--cells", "lstm", "--impls", "lib:scan", "torch", "--precisions", "fp32",
-                    "--processes", "turns", "--sizes", "64x16x32x128", "--out", str(out)])
+                    "--processes", "turns", "--sizes", "32x8x16x64", "--out", str(out)])
     record = json.loads(out.read_text())
     workers = record["environment"]["workers"]
     assert [w["impl"] for w in workers] == ["lib:scan", "torch"]
