@@ -189,8 +189,9 @@ def test_config_matches_its_recorded_run(name):
     record = json.loads(record_path.read_text())
     config, args = resolved(REPO / "configs" / name)
     recorded = recorded_values(record, parser_of(config["script"]))
-    command_line = isinstance(record.get("command"), (str, list)) and recorded is not record.get("config") or (
-        "argv" in record)
+    # a record of the command line only (not of the resolved arguments): a flag it does not give was at its default
+    command_line = recorded is not record.get("config") and (isinstance(record.get("command"), (str, list))
+                                                             or "argv" in record)
     if recorded is record.get("config"):  # every resolved argument: compare the ones the file sets, where a rule
         # ("default") or a measurement ("auto") resolves impl/precision the record holds what it chose
         recorded = {k: v for k, v in recorded.items() if k in config and config[k] not in ("default", "auto")}
