@@ -1,4 +1,4 @@
-"""A launcher output that signals this process once every child has said it is ready (tests of lstm_jax.distributed.launch).
+"""A launcher output that signals this process once every child has said it is ready (launch tests).
 
 Signalling at a fixed delay is flaky on a loaded machine: a child still starting has not installed its
 handler yet. ``launch.launch(..., out=SignalOnOutput(...))`` sends each signal only after it has seen the

@@ -4,7 +4,8 @@ import json
 import os
 
 from experiments.benchmarks import benchmark
-from experiments.common import harness, turns
+from experiments.benchmarks import turns
+from experiments.common import harness
 
 
 def test_benchmark_quick_runs_and_writes_json(tmp_path):
