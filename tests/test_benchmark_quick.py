@@ -4,6 +4,7 @@ import json
 import os
 
 from experiments.benchmarks import benchmark
+from experiments.benchmarks import turns
 from experiments.common import harness
 
 
@@ -45,12 +46,24 @@ def test_per_impl_processes_time_each_impl_alone_and_merge_the_ratios(tmp_path):
     assert merged["environment"]["args"]["processes"] == "per-impl"
 
 
-def test_turns_time_each_impl_in_its_own_process_one_block_at_a_time(tmp_path):
+def test_turns_time_each_impl_in_its_own_process_one_block_at_a_time(tmp_path, monkeypatch):
     """--processes turns: one worker process per implementation, each block timed in its worker, the rounds
-    interleaved as in one process; torch is imported only in torch's worker."""
+    interleaved as in one process; torch is imported only in torch's worker. Every worker reports each block's
+    start and end (one monotonic clock on the machine): no two blocks overlap, and each round (the warm-up
+    included) has one block of each worker."""
+    blocks = []  # (start, end, impl), every block reply the parent received
+    ask = turns.Worker.ask
+
+    def ask_and_note(worker, **request):
+        reply = ask(worker, **request)
+        if request["op"] == "block":
+            blocks.append((reply["start"], reply["end"], worker.impl))
+        return reply
+
+    monkeypatch.setattr(turns.Worker, "ask", ask_and_note)
     out = tmp_path / "turns.json"
     benchmark.main(["--quick", "--cells", "lstm", "--impls", "lib:scan", "torch", "--precisions", "fp32",
-                    "--processes", "turns", "--out", str(out)])
+                    "--processes", "turns", "--sizes", "32x8x16x64", "--out", str(out)])
     record = json.loads(out.read_text())
     workers = record["environment"]["workers"]
     assert [w["impl"] for w in workers] == ["lib:scan", "torch"]
@@ -60,6 +73,11 @@ def test_turns_time_each_impl_in_its_own_process_one_block_at_a_time(tmp_path):
     scan, torch = rows["lstm_jax scan"], rows["torch nn.LSTM"]
     assert len(scan["times_ms"]) == len(torch["times_ms"]) == 2 and scan["median_ms"] > 0
     assert scan["speed_vs_torch"] == torch["median_ms"] / scan["median_ms"]
+    blocks.sort()
+    assert len(blocks) == 2 * 3, blocks  # 2 workers x (the warm-up + 2 timed rounds)
+    assert all(s < e <= next_s for (s, e, _), (next_s, _, _) in zip(blocks, blocks[1:])), blocks  # no overlap
+    order = [impl for _, _, impl in blocks]
+    assert all(sorted(order[i:i + 2]) == ["lib:scan", "torch"] for i in range(0, len(order), 2)), order
 
 
 def test_flop_model():

@@ -122,20 +122,92 @@ def test_config_validates_against_its_script(path):
     assert args.config == str(path)
 
 
+#: Config keys that no record can confirm, per config, each with why (a flag added after the record, or a
+#: default of the script that the record's command line did not give and whose value then is not recorded).
+#: A key listed here that the record does confirm fails too, so the list cannot go stale.
+NOT_IN_RECORD = {
+    **{name: {"impl": "not on the recorded command line; metadata.json holds the choice (manual/bf16), "
+                      "not how it was made",
+              "precision": "as impl"} for name in ("fmnist_pixels.toml", "fmnist_rows.toml")},
+    "adding_equal_steps_1500.toml": {"init": "--init came after the record (its runs used the standard init)"},
+    "parallel_time_cpu.toml": {"max_jacobian_mib": "not recorded; DEER ran at T=16384, whose Jacobians take "
+                                                   "1024 MiB at B=4, H=32, so the cap was at least that"},
+    "parallel_time_h256_cpu.toml": {"max_jacobian_mib": "not recorded (no DEER case ran)"},
+    "parallel_time_h200.toml": {"budget_minutes": "not recorded; its over_budget list (T=16384) shows a budget "
+                                                  "ran out before the last length"},
+}
+
+
+def _rows_evidence(record: dict) -> dict:
+    """Config keys that a benchmark record's rows confirm (the rows hold what was run, not the flags)."""
+    if "environment" in record and "results" in record:  # benchmark.json: a row without a precision predates bf16
+        precisions = {r.get("precision", "fp32") for e in record["results"] for r in e["rows"]}
+        return {"precisions": sorted(precisions, key=["fp32", "bf16"].index)}
+    rows = record.get("rows")
+    if not isinstance(rows, list):
+        return {}
+    if rows and "name" in rows[0]:  # parallel_time: the cases that ran, and those the budget left out
+        return {"cases": {r["name"] for r in rows} | {name for name, _ in record.get("over_budget", [])}}
+    return {"impls": {r["impl"] for r in rows},  # remat_benchmark: the impls timed, the T with a peak RSS
+            "rss_at": sorted({r["T"] for r in rows if r.get("peak_rss_mib") is not None})}
+
+
+def _run_evidence(record: dict, record_path: Path) -> dict:
+    """Config keys a training record confirms beyond its command line: mnist's metadata.json (train_config,
+    model, data options) and how the layer was chosen, in the record or a seeds.json's first run ('auto' if
+    measured, 'default' if by the rule)."""
+    found = {}
+    if "train_config" in record:
+        found.update(record["train_config"])
+        model = record["model"]
+        found.update(cell=model["cell"], layers=model["num_layers"], bidirectional=model["bidirectional"],
+                     dropout=model["dropout"], unroll=model["unroll"], perm_seed=record["perm_seed"],
+                     augment_shift=record["augment"]["max_shift"], augment_flip=record["augment"]["flip"])
+    runs = [record_path.parent / "seed_0" / "results.json", record_path.parent / "results_seed_0.json"]
+    layer = record.get("layer") or next((json.loads(p.read_text()).get("layer") for p in runs if p.exists()), None)
+    how = {"measured": "auto", "default rule": "default"}.get((layer or {}).get("chosen_by"))
+    if how:  # what the run was asked for; the impl and precision it chose are not a config's to set
+        found.update(impl=how, precision=how)
+    return found
+
+
+def _same(config_value, evidence) -> bool:
+    if isinstance(evidence, set):
+        return set(config_value) == evidence
+    return _json_like(config_value) == _json_like(evidence)
+
+
 @pytest.mark.parametrize("name", [n for n, r in RECORDS.items() if r], ids=str)
 def test_config_matches_its_recorded_run(name):
+    """Every key the config sets is confirmed by its record, with the same value: given on the recorded command
+    line (or in its resolved arguments), shown by what the record holds (rows, metadata), or (a command-line
+    record) left at the script's default, which the config then states. Any other key must be in
+    NOT_IN_RECORD with why; a key listed there that the record confirms fails too."""
     record_path = REPO / RECORDS[name]
     if not record_path.exists():
         pytest.skip(f"{RECORDS[name]} not recorded yet")
     record = json.loads(record_path.read_text())
     config, args = resolved(REPO / "configs" / name)
     recorded = recorded_values(record, parser_of(config["script"]))
+    # a record of the command line only (not of the resolved arguments): a flag it does not give was at its default
+    command_line = recorded is not record.get("config") and (isinstance(record.get("command"), (str, list))
+                                                             or "argv" in record)
     if recorded is record.get("config"):  # every resolved argument: compare the ones the file sets, where a rule
         # ("default") or a measurement ("auto") resolves impl/precision the record holds what it chose
         recorded = {k: v for k, v in recorded.items() if k in config and config[k] not in ("default", "auto")}
     differ = {k: (getattr(args, k, "<not a flag>"), v) for k, v in recorded.items()
               if k not in NOT_DEFINING and _json_like(getattr(args, k, "<not a flag>")) != v}
     assert not differ, f"{name} against {RECORDS[name]}: (config, record) {differ}"
+    evidence = {**_rows_evidence(record), **_run_evidence(record, record_path)}
+    differ = {k: (config[k], v) for k, v in evidence.items() if k in config and not _same(config[k], v)}
+    assert not differ, f"{name} against what {RECORDS[name]} holds: (config, record) {differ}"
+    defaults = {a.dest: a.default for a in parser_of(config["script"])._actions}
+    unconfirmed = {k for k in config if k != "script" and k not in NOT_DEFINING and k not in recorded
+                   and k not in evidence and not (command_line and _json_like(config[k]) == _json_like(defaults.get(k)))}
+    listed = set(NOT_IN_RECORD.get(name, {}))
+    assert unconfirmed <= listed, (f"{name}: {sorted(unconfirmed - listed)} set in the config, not confirmed by "
+                                   f"{RECORDS[name]}; list in NOT_IN_RECORD with why if added after the record")
+    assert listed <= unconfirmed, f"{name}: NOT_IN_RECORD lists {sorted(listed - unconfirmed)}, which the record confirms"
     runs = record.get("runs")
     if isinstance(runs, list) and runs and "cell" in runs[0]:  # a long_range sweep: the same (cell, T) pairs
         assert {(r["cell"], r["T"]) for r in runs} == {(c, t) for c in args.cells for t in args.lengths}

@@ -199,15 +199,41 @@ def test_every_results_row_names_an_existing_config_file():
 # --------------------------------------------------------------------------- --impl auto
 
 
-def test_auto_times_every_candidate_and_takes_the_fastest():
-    choice = fastest.choose("lstm", 32, 16, 32, 96)
-    assert choice["chosen_by"] == "measured"
+def test_auto_times_every_candidate_and_takes_the_fastest(monkeypatch):
+    """Real candidates, compiled and run, with scripted step times through a patched timer: ``scan/bf16``, the
+    last in preference, has the smallest median (despite one slow call) and must be chosen; ``manual/fp32`` has
+    the smallest single call but not the smallest median. Each call's candidate is read from the loss it
+    returns (a constant offset per candidate, so the gradient is the real one), not from the call order."""
     pairs = fastest.candidates("lstm")
-    assert set(choice["step_ms"]) == {f"{i}/{p}" for i, p in pairs}
-    assert {"manual/fp32", "manual/bf16", "scan/fp32", "scan/bf16"} <= set(choice["step_ms"])
-    assert (choice["impl"], choice["precision"]) == fastest.pick(pairs, choice["step_ms"])
-    chosen = choice["step_ms"][f"{choice['impl']}/{choice['precision']}"]
-    assert chosen <= min(choice["step_ms"].values()) * (1 + fastest.TIE_TOLERANCE)
+    labels = [f"{i}/{p}" for i, p in pairs]
+    assert {"manual/fp32", "manual/bf16", "scan/fp32", "scan/bf16"} <= set(labels) and labels[-1] == "scan/bf16"
+    script = {label: [50.0] * 5 for label in labels}
+    script["manual/fp32"] = [5.0, 60.0, 60.0, 60.0, 60.0]
+    script["scan/bf16"] = [30.0, 30.0, 300.0, 30.0, 30.0]
+    built, calls = [], {label: 0 for label in labels}
+    real_problem = fastest.layer_problem
+
+    def tagged_problem(cell, impl, T, B, I, H):
+        loss, params, xs = real_problem(cell, impl, T, B, I, H)
+        built.append(f"{impl.name}/{impl.precision}")
+        k = len(built) - 1
+        return (lambda p, x: loss(p, x) + 1000.0 * k), params, xs  # mean(ys**2) < 1: k = value // 1000
+
+    def scripted_timer(fn, repeats):
+        times = []
+        for _ in range(repeats):
+            value, _grads = fn()
+            label = built[int(float(value) // 1000)]
+            times.append(script[label][calls[label]] / 1e3)
+            calls[label] += 1
+        return times
+
+    monkeypatch.setattr(fastest, "layer_problem", tagged_problem)
+    monkeypatch.setattr(fastest, "time_calls", scripted_timer)
+    choice = fastest.choose("lstm", 32, 16, 32, 96)
+    assert sorted(built) == sorted(labels) and calls == {label: 5 for label in labels}  # every one, every round
+    assert choice["step_ms"] == {label: statistics.median(t) for label, t in script.items()}
+    assert (choice["impl"], choice["precision"], choice["chosen_by"]) == ("scan", "bf16", "measured")
     given = fastest.choose("lstm", 32, 16, 32, 96, impl="scan", precision="fp32")
     assert (given["impl"], given["precision"], given["chosen_by"], given["step_ms"]) == ("scan", "fp32", "given", {})
 

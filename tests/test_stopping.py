@@ -27,6 +27,7 @@ import pytest
 
 from lstm_jax.distributed import launch
 from lstm_jax.distributed.stopping import PREEMPTED_STATUS, Preempted, StallWatchdog, TimeBudget
+from tests.signal_on_output import SignalOnOutput
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "multiprocess_worker.py"
@@ -128,45 +129,51 @@ def test_time_budget_checks_halfway_to_the_deadline_at_the_average_step_time():
 
 
 def test_stall_watchdog_ends_the_process_with_one_line():
-    code = ("import time; from lstm_jax.distributed.stopping import StallWatchdog; "
+    """On: one line and exit 1 after ``timeout`` s without a beat. Off (``None`` or 0): no watching thread, and no
+    exit however long the last beat is past (first, in the same child)."""
+    code = ("import time; from lstm_jax.distributed.stopping import StallWatchdog\n"
+            "for timeout in (None, 0):\n"
+            "    off = StallWatchdog(timeout, poll=0.05).start(); off.beat(3, 'off'); off.last -= 1e6\n"
+            "time.sleep(0.5); print('off: still running', flush=True)\n"
             "w = StallWatchdog(1.0, poll=0.1).start(); w.beat(7, 'checkpoint save'); time.sleep(60)")
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"})
-    assert proc.returncode == 1 and time.monotonic() - t0 < 30
+    assert proc.returncode == 1 and time.monotonic() - t0 < 30, proc.stderr
+    assert proc.stdout == "off: still running\n"
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: process 0 of 1: no progress for 1 s at step 7 (checkpoint save): another process is dead, stuck "
         "or took another path; stopping (LSTM_JAX_STALL_TIMEOUT)")
-    off = StallWatchdog(None).start()
-    off.beat(1, "x")
-    off.close()
+    before = {t.name for t in threading.enumerate()}
+    for timeout in (None, 0):
+        off = StallWatchdog(timeout).start()
+        assert off.timeout is None and "stall-watchdog" not in {t.name for t in threading.enumerate()} - before
+        off.close()
 
 
 def test_launcher_kills_processes_that_ignore_the_signal_after_the_grace_or_at_a_second_signal():
-    out = io.StringIO()
+    """Children that ignore the signal: SIGKILL ``--signal-grace`` after it, or at once at a second signal. The
+    signals are sent once both children print ``ready`` (their SIG_IGN in place), not at a fixed delay."""
     code = ("import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
             "print('ready', flush=True); time.sleep(120)")
-    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))  # handled by launch(), not pytest
-    timer.start()
+    out, err = SignalOnOutput(2, [signal.SIGTERM]), io.StringIO()  # handled by launch(), not pytest
     t0 = time.monotonic()
-    err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
             rc = launch.launch(["-c", code], 2, signal_grace=1.0, out=out)
     finally:
-        timer.cancel()
+        out.cancel()
     seconds = time.monotonic() - t0
     assert rc == 128 + signal.SIGTERM and seconds < 15, (out.getvalue(), err.getvalue())
-    assert "launch: process 0 still running 1 s after SIGTERM; killing it (SIGKILL)" in err.getvalue()
+    killed = [f"launch: process {i} still running 1 s after SIGTERM; killing it (SIGKILL)" for i in range(2)]
+    assert all(line in err.getvalue() for line in killed), err.getvalue()
 
-    # A second signal does not wait for the grace: SIGKILL at once.
-    timers = [threading.Timer(t, os.kill, (os.getpid(), signal.SIGINT)) for t in (1.5, 2.0)]
-    for timer in timers:
-        timer.start()
+    # A second signal does not wait for the grace (60 s here): SIGKILL at once.
+    out, err = SignalOnOutput(2, [signal.SIGINT, signal.SIGINT], gap=0.5), io.StringIO()
     t0 = time.monotonic()
     try:
-        rc = launch.launch(["-c", code.replace("SIGTERM", "SIGINT")], 2, signal_grace=60.0, out=io.StringIO())
+        with contextlib.redirect_stderr(err):
+            rc = launch.launch(["-c", code.replace("SIGTERM", "SIGINT")], 2, signal_grace=60.0, out=out)
     finally:
-        for timer in timers:
-            timer.cancel()
-    assert rc == 128 + signal.SIGINT and time.monotonic() - t0 < 15
+        out.cancel()
+    assert rc == 128 + signal.SIGINT and time.monotonic() - t0 < 15, (out.getvalue(), err.getvalue())

@@ -112,7 +112,8 @@ def reply_channel():
 
 def serve(impl: str, key, replies) -> None:
     """The worker's side: answer ``hello``, ``build``, ``compile``, ``block`` and ``quit`` on ``replies``
-    (from :func:`reply_channel`) until told to stop."""
+    (from :func:`reply_channel`) until told to stop. A ``block`` reply also gives the block's ``start`` and
+    ``end`` (``time.monotonic()``, one clock for every process on the machine), so turns can be checked."""
     benches: list[Bench] = []
     for line in sys.stdin:
         request = json.loads(line)
@@ -126,9 +127,10 @@ def serve(impl: str, key, replies) -> None:
                 benches += built
             elif op == "compile":
                 reply = {"seconds": benches[request["id"]].compile()}
-            elif op == "block":
+            elif op == "block":  # start and end on the machine's monotonic clock: the parent can check turns
+                start = time.monotonic()
                 seconds, faults = run_block(benches[request["id"]], request["n"])
-                reply = {"seconds": seconds, "faults": faults}
+                reply = {"seconds": seconds, "faults": faults, "start": start, "end": time.monotonic()}
             elif op == "quit":
                 reply = {"torch_imported": "torch" in sys.modules}
             else:
