@@ -173,11 +173,11 @@ class SlurmCluster:
 
     def queue(self) -> list[str]:
         """Job ids SLURM still lists (any state but completed ones it has forgotten)."""
-        return self.run("squeue", "-h", "-o", "%i %T").stdout.split("\n") if self.procs else []
+        return [line for line in self.run("squeue", "-h", "-o", "%i %T").stdout.splitlines() if line.strip()]
 
     def wait_queue_empty(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
-        while [j for j in self.queue() if j.strip()]:
+        while self.queue():
             if time.monotonic() > deadline:
                 raise AssertionError(f"squeue still lists {self.queue()} after {timeout} s")
             time.sleep(0.5)

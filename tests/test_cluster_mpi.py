@@ -1,0 +1,90 @@
+"""Training jobs started by Open MPI's ``mpirun`` (this host, loopback only).
+
+``mpirun`` runs with its out-of-band channel and transports restricted to
+``lo`` (:data:`MPIRUN`), so the URI JAX reads the coordinator's IP from
+(``OMPI_MCA_orte_hnp_uri``) names 127.0.0.1 only; each test asserts the
+coordinator every process joined is 127.0.0.1. The processes do not call MPI
+themselves: ``mpirun`` starts them, JAX's Open MPI detection
+(``LSTM_JAX_DISTRIBUTED=auto``) reads their rank and count, and they talk
+through JAX's own coordinator and Gloo.
+
+Default run: ``mpirun -n 2`` trains ``char_lstm`` as one process does (every
+step's loss). ``-m slow``: a SIGTERM to ``mpirun`` mid-run (it passes SIGTERM
+to every process): one agreed step, a checkpoint, and the same command with
+``--resume`` ends on the one-process run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from cluster_fixtures import (
+    MPI_BINARIES, assert_losses_equal, char_cmd, coordinators, finish, job_env, last_checkpoint,
+    skip_unless_installed, start, steps_logged, stop_steps, wait_for,
+)
+
+TIMEOUT = 400  # seconds for one job on a loaded 2-core machine (about 20 s idle)
+#: --oversubscribe: 2 processes may share fewer cores; --bind-to none: each may use both cores;
+#: --allow-run-as-root: the tests may run as root (containers, CI).
+MPIRUN = ("mpirun", "-n", "2", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "--tag-output",
+          "--mca", "oob_tcp_if_include", "lo", "--mca", "btl", "self,vader", "-x", "LSTM_JAX_DISTRIBUTED=auto")
+
+
+@pytest.fixture(autouse=True)
+def _installed():
+    skip_unless_installed(*MPI_BINARIES)
+
+
+def mpirun(*cmd: str):
+    env = job_env()
+    for var in [v for v in env if v.startswith("SLURM_")]:  # not inside a SLURM allocation: mpirun's own launcher
+        del env[var]
+    return start([*MPIRUN, *cmd], env=env)
+
+
+def assert_loopback_coordinator(output: str) -> None:
+    found = coordinators(output, "Open MPI")
+    assert set(found) == {0, 1}, output[-3000:]
+    assert found[0] == found[1] and found[0][1] == "127.0.0.1" and found[0][0].startswith("127.0.0.1:"), found
+
+
+def test_mpirun_two_processes_train_as_one_process(tmp_path):
+    steps = 8
+    reference = start(char_cmd(tmp_path / "ref", steps))  # the same command, one plain process, meanwhile
+    t0 = time.monotonic()
+    rc, output = finish(mpirun(*char_cmd(tmp_path / "job", steps)), TIMEOUT)
+    seconds = time.monotonic() - t0
+    ref_rc, ref_output = finish(reference, TIMEOUT)
+    assert rc == 0, output[-3000:]
+    assert ref_rc == 0, ref_output[-3000:]
+    assert_loopback_coordinator(output)
+    assert "trained to step 8" in output and output.count("run directory:") == 1  # one report, from process 0
+    assert_losses_equal(tmp_path / "job", tmp_path / "ref")
+    print(f"mpirun -n 2: {steps} steps equal to one process, job {seconds:.1f} s")
+
+
+@pytest.mark.slow
+def test_sigterm_to_mpirun_stops_at_one_step_with_a_checkpoint_and_resume_is_exact(tmp_path):
+    steps, out = 300, tmp_path / "job"
+    reference = start(char_cmd(tmp_path / "ref", steps))
+    try:
+        proc = mpirun(*char_cmd(out, steps))
+        wait_for(lambda: steps_logged(out) >= 3 or proc.poll() is not None, TIMEOUT, "step 3 logged")
+        t0 = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        rc, output = finish(proc, TIMEOUT)
+        seconds = time.monotonic() - t0
+    finally:
+        ref_rc, ref_output = finish(reference, TIMEOUT)
+    assert ref_rc == 0, ref_output[-3000:]
+    stops = stop_steps(output, "SIGTERM (a preemption request)")
+    assert set(stops) == {0, 1} and stops[0] == stops[1], output[-3000:]
+    assert 3 <= stops[0] < steps and last_checkpoint(out) == stops[0] and rc != 0
+    print(f"SIGTERM to mpirun: both stopped at step {stops[0]}/{steps}, mpirun exited {rc} {seconds:.2f} s later")
+    rc, output = finish(mpirun(*char_cmd(out, steps, "--resume")), TIMEOUT)
+    assert rc == 0, output[-3000:]
+    assert_losses_equal(out, tmp_path / "ref")
