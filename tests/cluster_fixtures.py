@@ -7,8 +7,10 @@ tracking by process group: no cgroups, no munge: ``auth/none``), starts
 waits until ``sinfo`` shows the node idle, and stops them by PID. Clients
 (``srun``, ``sbatch``, ``scancel``, ``squeue``, ``sinfo``) find the
 configuration through ``SLURM_CONF``, which :meth:`SlurmCluster.env` sets.
-Everything it starts listens on and talks to 127.0.0.1 only (the two daemons'
-ports are free ports picked at start).
+Everything it starts talks to 127.0.0.1 only (the daemons' ports are free
+ports picked at start; the first job id is random, and with it the port
+JAX's coordinator takes). A requeued job may start again after 10 s
+(``AuthInfo=cred_expire=10``; SLURM's default is 120).
 
 ``missing(*names)`` names the first binary that is not installed, for a
 one-line skip. Both engines come from Debian's packages (``slurmctld slurmd
@@ -16,8 +18,12 @@ slurm-client openmpi-bin``), which ``.ci/run`` installs.
 
 Example (a test)::
 
-    def test_x(slurm_cluster):
-        out = subprocess.run(["srun", "--ntasks=2", "hostname"], env=slurm_cluster.env(), ...)
+    cluster = SlurmCluster(tmp_path).start()
+    try:
+        subprocess.run(["srun", "--ntasks=2", "hostname"], env=cluster.env(), check=True)
+    finally:
+        cluster.stop()
+    assert not cluster.leftovers()
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ SlurmUser={user}
 SlurmdUser=root
 AuthType=auth/none
 CredType=cred/none
+AuthInfo=cred_expire=10
 StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool
 SlurmctldPidFile={d}/slurmctld.pid
@@ -121,6 +128,7 @@ class SlurmCluster:
         self.kill_wait = kill_wait
         self.procs: dict[str, subprocess.Popen] = {}
         self.conf = self.dir / "slurm.conf"
+        self._logs = []
 
     def env(self, **extra) -> dict:
         env = dict(os.environ)
@@ -145,8 +153,9 @@ class SlurmCluster:
                                                # the same port in every test session
                                                first_job=random.randrange(1000, 1_000_000)))
         for name, args in (("slurmctld", ["-D", "-i"]), ("slurmd", ["-D", "-N", "localhost"])):
+            self._logs.append(open(self.dir / f"{name}.err", "w"))
             self.procs[name] = subprocess.Popen([which(name), *args, "-f", str(self.conf)], env=self.env(),
-                                                stdout=subprocess.DEVNULL, stderr=open(self.dir / f"{name}.err", "w"),
+                                                stdout=subprocess.DEVNULL, stderr=self._logs[-1],
                                                 start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -172,7 +181,7 @@ class SlurmCluster:
         return "\n".join(out)
 
     def queue(self) -> list[str]:
-        """Job ids SLURM still lists (any state but completed ones it has forgotten)."""
+        """``"id STATE"`` of every job ``squeue`` lists (pending, running, completing)."""
         return [line for line in self.run("squeue", "-h", "-o", "%i %T").stdout.splitlines() if line.strip()]
 
     def wait_queue_empty(self, timeout: float = 60) -> None:
@@ -193,6 +202,20 @@ class SlurmCluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
+        for f in self._logs:
+            f.close()
+
+    def leftovers(self) -> list[str]:
+        """``"pid cmdline"`` of every live process started with this cluster's ``SLURM_CONF`` (daemons, steps, tasks)."""
+        mark = f"SLURM_CONF={self.conf}".encode() + b"\0"
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and int(proc.name) != os.getpid() and mark in (proc / "environ").read_bytes():
+                    found.append(proc.name + " " + (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+        return found
 
 
 def pid_alive(pid: int) -> bool:
@@ -239,10 +262,12 @@ def last_checkpoint(run_dir) -> int:
     return max(int(d.name) for d in (Path(run_dir) / "checkpoints").iterdir() if d.name.isdigit())
 
 
-def assert_losses_equal(run_dir, ref_dir, tol: float = 1e-5) -> None:
+def assert_losses_equal(run_dir, ref_dir, tol: float = 1e-5) -> float:
+    """Every step's training loss of ``run_dir`` equals ``ref_dir``'s to ``tol``; returns the largest difference."""
     a, b = losses(run_dir), losses(ref_dir)
     assert len(a) == len(b) > 0, (len(a), len(b))
     np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    return float(np.max(np.abs(np.subtract(a, b))))
 
 
 def coordinators(output: str, engine: str) -> dict[int, tuple[str, str]]:

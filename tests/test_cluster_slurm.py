@@ -3,7 +3,8 @@
 The fixture (:class:`cluster_fixtures.SlurmCluster`) starts the two daemons
 in a temporary directory for this module, waits until ``sinfo`` shows the
 node idle, and at the end checks that ``squeue`` is empty, stops them by PID
-and checks they are gone. The node is ``localhost`` at ``NodeAddr=127.0.0.1``,
+and checks they are gone, and no process started with this cluster's
+configuration (a job step, a task) is left. The node is ``localhost`` at ``NodeAddr=127.0.0.1``,
 so the coordinator address JAX derives from the job's node list is loopback;
 each test asserts it (``127.0.0.1``) from the line every process prints when
 it joins. The job is ``char_lstm`` with ``LSTM_JAX_DISTRIBUTED=auto``
@@ -46,6 +47,7 @@ def slurm(tmp_path_factory):
         pids = [p.pid for p in cluster.procs.values()]
         cluster.stop()
     assert not [pid for pid in pids if pid_alive(pid)], "a SLURM daemon is still running"
+    assert not cluster.leftovers(), cluster.leftovers()  # no job step, task or daemon left behind
 
 
 def srun(cluster: SlurmCluster, *cmd: str, options=()) -> subprocess.Popen:
@@ -78,8 +80,8 @@ def test_srun_two_tasks_train_as_one_process(slurm, tmp_path):
     assert ref_rc == 0, ref_output[-3000:]
     assert_loopback_coordinator(output)
     assert "trained to step 8" in output and output.count("run directory:") == 1  # one report, from process 0
-    assert_losses_equal(tmp_path / "job", tmp_path / "ref")
-    print(f"srun --ntasks=2: {steps} steps equal to one process, job {seconds:.1f} s")
+    diff = assert_losses_equal(tmp_path / "job", tmp_path / "ref")
+    print(f"largest loss difference {diff:.1e}; srun --ntasks=2: {steps} steps equal to one process, job {seconds:.1f} s")
 
 
 def cancel_mid_run(cluster: SlurmCluster, proc: subprocess.Popen, out, at_step: int = 3) -> tuple[str, float]:
@@ -113,7 +115,8 @@ def test_scancel_term_stops_at_one_step_with_a_checkpoint_and_a_resubmitted_job_
     rc, output = finish(srun(slurm, *char_cmd(out, steps, "--resume")), TIMEOUT)
     assert rc == 0, output[-3000:]
     assert f"trained to step {steps}" in output
-    assert_losses_equal(out, tmp_path / "ref")
+    print(f"resumed to step {steps}: largest loss difference from one process "
+          f"{assert_losses_equal(out, tmp_path / 'ref'):.1e}")
 
 
 SBATCH_SCRIPT = """#!/bin/bash
@@ -145,7 +148,6 @@ def test_sbatch_requeue_script_cancelled_then_requeued_resumes_exactly(slurm, tm
         assert "ExitCode=143:0" in state, state
         step = last_checkpoint(out)
         slurm.run("scontrol", "requeue", jid)
-        slurm.run("scontrol", "update", f"JobId={jid}", "StartTime=now")  # a requeued job waits ~2 min otherwise
         wait_for(lambda: "JobState=COMPLETED" in slurm.run("scontrol", "show", "job", jid).stdout, TIMEOUT,
                  "requeued job completed")
     finally:
@@ -154,7 +156,8 @@ def test_sbatch_requeue_script_cancelled_then_requeued_resumes_exactly(slurm, tm
     log = next(out.glob("slurm-*.out")).read_text()
     assert_loopback_coordinator(log)
     assert 3 <= step < steps and f"trained to step {steps}" in log, log[-3000:]
-    assert_losses_equal(out, tmp_path / "ref")
+    print(f"resumed to step {steps}: largest loss difference from one process "
+          f"{assert_losses_equal(out, tmp_path / 'ref'):.1e}")
 
 
 @pytest.mark.slow
