@@ -6,7 +6,8 @@ process, as a terminal's Ctrl-C reaches every process of its foreground
 group): both processes stop at the same step with a checkpoint there, print
 ``process i: stopping at step N/M: SIGINT (Ctrl-C); checkpoint saved ...``,
 exit with 130 (so does the launcher), and no ``KeyboardInterrupt`` traceback
-appears. ``-m slow``: the same for one plain process, and ``--resume`` after
+appears; Ctrl-C outside training (start-up, the final evaluation) ends a
+script with one line and 130 too. ``-m slow``: the same for one plain process, and ``--resume`` after
 the 2-process stop ends on the uninterrupted one-process run.
 """
 
@@ -18,6 +19,7 @@ import sys
 
 import pytest
 
+from experiments.common import cli
 from cluster_fixtures import (
     assert_losses_equal, char_cmd, finish, last_checkpoint, start, steps_logged, stop_steps, wait_for,
 )
@@ -79,3 +81,13 @@ def test_after_sigint_resume_ends_on_the_uninterrupted_run(tmp_path):
     rc, output = finish(start(launcher(*char_cmd(out, steps, "--resume"))), TIMEOUT)
     assert rc == 0, output[-3000:]
     assert_losses_equal(out, tmp_path / "ref")
+
+
+def test_sigint_outside_training_ends_a_script_with_one_line_and_130(capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt  # what Ctrl-C raises before or after fit
+
+    with pytest.raises(SystemExit) as stop:
+        cli.run(cli.make_parser("a script"), interrupted, [])
+    assert stop.value.code == 128 + signal.SIGINT
+    assert capsys.readouterr().err == "interrupted (SIGINT) outside training; no checkpoint written by it\n"

@@ -20,7 +20,7 @@ checkpoint, stop) at the same step:
   passes the signal on to JAX's preemption service as a SIGTERM to itself),
   prints one line naming SIGINT and exits with status 130 (128 + SIGINT), no
   ``KeyboardInterrupt`` traceback. Outside :func:`fit` SIGINT keeps Python's
-  default (``KeyboardInterrupt``).
+  default (``KeyboardInterrupt``; the experiment scripts turn it into one line).
 * ``"time budget"``: ``config.max_minutes`` ran out. One process: its clock,
   every step. Several: process 0's clock decides at *check steps* that every
   process knows, and shares its verdict with one tiny broadcast (about
