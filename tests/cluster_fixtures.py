@@ -218,6 +218,18 @@ class SlurmCluster:
         return found
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (read from ``/proc/*/stat``)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int((proc / "stat").read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

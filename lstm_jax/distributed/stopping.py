@@ -234,8 +234,8 @@ class StopControl:
 
     def __exit__(self, *exc) -> None:
         self.watchdog.close()
-        if self._main_thread:
-            signal.signal(signal.SIGINT, self._old_sigint)
+        if self._main_thread:  # None: a handler set outside Python, which cannot be put back
+            signal.signal(signal.SIGINT, signal.SIG_DFL if self._old_sigint is None else self._old_sigint)
         if self._own_handler:
             signal.signal(signal.SIGTERM, self._old_handler)
             late = _sigterm_flag.is_set() and not self.preempted and exc[0] is None
