@@ -12,16 +12,18 @@ Default run: ``mpirun -n 2`` trains ``char_lstm`` as one process does (every
 step's loss). ``-m slow``: a SIGTERM to ``mpirun`` mid-run (it passes SIGTERM
 to every process 10 s later): one agreed step, a checkpoint, and the same
 command with ``--resume`` ends on the one-process run; the same for
-``mnist_lstm``.
+``mnist_lstm`` (SIGTERM to each process); ``long_range`` equal to one process.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from cluster_fixtures import (
@@ -131,3 +133,21 @@ def test_mnist_lstm_under_mpirun_trains_as_one_process_and_resumes_exactly_after
     assert rc == 0, output[-3000:]
     print(f"mnist_lstm stopped at step {stops[0]}, resumed to step {steps}: largest loss difference from one "
           f"process {assert_losses_equal(out, tmp_path / 'ref'):.1e}")
+
+
+@pytest.mark.slow
+def test_long_range_under_mpirun_trains_as_one_process(tmp_path):
+    """The long-range sweep (no checkpoints: a stop keeps the finished runs) as a 2-process job: the same test
+    curve as one process, one report."""
+    args = ["-m", "experiments.training.long_range", "--task", "adding", "--lengths", "10", "--cells", "lstm",
+            "--steps", "30", "--hidden", "8", "--batch-size", "8", "--eval-every", "10", "--test-size", "64",
+            "--max-minutes", "5", "--impl", "manual", "--precision", "fp32"]
+    reference = start([sys.executable, *args, "--out", str(tmp_path / "ref")])
+    rc, output = finish(mpirun(sys.executable, *args, "--out", str(tmp_path / "job")), TIMEOUT)
+    ref_rc, ref_output = finish(reference, TIMEOUT)
+    assert rc == 0 and ref_rc == 0, output[-3000:] + ref_output[-3000:]
+    assert_loopback_coordinator(output)
+    assert output.count("| lstm | ") == 2, output[-3000:]  # the two tables, from process 0 only
+    ours, ref = (json.loads((tmp_path / d / "results.json").read_text())["runs"][0] for d in ("job", "ref"))
+    np.testing.assert_allclose([v for _, v in ours["curve"]], [v for _, v in ref["curve"]], rtol=1e-5)
+    assert ours["steps"] == ref["steps"] == 30
