@@ -240,7 +240,7 @@ def pid_alive(pid: int) -> bool:
 
 # --------------------------------------------------------------------------- the job every engine runs
 
-CHAR_MODULE = "experiments.training.char_lstm"
+CHAR_MODULE = "experiments.char_lm.char_lstm"
 #: A tiny char_lstm run: 1xLSTM H=16 on the Zen of Python, global batch 4, every step logged.
 CHAR_ARGS = ("--dataset", "zen", "--hidden", "16", "--layers", "1", "--seq-len", "16", "--batch-size", "4",
              "--impl", "manual", "--precision", "fp32", "--no-progress", "--eval-every", "100000",

@@ -97,7 +97,7 @@ def test_sigterm_to_mpirun_stops_at_one_step_with_a_checkpoint_and_resume_is_exa
           f"{assert_losses_equal(out, tmp_path / 'ref'):.1e}")
 
 
-MNIST_MODULE = "experiments.training.mnist_lstm"
+MNIST_MODULE = "experiments.classification.mnist_lstm"
 MNIST_ARGS = ("--dataset", "fashion_mnist", "--source", "idx", "--mode", "rows", "--train-subset", "600",
               "--val-size", "100", "--test-subset", "100", "--hidden", "16", "--batch-size", "8", "--impl", "manual",
               "--precision", "fp32", "--no-progress", "--no-plots", "--log-every", "1", "--eval-every", "100000",
@@ -139,7 +139,7 @@ def test_mnist_lstm_under_mpirun_trains_as_one_process_and_resumes_exactly_after
 def test_long_range_under_mpirun_trains_as_one_process(tmp_path):
     """The long-range sweep (no checkpoints: a stop keeps the finished runs) as a 2-process job: the same test
     curve as one process, one report."""
-    args = ["-m", "experiments.training.long_range", "--task", "adding", "--lengths", "10", "--cells", "lstm",
+    args = ["-m", "experiments.long_range.long_range", "--task", "adding", "--lengths", "10", "--cells", "lstm",
             "--steps", "30", "--hidden", "8", "--batch-size", "8", "--eval-every", "10", "--test-size", "64",
             "--max-minutes", "5", "--impl", "manual", "--precision", "fp32"]
     reference = start([sys.executable, *args, "--out", str(tmp_path / "ref")])

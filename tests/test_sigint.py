@@ -30,7 +30,7 @@ WHY = "SIGINT (Ctrl-C)"
 
 def launcher(*cmd: str) -> list[str]:
     assert cmd[1] == "-m"
-    return [sys.executable, "-m", "lstm_jax.launch", "--processes", "2", "--local-devices", "1", "--init-timeout",
+    return [sys.executable, "-m", "lstm_jax.distributed.launch", "--processes", "2", "--local-devices", "1", "--init-timeout",
             "120", "--", *cmd[1:]]
 
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import jax
 
-from lstm_jax import multiprocess
+from lstm_jax.distributed import multiprocess
 from lstm_jax.cells import CELLS
 from lstm_jax.train.checkpoint import CheckpointError
 from lstm_jax.impls import LayerImpl, layer_impl

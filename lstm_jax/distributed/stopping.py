@@ -66,8 +66,9 @@ class Preempted(SystemExit):
     """``fit`` stopped on SIGTERM (or SIGINT) at ``step`` and saved a checkpoint there (if it had a run directory).
 
     A ``SystemExit``: uncaught, the program ends with status :data:`PREEMPTED_STATUS`
-    (130 where this process got SIGINT; ``status`` overrides) and no traceback (a preemption is not an error), and ``except Exception``
-    in user code does not swallow it. Catch it to do something first.
+    (130 where this process got SIGINT; ``status`` overrides) and no traceback
+    (a preemption is not an error), and ``except Exception`` in user code does
+    not swallow it. Catch it to do something first.
     """
 
     def __init__(self, step: int, message: str, status: int | None = None):
