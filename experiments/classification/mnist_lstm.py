@@ -35,6 +35,7 @@ from experiments.common import cli, epilogue
 from experiments.classification.classifier_report import plot_test, test_figures
 from experiments.common.harness import run_matmul_gflops
 from experiments.common.machine import machine_info
+from lstm_jax.distributed import multiprocess, sharding
 from lstm_jax.data import images as img
 from lstm_jax.data.image_pipeline import prepare_sequences, train_batches
 from lstm_jax.models.classifier import ClassifierConfig, classifier_task
@@ -85,6 +86,8 @@ def mnist_lstm(args, argv=None) -> dict:
         raise SystemExit(f"--augment-flip: a mirrored digit is another glyph; flips apply to fashion_mnist, not {args.dataset}")
     if not 0 <= args.augment_shift < img.IMAGE_SHAPE[0]:
         raise SystemExit(f"--augment-shift must be in [0, {img.IMAGE_SHAPE[0]}), got {args.augment_shift}")
+    multiprocess.initialize_from_env()  # a no-op unless started by lstm_jax.distributed.launch or a cluster (first JAX call)
+    say = print if sharding.is_main_process() else (lambda *a, **k: None)  # one report in a multi-process job
     malloc = cli.apply_malloc(args)
     machine = machine_info(malloc=malloc, note=args.note, matmul_gflops=run_matmul_gflops())  # the rate this run saw
     out = Path(args.out or f"runs/mnist_lstm/{args.dataset}-{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -113,11 +116,13 @@ def mnist_lstm(args, argv=None) -> dict:
         "augment": {"max_shift": args.augment_shift, "flip": args.augment_flip},
         "model": model_cfg.to_dict(),
     }
-    print(f"{args.dataset} ({data['source']}: {data['location']}) mode={args.mode} seq={steps_t}x{features} "
+    say(f"{args.dataset} ({data['source']}: {data['location']}) mode={args.mode} seq={steps_t}x{features} "
           f"train={len(train_xs)} val={len(val_xs)} test={len(data['test'][0])} | {args.cell} "
           f"{args.layers}x{args.hidden}{' bi' if args.bidirectional else ''} | {steps} steps "
           f"({steps / batches.steps_per_epoch:.2f} epochs of {batches.steps_per_epoch})", flush=True)
-    result = fit(task.loss, task.init(jax.random.PRNGKey(args.seed)), batches, train_cfg, out_dir=out,
+    rows = multiprocess.process_rows(args.batch_size)  # this process's rows of every global batch
+    result = fit(task.loss, task.init(jax.random.PRNGKey(args.seed)), lambda step: multiprocess.local_rows(
+                     batches(step), rows), train_cfg, out_dir=out,
                  eval_fn=task.eval_fn(data["val"]) if len(val_xs) else None, best_metric=args.best_metric,
                  resume=args.resume, metadata=metadata, items_per_batch=args.batch_size, item_name="images")
     cli.report_stop(result)
@@ -127,7 +132,7 @@ def mnist_lstm(args, argv=None) -> dict:
                                   extra=test_figures(args, steps, batches.steps_per_epoch, result, t0,
                                                      data["test"][1], img.NUM_CLASSES))
     r = results.pop("_test")
-    if not args.no_plots:
+    if not args.no_plots and sharding.is_main_process():
         plot_test(out, args, results, r, data, img.NUM_CLASSES)
     return results
 

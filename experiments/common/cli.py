@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
+import sys
 from typing import Any, Callable, Sequence, TypeVar
 
 import jax
 
+from lstm_jax.distributed import multiprocess
 from lstm_jax.cells import CELLS
 from lstm_jax.train.checkpoint import CheckpointError
 from lstm_jax.impls import LayerImpl, layer_impl
@@ -336,10 +339,15 @@ def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], T]
     The :data:`LIBRARY_ERRORS` (bad values, missing or damaged checkpoints,
     divergence, missing files) end the program with ``error: <message>`` (exit
     status 1, via ``SystemExit``), followed by the :data:`ERROR_HINTS` of its type.
+    Ctrl-C outside training ends it with one line and status 130, no traceback.
     """
     args = config.parse_args(parser, argv)  # with --config FILE's values as defaults where the script offers it
     try:
         return main(args)
+    except KeyboardInterrupt:  # Ctrl-C outside fit (inside, fit stops at an agreed step with a checkpoint)
+        who = f"process {jax.process_index()}: " if multiprocess.coordinator() else ""  # no JAX start-up
+        print(f"{who}interrupted (SIGINT) outside training; no checkpoint written by it", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signal.SIGINT) from None
     except LIBRARY_ERRORS as e:
         hint = next((h for kind, h in ERROR_HINTS.items() if isinstance(e, kind)), None)
         raise SystemExit(f"error: {e}" + (f" {hint}" if hint else "")) from None

@@ -35,6 +35,7 @@ from experiments.common.run_figures import draw_sweep
 from experiments.long_range.sweeps import CELL_ORDER, appended_runs, copy_sweep_figures, merge_sweeps, replot, run_summary
 from experiments.common.harness import run_matmul_gflops
 from experiments.common.machine import finish_machine_info, machine_info
+from lstm_jax.distributed import multiprocess, sharding
 from lstm_jax.cells import get_cell
 from lstm_jax.models.sequence_regressor import make_task, regressor_config, regressor_task
 from lstm_jax.models.spec import RecurrentSpec
@@ -59,7 +60,8 @@ def run_one(task, cell: str, args, test_batch, out: Path) -> dict:
                                           copy_length=args.copy_length)}
     t0 = time.perf_counter()
     where = model_dir(out, cell, task.T)
-    result = fit(model.loss, model.init(k_init), task.batch_fn(k_data, args.batch_size), config,
+    batches, rows = task.batch_fn(k_data, args.batch_size), multiprocess.process_rows(args.batch_size)
+    result = fit(model.loss, model.init(k_init), lambda step: multiprocess.local_rows(batches(step), rows), config,
                  eval_fn=model.eval_fn(test_batch, prefix="test_"), best_metric=f"test_{task.metric}",
                  out_dir=where, metadata=metadata)
     summary = run_summary(result, task, cell, time.perf_counter() - t0, choice, args.solved_threshold)
@@ -106,6 +108,7 @@ def build_parser():
 
 
 def long_range(args):
+    multiprocess.initialize_from_env()  # a no-op unless started by lstm_jax.distributed.launch or a cluster (first JAX call)
     cli.apply_malloc(args)
     if args.solved_threshold is None:
         args.solved_threshold = 0.01 if args.task == "adding" else 0.05
@@ -131,6 +134,8 @@ def long_range(args):
         test_batch = task.batch_fn(jax.random.key(10_000 + args.seed), args.test_size)(0)
         for cell in run_cells:
             r = run_one(task, cell, args, test_batch, out)
+            if not sharding.is_main_process():  # one report and one set of files in a multi-process job
+                continue
             print(f"{args.task} T={T:4d} {cell:5s}: final test {task.metric} {r['final_test']:.4f} "
                   f"(best {r['best_test']:.4f}) after {r['steps']} steps, {r['seconds']:.0f}s "
                   f"[{r['stop_reason']}]", flush=True)
@@ -139,6 +144,8 @@ def long_range(args):
             # rewrite after every run, so a partial sweep is still a result
             (out / "results.json").write_text(json.dumps(record, indent=1))
             draw_sweep(out, task, record["runs"], args)
+    if not sharding.is_main_process():
+        return
     finish_machine_info(record["machine"], matmul_gflops=run_matmul_gflops())
     (out / "results.json").write_text(json.dumps(record, indent=1))
     copy_sweep_figures(args, out)

@@ -74,6 +74,7 @@ __all__ = [
     "decide_on_main",
     "preemption_service_running",
     "stall_timeout",
+    "coordinator",
 ]
 
 ENV_COORDINATOR = "LSTM_JAX_COORDINATOR"
@@ -195,6 +196,9 @@ def initialize_from_env(environ: Mapping[str, str] | None = None) -> int:
                                   f"within {timeout} s ({ENV_INIT_TIMEOUT})")
         sharding.initialize_distributed(**kwargs)
         done.set()
+        address, ip = coordinator()
+        print(f"process {jax.process_index()} of {jax.process_count()}: joined the {_cluster_name()} job, "
+              f"coordinator {address} ({ip})", file=sys.stderr, flush=True)
         return jax.process_count()
     n, pid, address = spec["num_processes"], spec["process_id"], spec["coordinator"]
     deadline = time.monotonic() + timeout
@@ -211,6 +215,34 @@ def initialize_from_env(environ: Mapping[str, str] | None = None) -> int:
         raise DistributedError(f"process count mismatch: {ENV_NUM_PROCESSES}={n} but JAX sees "
                                f"{jax.process_count()} processes")
     return n
+
+
+def _cluster_name(environ: Mapping[str, str] | None = None) -> str:
+    """Which engine started this process, from the variables JAX's detection reads."""
+    env = os.environ if environ is None else environ
+    for name, var in (("SLURM", "SLURM_JOB_ID"), ("Open MPI", "OMPI_MCA_orte_hnp_uri")):
+        if var in env:
+            return name
+    return "auto-detected"
+
+
+def coordinator() -> tuple[str, str] | None:
+    """``(host:port, IPv4 address)`` of the coordinator this process joined; ``None`` outside a job.
+
+    Under ``LSTM_JAX_DISTRIBUTED=auto`` JAX derives the address from the
+    engine (SLURM: the first node of the step, Open MPI: the first address
+    of ``mpirun``'s URI); :func:`initialize_from_env` prints it, e.g.
+    ``process 0 of 2: joined the SLURM job, coordinator localhost:61537 (127.0.0.1)``.
+    """
+    address = _client().coordinator_address
+    if not address:
+        return None
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        ip = socket.gethostbyname(host)
+    except OSError as e:
+        ip = f"unresolved: {e}"
+    return address, ip
 
 
 def process_rows(global_batch: int, process_index: int | None = None, process_count: int | None = None,

@@ -15,6 +15,12 @@ checkpoint, stop) at the same step:
   the signal). ``fit`` saves a checkpoint there and raises :class:`Preempted`
   (exit status :data:`PREEMPTED_STATUS` = 143, no traceback if uncaught);
   ``resume=True`` continues the run exactly.
+  SIGINT (Ctrl-C) during :func:`fit` is the same request: the process that
+  gets it stops at the agreed step with a checkpoint (several processes: it
+  passes the signal on to JAX's preemption service as a SIGTERM to itself),
+  prints one line naming SIGINT and exits with status 130 (128 + SIGINT), no
+  ``KeyboardInterrupt`` traceback. Outside :func:`fit` SIGINT keeps Python's
+  default (``KeyboardInterrupt``; the experiment scripts turn it into one line).
 * ``"time budget"``: ``config.max_minutes`` ran out. One process: its clock,
   every step. Several: process 0's clock decides at *check steps* that every
   process knows, and shares its verdict with one tiny broadcast (about
@@ -57,15 +63,16 @@ PREEMPTED_STATUS = 128 + signal.SIGTERM
 
 
 class Preempted(SystemExit):
-    """``fit`` stopped on SIGTERM at ``step`` and saved a checkpoint there (if it had a run directory).
+    """``fit`` stopped on SIGTERM (or SIGINT) at ``step`` and saved a checkpoint there (if it had a run directory).
 
     A ``SystemExit``: uncaught, the program ends with status :data:`PREEMPTED_STATUS`
-    and no traceback (a preemption is not an error), and ``except Exception``
-    in user code does not swallow it. Catch it to do something first.
+    (130 where this process got SIGINT; ``status`` overrides) and no traceback
+    (a preemption is not an error), and ``except Exception`` in user code does
+    not swallow it. Catch it to do something first.
     """
 
-    def __init__(self, step: int, message: str):
-        super().__init__(PREEMPTED_STATUS)
+    def __init__(self, step: int, message: str, status: int | None = None):
+        super().__init__(status if status is not None else 128 + (_received_signal or signal.SIGTERM))
         self.step, self.message = step, message
 
     def __str__(self) -> str:
@@ -74,7 +81,8 @@ class Preempted(SystemExit):
 
 def stop_message(reason: str, step: int, steps: int, max_minutes: float | None, *, saved: bool) -> str:
     """The line every process prints when it stops early at ``step`` of ``steps``."""
-    why = f"time budget of {max_minutes} min reached" if reason == "time budget" else "SIGTERM (a preemption request)"
+    why = (f"time budget of {max_minutes} min reached" if reason == "time budget" else
+           "SIGINT (Ctrl-C)" if _received_signal == signal.SIGINT else "SIGTERM (a preemption request)")
     msg = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
     return msg + f"stopping at step {step}/{steps}: {why}" + (
         "; checkpoint saved, resume=True continues the run" if saved else "")
@@ -86,8 +94,20 @@ _sigterm_flag = threading.Event()
 PREEMPTION_NOTICE_KEY = "RECEIVED_PREEMPTION_NOTICE"
 
 
+_received_signal: int | None = None  # the stop signal this process received during the current fit, if any
+
+
 def _on_sigterm(signum, frame) -> None:
+    global _received_signal
+    _received_signal = _received_signal or signum
     _sigterm_flag.set()
+
+
+def _on_sigint_with_service(signum, frame) -> None:
+    """SIGINT in a process whose SIGTERM JAX's preemption service catches: hand it to the service as a SIGTERM."""
+    global _received_signal
+    _received_signal = _received_signal or signum
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def preemption_requested(step: int, first: bool = False) -> bool:
@@ -185,10 +205,11 @@ class StallWatchdog:
 class StopControl:
     """The agreed early stops of one :func:`fit` call: a context manager for its loop.
 
-    Inside it, a single process catches SIGTERM (:func:`preemption_requested`)
-    and a multi-process one runs a :class:`StallWatchdog`; :meth:`reason`
-    at each step boundary says why to stop (``None``: go on). Leaving it
-    restores the previous SIGTERM handler.
+    Inside it, a single process catches SIGTERM (:func:`preemption_requested`),
+    every process catches SIGINT as the same stop request (see the module
+    docstring), and a multi-process one runs a :class:`StallWatchdog`;
+    :meth:`reason` at each step boundary says why to stop (``None``: go on).
+    Leaving it restores the previous SIGTERM and SIGINT handlers.
     """
 
     def __init__(self, max_minutes: float | None, start_step: int = 0, stall_timeout: float | None = None):
@@ -196,22 +217,32 @@ class StopControl:
         multi = jax.process_count() > 1
         timeout = multiprocess.stall_timeout() if stall_timeout is None else stall_timeout
         self.watchdog = StallWatchdog(timeout if multi else None)
-        self._old_handler, self.preempted, self._first = None, False, True
-        self._own_handler = (not multi or not multiprocess.preemption_service_running()) and (
-            threading.current_thread() is threading.main_thread())
+        self._old_handler, self._old_sigint, self.preempted, self._first = None, None, False, True
+        self._main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+        self._own_handler = (not multi or not multiprocess.preemption_service_running()) and self._main_thread
 
     def __enter__(self) -> "StopControl":
+        global _received_signal
         self.watchdog.start()
+        _received_signal = None
         if self._own_handler:
             _sigterm_flag.clear()
             self._old_handler = signal.signal(signal.SIGTERM, _on_sigterm)
+        if self._main_thread:
+            on_sigint = _on_sigterm if self._own_handler else _on_sigint_with_service
+            self._old_sigint = signal.signal(signal.SIGINT, on_sigint)
         return self
 
     def __exit__(self, *exc) -> None:
         self.watchdog.close()
+        if self._main_thread:  # None: a handler set outside Python, which cannot be put back
+            signal.signal(signal.SIGINT, signal.SIG_DFL if self._old_sigint is None else self._old_sigint)
         if self._own_handler:
             signal.signal(signal.SIGTERM, self._old_handler)
-            if _sigterm_flag.is_set() and not self.preempted and exc[0] is None and self._old_handler == signal.SIG_DFL:
+            late = _sigterm_flag.is_set() and not self.preempted and exc[0] is None
+            if late and _received_signal == signal.SIGINT and callable(self._old_sigint):
+                self._old_sigint(signal.SIGINT, None)  # came after the last step: Python's KeyboardInterrupt
+            elif late and self._old_handler == signal.SIG_DFL:
                 os.kill(os.getpid(), signal.SIGTERM)  # came after the last step: not lost, the default action
 
     def doing(self, step: int, what: str) -> None:
