@@ -211,6 +211,7 @@ def _compile(compiler: str, include: Path, lib: Path, directory: Path, target: P
     try:
         log = directory / "build.log"
         cmd = _command(compiler, include, lib, tmp)
+        print(f"lstm_jax: building the oneDNN kernel (impl='onednn'), once: {target}", file=sys.stderr, flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         with _open_nofollow(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC) as out:
             out.write(" ".join(cmd) + "\n\n" + proc.stdout + proc.stderr)
