@@ -282,3 +282,23 @@ def test_a_user_file_outside_the_repository_trains_on_the_default_impl(tmp_path)
     if runs_here("onednn"):
         assert result["impl"] == "onednn"  # the fast path on this CPU
     assert np.mean(result["losses"][-3:]) < np.mean(result["losses"][:3])
+
+
+def test_flax_bridge_turns_the_module_into_a_linen_module():
+    xs, _ = inputs()
+    linen = nnx.bridge.to_linen(LSTM, I, H, num_layers=2, impl="manual")
+    variables = linen.init(jax.random.PRNGKey(0), xs)
+    layers = variables["params"]["layers"]
+    params = [{k: v for k, v in layers[k].items()} for k in sorted(layers)]
+    np.testing.assert_array_equal(linen.apply(variables, xs), apply_stack("lstm", params, xs, impl="manual")[0])
+
+
+def test_the_docs_page_runs_and_its_model_learns():
+    import re
+
+    page = (ROOT / "docs" / "flax.md").read_text()
+    namespace: dict = {}
+    for block in re.findall(r"^```python\n(.*?)^```", page, re.S | re.M):
+        exec(compile(block, "docs/flax.md", "exec"), namespace)
+    assert np.mean(namespace["losses"][-20:]) < 0.5 * namespace["losses"][0]
+    assert namespace["accuracy"] > 0.8
