@@ -27,7 +27,7 @@ Example (a two-layer LSTM inside a Flax model)::
     >>> y.shape, carry[1].hidden.shape
     ((4, 10, 8), (4, 8))
     >>> [{k: v.shape for k, v in layer.items()} for layer in lstm.params][0]   # the library's params
-    {'b': (32,), 'w_h': (8, 32), 'w_x': (3, 32)}
+    {'w_x': (3, 32), 'w_h': (8, 32), 'b': (32,)}
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class RecurrentStack(nnx.Module):
             (``model.train()``, the default; ``model.eval()`` or ``deterministic=True`` turns it off).
         impl: the layer implementation: a name in :data:`lstm_jax.impls.IMPLS`;
             ``None`` is the library's default for this cell on this backend
-            (:func:`lstm_jax.impls.default_impl`); :attr:`resolved_impl` says which runs.
+            (:func:`lstm_jax.impls.default_impl`, picked per call); :attr:`resolved_impl` says which runs.
         precision: a policy of :mod:`lstm_jax.precision` (``"fp32"``, ``"bf16"``);
             ``None``: the implementation's own (fp32).
         param_dtype: dtype of the params.
@@ -126,7 +126,7 @@ class RecurrentStack(nnx.Module):
         self.impl = impl
         self.precision = precision
         self.deterministic = False  # flipped by model.eval() / model.train()
-        impls.layer_impl(self.resolved_impl, precision=precision)  # refuse an unknown name or policy now, not at the call
+        impls.layer_impl(impl, precision=precision)  # refuse an unknown name or policy now, not at the first call
         params = init_stack(
             rngs.params(), self.cell, in_features, hidden_size,
             num_layers=num_layers, bidirectional=self.bidirectional, dtype=param_dtype,
@@ -136,8 +136,9 @@ class RecurrentStack(nnx.Module):
 
     @property
     def resolved_impl(self) -> str:
-        """The name of the layer implementation that runs: ``impl``, or the library's default for this cell."""
-        return self.impl if self.impl is not None else impls.default_impl(self.cell)
+        """The name of the layer implementation that runs: ``impl``, or the library's default for this cell and
+        precision here (:func:`lstm_jax.impls.default_impl`; with ``lengths``, a default ``onednn`` runs ``manual``)."""
+        return self.impl if self.impl is not None else impls.default_impl(self.cell, precision=self.precision)
 
     @property
     def out_features(self) -> int:
@@ -185,7 +186,7 @@ class RecurrentStack(nnx.Module):
         key = None
         if rate:
             key = rngs["dropout"]() if isinstance(rngs, nnx.Rngs) else rngs if rngs is not None else self.rngs()
-        run = impls.layer_impl(self.resolved_impl, precision=self.precision)
+        run = impls.layer_impl(self.impl, precision=self.precision)  # None: the library's default, picked per call
         ys, final = apply_stack(get_cell(self.cell), self.params, x, carry, lengths=lengths, dropout=rate, key=key,
                                 impl=run)
         return (ys, final) if return_carry else ys
