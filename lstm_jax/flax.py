@@ -115,7 +115,7 @@ class RecurrentStack(nnx.Module):
         precision: str | None = None,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
-    ):
+    ) -> None:
         if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
             raise ValueError(f"{type(self).__name__}: dropout must be a rate in [0, 1), got {dropout!r}")
         self.in_features = in_features
@@ -132,7 +132,7 @@ class RecurrentStack(nnx.Module):
             num_layers=num_layers, bidirectional=self.bidirectional, dtype=param_dtype,
         )
         self.layers = _to_variables(params)
-        self.rngs = rngs["dropout"].fork() if self.dropout and num_layers > 1 else nnx.data(None)
+        self.rngs: nnx.RngStream | None = rngs["dropout"].fork() if self.dropout and num_layers > 1 else nnx.data(None)
 
     @property
     def resolved_impl(self) -> str:
@@ -151,7 +151,7 @@ class RecurrentStack(nnx.Module):
         return _to_arrays(self.layers)
 
     def set_params(self, params: Sequence) -> None:
-        """Replace every weight by the same-shaped array of ``params`` (the library's layout, e.g. converted weights)."""
+        """Replace every weight by the same-shaped array of ``params`` (the library's layout, e.g. converted ones)."""
         if _shapes(list(params)) != _shapes(self.params):
             raise ValueError(f"{type(self).__name__}.set_params: params of shapes {_shapes(list(params))} do not "
                              f"match the module's {_shapes(self.params)}")
@@ -170,7 +170,7 @@ class RecurrentStack(nnx.Module):
         return_carry: bool = False,
         deterministic: bool | None = None,
         rngs: nnx.Rngs | Array | None = None,
-    ):
+    ) -> Array | tuple[Array, list]:
         """Run the stack over ``x`` ``(batch, time, in_features)``.
 
         ``carry``: the initial carry (see :meth:`initial_carry`), zeros if ``None``.
@@ -183,13 +183,22 @@ class RecurrentStack(nnx.Module):
         """
         deterministic = self.deterministic if deterministic is None else deterministic
         rate = 0.0 if deterministic or self.num_layers == 1 else self.dropout
-        key = None
-        if rate:
-            key = rngs["dropout"]() if isinstance(rngs, nnx.Rngs) else rngs if rngs is not None else self.rngs()
+        key = self._dropout_key(rngs) if rate else None
         run = impls.layer_impl(self.impl, precision=self.precision)  # None: the library's default, picked per call
         ys, final = apply_stack(get_cell(self.cell), self.params, x, carry, lengths=lengths, dropout=rate, key=key,
                                 impl=run)
         return (ys, final) if return_carry else ys
+
+
+    def _dropout_key(self, rngs: nnx.Rngs | Array | None) -> Array:
+        """This call's dropout key: from ``rngs`` if given, else the next of the module's own stream."""
+        if isinstance(rngs, nnx.Rngs):
+            return rngs["dropout"]()
+        if rngs is not None:
+            return rngs
+        if self.rngs is None:  # only a module built without dropout has no stream, and it never asks
+            raise ValueError(f"{type(self).__name__}: dropout needs rngs")
+        return self.rngs()
 
 
 class RNN(RecurrentStack):

@@ -283,7 +283,7 @@ def train_config(args: argparse.Namespace, **fixed) -> TrainConfig:
     return config
 
 
-def metrics_writer(args: argparse.Namespace, out: str | Path):
+def metrics_writer(args: argparse.Namespace, out: str | Path) -> contextlib.AbstractContextManager[TensorBoardWriter | None]:
     """``--tensorboard``: a context giving ``fit``'s ``metrics`` callback, a
     :class:`~lstm_jax.train.TensorBoardWriter` into ``<out>/tensorboard`` (closed on leaving);
     without the flag it gives ``None``."""

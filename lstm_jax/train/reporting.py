@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 __all__ = ["MetricsLog", "StepLogger", "TensorBoardWriter", "plot_history", "record_scalars", "save_loss_curve"]
 
@@ -83,9 +83,9 @@ class TensorBoardWriter:
             fit(loss_fn, params, get_batch, config, out_dir="runs/x", metrics=tb)
     """
 
-    def __init__(self, log_dir: str | Path):
+    def __init__(self, log_dir: str | Path) -> None:
         self.log_dir = Path(log_dir)
-        self._writer = None
+        self._writer: Any = None  # a tensorboardX SummaryWriter once opened
 
     def __call__(self, step: int, scalars: dict[str, float]) -> None:
         if self._writer is None:
