@@ -27,8 +27,8 @@ from pathlib import Path
 import jax
 import optax
 
-from experiments.common import config
-from experiments.common.machine import machine_info
+from experiments.common import cli, config
+from experiments.common.machine import load_average, machine_info
 from lstm_jax.impls import IMPLS, default_impl
 from lstm_jax.impls.onednn import unavailable_reason
 from lstm_jax.models.char_model import char_loss, init_char_model
@@ -42,16 +42,14 @@ ONEDNN_CALL = "lstm_jax_onednn_rnn_forward"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_config_flag(p, __file__)
-    p.add_argument("--cell", default="lstm")
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--hidden", type=int, default=512)
+    cli.add_model_flags(p, ("cell", "layers", "hidden"), cell="lstm", layers=2, hidden=512)
     p.add_argument("--vocab", type=int, default=65, help="one-hot input size (Tiny Shakespeare: 65)")
-    p.add_argument("--seq-len", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--impls", nargs="+", default=[DEFAULT, "onednn", "manual"],
-                   help=f"'{DEFAULT}' (impl=None) and names in lstm_jax.impls.IMPLS")
-    p.add_argument("--repeats", type=int, default=10, help="timed rounds (one call of each impl per round)")
-    p.add_argument("--out", default="results/default_impl.json")
+    p.add_argument("--seq-len", type=int, default=100, help="time steps per window")
+    cli.add_flag(p, "batch_size", default=32)
+    cli.add_flag(p, "impls", default=[DEFAULT, "onednn", "manual"],
+                 help=f"'{DEFAULT}' (impl=None) and names in lstm_jax.impls.IMPLS")
+    cli.add_flag(p, "repeats", default=10, help="timed rounds (one call of each impl per round)")
+    cli.add_flag(p, "out", default="results/default_impl.json")
     return p
 
 
@@ -103,9 +101,11 @@ def run(args) -> dict:
 
 def main(argv=None) -> None:
     args = config.parse_args(build_parser(), argv)
+    environment = machine_info()  # before the run: the load it started under
     result = run(args)
+    environment["load_average_at_end"] = load_average()
     record = {"command": [sys.argv[0], *(sys.argv[1:] if argv is None else argv)], "config": vars(args),
-              "environment": machine_info(), **result}
+              "environment": environment, **result}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1) + "\n")
