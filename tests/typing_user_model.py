@@ -28,6 +28,7 @@ from lstm_jax.data.synthetic import adding_batch_fn
 from lstm_jax.data.windows import random_windows
 from lstm_jax.models.char_model import char_logits, char_loss, init_char_model
 from lstm_jax.models.classifier import ClassifierConfig, classifier_logits, init_classifier
+from lstm_jax.models.spec import RecurrentSpec
 from lstm_jax.train import TrainConfig, TrainResult, fit
 
 key = jax.random.PRNGKey(0)
@@ -48,13 +49,16 @@ assert_type(y, jax.Array)
 layer_ys, _ = scan_layer(lstm_step, params[0], xs, one)
 assert_type(layer_ys, jax.Array)
 
-char = init_char_model(key, vocab_size=65, hidden=32, layers=2)
-logits, _ = char_logits(char, jnp.zeros((2, 5), jnp.int32))
+spec = RecurrentSpec(cell="lstm", hidden=32, layers=2)  # impl left at None: the default rule
+char = init_char_model(key, 65, spec)
+logits, _ = char_logits(char, jnp.zeros((2, 5), jnp.int32), spec)
 assert_type(logits, jax.Array)
-loss, _ = char_loss(char, jnp.zeros((2, 5), jnp.int32), jnp.zeros((2, 5), jnp.int32))
+loss, _ = char_loss(char, jnp.zeros((2, 5), jnp.int32), jnp.zeros((2, 5), jnp.int32), spec)
 assert_type(loss, jax.Array)
+stack_ys, _ = spec.run(spec.init(key, 8), xs)
+assert_type(stack_ys, jax.Array)
 
-config = ClassifierConfig(input_size=8, hidden_size=16)
+config = ClassifierConfig(input_size=8, spec=RecurrentSpec(hidden=16))
 assert_type(classifier_logits(init_classifier(key, config), xs, config), jax.Array)
 
 inputs, targets = random_windows(np.arange(100), 4, 10, seed=0, step=0)

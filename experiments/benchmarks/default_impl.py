@@ -32,6 +32,7 @@ from experiments.common.machine import load_average, machine_info
 from lstm_jax.impls import IMPLS, default_impl
 from lstm_jax.impls.onednn import unavailable_reason
 from lstm_jax.models.char_model import char_loss, init_char_model
+from lstm_jax.models.spec import RecurrentSpec
 
 #: ``--impls`` name for ``impl=None``.
 DEFAULT = "default"
@@ -53,12 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_step(args, impl):
-    """The jitted training step ``(params, opt_state, inputs, targets) -> (params, opt_state, loss)`` for ``impl``."""
+def make_step(spec: RecurrentSpec):
+    """The jitted training step ``(params, opt_state, inputs, targets) -> (params, opt_state, loss)`` of ``spec``."""
     opt = optax.adam(1e-3)
 
     def step(params, opt_state, inputs, targets):
-        loss, grads = jax.value_and_grad(lambda p: char_loss(p, inputs, targets, cell=args.cell, impl=impl)[0])(params)
+        loss, grads = jax.value_and_grad(lambda p: char_loss(p, inputs, targets, spec)[0])(params)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -70,12 +71,13 @@ def run(args) -> dict:
         if name != DEFAULT and name not in IMPLS:
             raise SystemExit(f"default_impl: unknown impl {name!r}; choose '{DEFAULT}' or one of {sorted(IMPLS)}")
     key = jax.random.PRNGKey(0)
-    params = init_char_model(key, args.vocab, args.hidden, args.layers, args.cell)
+    spec = RecurrentSpec(cell=args.cell, hidden=args.hidden, layers=args.layers)  # impl None: the default rule
+    params = init_char_model(key, args.vocab, spec)
     ids = jax.random.randint(jax.random.PRNGKey(1), (args.batch_size, args.seq_len + 1), 0, args.vocab)
     inputs, targets = ids[:, :-1], ids[:, 1:]
     steps, compile_s = {}, {}
     for name in args.impls:
-        step, opt = make_step(args, None if name == DEFAULT else name)
+        step, opt = make_step(spec.replace(impl=None if name == DEFAULT else name))
         state = (params, opt.init(params))
         t0 = time.perf_counter()
         lowered = step.lower(*state, inputs, targets)
