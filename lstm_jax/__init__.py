@@ -55,7 +55,7 @@ from .cells import (
     rnn_step,
     zeros_carry,
 )
-from .impls import IMPLS, LayerImpl, layer_impl
+from .impls import IMPLS, LayerImpl, default_impl, layer_impl
 from .layers import apply_stack, init_stack, scan_layer, zeros_stack_carry
 
 __version__ = "0.1.0"
@@ -70,5 +70,5 @@ __all__ = [
     # layers
     "scan_layer", "init_stack", "zeros_stack_carry", "apply_stack",
     # implementations
-    "IMPLS", "LayerImpl", "layer_impl",
+    "IMPLS", "LayerImpl", "layer_impl", "default_impl",
 ]

@@ -4,14 +4,16 @@ Layout is batch-major everywhere the user sees it: ``xs`` is
 ``(batch, time, features)`` (as ``torch.nn.LSTM(batch_first=True)`` and Flax
 ``nn.RNN``); a single sequence ``(time, features)`` works too.
 
-* :func:`scan_layer` runs one step function in one direction (the one scan;
-  it lives in :mod:`lstm_jax.impls.scan`): optional ``reverse``, per-example
-  ``lengths`` for padded batches, ``unroll``.
+* :func:`scan_layer` runs one step function in one direction (the one scan,
+  :func:`lstm_jax.impls.scan.scan_layer`; a registered cell's step runs the
+  default impl for that cell): optional ``reverse``, per-example ``lengths``
+  for padded batches, ``unroll``.
 * :func:`init_stack` / :func:`apply_stack` compose layers: the output
   sequence of layer k is the input of layer k+1, optionally bidirectional
   (forward and reverse outputs concatenated on the feature axis) and with
   dropout between layers. Each layer runs with one of the implementations of
-  :mod:`lstm_jax.impls`, named by ``impl=``.
+  :mod:`lstm_jax.impls`, named by ``impl=``; ``impl=None`` (the default) is
+  the fastest here by a fixed rule (:func:`lstm_jax.impls.default_impl`).
 
 Cells (``CELLS``): ``rnn``, ``lstm``, ``gru``, ``min_gru``, ``min_lstm``.
 Implementations (``IMPLS``): ``scan``, ``hoisted``, ``manual``, ``remat``,
@@ -33,8 +35,9 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from .cells import Cell, get_cell
-from .impls import LayerImpl, layer_impl, scan_layer
+from .cells import Cell, cell_of_step, get_cell
+from .impls import LayerImpl, layer_impl
+from .impls.scan import scan_layer as scan_reference
 from .stack import DIRECTIONS, init_stack, is_bidirectional, run_stack, zeros_stack_carry
 
 Array = jax.Array
@@ -53,9 +56,9 @@ def apply_stack(
     compute_dtype=None,
     dropout: float = 0.0,
     key: Array | None = None,
-    impl: str | LayerImpl = "scan",
+    impl: str | LayerImpl | None = None,
     checked_lengths: bool = False,
-):
+) -> tuple[Array, list]:
     """Run a stack of recurrent layers (from :func:`init_stack`) over ``xs``.
 
     Args:
@@ -70,9 +73,13 @@ def apply_stack(
         dropout: rate of dropout applied to each layer's output except the last
             (needs ``key``); 0 disables it, e.g. for evaluation.
         key: ``jax.random`` key for dropout.
-        impl: how each layer runs over time: a name in
-            :data:`lstm_jax.impls.IMPLS`, or ``layer_impl(name, **options)``
-            (e.g. ``layer_impl("remat", segment=32)``).
+        impl: how each layer runs over time: ``None`` (the default), the
+            fastest impl for the call here by a fixed rule
+            (:func:`lstm_jax.impls.default_impl`: ``onednn`` on an x86-64 CPU,
+            else ``manual``; same results as ``"scan"``, first-order gradients);
+            a name in :data:`lstm_jax.impls.IMPLS` (``"scan"``: the reference,
+            also for ``jax.jvp`` and higher derivatives), or
+            ``layer_impl(name, **options)`` (e.g. ``layer_impl("remat", segment=32)``).
         checked_lengths: under ``jit``, check ``lengths`` against ``[0, time]``
             with ``checkify`` instead of clipping them (a debug mode; run the
             function through :func:`lstm_jax.sequence.with_length_checks`).
@@ -121,6 +128,61 @@ def apply_stack(
 
     ys, finals, _ = run_stack(layer, params, xs, carry, between=drop if dropout else None)
     return ys, finals
+
+
+def scan_layer(
+    step: Callable,
+    params,
+    xs: Array,
+    carry,
+    *,
+    reverse: bool = False,
+    lengths: Array | None = None,
+    unroll: int = 1,
+    impl: str | LayerImpl | None = None,
+) -> tuple[Array, object]:
+    """Run ``step(params, carry, x_t) -> (carry, y_t)`` over the time axis of ``xs``.
+
+    Args:
+        step: a step function: a registered cell's (``lstm_step``, ``LSTM.step``,
+            or a ``functools.partial`` of one binding ``compute_dtype``) or your own.
+        params: the step's params pytree.
+        xs: ``(batch, time, features)``, or ``(time, features)`` for one sequence.
+        carry: initial carry with leading shape ``(batch,)`` (or none for one
+            sequence); it may be a trainable parameter.
+        reverse: read the sequence from the end; outputs stay in input order.
+        lengths: ``(batch,)`` int, real length of each padded sequence.
+        unroll: passed to ``jax.lax.scan``.
+        impl: ``None`` (default): a registered cell's step runs the impl
+            :func:`lstm_jax.impls.default_impl` picks for that cell (the same
+            results), any other step ``jax.lax.scan``; ``"scan"``: always
+            ``jax.lax.scan`` of ``step`` (the reference); another impl name or
+            :func:`layer_impl` runs that impl of the step's cell.
+
+    Returns:
+        ``(ys, final_carry)``: ``ys`` is ``(batch, time, H)`` (zero past each
+        length), ``final_carry`` the carry after each sequence's last real step.
+
+    Example::
+
+        >>> import jax, jax.numpy as jnp
+        >>> from lstm_jax import init_lstm, lstm_step, lstm_zeros_carry, scan_layer
+        >>> params = init_lstm(jax.random.PRNGKey(0), 3, 4)
+        >>> ys, final = scan_layer(lstm_step, params, jnp.ones((2, 5, 3)), lstm_zeros_carry(4, (2,)))
+        >>> ys.shape
+        (2, 5, 4)
+    """
+    found = cell_of_step(step)
+    if (impl is None and found is None) or impl == "scan":
+        return scan_reference(step, params, xs, carry, reverse=reverse, lengths=lengths, unroll=unroll)
+    if found is None:
+        raise ValueError(
+            f"scan_layer: impl {getattr(impl, 'name', impl)!r} runs a registered cell's step (lstm_step, LSTM.step, "
+            f"...); {step!r} is none of them: leave impl=None or pass impl='scan' for your own step function"
+        )
+    cell, compute_dtype = found
+    return layer_impl(impl)(cell, params, xs, carry, reverse=reverse, lengths=lengths, unroll=unroll,
+                            compute_dtype=compute_dtype)
 
 
 def count_params(params) -> int:

@@ -128,7 +128,9 @@ def check_stack(params, carry) -> None:
             )
 
 
-def run_stack(layer: Callable, params: Sequence, xs: Array, carry: Sequence, *, between: Callable | None = None):
+def run_stack(
+    layer: Callable, params: Sequence, xs: Array, carry: Sequence, *, between: Callable | None = None
+) -> tuple[Array, list, list]:
     """Run ``layer(params, xs, carry, reverse) -> (ys, final, extra)`` through a stack.
 
     ``between(k, h) -> h`` (if given) is applied to every layer's output except

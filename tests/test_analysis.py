@@ -48,7 +48,7 @@ def test_linear_rnn_scaled_orthogonal_matches_a_to_the_k(x64, a):
     expected = a ** np.arange(T) * np.linalg.norm(v)
     np.testing.assert_allclose(curve, expected, rtol=1e-10)
     # and the loss is the plain forward pass's loss (zero offsets change nothing)
-    ys, _ = apply_stack(LINEAR_RNN, params, xs)
+    ys, _ = apply_stack(LINEAR_RNN, params, xs, impl="scan")
     np.testing.assert_allclose(loss, jnp.sum(ys[:, -1] @ v), rtol=1e-12)
 
 
@@ -80,7 +80,7 @@ def test_carry_gradients_match_finite_differences_and_forward(x64, cell):
     w = jax.random.normal(jax.random.key(2), (T, H), jnp.float64)
     loss_fn = lambda ys: jnp.sum(jnp.tanh(ys) * w)  # noqa: E731  reads every step
     loss, grads = carry_gradients(cell, params, xs, loss_fn)
-    ys, _ = apply_stack(cell, params, xs)
+    ys, _ = apply_stack(cell, params, xs, impl="scan")
     np.testing.assert_allclose(loss, loss_fn(ys), rtol=1e-12)
 
     # perturb layer 0's state (hidden, or the LSTM cell) at step t=2, example 0, unit 1
@@ -138,7 +138,7 @@ def test_lstm_gate_trace_consistent_with_apply_stack():
         c_prev = jnp.concatenate([jnp.zeros((3, 1, 6)), layer["cell"][:, :-1]], axis=1)
         np.testing.assert_allclose(layer["cell"], layer["forget"] * c_prev + layer["input"] * layer["candidate"], atol=1e-5)
         np.testing.assert_allclose(layer["hidden"], layer["output"] * jnp.tanh(layer["cell"]), atol=1e-5)
-    ys, _ = apply_stack("lstm", params, xs)
+    ys, _ = apply_stack("lstm", params, xs, impl="scan")
     np.testing.assert_allclose(trace[-1]["hidden"], ys, atol=1e-6)
     single = lstm_gate_trace(params, xs[0])
     np.testing.assert_allclose(single[0]["forget"], trace[0]["forget"][0], atol=1e-6)

@@ -96,7 +96,7 @@ def test_manual_matches_autodiff_float64(x64, cell, case):
     # One jitted function per side (lengths closed over as a constant): outputs and
     # gradients together, so each case compiles twice. Random cotangents for every
     # output step and every final carry check the backward as a vector-Jacobian product.
-    f_ref = lambda p, x, c: apply_stack(cell, p, x, c, lengths=lengths)  # noqa: E731
+    f_ref = lambda p, x, c: apply_stack(cell, p, x, c, lengths=lengths, impl="scan")  # noqa: E731
     out_shape = jax.eval_shape(f_ref, params, xs, carry)
     dys, dfinals = _random_like(jax.random.PRNGKey(7), out_shape)
 
@@ -128,7 +128,7 @@ def test_single_layer_api_reverse_and_lengths(x64, cell, reverse, padded):
     params, carry = params[0], carry[0]
     fwd = getattr(bptt, f"{cell}_forward")
     bwd = getattr(bptt, f"{cell}_backward")
-    f_ref = lambda p, x, h0: scan_layer(c.step, p, x, h0, lengths=lengths, reverse=reverse)  # noqa: E731
+    f_ref = lambda p, x, h0: scan_layer(c.step, p, x, h0, lengths=lengths, reverse=reverse, impl="scan")  # noqa: E731
     dys, dfinal = _random_like(jax.random.PRNGKey(3), jax.eval_shape(f_ref, params, xs, carry))
 
     @jax.jit
@@ -168,7 +168,7 @@ def test_check_grads_scan_layer(x64, cell):
     params, xs, carry, lengths = _problem(cell, 2, 3, 2, 3, 1, False, [3, 2], jnp.float64)
 
     def f(p, x, c):
-        ys, fin = apply_stack(cell, p, x, c, lengths=lengths)
+        ys, fin = apply_stack(cell, p, x, c, lengths=lengths, impl="scan")  # forward mode and 2nd order: autodiff
         return jnp.sum(jnp.tanh(ys)) + sum(jnp.sum(l**2) for l in jax.tree_util.tree_leaves(fin))
 
     f = jax.jit(f)  # one compilation per derivative, instead of op-by-op dispatch

@@ -51,6 +51,7 @@ RECORDS = {
     "benchmark_onednn_cpu.toml": "results/benchmark_onednn_quiet.json",
     "benchmark_onednn_per_process.toml": "results/benchmark_onednn_per_process/benchmark.json",
     "benchmark_onednn_turns.toml": "results/benchmark_onednn_turns.json",
+    "default_impl_cpu.toml": "results/default_impl.json",
 }
 
 #: Keys that do not define a run's result: where it is written, progress bars, appending to a record, the

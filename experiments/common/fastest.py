@@ -3,29 +3,17 @@
 **By default** (no ``--impl`` / ``--precision``) :func:`rule` decides from the
 backend, the cell and the CPU's flags only, so the same command on the same
 machine always trains on the same code path (timing at start-up could pick
-another one under load). From the measured tables (README, 2-core AMD EPYC
-Zen 4 with AVX512-BF16, no AMX; 2026-12-02/03):
-
-* CPU, where ``onednn`` is available (the ``onednn`` extra, x86-64): ``onednn``
-  for the LSTM, the GRU and the tanh RNN, each implementation in a process of
-  its own, the processes taking turns (docs/onednn.md#speed, 2026-12-04, the
-  benchmark's five sizes): the LSTM 1.23-1.96x ``manual`` in fp32 and
-  1.67-3.00x in bf16; the RNN 0.92-1.68x ``manual`` in bf16 (behind only at the
-  shortest step); the GRU in **fp32** even where the CPU has bf16 dot products
-  (oneDNN 3.2 has no fast bf16 GRU: its fp32 GRU was 1.00-1.46x ``manual`` bf16,
-  its bf16 GRU 0.78-1.02x).
-* CPU otherwise, and the minimal cells: ``manual`` (``scan`` was 1.3x slower for
-  the LSTM at the Shakespeare shape; ``parallel`` 3x slower than ``manual`` for
-  minGRU/minLSTM at T=100: 156.8 vs 50.6 ms, 169.7 vs 87.3 ms); ``bf16`` where
-  the CPU has bf16 dot products (``avx512_bf16`` or ``amx_bf16``: ``auto`` chose
-  manual/bf16 at most shapes there, e.g. 11.8 vs 15.6 ms at Fashion-MNIST
-  H=128), else ``fp32`` (XLA's bf16 matmul is slower than fp32 on CPUs without
-  them).
-* GPU (H200, docs/gpu.md, 2026-12-04): ``manual`` with ``fp32`` (TF32 matmuls)
-  for the classic cells (8% behind ``cudnn`` at B=256, 2x faster at B=16;
-  bf16 was slower than fp32, 0.81-1.06x), ``parallel`` for the cells linear in
-  the state (35-52x the sequential LSTM at T=1024-4096); other accelerators
-  follow the GPU rule.
+another one under load). The implementation is the library's own default,
+:func:`lstm_jax.impls.default_impl` (the table and its reasons are in
+docs/performance.md); the scripts add the precision, which the library never
+switches by itself: ``bf16`` where the CPU has bf16 dot products
+(``avx512_bf16`` or ``amx_bf16``: ``auto`` chose manual/bf16 at most shapes
+there, e.g. 11.8 vs 15.6 ms at Fashion-MNIST H=128; ``onednn``'s LSTM was
+1.67-3.00x ``manual`` in bf16, docs/onednn.md#speed), except oneDNN's GRU,
+which stays **fp32** (oneDNN 3.2 has no fast bf16 GRU: its fp32 GRU was
+1.00-1.46x ``manual`` bf16, its bf16 GRU 0.78-1.02x); ``fp32`` elsewhere
+(XLA's bf16 matmul is slower than fp32 on CPUs without them; on an H200 bf16
+was slower than fp32, 0.81-1.06x).
 
 A given ``--impl`` / ``--precision`` is used as given (the other follows the
 rule, or is timed if ``auto``). In a multi-process job the choice is made by
@@ -62,7 +50,7 @@ import jax
 
 from lstm_jax.distributed import multiprocess
 from lstm_jax.cells import get_cell
-from lstm_jax.impls import IMPLS, layer_impl
+from lstm_jax.impls import IMPLS, default_impl, layer_impl
 from lstm_jax.impls.onednn import cpu_has_bf16
 from lstm_jax.precision import PRECISIONS
 
@@ -103,7 +91,7 @@ def candidates(cell, impl: str = AUTO, precision: str = AUTO) -> list[tuple[str,
     return pairs
 
 
-#: Cells the CPU rule gives to ``onednn`` where it is available, and the precision it takes on a CPU with bf16 dots.
+#: Precision the scripts' rule takes with ``onednn`` on a CPU with bf16 dots (its bf16 GRU is its slow one).
 ONEDNN_ON_CPU = {"lstm": "bf16", "gru": "fp32", "rnn": "bf16"}
 
 
@@ -111,8 +99,9 @@ def rule(cell, impl: str = RULE, *, backend: str | None = None, bf16_dots: bool 
          onednn: bool | None = None) -> tuple[str, str]:
     """The default ``(impl, precision)`` for ``cell`` (see the module docstring): a pure rule, nothing timed.
 
-    ``impl``: keep this impl and choose only its precision. ``backend``
-    (default ``jax.default_backend()``) and ``bf16_dots`` (default: the CPU's
+    ``impl``: keep this impl and choose only its precision (else the library's
+    :func:`~lstm_jax.impls.default_impl` for float32). ``backend`` (default
+    ``jax.default_backend()``) and ``bf16_dots`` (default: the CPU's
     ``avx512_bf16`` / ``amx_bf16`` flags) and ``onednn`` (default: whether
     ``IMPLS["onednn"]`` runs here) are arguments so the rule can be read for
     another machine: ``rule("lstm", backend="gpu") == ("manual", "fp32")``.
@@ -120,12 +109,11 @@ def rule(cell, impl: str = RULE, *, backend: str | None = None, bf16_dots: bool 
     cell = get_cell(cell)
     backend = jax.default_backend() if backend is None else backend
     bf16 = backend == "cpu" and (cpu_has_bf16() if bf16_dots is None else bf16_dots)
-    if impl in (RULE, "onednn") and backend == "cpu" and cell.name in ONEDNN_ON_CPU:
-        # A given --impl onednn takes the measured precision too (its bf16 GRU is the slower one).
-        if impl == "onednn" or (IMPLS["onednn"].available() is None if onednn is None else onednn):
-            return "onednn", "bf16" if bf16 and ONEDNN_ON_CPU[cell.name] == "bf16" else "fp32"
     if impl == RULE:
-        impl = "parallel" if backend != "cpu" and cell.linear_recurrence else "manual"
+        impl = default_impl(cell, backend=backend, onednn=onednn, bf16_dots=bf16_dots)
+    if impl == "onednn" and cell.name in ONEDNN_ON_CPU:
+        # A given --impl onednn takes the measured precision too (its bf16 GRU is the slower one).
+        return "onednn", "bf16" if bf16 and ONEDNN_ON_CPU[cell.name] == "bf16" else "fp32"
     offered = IMPLS[impl].precisions if impl in IMPLS else PRECISIONS
     return impl, "bf16" if bf16 and "bf16" in offered else "fp32"
 
@@ -196,5 +184,5 @@ def describe(choice: dict) -> str:
     if choice["chosen_by"] == "rule":
         return f"{what}: problem too small to time (< {MIN_TIMED_FLOPS:.0e} FLOPs), first of {choice['candidates']}"
     if choice["chosen_by"] == "default rule":
-        return f"{what}: the default for {jax.default_backend()} (experiments/common/fastest.py; 'auto' times instead)"
+        return f"{what}: the default for {jax.default_backend()} (lstm_jax.impls.default_impl; 'auto' times instead)"
     return f"{what} ({choice['chosen_by']})"

@@ -27,6 +27,9 @@ is accepted).
 
 from __future__ import annotations
 
+import functools
+from typing import Any, Callable
+
 from .base import Cell, glorot_uniform, orthogonal_blocks, zeros_carry
 from .gru import GRU, GRU_GATES, gru_step, init_gru
 from .lstm import LSTM, LSTM_GATES, LSTMCarry, init_lstm, lstm_step, lstm_zeros_carry
@@ -36,6 +39,27 @@ from .rnn import RNN, init_rnn, rnn_step
 
 #: The registered cells by name.
 CELLS = {c.name: c for c in (RNN, LSTM, GRU, MIN_GRU, MIN_LSTM)}
+
+
+#: The registered cells' step functions, so that ``scan_layer(lstm_step, ...)`` can run a faster impl of the cell.
+STEP_FUNCTIONS: dict[Callable, Cell] = {
+    rnn_step: RNN, lstm_step: LSTM, gru_step: GRU, min_gru_step: MIN_GRU, min_lstm_step: MIN_LSTM,
+}
+
+
+def cell_of_step(step: Callable) -> tuple[Cell, Any] | None:
+    """``(cell, compute_dtype)`` if ``step`` is a cell's step: one of :data:`STEP_FUNCTIONS`, a
+    :meth:`Cell.step` (``LSTM.step``), or a ``functools.partial`` of either binding ``compute_dtype`` only;
+    ``None`` for any other function (your own step)."""
+    compute_dtype = None
+    if isinstance(step, functools.partial) and not step.args and set(step.keywords) <= {"compute_dtype"}:
+        compute_dtype = step.keywords.get("compute_dtype")
+        step = step.func
+    owner = getattr(step, "__self__", None)
+    if isinstance(owner, Cell) and getattr(step, "__func__", None) is Cell.step:
+        return owner, compute_dtype
+    cell = STEP_FUNCTIONS.get(step) if callable(step) else None
+    return None if cell is None else (cell, compute_dtype)
 
 
 def get_cell(name: str | Cell) -> Cell:
@@ -50,7 +74,7 @@ def get_cell(name: str | Cell) -> Cell:
 
 
 __all__ = [
-    "CELLS", "Cell", "get_cell",
+    "CELLS", "Cell", "get_cell", "STEP_FUNCTIONS", "cell_of_step",
     "RNN", "rnn_step", "init_rnn",
     "LSTM", "LSTM_GATES", "LSTMCarry", "lstm_step", "init_lstm", "lstm_zeros_carry",
     "GRU", "GRU_GATES", "gru_step", "init_gru",

@@ -119,7 +119,7 @@ def chrono_timescales(key: Array, hidden_size: int, max_timescale: float, dtype=
     return jnp.log(u).astype(dtype)
 
 
-def _identity(carry):
+def _identity(carry: Any) -> Any:
     return carry
 
 
@@ -233,7 +233,7 @@ class Cell:
             )
         return hidden
 
-    def check_carry(self, carry, hidden_size: int, batch_shape: tuple, dtype, context: str, what: str = "carry"):
+    def check_carry(self, carry, hidden_size: int, batch_shape: tuple, dtype, context: str, what: str = "carry") -> None:
         """``carry`` must be structured like :attr:`zeros_carry`'s result, leaves ``(*batch_shape, H)``.
 
         ``context`` ends the shape message (what the expected shape follows from).
@@ -278,7 +278,7 @@ class Cell:
 
     # -- the reference step ---------------------------------------------------
 
-    def step(self, params: Params, carry, x_t: Array, *, compute_dtype=None):
+    def step(self, params: Params, carry, x_t: Array, *, compute_dtype=None) -> tuple[Any, Array]:
         """One step ``(params, carry, x_t) -> (carry, y_t)``: ``recurrence(carry, x_t @ w_x + b)``.
 
         ``x_t``: ``(I,)`` or ``(batch, I)``; carry leaves ``(H,)`` or ``(batch, H)``.

@@ -121,7 +121,7 @@ GRU = Cell(
 )
 
 
-def gru_step(params: dict, carry: Array, x_t: Array, *, compute_dtype=None):
+def gru_step(params: dict, carry: Array, x_t: Array, *, compute_dtype=None) -> tuple[Array, Array]:
     """GRU step ``(params, h_{t-1}, x_t) -> (h_t, y_t)`` in the convention of ``torch.nn.GRU``.
 
     Equations::

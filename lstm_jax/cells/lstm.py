@@ -196,7 +196,7 @@ LSTM = Cell(
 )
 
 
-def lstm_step(params: dict, carry: LSTMCarry, x_t: Array, *, compute_dtype=None):
+def lstm_step(params: dict, carry: LSTMCarry, x_t: Array, *, compute_dtype=None) -> tuple[LSTMCarry, Array]:
     """LSTM step ``(params, LSTMCarry(h, c), x_t) -> (LSTMCarry, y_t)``, the four gates from one fused matmul per operand.
 
     Equations (``σ`` = logistic sigmoid, ``⊙`` = elementwise product)::

@@ -48,7 +48,7 @@ MIN_GRU = min_cell("min_gru", 2, min_gru_logits, min_gru_logits_backward)
 init_min_gru = MIN_GRU.init
 
 
-def min_gru_step(params: dict, carry: Array, x_t: Array, *, compute_dtype=None):
+def min_gru_step(params: dict, carry: Array, x_t: Array, *, compute_dtype=None) -> tuple[Array, Array]:
     """minGRU step ``(params, h_{t-1}, x_t) -> (h_t, y_t)``.
 
     Equations::

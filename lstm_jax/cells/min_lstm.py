@@ -54,7 +54,7 @@ MIN_LSTM = min_cell("min_lstm", 3, min_lstm_logits, min_lstm_logits_backward)
 init_min_lstm = MIN_LSTM.init
 
 
-def min_lstm_step(params: dict, carry: Array, x_t: Array, *, compute_dtype=None):
+def min_lstm_step(params: dict, carry: Array, x_t: Array, *, compute_dtype=None) -> tuple[Array, Array]:
     """minLSTM step ``(params, h_{t-1}, x_t) -> (h_t, y_t)``.
 
     Equations::

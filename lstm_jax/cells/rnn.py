@@ -64,7 +64,7 @@ RNN = Cell(
 )
 
 
-def rnn_step(params: dict, carry: Array, x_t: Array, *, compute_dtype=None):
+def rnn_step(params: dict, carry: Array, x_t: Array, *, compute_dtype=None) -> tuple[Array, Array]:
     """Elman RNN step ``(params, h_{t-1}, x_t) -> (h_t, y_t)``.
 
     Equations::

@@ -133,11 +133,11 @@ class ImageData:
             ) from None
 
     @property
-    def train(self):
+    def train(self) -> tuple[np.ndarray, np.ndarray]:
         return self.split("train")
 
     @property
-    def test(self):
+    def test(self) -> tuple[np.ndarray, np.ndarray]:
         return self.split("test")
 
 
@@ -168,7 +168,9 @@ def load_idx_dataset(
 # TFDS
 
 
-def load_tfds_split(name: str, split: str, data_dir: str | Path | None = None, download: bool = True):
+def load_tfds_split(
+    name: str, split: str, data_dir: str | Path | None = None, download: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """``(images uint8 (N,28,28), labels int32 (N,))`` of one TFDS split, as numpy."""
     _check_name(name)
     offline = download and not paths.tfds_prepared(name, data_dir) and not paths.reachable()
@@ -324,7 +326,7 @@ def normalize(images: np.ndarray, mean: float, std: float, dtype=np.float32) -> 
     return ((x - mean) / std).astype(dtype)
 
 
-def train_val_split(images, labels, val_size: int, seed: int):
+def train_val_split(images, labels, val_size: int, seed: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Carve a random validation split of ``val_size`` examples out of train.
 
     Returns ``((train_x, train_y), (val_x, val_y))``; the choice is a pure

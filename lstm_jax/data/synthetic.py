@@ -54,6 +54,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -119,7 +120,7 @@ def _adding(key, batch, T, dtype):
     return inputs, targets
 
 
-def adding_batch_fn(key: Array, batch: int, T: int, *, dtype=jnp.float32):
+def adding_batch_fn(key: Array, batch: int, T: int, *, dtype=jnp.float32) -> Callable[[int], tuple[Array, Array]]:
     """``get_batch(step) -> (inputs, targets)`` for training: batch ``step`` uses
     ``fold_in(key, step)``, so the stream is reproducible and resumable."""
     adding_problem(key, batch, T, dtype=dtype)  # validate once, eagerly
@@ -193,7 +194,9 @@ def copy_recall_slice(T: int, length: int) -> slice:
     return slice(length + T, 2 * length + T)
 
 
-def copy_batch_fn(key: Array, batch: int, T: int, *, num_symbols: int = 8, length: int = 10):
+def copy_batch_fn(
+    key: Array, batch: int, T: int, *, num_symbols: int = 8, length: int = 10
+) -> Callable[[int], tuple[Array, Array]]:
     """``get_batch(step) -> (inputs, targets)`` for training, batch ``step`` from ``fold_in(key, step)``."""
     copy_task(key, batch, T, num_symbols=num_symbols, length=length)  # validate once
     return lambda step: _copy(jax.random.fold_in(key, step), batch, T, num_symbols, length)

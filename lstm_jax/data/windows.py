@@ -27,7 +27,9 @@ def _check_positive(name: str, value) -> int:
     return int(value)
 
 
-def random_windows(ids, batch_size: int, seq_len: int, *, seed: int, step: int, rows: slice | None = None):
+def random_windows(
+    ids, batch_size: int, seq_len: int, *, seed: int, step: int, rows: slice | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``batch_size`` windows at random offsets: ``(inputs, targets)``, each ``(B, T)`` int32.
 
     The offsets come from ``np.random.default_rng([seed, step])``, so the batch is a

@@ -28,6 +28,12 @@ just a time-major *core*::
             ``fp32`` and ``bf16``, calls with ``lengths`` run ``manual``, see :mod:`.onednn`
 =========== ==================================================================
 
+``impl=None`` (the default of ``apply_stack``, ``scan_layer`` and the model
+helpers; ``layer_impl(None)``) runs the fastest of these for the call by a
+fixed rule, :func:`default_impl` (:mod:`.default`): ``onednn`` on a CPU where
+it runs, else ``manual``; ``parallel`` on a GPU for the cells linear in the
+state. ``"scan"`` stays the named reference.
+
 An implementation that runs only some cells says so with ``supports(cell)``
 (and ``requirement``, the reason in words); any other cell is refused with one
 ``ValueError`` naming the implementations that do run it, after the inputs
@@ -49,6 +55,8 @@ import functools
 import inspect
 from typing import Callable
 
+import jax
+
 from ..cells import CELLS, get_cell
 from ..precision import PRECISIONS, get_precision
 from ..sequence import run_layer
@@ -56,6 +64,7 @@ from .cudnn import REQUIREMENT as _CUDNN_REQUIREMENT
 from .cudnn import cudnn_core
 from .cudnn import supports as _cudnn_supports
 from .cudnn import unavailable_reason as _cudnn_unavailable
+from .default import default_for_call, default_impl
 from .deer import check_options as _deer_options
 from .deer import deer_core
 from .hoisted import hoisted_core
@@ -192,9 +201,21 @@ register(LayerImpl(
 ))
 
 
-def layer_impl(name: str | LayerImpl, *, precision: str | None = None, **options) -> LayerImpl:
+def _default_core(cell, params, xs_tm, carry, mask, reverse, *, unroll, compute_dtype):
+    """The core of ``impl=None``: the core of :func:`default_for_call`'s pick for this call's cell, dtypes and mask."""
+    dtype = jax.tree_util.tree_leaves(params)[0].dtype
+    name = default_for_call(cell, dtype, compute_dtype, lengths=mask is not None)
+    return IMPLS[name].core(cell, params, xs_tm, carry, mask, reverse, unroll=unroll, compute_dtype=compute_dtype)
+
+
+#: What ``impl=None`` runs: per call, the impl :func:`default_impl` picks (not in :data:`IMPLS`: it is none of its own).
+DEFAULT = LayerImpl("default", _default_core, "the fastest impl for the call here, by a fixed rule (default_impl)")
+
+
+def layer_impl(name: str | LayerImpl | None, *, precision: str | None = None, **options) -> LayerImpl:
     """The layer implementation called ``name``, with ``options`` bound (``layer_impl("remat", segment=16)``)
-    and, if given, a precision policy (``layer_impl("manual", precision="bf16")``).
+    and, if given, a precision policy (``layer_impl("manual", precision="bf16")``). ``None``: the library's
+    default, the impl :func:`default_impl` picks for each call (:data:`DEFAULT`).
 
     Example (pass the result as ``apply_stack(..., impl=...)``)::
 
@@ -213,6 +234,8 @@ def layer_impl(name: str | LayerImpl, *, precision: str | None = None, **options
     """
     if isinstance(name, LayerImpl):
         impl = name
+    elif name is None:
+        impl = DEFAULT
     else:
         try:
             impl = IMPLS[name]
@@ -232,6 +255,6 @@ def layer_impl(name: str | LayerImpl, *, precision: str | None = None, **options
 
 
 __all__ = [
-    "IMPLS", "LayerImpl", "layer_impl", "register",
+    "IMPLS", "LayerImpl", "layer_impl", "register", "default_impl", "DEFAULT",
     "scan_layer", "scan_time_major", "default_segment",
 ]

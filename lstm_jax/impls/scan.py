@@ -49,7 +49,7 @@ def scan_layer(
     reverse: bool = False,
     lengths: Array | None = None,
     unroll: int = 1,
-):
+) -> tuple[Array, Any]:
     """Run ``step(params, carry, x_t) -> (carry, y_t)`` over the time axis of ``xs``.
 
     Args:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -108,7 +108,7 @@ def encode_inputs(params: dict, inputs: Array) -> Array:
     return jax.nn.one_hot(inputs, params["readout"]["b"].shape[0], dtype=dtype)
 
 
-def zeros_carry(params: dict, spec: RecurrentSpec, batch_size: int | None = None):
+def zeros_carry(params: dict, spec: RecurrentSpec, batch_size: int | None = None) -> list:
     """Zero recurrent state for ``batch_size`` sequences (``None``: one unbatched sequence)."""
     return spec.zeros_carry(params["stack"], () if batch_size is None else (batch_size,))
 
@@ -122,7 +122,7 @@ def char_logits(
     key: Array | None = None,
     train: bool = False,
     compute_dtype=None,
-):
+) -> tuple[Array, list]:
     """Next-character logits for ``inputs`` (int ids, ``(B, T)`` or ``(T,)``).
 
     Returns ``(logits (B, T, V), final_carry)``. ``carry`` continues from a
@@ -148,20 +148,20 @@ def char_logits(
     return logits, carry
 
 
-def char_loss(params, inputs, targets, spec: RecurrentSpec, carry=None, **kwargs):
+def char_loss(params, inputs, targets, spec: RecurrentSpec, carry=None, **kwargs) -> tuple[Array, list]:
     """Mean next-character cross-entropy in nats/char; returns ``(loss, final_carry)``."""
     logits, carry = char_logits(params, inputs, spec, carry, **kwargs)
     return cross_entropy(logits, targets), carry
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
-def eval_step(params, batch, spec: RecurrentSpec):
+def eval_step(params, batch, spec: RecurrentSpec) -> dict[str, Array]:
     """Summed loss over a batch ``(inputs, targets)`` from a zero state: ``{"nats": sum, "count": n}``."""
     return eval_stream_step(params, None, batch, spec)[1]
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
-def eval_stream_step(params, carry, batch, spec: RecurrentSpec):
+def eval_stream_step(params, carry, batch, spec: RecurrentSpec) -> tuple[Any, dict[str, Array]]:
     """Summed loss over a batch ``(inputs, targets)`` continuing from ``carry`` (``None``: zeros).
 
     Returns ``(final_carry, {"nats": sum, "count": n})``: feeding consecutive
@@ -297,7 +297,7 @@ def eval_contexts(params, ids, spec: RecurrentSpec, batch_size: int, seq_len: in
     return out
 
 
-def make_loss_fn(spec: RecurrentSpec, *, stateful: bool):
+def make_loss_fn(spec: RecurrentSpec, *, stateful: bool) -> Callable:
     """``loss_fn`` for :func:`lstm_jax.train.fit`: mean nats/char; with ``stateful`` the carry is the model_state.
 
     ``batch`` is ``(inputs, targets)`` ``(B, T)`` ints, or with ``stateful`` ``(inputs, targets, reset)``:
@@ -318,7 +318,7 @@ def make_loss_fn(spec: RecurrentSpec, *, stateful: bool):
 
 
 def train_batches(train_ids, batch_size: int, seq_len: int, *, seed: int = 0, stateful: bool = False,
-                  rows: slice | None = None):
+                  rows: slice | None = None) -> Callable[[int], tuple]:
     """``get_batch(step)`` for fit in the format :func:`make_loss_fn` reads: ``rows`` of random windows
     ``(inputs, targets)`` ``(B, seq_len)``, or with ``stateful`` consecutive ones with the ``reset`` flag."""
     if not stateful:

@@ -20,6 +20,8 @@ The loss is :func:`lstm_jax.models.losses.cross_entropy` (re-exported here).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,7 +114,7 @@ def accuracy(logits: Array, labels: Array, mask: Array | None = None) -> Array:
     return (correct * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
-def make_loss_fn(config: ClassifierConfig, compute_dtype=None):
+def make_loss_fn(config: ClassifierConfig, compute_dtype=None) -> Callable:
     """``loss_fn(params, batch, key, model_state) -> (loss, (model_state, metrics))`` for ``lstm_jax.train.fit``.
 
     ``batch`` is ``{"x": (B, T, F), "y": (B,)}``.
@@ -128,7 +130,7 @@ def make_loss_fn(config: ClassifierConfig, compute_dtype=None):
     return loss_fn
 
 
-def make_predict_fn(config: ClassifierConfig, compute_dtype=None):
+def make_predict_fn(config: ClassifierConfig, compute_dtype=None) -> Callable[[Any, Array], Array]:
     """A jitted ``predict(params, x) -> logits`` (evaluation mode: no dropout)."""
 
     @jax.jit
@@ -138,7 +140,7 @@ def make_predict_fn(config: ClassifierConfig, compute_dtype=None):
     return predict
 
 
-def make_eval_step(predict):
+def make_eval_step(predict: Callable[[Any, Array], Array]) -> Callable[[Any, dict], dict]:
     """``eval_step(params, batch)`` for :func:`lstm_jax.models.evaluation.evaluate` over
     :func:`~lstm_jax.data.image_batches.eval_batches`.
 

@@ -89,7 +89,7 @@ class Task(NamedTuple):
     baseline: float
     metric: str
 
-    def model_loss(self, spec: RecurrentSpec, params, batch):
+    def model_loss(self, spec: RecurrentSpec, params, batch) -> tuple[Array, dict]:
         """Forward the model on ``batch = (inputs, targets)`` and score it."""
         inputs, _ = batch
         out = apply_sequence_model(params, self.prepare(inputs), spec, readout=self.readout)

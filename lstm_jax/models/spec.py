@@ -43,7 +43,9 @@ class RecurrentSpec:
         hidden: hidden size ``H`` of every layer (each direction).
         layers: number of stacked layers.
         bidirectional: each layer reads both ways; outputs are ``2H`` wide.
-        impl: how each layer runs over time, a name in :data:`lstm_jax.impls.IMPLS` (``"scan"``: the reference).
+        impl: how each layer runs over time: ``None`` (the default), the fastest impl for the call here by a
+            fixed rule (:func:`lstm_jax.impls.default_impl`), or a name in :data:`lstm_jax.impls.IMPLS`
+            (``"scan"``: the reference).
         precision: the matmul policy (:data:`lstm_jax.precision.PRECISIONS`: ``"fp32"``, ``"bf16"``).
         dropout: rate between layers (and where a model says, before its readout); training only.
         unroll: ``jax.lax.scan`` unroll factor.
@@ -53,7 +55,7 @@ class RecurrentSpec:
     hidden: int = 128
     layers: int = 1
     bidirectional: bool = False
-    impl: str = "scan"
+    impl: str | None = None
     precision: str = "fp32"
     dropout: float = 0.0
     unroll: int = 1
@@ -68,8 +70,9 @@ class RecurrentSpec:
             object.__setattr__(self, name, operator.index(value))
         if not isinstance(self.bidirectional, bool):
             raise ValueError(f"RecurrentSpec.bidirectional must be True or False, got {self.bidirectional!r}")
-        if not isinstance(self.impl, str) or self.impl not in IMPLS:
-            raise ValueError(f"RecurrentSpec.impl must be one of {sorted(IMPLS)}, got {self.impl!r}")
+        if self.impl is not None and (not isinstance(self.impl, str) or self.impl not in IMPLS):
+            raise ValueError(f"RecurrentSpec.impl must be None (the default rule) or one of {sorted(IMPLS)}, "
+                             f"got {self.impl!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"RecurrentSpec.dropout must be a number in [0, 1), got {self.dropout!r}")
         object.__setattr__(self, "dropout", float(self.dropout))
@@ -104,7 +107,8 @@ class RecurrentSpec:
 
     @property
     def layer(self) -> LayerImpl:
-        """The bound layer implementation (``impl`` with ``precision``), as :func:`apply_stack` takes it."""
+        """The bound layer implementation (``impl`` with ``precision``; ``None``: the default rule's, per call),
+        as :func:`apply_stack` takes it."""
         return layer_impl(self.impl, precision=self.precision)
 
     def init(self, key: Array, input_size: int, dtype: Any = jnp.float32) -> list:

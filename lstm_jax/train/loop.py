@@ -146,7 +146,7 @@ class TrainState(NamedTuple):
     step: int
 
 
-def put_batch(batch):
+def put_batch(batch: Any) -> Any:
     """Move a host batch onto the default device. Replace to shard over devices."""
     return jax.device_put(batch)
 

@@ -115,6 +115,7 @@ def build() -> Path:
             tmp = directory / f"ffi_rnn.{os.getpid()}.so"
             log = directory / "build.log"
             cmd = _command(compiler, include, lib, tmp)
+            print(f"lstm_jax: building the oneDNN kernel (impl='onednn'), once: {target}", file=sys.stderr, flush=True)
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
             log.write_text(" ".join(cmd) + "\n\n" + proc.stdout + proc.stderr)
             if proc.returncode != 0:
