@@ -132,7 +132,13 @@ class RecurrentStack(nnx.Module):
             num_layers=num_layers, bidirectional=self.bidirectional, dtype=param_dtype,
         )
         self.layers = _to_variables(params)
-        self.rngs: nnx.RngStream | None = rngs["dropout"].fork() if self.dropout and num_layers > 1 else nnx.data(None)
+        self.rngs: nnx.RngStream | None = nnx.data(None)
+        if self.dropout and num_layers > 1:
+            try:
+                self.rngs = rngs["dropout"].fork()
+            except KeyError:
+                raise ValueError(f"{type(self).__name__}: dropout={dropout} needs rngs with a 'dropout' (or 'default') "
+                                 "stream, e.g. nnx.Rngs(params=0, dropout=1)") from None
 
     @property
     def resolved_impl(self) -> str:

@@ -206,6 +206,9 @@ def test_nnx_jit_split_merge_and_orbax_round_trip(tmp_path):
 def test_bad_arguments_are_refused_in_one_line():
     with pytest.raises(ValueError, match="dropout must be a rate in"):
         LSTM(3, 4, dropout=1.0, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="needs rngs with a 'dropout'"):
+        LSTM(3, 4, num_layers=2, dropout=0.1, rngs=nnx.Rngs(params=0))
+    LSTM(3, 4, dropout=0.1, rngs=nnx.Rngs(params=0))  # one layer: no dropout between layers, no stream needed
     with pytest.raises(ValueError, match="unknown layer impl 'fast'"):
         LSTM(3, 4, impl="fast", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="has no 'bf17' precision|unknown precision 'bf17'"):
