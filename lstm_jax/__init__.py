@@ -13,7 +13,8 @@ bind an implementation's options, and ``lstm_jax.train.fit`` to train. Internal
 implementation cores in ``impls/`` and ``bptt.forward`` / ``stack_forward``.
 
 Layout: the recurrent library sits at the top of the package (``cells/``, ``bptt/``,
-``impls/``, ``sequence``, ``stack``, ``layers``, ``precision``, ``runtime``, ``analysis``);
+``impls/``, ``sequence``, ``stack``, ``layers``, ``precision``, ``runtime``, ``analysis``;
+``flax``: Flax NNX modules over ``apply_stack``, imported on its own);
 beside it four wings, each importing only what is below it::
 
     data/          input pipelines (imports nothing of lstm_jax)

@@ -37,7 +37,7 @@ DOCTEST_MODULES = (
     "lstm_jax.cells.rnn", "lstm_jax.cells.lstm", "lstm_jax.cells.gru", "lstm_jax.cells.min_gru",
     "lstm_jax.cells.min_lstm", "lstm_jax.stack", "lstm_jax.layers", "lstm_jax.impls", "lstm_jax.train.loop",
     "lstm_jax.train.optim", "lstm_jax.models.evaluation", "lstm_jax.models.task", "lstm_jax.models.spec",
-    "lstm_jax.models.char_model",
+    "lstm_jax.models.char_model", "lstm_jax.flax",
 )
 
 

@@ -55,7 +55,7 @@ def build_parser():
     t.add_argument("--stateful", action="store_true", help="truncated BPTT: carry the state across consecutive windows")
     t.add_argument("--eval-batch-size", type=int, default=64)
     t.add_argument("--eval-seq-len", type=int, default=None, help="evaluation window length (default: --seq-len)")
-    cli.add_output_flags(p, ("out", "resume"), out={"help": "run directory (default: runs/char_lstm/<dataset>-<time>)"})
+    cli.add_output_flags(p, ("out", "resume", "tensorboard"), out={"help": "run directory (default: runs/char_lstm/<dataset>-<time>)"})
     s = p.add_argument_group("sampling and evaluation")
     cli.add_flag(s, "checkpoint", help="run directory to sample from or evaluate (sample/eval modes)")
     cli.add_flag(s, "which")
@@ -110,9 +110,11 @@ def train(args, malloc: dict | None = None) -> dict:
     t0 = time.perf_counter()
     batches = cm.train_batches(splits.train, args.batch_size, args.seq_len, seed=args.seed, stateful=args.stateful,
                                rows=multiprocess.process_rows(args.batch_size))  # this process's rows
-    result = fit(task.loss, params, batches, cli.train_config(args), out_dir=out,
-                 eval_fn=task.eval_fn(splits.validation), model_state=task.model_state, resume=args.resume,
-                 metadata=metadata, items_per_batch=args.batch_size * args.seq_len, item_name="chars")
+    with cli.metrics_writer(args, out) as tensorboard:
+        result = fit(task.loss, params, batches, cli.train_config(args), out_dir=out,
+                     eval_fn=task.eval_fn(splits.validation), model_state=task.model_state, resume=args.resume,
+                     metadata=metadata, items_per_batch=args.batch_size * args.seq_len, item_name="chars",
+                     metrics=tensorboard)
     seconds = time.perf_counter() - t0
     cli.report_stop(result)
     prompt = args.prompt or (splits.vocab.decode(splits.train[:200]).split("\n")[0] or splits.vocab.decode(splits.train[:1]))

@@ -74,7 +74,7 @@ def build_parser():
     t.add_argument("--eval-batch-size", type=int, default=1000)
     t.add_argument("--best-metric", choices=("val_loss", "val_error"), default="val_loss",
                    help="validation metric (lower is better) that picks the checkpoint evaluated on test")
-    o = cli.add_output_flags(p, ("out", "resume"), out={"help": "run directory (default: runs/mnist_lstm/<dataset>-<mode>-<time>)"})
+    o = cli.add_output_flags(p, ("out", "resume", "tensorboard"), out={"help": "run directory (default: runs/mnist_lstm/<dataset>-<mode>-<time>)"})
     o.add_argument("--no-plots", action="store_true")
     o.add_argument("--note", default="", help="free text saved in results.json (e.g. machine load)")
     cli.add_malloc_flag(p)
@@ -121,10 +121,12 @@ def mnist_lstm(args, argv=None) -> dict:
           f"{args.layers}x{args.hidden}{' bi' if args.bidirectional else ''} | {steps} steps "
           f"({steps / batches.steps_per_epoch:.2f} epochs of {batches.steps_per_epoch})", flush=True)
     rows = multiprocess.process_rows(args.batch_size)  # this process's rows of every global batch
-    result = fit(task.loss, task.init(jax.random.PRNGKey(args.seed)), lambda step: multiprocess.local_rows(
-                     batches(step), rows), train_cfg, out_dir=out,
-                 eval_fn=task.eval_fn(data["val"]) if len(val_xs) else None, best_metric=args.best_metric,
-                 resume=args.resume, metadata=metadata, items_per_batch=args.batch_size, item_name="images")
+    with cli.metrics_writer(args, out) as tensorboard:
+        result = fit(task.loss, task.init(jax.random.PRNGKey(args.seed)), lambda step: multiprocess.local_rows(
+                         batches(step), rows), train_cfg, out_dir=out,
+                     eval_fn=task.eval_fn(data["val"]) if len(val_xs) else None, best_metric=args.best_metric,
+                     resume=args.resume, metadata=metadata, items_per_batch=args.batch_size, item_name="images",
+                     metrics=tensorboard)
     cli.report_stop(result)
     # Test with the best checkpoint by --best-metric (the last one if no validation), and the final params.
     results = epilogue.finish_run(task, result, out, {"test": data["test"]}, args=args, machine=machine,

@@ -24,9 +24,11 @@ by spaces or commas, or both: ``--cells lstm gru`` == ``--cells lstm,gru``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import signal
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 import jax
@@ -39,7 +41,7 @@ from lstm_jax.layers import count_params, hidden_for_params
 from lstm_jax.models.spec import RecurrentSpec
 from lstm_jax.precision import PRECISIONS, get_precision
 from lstm_jax.runtime import add_malloc_argument, apply_malloc_argument
-from lstm_jax.train import TrainConfig, TrainingDiverged
+from lstm_jax.train import TensorBoardWriter, TrainConfig, TrainingDiverged
 
 from . import config, fastest
 
@@ -62,6 +64,7 @@ __all__ = [
     "layer_from_args",
     "match_params",
     "make_parser",
+    "metrics_writer",
     "report_stop",
     "run",
     "train_config",
@@ -171,6 +174,8 @@ FLAGS: dict[str, Flag] = {
     "progress": Flag("--no-progress", {"action": "store_false", "help": "no progress bar"}),
     # -- output / run control
     "out": Flag("--out", {"default": None, "help": "output: run directory or JSON path"}),
+    "tensorboard": Flag("--tensorboard", {"action": "store_true", "help": "also write the logged metrics as "
+                                          "TensorBoard event files in <run directory>/tensorboard"}),
     "resume": Flag("--resume", {"action": "store_true", "help": "continue the run in --out from its latest checkpoint"}),
     "checkpoint": Flag("--checkpoint", {"default": None, "help": "run directory of a training run (its --out)"}),
     "which": Flag("--which", {"type": checkpoint_which, "default": "best", "help": "'best', 'last' or a step number"}),
@@ -279,6 +284,15 @@ def train_config(args: argparse.Namespace, **fixed) -> TrainConfig:
                 raise ValueError(f"{FLAGS[field].option}: {e}" if field not in fixed else str(e)) from None
         raise
     return config
+
+
+def metrics_writer(args: argparse.Namespace, out: str | Path) -> contextlib.AbstractContextManager[TensorBoardWriter | None]:
+    """``--tensorboard``: a context giving ``fit``'s ``metrics`` callback, a
+    :class:`~lstm_jax.train.TensorBoardWriter` into ``<out>/tensorboard`` (closed on leaving);
+    without the flag it gives ``None``."""
+    if not getattr(args, "tensorboard", False):
+        return contextlib.nullcontext(None)
+    return TensorBoardWriter(Path(out) / "tensorboard")
 
 
 def report_stop(result) -> None:

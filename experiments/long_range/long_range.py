@@ -61,9 +61,10 @@ def run_one(task, cell: str, args, test_batch, out: Path) -> dict:
     t0 = time.perf_counter()
     where = model_dir(out, cell, task.T)
     batches, rows = task.batch_fn(k_data, args.batch_size), multiprocess.process_rows(args.batch_size)
-    result = fit(model.loss, model.init(k_init), lambda step: multiprocess.local_rows(batches(step), rows), config,
-                 eval_fn=model.eval_fn(test_batch, prefix="test_"), best_metric=f"test_{task.metric}",
-                 out_dir=where, metadata=metadata)
+    with cli.metrics_writer(args, where) as tensorboard:
+        result = fit(model.loss, model.init(k_init), lambda step: multiprocess.local_rows(batches(step), rows), config,
+                     eval_fn=model.eval_fn(test_batch, prefix="test_"), best_metric=f"test_{task.metric}",
+                     out_dir=where, metadata=metadata, metrics=tensorboard)
     summary = run_summary(result, task, cell, time.perf_counter() - t0, choice, args.solved_threshold)
     return {**summary, "model_dir": str(where.relative_to(out))}
 
@@ -92,7 +93,7 @@ def build_parser():
     t.add_argument("--copy-length", type=int, default=10, help="copy task: L symbols to remember")
     t.add_argument("--solved-threshold", type=float, default=None,
                    help="error counted as solved (default 0.01 for adding, 0.05 nats for copy)")
-    o = cli.add_output_flags(p, ("out",), out={"default": "runs/long_range", "help": "run directory"})
+    o = cli.add_output_flags(p, ("out", "tensorboard"), out={"default": "runs/long_range", "help": "run directory"})
     o.add_argument("--append", action="store_true",
                    help="add to an existing results.json in --out (runs already there are kept, "
                         "a (cell, T) pair present is replaced by the new run); refused, before training, "

@@ -9,7 +9,8 @@
   :mod:`~lstm_jax.train.resume`: restore-or-start and saving.
 * :mod:`~lstm_jax.train.divergence`: the guard against a blown-up run;
   :mod:`~lstm_jax.train.best`: tracking the best evaluation;
-  :mod:`~lstm_jax.train.reporting`: the step logger, metrics file and loss-curve plots.
+  :mod:`~lstm_jax.train.reporting`: the step logger, metrics file and loss-curve plots, and
+  :class:`TensorBoardWriter` (a ``metrics=`` callback of ``fit`` writing TensorBoard event files).
 
 Imports: the recurrent library, :mod:`lstm_jax.models` (for ``evaluate``) and
 :mod:`lstm_jax.distributed` (sharding, agreed stops); nothing imports this kit but the
@@ -21,6 +22,7 @@ experiments and users.
 from .loop import (
     CheckpointError,
     Preempted,
+    TensorBoardWriter,
     TrainConfig,
     TrainingDiverged,
     TrainResult,
@@ -48,6 +50,7 @@ __all__ = [
     "fit",
     "evaluate",
     "plot_history",
+    "TensorBoardWriter",
     "load_checkpoint",
     "CheckpointError",
 ]

@@ -47,7 +47,7 @@ from .best import BestTracker
 from .checkpoint import CheckpointError, load_checkpoint
 from .divergence import DivergenceGuard, TrainingDiverged
 from .optim import make_optimizer, make_schedule
-from .reporting import MetricsLog, StepLogger, plot_history, save_loss_curve
+from .reporting import MetricsLog, StepLogger, TensorBoardWriter, plot_history, save_loss_curve
 from .resume import StepSaver, restore_or_start
 from .step import make_train_step
 
@@ -64,6 +64,7 @@ __all__ = [
     "fit",
     "evaluate",
     "plot_history",
+    "TensorBoardWriter",
     "load_checkpoint",
     "CheckpointError",
 ]
@@ -198,6 +199,7 @@ def fit(
     make_step: Callable = make_train_step,
     data_parallel: bool | None = None,
     optimizer: optax.GradientTransformation | None = None,
+    metrics: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train ``params`` for ``config.steps`` steps (see the module docstring for the contract).
 
@@ -229,6 +231,11 @@ def fit(
             config's optimiser fields are unused and the logged records carry
             no ``lr``; e.g. ``optax.MultiSteps(optax.adam(1e-3), 4)``
             accumulates gradients over 4 batches per update.
+        metrics: ``metrics(step, scalars)``, called on process 0 with every record
+            the run logs (the training means every ``log_every`` steps, each
+            evaluation), named ``"train/loss"``, ``"train/lr"``, ``"eval/val_loss"``, ...
+            (:func:`~lstm_jax.train.reporting.record_scalars`); e.g. a
+            :class:`~lstm_jax.train.reporting.TensorBoardWriter`, or your own logger's method.
 
     Raises:
         TrainingDiverged: loss or gradient norm became NaN/inf, or the loss
@@ -262,13 +269,12 @@ def fit(
     optimizer = make_optimizer(config) if optimizer is None else optimizer
     out = Path(out_dir) if out_dir is not None else None
     run_meta = {**(metadata or {}), "train_config": dataclasses.asdict(config), "best_metric": best_metric}
-    start = restore_or_start(
-        out, config, params, sharding.colocate(optimizer.init(params), params), model_state, resume=resume,
-        best_metric=best_metric, run_meta=run_meta,
-    )
+    start = restore_or_start(out, config, params, sharding.colocate(optimizer.init(params), params), model_state,
+                             resume=resume, best_metric=best_metric, run_meta=run_meta)
     state = TrainState(start.params, start.opt_state, start.model_state, start.step)
     log_dir = out if sharding.is_main_process() else None  # metrics, figures: process 0 only
-    log = MetricsLog(log_dir / "metrics.jsonl" if log_dir else None, start.step if resume else None)
+    log = MetricsLog(log_dir / "metrics.jsonl" if log_dir else None, start.step if resume else None,
+                     on_record=metrics if sharding.is_main_process() else None)
     if data_parallel:
         *replicated, put_batch = sharding.replicate_train_state(*state[:3])
         state = TrainState(*replicated, state.step)

@@ -9,6 +9,7 @@ Used by :func:`lstm_jax.train.fit`; nothing here touches params or devices.
   records with learning rate and throughput), an exponential moving average of
   the loss, and the tqdm progress bar that shows it.
 * :func:`plot_history` / :func:`save_loss_curve`: the loss curve PNG.
+* :class:`TensorBoardWriter`: a metrics callback of ``fit`` that writes TensorBoard event files.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-__all__ = ["MetricsLog", "StepLogger", "plot_history", "save_loss_curve"]
+__all__ = ["MetricsLog", "StepLogger", "TensorBoardWriter", "plot_history", "record_scalars", "save_loss_curve"]
 
 class MetricsLog:
     """Records of a run, kept in memory and appended to ``path`` (JSON lines) if given.
@@ -26,10 +27,14 @@ class MetricsLog:
     ``resume_step``: when resuming, the records up to and including that step are
     read back from ``path`` and the file is rewritten without the later ones
     (those steps will be run again); ``None`` starts an empty log.
+    ``on_record(step, scalars)``: called with every record written from now on
+    (not the ones read back), as :func:`record_scalars` names them.
     """
 
-    def __init__(self, path: Path | None, resume_step: int | None):
+    def __init__(self, path: Path | None, resume_step: int | None,
+                 on_record: Callable[[int, dict[str, float]], None] | None = None):
         self.path = path
+        self.on_record = on_record
         self.records: list[dict] = []
         if path is None:
             return
@@ -51,6 +56,56 @@ class MetricsLog:
         if self.path is not None:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+        if self.on_record is not None:
+            self.on_record(record["step"], record_scalars(record))
+
+
+def record_scalars(record: dict) -> dict[str, float]:
+    """The numbers of a record, named ``<kind>/<key>``: ``{"train/loss": 2.1, "train/lr": 0.01, ...}``,
+    ``{"eval/val_loss": 1.9, ...}`` (flags such as ``partial`` and the step itself are left out)."""
+    kind = record.get("kind", "train")
+    return {f"{kind}/{k}": float(v) for k, v in record.items()
+            if k not in ("kind", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class TensorBoardWriter:
+    """A metrics callback for :func:`lstm_jax.train.fit` that writes TensorBoard event files (with ``tensorboardX``).
+
+    ``TensorBoardWriter(log_dir)(step, {"train/loss": 2.1, ...})`` adds one scalar per
+    name at ``step`` and flushes, so a running ``tensorboard --logdir`` sees every
+    record as it is written. The event file is opened at the first call (so a
+    process that never reports makes none). A resumed run adds a new event file
+    beside the old ones. Use as a context manager, or call :meth:`close`.
+
+    Example::
+
+        with TensorBoardWriter("runs/x/tensorboard") as tb:
+            fit(loss_fn, params, get_batch, config, out_dir="runs/x", metrics=tb)
+    """
+
+    def __init__(self, log_dir: str | Path) -> None:
+        self.log_dir = Path(log_dir)
+        self._writer: Any = None  # a tensorboardX SummaryWriter once opened
+
+    def __call__(self, step: int, scalars: dict[str, float]) -> None:
+        if self._writer is None:
+            from tensorboardX import SummaryWriter  # imported on first use: import lstm_jax stays light
+
+            self._writer = SummaryWriter(logdir=str(self.log_dir))
+        for name, value in scalars.items():
+            self._writer.add_scalar(name, value, global_step=step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> "TensorBoardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class StepLogger:
