@@ -389,6 +389,7 @@ def budget_run(out, minutes: float, *, skewed: bool, resume: bool, after: int = 
     return stops["p0"]
 
 
+@pytest.mark.slow  # about a minute on 2 cores (JAX start-up, a 20 s stall or a 9 s budget); CI's slow tier runs it
 def test_a_time_budget_that_runs_out_mid_run_with_skewed_clocks_stops_both_at_one_step(tmp_path):
     """Process 1's clock 3 s ahead made the per-process decisions disagree (before: Gloo 'collective mismatch'
     abort or a hang, 3 in 8 unskewed runs); process 0's verdict, shared, stops both at one step."""
@@ -449,6 +450,7 @@ def test_decide_on_main_shares_process_0s_value_and_error_and_times_out_in_one_l
                      r"is process 0 alive and running the same program\?", output), output[-3000:]
 
 
+@pytest.mark.slow  # about a minute on 2 cores (JAX start-up, a 20 s stall or a 9 s budget); CI's slow tier runs it
 def test_a_stuck_peer_ends_the_job_within_the_stall_timeout_with_one_line(tmp_path):
     """Process 1 hangs (alive) loading step 5; process 0 waits in the step's all-reduce. Each process's stall
     watchdog ends it after LSTM_JAX_STALL_TIMEOUT=20 s (more than compiling the first step takes here under

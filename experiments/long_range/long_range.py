@@ -42,8 +42,7 @@ from lstm_jax.models.spec import RecurrentSpec
 from lstm_jax.train import fit
 
 def model_dir(out: Path, cell: str, T: int) -> Path:
-    """A new folder for the (cell, T) run's checkpoint (the trained model, its spec in the metadata):
-    ``models/<cell>-T<T>``, or ``-2``, ``-3``, ... when a run of it (replaced in the table by --append) is there."""
+    """A new folder for the run's checkpoint: ``models/<cell>-T<T>``, or ``-2``, ``-3``, ... (never overwritten)."""
     base = out / "models" / f"{cell}-T{T}"
     return next(p for n in range(1, 10_000) if not (p := base if n == 1 else base.with_name(f"{base.name}-{n}")).exists())
 
