@@ -15,7 +15,7 @@ optimised-HLO tests look at) are unchanged; only the machine code of each
 kernel is less optimised. Processes a test starts inherit it unless the test
 sets its own ``XLA_FLAGS``; set the flag yourself to run the suite otherwise.
 
-Threads: ``OMP_NUM_THREADS=1`` unless set (see below). Data: a development checkout's ``../shared/data`` (real MNIST test files) is
+Data: a development checkout's ``../shared/data`` (real MNIST test files) is
 named as ``$LSTM_JAX_DATA`` here when it exists and the variable is unset, so
 the tests that read it (and the processes they start) find it; on a machine
 without it they skip, saying so.
@@ -23,12 +23,6 @@ without it they skip, saying so.
 
 import contextlib
 import os
-
-# One OpenMP thread per test process: pytest-xdist already runs one worker per core, and oneDNN's OpenMP team
-# (impl="onednn", the CPU default) meets at a barrier every time step, so two teams of two threads on two
-# cores spend their time waiting for a descheduled thread (4x slower than manual under load, in
-# results/default_impl_loaded.json; faster than manual again with one thread). Read when libgomp loads.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):  # before jax reads XLA_FLAGS
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()

@@ -3,11 +3,14 @@
 import json
 import os
 
+import pytest
+
 from experiments.benchmarks import benchmark
 from experiments.benchmarks import turns
 from experiments.common import harness
 
 
+@pytest.mark.slow  # 15-55 s on 2 cores; CI's slow tier runs it (the turns test below runs the benchmark's worker processes in the default run)
 def test_benchmark_quick_runs_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     result = benchmark.main(["--quick", "--cells", "lstm,gru,rnn", "--out", str(out)])
@@ -27,6 +30,7 @@ def test_benchmark_quick_runs_and_writes_json(tmp_path):
     assert result["results"]
 
 
+@pytest.mark.slow  # 15-55 s on 2 cores; CI's slow tier runs it (the turns test below runs the benchmark's worker processes in the default run)
 def test_per_impl_processes_time_each_impl_alone_and_merge_the_ratios(tmp_path):
     """--processes per-impl: one child process per implementation (its own JSON beside --out), one merged record
     whose torch ratio is computed across the two processes' medians."""

@@ -330,6 +330,7 @@ def test_resume_on_an_empty_run_directory_prints_only_the_error_line(tmp_path):
                      "(--out is the run directory; --resume continues the run in it)"], lines
 
 
+@pytest.mark.slow  # 15-55 s on 2 cores; CI's slow tier runs it (test_resume_on_an_empty_run_directory_prints_only_the_error_line checks the one-line error path in the default run)
 def test_a_run_directory_with_checkpoints_is_refused_with_only_the_error_line(tmp_path):
     """Without --resume a finished run is never overwritten, and the refusal (made before any Orbax
     manager exists) prints one line: no absl/asyncio tracebacks from a manager's threads at shutdown."""

@@ -258,6 +258,7 @@ def test_unreachable_coordinator_is_one_line_naming_the_address(tmp_path):
                     "(LSTM_JAX_INIT_TIMEOUT); is process 0 running, and is the address right?")
 
 
+@pytest.mark.slow  # 15-55 s on 2 cores; CI's slow tier runs it (in the default run, the srun and mpirun tests (tests/test_cluster_*.py) train two processes as one and test_sigint.py stops them at one step)
 def test_two_processes_train_like_one_device(runs):
     ref_dir, ref, ref_seconds = runs["ref"]
     mp_dir, mp_final, seconds = runs["mp"]
@@ -345,6 +346,7 @@ def last_checkpoint(run_dir) -> int:
     return max(int(d.name) for d in (Path(run_dir) / "checkpoints").iterdir() if d.name.isdigit())
 
 
+@pytest.mark.slow  # 15-55 s on 2 cores; CI's slow tier runs it (in the default run, the srun and mpirun tests (tests/test_cluster_*.py) train two processes as one and test_sigint.py stops them at one step)
 def test_sigterm_to_the_launcher_stops_every_process_at_one_step_and_resume_is_exact(tmp_path):
     """Process 0 sends SIGTERM to the launcher at step 3; the launcher passes it on, JAX's preemption service
     catches it in both processes, and fit stops both at the same step with a checkpoint there (exit 143)."""

@@ -60,6 +60,7 @@ CHAR_QUICK = ["-m", "experiments.char_lm.char_lstm", "--config", str(QUICK_CONFI
               "--length", "10", "--impl", "scan", "--precision", "fp32"]
 
 
+@pytest.mark.slow  # 15-55 s on 2 cores; CI's slow tier runs it (the refusal test below runs the seed runner in the default run)
 def test_seed_runner_reports_each_seed_and_their_mean(tmp_path, capsys):
     out = tmp_path / "sweep"
     summary = seeds.main(["--seeds", "3,5", "--metrics", "final.test.nats_per_char", "steps_done",
