@@ -165,6 +165,7 @@ def test_lstm_total_cell_gradient_identity(x64):
     np.testing.assert_allclose(prof["c"], gradient_norm_by_distance(total), rtol=1e-12)
 
 
+@pytest.mark.slow  # an end-to-end script or process run of 5-20 s; CI's slow tier runs it
 def test_gradient_flow_script_smoke(tmp_path):
     """experiments/analysis/gradient_flow.py end to end, tiny: profiles at init/trained and per-step ||dL/dw_h||."""
     import importlib

@@ -50,6 +50,7 @@ def test_per_impl_processes_time_each_impl_alone_and_merge_the_ratios(tmp_path):
     assert merged["environment"]["args"]["processes"] == "per-impl"
 
 
+@pytest.mark.slow  # an end-to-end script or process run of 5-20 s; CI's slow tier runs it
 def test_turns_time_each_impl_in_its_own_process_one_block_at_a_time(tmp_path, monkeypatch):
     """--processes turns: one worker process per implementation, each block timed in its worker, the rounds
     interleaved as in one process; torch is imported only in torch's worker. Every worker reports each block's

@@ -222,6 +222,7 @@ def test_linear_recurrence_against_a_loop(x64, scan, T):
         np.testing.assert_allclose(got, np.stack(expected), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.slow  # an end-to-end script or process run of 5-20 s; CI's slow tier runs it
 def test_parallel_time_experiment_quick(tmp_path):
     from experiments.benchmarks import parallel_time
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 from experiments.benchmarks import ab_trees
 from experiments.benchmarks import compare_benchmarks
@@ -22,6 +23,7 @@ def test_compare_benchmarks_rebuilds_the_recorded_refactor_table(capsys):
     assert recorded and all(line in printed for line in recorded), printed
 
 
+@pytest.mark.slow  # an end-to-end script or process run of 5-20 s; CI's slow tier runs it
 def test_ab_trees_times_each_tree_in_its_own_process(tmp_path):
     out = tmp_path / "ab.json"
     ab_trees.main(["--trees", str(ROOT), ".", "--sizes", "4,2,3,8", "--rounds", "1", "--repeats", "1", "--out", str(out)])

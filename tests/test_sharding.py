@@ -105,6 +105,7 @@ def _on_four_simulated_devices(program: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow  # an end-to-end script or process run of 5-20 s; CI's slow tier runs it
 def test_four_simulated_devices_match_one_device():
     assert "PARALLEL-OK" in _on_four_simulated_devices(WORKER)
 

@@ -252,6 +252,7 @@ def test_long_range_model_restores_with_its_spec_alone(tmp_path):
     assert rerun["model_dir"] == "models/lstm-T4-2" and (tmp_path / "models" / "lstm-T4" / "metadata.json").is_file()
 
 
+@pytest.mark.slow  # an end-to-end script or process run of 5-20 s; CI's slow tier runs it
 def test_long_range_merge_joins_side_by_side_sweeps_and_refuses_mismatches(tmp_path):
     """--merge: two sweeps of one configuration become one table; another configuration or a pair
     present twice is refused with one line, and the target is left as it was."""
