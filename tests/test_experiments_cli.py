@@ -313,9 +313,9 @@ def test_gate_activity_reads_the_cell_from_the_checkpoint(tmp_path):
 
     spec = RecurrentSpec(cell="gru", hidden=4)
     gru_params = cm.init_char_model(jax.random.PRNGKey(0), 5, spec)
-    assert script("gate_activity").checkpoint_cell(gru_params, {"model": cm.model_config(gru_params, spec)}) == "gru"
+    assert script("gate_activity").checkpoint_cell({"model": cm.model_config(gru_params, spec)}) == "gru"
     with pytest.raises(ValueError, match="no model spec"):
-        script("gate_activity").checkpoint_cell(gru_params, {})
+        script("gate_activity").checkpoint_cell({})
 
 
 def test_resume_on_an_empty_run_directory_prints_only_the_error_line(tmp_path):

@@ -69,7 +69,7 @@ def build_parser():
     return p
 
 
-def checkpoint_cell(params, meta: dict) -> str:
+def checkpoint_cell(meta: dict) -> str:
     """The cell of a char_lstm checkpoint, as its spec records it."""
     return spec_from_config(meta.get("model")).cell
 
@@ -78,7 +78,7 @@ def gate_activity(args):
     params, meta = load_checkpoint(args.checkpoint, args.which)
     if "vocab" not in meta:
         raise SystemExit(f"error: {args.checkpoint} has no vocabulary in its metadata (not written by char_lstm.py?)")
-    cell = checkpoint_cell(params, meta)
+    cell = checkpoint_cell(meta)
     if cell != "lstm":
         raise SystemExit(f"error: the checkpoint holds a {cell} model; gates exist only for an LSTM")
     vocab = Vocab.from_json(meta["vocab"])

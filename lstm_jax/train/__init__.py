@@ -37,20 +37,8 @@ from .loop import (
     put_batch,
 )
 
-__all__ = [
-    "TrainConfig",
-    "TrainResult",
-    "TrainState",
-    "TrainingDiverged",
-    "Preempted",
-    "make_schedule",
-    "make_optimizer",
-    "make_train_step",
-    "put_batch",
-    "fit",
-    "evaluate",
-    "plot_history",
-    "TensorBoardWriter",
-    "load_checkpoint",
-    "CheckpointError",
-]
+from . import loop
+
+# The names are loop's own list (one place): mypy and IDEs read the explicit imports above.
+__all__: list[str] = []
+__all__ += loop.__all__
