@@ -185,8 +185,93 @@ def test_results_table_names_a_broken_entry(tmp_path, entry, message):
         results_table.main(["--manifest", str(_manifest(tmp_path, [entry])), "--root", str(tmp_path), "--print"])
 
 
+BENCH = {"results": [
+    {"cell": "lstm", "size": {"T": 28, "B": 4, "I": 8, "H": 16}, "rows": [
+        {"impl": "lstm_jax manual", "median_ms": 10.0, "fraction_of_matmul_peak": 0.25},
+        {"impl": "lstm_jax onednn", "median_ms": 5.0}, {"impl": "torch nn.LSTM", "median_ms": 6.0},
+        {"impl": "lstm_jax onednn bf16", "median_ms": 4.0}, {"impl": "torch nn.LSTM autocast-bf16", "median_ms": 2.0}]},
+    {"cell": "lstm", "size": {"T": 100, "B": 4, "I": 8, "H": 16}, "rows": [
+        {"impl": "lstm_jax manual", "median_ms": 30.0, "fraction_of_matmul_peak": 0.5},
+        {"impl": "lstm_jax onednn", "median_ms": 20.0}]},
+]}
+
+
+def _tables_repo(tmp_path, tables, page_text):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "bench.json").write_text(json.dumps(BENCH))
+    (tmp_path / "results" / "a.json").write_text(json.dumps(RECORD))
+    (tmp_path / "results" / "tables.json").write_text(json.dumps(tables))
+    (tmp_path / "results" / "glance.json").write_text(json.dumps([
+        {"experiment": "x", "file": "results/a.json", "values": {}, "result": "r", "target": "t", "section": "s"}]))
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "results.md").write_text(f"{results_table.START}\n{results_table.END}\n")
+    (tmp_path / "docs" / "speed.md").write_text(page_text)
+    return ["--root", str(tmp_path), "--manifest", str(tmp_path / "results" / "glance.json"),
+            "--doc", str(tmp_path / "docs" / "results.md")]
+
+
+def test_generated_speed_and_rows_tables_follow_their_records(tmp_path):
+    """The speed tables and free rows (results/tables.json) are computed from the benchmark records, and
+    --check fails when a page or a record changes (one figure per fact)."""
+    tables = [
+        {"id": "speed", "page": "docs/speed.md", "kind": "speed", "file": "results/bench.json", "cells": ["lstm"],
+         "precisions": ["fp32", "bf16"],
+         "columns": [{"head": "manual ms", "ms": "manual"}, {"head": "torch ms", "ms": "torch"},
+                     {"head": "onednn vs torch", "speedup": ["onednn", "torch"], "bold": True},
+                     {"head": "peak", "peak": "manual"}]},
+        {"id": "ranges", "page": "docs/speed.md", "kind": "rows", "files": {"b": "results/bench.json", "a": "results/a.json"},
+         "header": ["what", "value"],
+         "rows": [{"cells": ["onednn vs manual", "{lo:.2f}–{hi:.2f}× (test {t})"],
+                   "values": {"lo": {"min_speedup": {"file": "b", "cell": "lstm", "impl": "onednn", "over": "manual"}},
+                              "hi": {"max_speedup": {"file": "b", "cell": "lstm", "impl": "onednn", "over": "manual"}},
+                              "t": "a:final.test.nats_per_char"}}]},
+    ]
+    page = ("intro\n<!-- table:speed:start -->\nstale\n<!-- table:speed:end -->\nmiddle\n"
+            "<!-- table:ranges:start -->\n<!-- table:ranges:end -->\nend\n")
+    args = _tables_repo(tmp_path, tables, page)
+    with pytest.raises(SystemExit, match="differs"):
+        results_table.main([*args, "--check"])
+    results_table.main(args)
+    text = (tmp_path / "docs" / "speed.md").read_text()
+    assert "| lstm | 28,4,8,16 | fp32 | 10.0 | 6.0 | **1.20×** | 25% |" in text
+    assert "| lstm | 28,4,8,16 | bf16 | – | 2.0 | **0.50×** | – |" in text  # rows the record lacks are dashes
+    assert "| lstm | 100,4,8,16 | fp32 | 30.0 | – | – | 50% |" in text
+    assert "| onednn vs manual | 1.50–2.00× (test 1.5) |" in text
+    assert text.startswith("intro\n") and "\nmiddle\n" in text and text.endswith("end\n") and "stale" not in text
+    results_table.main([*args, "--check"])
+    # a figure edited by hand on the page, or a record that changes, fails the check
+    (tmp_path / "docs" / "speed.md").write_text(text.replace("**1.20×**", "**1.30×**"))
+    with pytest.raises(SystemExit, match="differs"):
+        results_table.main([*args, "--check"])
+    results_table.main(args)
+    BENCH_CHANGED = json.loads(json.dumps(BENCH))
+    BENCH_CHANGED["results"][1]["rows"][1]["median_ms"] = 10.0
+    (tmp_path / "results" / "bench.json").write_text(json.dumps(BENCH_CHANGED))
+    with pytest.raises(SystemExit, match="differs"):
+        results_table.main([*args, "--check"])
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"id": "t", "page": "docs/speed.md", "kind": "pie"}, r"table 't': kind is one of"),
+    ({"id": "t", "page": "docs/gone.md", "kind": "rows", "header": ["a"], "rows": []}, r"page 'docs/gone.md' does not exist"),
+    ({"id": "t", "page": "docs/speed.md", "kind": "rows", "files": {"b": "results/bench.json"}, "header": ["a"],
+      "rows": [{"cells": ["{x}"], "values": {"x": {"min_speedup": {"file": "b", "cell": "gru", "impl": "onednn",
+                                                                   "over": "manual"}}}}]}, r"no gru entries"),
+    ({"id": "t", "page": "docs/speed.md", "kind": "rows", "header": ["a", "b"], "rows": [{"cells": ["x"]}]},
+     r"row 0 has 1 cells for 2 columns"),
+    ({"id": "t", "page": "docs/speed.md", "kind": "speed", "file": "results/bench.json", "cells": ["lstm"],
+      "columns": [{"head": "x", "mean": "manual"}]}, r"a speed column is"),
+])
+def test_a_broken_generated_table_is_named(tmp_path, table, message):
+    args = _tables_repo(tmp_path, [table], "<!-- table:t:start -->\n<!-- table:t:end -->\n")
+    with pytest.raises(SystemExit, match=message):
+        results_table.main([*args, "--check"])
+
+
 def test_the_results_page_table_matches_the_committed_runs():
-    """docs/results.md's table is exactly what results/glance.json's runs give."""
+    """docs/results.md's table is exactly what results/glance.json's runs give, and every table of
+    results/tables.json (the speed tables of performance.md and onednn.md, the README's results rows) is
+    exactly what its records give."""
     results_table.main(["--check"])
 
 
