@@ -261,6 +261,20 @@ def test_script_train_then_sample_from_checkpoint(tmp_path, script, capsys):
     assert json.loads((tmp_path / "ev.json").read_text())["test"] == pytest.approx(ev["test"])
     only = script.main(["eval", "--checkpoint", str(out), "--eval-context", "stream"])
     assert set(only["val"]) == {"stream_nats_per_char", "stream_bits_per_char"}
+    # 'heldout' scores validation and test as one text: its per-character loss, read as one stream, is the
+    # length-weighted mean of theirs only where the state carried across the join changes nothing, so compare
+    # windows (each from a zero state), whose per-window sums add up exactly when both splits fill whole windows.
+    zen = load_text("zen")
+    held = script.main(["eval", "--checkpoint", str(out), "--which", "last", "--eval-splits", "heldout",
+                        "--eval-seq-len", "1", "--eval-context", "window"])
+    assert set(held) >= {"heldout"} and "val" not in held and "test" not in held
+    n_val, n_test = len(zen.validation) - 1, len(zen.test) - 1  # predictions per split at windows of 1
+    one = script.main(["eval", "--checkpoint", str(out), "--which", "last", "--eval-seq-len", "1", "--eval-context", "window"])
+    mixed = (one["val"]["nats_per_char"] * n_val + one["test"]["nats_per_char"] * n_test) / (n_val + n_test)
+    assert held["heldout"]["nats_per_char"] == pytest.approx(mixed, rel=2e-3)
+    with pytest.raises(SystemExit) as refused:  # argparse: "invalid choice: 'train'", exit status 2
+        script.main(["eval", "--checkpoint", str(out), "--eval-splits", "train"])
+    assert refused.value.code == 2
 
     sample_args = ["sample", "--checkpoint", str(out), "--prompt", "Simple", "--length", "50", "--seed", "7", "--top-k", "5"]
     s1 = script.main(sample_args)

@@ -18,6 +18,7 @@ from lstm_jax.data.text import (
     eval_windows,
     load_text,
     load_tiny_shakespeare,
+    read_tiny_shakespeare,
     random_windows,
     split_text,
     zen_of_python,
@@ -227,6 +228,16 @@ def test_load_text_zen():
     n = len(text)
     assert len(s.train) == int(n * 0.9)
     assert abs(len(s.validation) - len(s.test)) <= 1
+
+
+def test_heldout_is_the_last_tenth_of_tiny_shakespeare_as_nanogpt_splits_it():
+    """nanoGPT's shakespeare_char validation text is data[int(n * 0.9):]; TextSplits.heldout is the same characters."""
+    splits = load_text("tiny_shakespeare")
+    text = read_tiny_shakespeare()
+    last = text[int(len(text) * 0.9):]
+    assert len(splits.heldout) == len(last) == 111_540
+    assert splits.vocab.decode(splits.heldout) == last
+    assert splits.vocab.decode(splits.train) == text[: int(len(text) * 0.9)]
 
 
 def test_load_text_file_splits_90_5_5(tmp_path):

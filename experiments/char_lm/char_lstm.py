@@ -61,6 +61,9 @@ def build_parser():
     cli.add_flag(s, "which")
     s.add_argument("--eval-context", action=cli.ListAction, choices=cm.EVAL_CONTEXTS, default=list(cm.EVAL_CONTEXTS),
                    help="eval mode: 'window' (zero state per window) and/or 'stream' (state carried: full context)")
+    s.add_argument("--eval-splits", action=cli.ListAction, choices=cm.EVAL_SPLITS, default=["val", "test"],
+                   help="splits scored at the end of training and in eval mode; 'heldout' is val and test as one "
+                        "text (Tiny Shakespeare: the last 10%%, nanoGPT's validation split)")
     s.add_argument("--save", default=None, help="eval mode: also write the figures to this JSON file")
     s.add_argument("--prompt", default=None, help="text to condition on (default: the corpus' first line)")
     s.add_argument("--length", type=int, default=300, help="characters to generate")
@@ -124,7 +127,7 @@ def train(args, malloc: dict | None = None) -> dict:
              "matched_params_of": getattr(args, "matched", None), "layer": args.layer_choice,
              "sample": {"from": "final params", "prompt": prompt, "temperature": args.temperature,
                         "top_k": args.top_k, "seed": args.seed, "text": text}}
-    results = epilogue.finish_run(task, result, out, {"val": splits.validation, "test": splits.test}, args=args,
+    results = epilogue.finish_run(task, result, out, cm.eval_splits(splits, args.eval_splits), args=args,
                                   machine=machine, train_seconds=seconds, extra=extra)
     say(f"\nsample (temperature {args.temperature}, seed {args.seed}):\n{text}\n")
     say(f"run directory: {out} (metrics.jsonl, loss_curve.png, checkpoints/, results.json)")

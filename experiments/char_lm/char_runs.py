@@ -1,6 +1,6 @@
 """char_lstm.py's ``sample`` and ``eval`` modes: read a training run's checkpoint (``--checkpoint RUN_DIR``,
 ``--which best|last|STEP``) with its vocabulary, then generate text or score the validation and test splits of
-the dataset it was trained on, on the layer path training recorded.
+the dataset it was trained on (``--eval-splits``), on the layer path training recorded.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def sample_mode(args) -> str:
 
 
 def eval_mode(args) -> dict:
-    """Evaluate a saved checkpoint on the validation and test splits of its dataset."""
+    """Evaluate a saved checkpoint on the ``--eval-splits`` of its dataset (default validation and test)."""
     params, spec, meta, vocab = load_run(args, "eval")
     saved = meta.get("args", {})
     dataset = "file" if saved.get("text_file") else saved.get("dataset", args.dataset)
@@ -51,7 +51,7 @@ def eval_mode(args) -> dict:
     out = {"checkpoint": str(args.checkpoint), "which": args.which, "step": meta["step"], "eval_seq_len": seq_len}
     how = {"window": f"windows of {seq_len} chars from a zero state",
            "stream": f"the split as one stream, state carried across windows of {seq_len}"}
-    for split, ids in (("val", splits.validation), ("test", splits.test)):
+    for split, ids in cm.eval_splits(splits, args.eval_splits).items():
         out[split] = r = cm.eval_contexts(params, ids, spec, args.eval_batch_size, seq_len, args.eval_context)
         for c in args.eval_context:
             p = cm.context_prefix(c)

@@ -205,6 +205,16 @@ class TextSplits(NamedTuple):
     vocab: Vocab
     name: str
 
+    @property
+    def heldout(self) -> np.ndarray:
+        """Everything after the training split, as one contiguous text: ``validation`` then ``test``.
+
+        With the 90/5/5 split of Tiny Shakespeare (TFDS's) and of ``--text-file`` files this is the last 10%
+        of the text, the validation split of nanoGPT's ``shakespeare_char`` (``data[int(n * 0.9):]``), so a
+        model trained on ``train`` is scored on the same characters as nanoGPT's.
+        """
+        return np.concatenate([self.validation, self.test])
+
 
 def zen_of_python() -> str:
     """The 19 aphorisms of the Zen of Python, one per line (with a final newline).

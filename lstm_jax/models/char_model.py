@@ -252,6 +252,22 @@ def sample(
 EVAL_CONTEXTS = ("window", "stream")
 """How :func:`eval_split` reads a split: ``window`` (zero state per window) and ``stream`` (state carried)."""
 
+EVAL_SPLITS = ("val", "test", "heldout")
+"""The splits a run can be scored on: ``heldout`` is ``val`` then ``test`` as one text (:attr:`TextSplits.heldout`)."""
+
+
+def eval_splits(splits, names=("val", "test")) -> dict:
+    """``{name: ids}`` of the :class:`~lstm_jax.data.text.TextSplits` ``splits`` named in ``names`` (``EVAL_SPLITS``).
+
+    Example: ``eval_splits(load_text("tiny_shakespeare"), ["heldout"])["heldout"]`` is the last 10% of the
+    corpus (111,540 characters), nanoGPT's validation text.
+    """
+    table = {"val": lambda: splits.validation, "test": lambda: splits.test, "heldout": lambda: splits.heldout}
+    unknown = [n for n in names if n not in table]
+    if unknown or not names:
+        raise ValueError(f"eval splits must be a non-empty list of {EVAL_SPLITS}, got {list(names)!r}")
+    return {name: table[name]() for name in dict.fromkeys(names)}
+
 
 def eval_split(params, ids, spec: RecurrentSpec, batch_size: int, seq_len: int, context: str = "window") -> dict:
     """Nats and bits per character over every character of ``ids`` (int ids, ``(N,)``).
