@@ -42,6 +42,7 @@ import pytest
 
 from lstm_jax.distributed import launch, multiprocess
 from lstm_jax.train.checkpoint import load_checkpoint
+from tests.cluster_fixtures import finish as finish_group
 from tests.signal_on_output import SignalOnOutput
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,17 +71,8 @@ def start(cmd, env=None) -> subprocess.Popen:
 
 def finish(proc: subprocess.Popen, t0: float, timeout=TIMEOUT) -> tuple[int, str, float]:
     """``(returncode, output, seconds since t0)``; the whole process group is killed on the way out."""
-    try:
-        out, _ = proc.communicate(timeout=max(timeout - (time.monotonic() - t0), 1))
-        return proc.returncode, out, time.monotonic() - t0
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{proc.args} did not finish within {timeout} s")
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+    code, out = finish_group(proc, max(timeout - (time.monotonic() - t0), 1))
+    return code, out, time.monotonic() - t0
 
 
 def run_bounded(cmd, *, timeout=TIMEOUT, env=None) -> tuple[int, str, float]:
