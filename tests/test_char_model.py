@@ -256,6 +256,7 @@ def test_script_train_then_sample_from_checkpoint(tmp_path, script, capsys):
 
     ev = script.main(["eval", "--checkpoint", str(out), "--which", "last", "--save", str(tmp_path / "ev.json")])
     assert ev["step"] == 30 and ev["eval_seq_len"] == 16
+    assert ev["config"]["which"] == "last" and ev["config"]["mode"] == "eval"  # the record says how it was made
     for key in ("nats_per_char", "stream_nats_per_char"):  # training's final figures, both protocols
         assert ev["test"][key] == pytest.approx(results["final"]["test"][key], abs=1e-5)
     assert json.loads((tmp_path / "ev.json").read_text())["test"] == pytest.approx(ev["test"])

@@ -13,6 +13,8 @@ from lstm_jax.train.checkpoint import load_checkpoint
 from lstm_jax.data.text import Vocab, load_text
 from lstm_jax.models import char_model as cm
 
+from experiments.common import epilogue
+
 __all__ = ["load_run", "sample_mode", "eval_mode"]
 
 
@@ -48,7 +50,8 @@ def eval_mode(args) -> dict:
     if splits.vocab != vocab:
         raise SystemExit(f"error: the vocabulary of {splits.name} differs from the checkpoint's")
     seq_len = args.eval_seq_len or saved.get("seq_len", args.seq_len)
-    out = {"checkpoint": str(args.checkpoint), "which": args.which, "step": meta["step"], "eval_seq_len": seq_len}
+    out = {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "config": epilogue.resolved_args(args),
+           "checkpoint": str(args.checkpoint), "which": args.which, "step": meta["step"], "eval_seq_len": seq_len}
     how = {"window": f"windows of {seq_len} chars from a zero state",
            "stream": f"the split as one stream, state carried across windows of {seq_len}"}
     for split, ids in cm.eval_splits(splits, args.eval_splits).items():
