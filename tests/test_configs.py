@@ -41,6 +41,7 @@ RECORDS = {
     "copy_t200_lstm_chrono_20k.toml": "results/long_range_20k_copy_chrono_h128/results.json",
     "copy_t200_lstm_chrono_30k.toml": "results/long_range_30k_copy_chrono_h128/results.json",
     "copy_t200_lstm_40k.toml": "results/long_range_40k_copy_chrono_h128/results.json",
+    "copy_t500_lstm_chrono.toml": "results/long_range_copy_t500_chrono_h128/results.json",
     "copy_t200_rnn_40k.toml": "results/long_range_40k_copy_h128_rnn/results.json",
     "benchmark_cpu.toml": "results/benchmark.json",
     "parallel_time_cpu.toml": "results/parallel_time.json",
