@@ -28,6 +28,7 @@ RECORDS = {
     "shakespeare_30min_min_gru.toml": "results/char_30min_reg/min_gru/seeds.json",
     "shakespeare_30min_min_lstm.toml": "results/char_30min_reg/min_lstm/seeds.json",
     "shakespeare_30min_min_gru_dropout0.1.toml": "results/char_30min_own/min_gru_dropout0.1/seeds.json",
+    "shakespeare_nanogpt_split.toml": "results/char_30min_onednn/nanogpt_split.json",
     "shakespeare_9min_lstm.toml": "results/char_side_by_side/lstm/seeds.json",
     "shakespeare_9min_min_gru.toml": "results/char_side_by_side/min_gru/seeds.json",
     "shakespeare_9min_min_lstm.toml": "results/char_side_by_side/min_lstm/seeds.json",
