@@ -232,6 +232,21 @@ def test_flags_override_the_file(tmp_path):
     assert (args.hidden, args.learning_rate, args.stateful) == (32, 1e-3, True)
 
 
+def test_a_length_on_the_command_line_replaces_the_files_other_way_of_setting_it(tmp_path):
+    """mnist_lstm's --epochs overrides --steps; a config's epochs must not silently beat a --steps typed after it."""
+    import experiments.classification.mnist_lstm as script
+
+    path = tmp_path / "rows.toml"
+    path.write_text('script = "experiments.classification.mnist_lstm"\nepochs = 38.0\nhidden = 64\n')
+    args = cfg.parse_args(script.build_parser(), ["--config", str(path), "--steps=300"])
+    assert (args.steps, args.epochs, args.hidden) == (300, None, 64)
+    args = cfg.parse_args(script.build_parser(), ["--config", str(path)])
+    assert args.epochs == 38.0
+    path.write_text('script = "experiments.classification.mnist_lstm"\nsteps = 500\n')
+    args = cfg.parse_args(script.build_parser(), ["--config", str(path), "--epochs", "2"])
+    assert (args.steps, args.epochs) == (2000, 2.0)  # the parser default for steps; epochs decides the length
+
+
 @pytest.mark.parametrize("body, message", [
     ('hiden = 3', "unknown key 'hiden'"),
     ('hidden = "3"', "key 'hidden': expected an integer, got str"),

@@ -71,6 +71,7 @@ def build_parser():
     )
     cli.add_flag(t, "batch_size", default=128)
     t.add_argument("--epochs", type=float, default=None, help="training length in epochs (overrides --steps)")
+    p.config_alternatives = [("steps", "epochs")]  # --steps on the command line replaces a config's epochs
     t.add_argument("--eval-batch-size", type=int, default=1000)
     t.add_argument("--best-metric", choices=("val_loss", "val_error"), default="val_loss",
                    help="validation metric (lower is better) that picks the checkpoint evaluated on test")

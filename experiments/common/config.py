@@ -17,7 +17,10 @@ the config is for::
 file against the parser (an unknown key, a value of the wrong type or outside a
 flag's choices, or a config for another script is refused in one line naming
 the file and the key), makes its values the parser's defaults and parses again,
-so a flag given on the command line wins. ``args.config`` holds the file's path,
+so a flag given on the command line wins. A script may name flags that set the
+same thing two ways (``parser.config_alternatives``, e.g. ``[("steps", "epochs")]``):
+one of them on the command line also replaces the file's value for the others, so
+``--steps 300`` shortens a config that sets ``epochs``. ``args.config`` holds the file's path,
 so ``vars(args)`` (which every script records) is the resolved config and says
 where it came from.
 """
@@ -153,6 +156,18 @@ def check_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None = 
             parser.exit(2, f"error: unknown option {option} ({parser.prog} --help lists the options)\n")
 
 
+def _command_line_dests(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """The ``dest`` of every option given in ``argv`` (up to a bare ``--``)."""
+    dests = set()
+    for token in sys.argv[1:] if argv is None else argv:
+        if token == "--":
+            break
+        action = parser._option_string_actions.get(token.split("=", 1)[0])
+        if action is not None:
+            dests.add(action.dest)
+    return dests
+
+
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """``parser.parse_args(argv)`` with ``--config``'s values as defaults; ``SystemExit`` (one line) on a bad file
     or an unknown option (:func:`check_options`)."""
@@ -167,6 +182,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
             values = validate_config(parser, load_config(first.config), first.config)
         except ConfigError as e:
             parser.exit(2, f"error: {e}\n")
+        given = _command_line_dests(parser, argv)
+        for group in getattr(parser, "config_alternatives", ()):  # the command line's way replaces the file's
+            if given & set(group):
+                values = {k: v for k, v in values.items() if k not in group or k in given}
         parser.set_defaults(**values)
         for action in parser._actions:  # a required flag the file sets is no longer required on the command line
             if action.dest in values:
