@@ -146,13 +146,23 @@ def speedups(files: dict, args: dict) -> list[float]:
     return out
 
 
+def md_row(cells) -> str:
+    """One Markdown table row."""
+    return "| " + " | ".join(cells) + " |"
+
+
+def md_head(header, align) -> list[str]:
+    """A Markdown table's header and alignment rows."""
+    return [md_row(header), "|" + "|".join(align) + "|"]
+
+
 def speed_table(spec: dict, root: Path) -> str:
     """A ``"speed"`` table (module docstring): one row per cell, size and precision of a benchmark record."""
     record = read_json(Path(root) / spec["file"])
     precisions, columns = spec.get("precisions", ["fp32"]), spec["columns"]
     head = ["cell", "T,B,I,H"] + (["precision"] if len(precisions) > 1 else []) + [c["head"] for c in columns]
     align = ["---"] * (len(head) - len(columns)) + ["---:"] * len(columns)
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
+    lines = md_head(head, align)
     for cell in spec["cells"]:
         entries = [e for e in record["results"] if e["cell"] == cell]
         if not entries:
@@ -161,7 +171,7 @@ def speed_table(spec: dict, root: Path) -> str:
             cells = [cell, size_label(entry["size"])] + ([precision] if len(precisions) > 1 else [])
             for col in columns:
                 cells.append(_speed_cell(entry, precision, col))
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(md_row(cells))
     return "\n".join(lines)
 
 
@@ -185,7 +195,7 @@ def rows_table(spec: dict, root: Path) -> str:
     """A ``"rows"`` table (module docstring): a header and one templated row per entry."""
     files = {alias: read_json(Path(root) / path) for alias, path in spec.get("files", {}).items()}
     header = spec["header"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(spec.get("align", ["---"] * len(header))) + "|"]
+    lines = md_head(header, spec.get("align", ["---"] * len(header)))
     for i, row in enumerate(spec["rows"]):
         try:
             values = {k: value(None, v, files) for k, v in row.get("values", {}).items()}
@@ -194,7 +204,7 @@ def rows_table(spec: dict, root: Path) -> str:
             raise RecordError(f"row {i} ({row.get('cells', ['?'])[0]!r}): {err}") from None
         if len(cells) != len(header):
             raise RecordError(f"row {i} has {len(cells)} cells for {len(header)} columns")
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(md_row(cells))
     return "\n".join(lines)
 
 
@@ -254,7 +264,7 @@ def entry_row(entry: dict, root: Path, page_dir: Path | None = None) -> str:
         raise RecordError(f"{name!r}: config {config} does not exist")
     config_cell = link(config, root, page_dir) if config else "–"
     source = link(entry["file"], root, page_dir)
-    return f"| {name} | {result} | {entry['target']} | {met} | {entry['section']} | {config_cell} | {source} |"
+    return md_row([name, result, entry["target"], met, entry["section"], config_cell, source])
 
 
 def render(manifest: list, root: Path, page_dir: Path | None = None) -> str:
@@ -314,17 +324,18 @@ def results_table(args) -> str:
         page = doc_path.read_text()
         ok &= _update(doc_path, replace_table(page, table), page, "results table", args.check)
         specs = read_json(tables_path) if (args.tables or tables_path.is_file()) else []
-        pages: dict[Path, str] = {}
+        originals: dict[Path, str] = {}  # page -> its text as read
+        pages: dict[Path, str] = {}  # page -> its text with the tables rendered so far
         for spec in specs:
             path = root / spec.get("page", "?")
             if path not in pages:
                 if not path.is_file():
                     raise RecordError(f"table {spec.get('id')!r}: page {spec.get('page')!r} does not exist")
-                pages[path] = path.read_text()
+                originals[path] = pages[path] = path.read_text()
             pages[path] = replace_table(pages[path], render_table(spec, root), *table_markers(spec.get("id", "?")))
         for path, updated in pages.items():
             ids = [s["id"] for s in specs if root / s["page"] == path]
-            ok &= _update(path, updated, path.read_text(), f"tables {', '.join(ids)}", args.check)
+            ok &= _update(path, updated, originals[path], f"tables {', '.join(ids)}", args.check)
     except RecordError as err:
         raise SystemExit(f"error: {err}") from None
     if not ok:
