@@ -17,7 +17,8 @@ list of entries::
 them relative to the page it is written into); ``section`` is a Markdown link
 as it should appear on that page. ``values`` maps names to paths into the file
 (:mod:`experiments.tools.records`), or to ``{"min" | "max" | "mean": [paths]}``,
-``{"ratio": [numerator, denominator]}``, ``{"mib": [bytes path]}`` or ``{"ms": [seconds path]}``; ``result`` is a :meth:`str.format`
+``{"ratio": [numerator, denominator]}``, ``{"mib": [bytes path]}``, ``{"ms": [seconds path]}`` or
+``{"minutes": [seconds path]}``; ``result`` is a :meth:`str.format`
 template over them; ``goal`` (optional) says which value must be at most
 ``max`` / at least ``min`` for the "met" column; ``config`` (optional) is the
 config file that reproduces the run. The table replaces the text between the
@@ -69,7 +70,7 @@ REQUIRED = ("experiment", "file", "values", "result", "target", "section")
 
 
 OPS = {"min": min, "max": max, "mean": lambda xs: sum(xs) / len(xs), "ratio": lambda xs: xs[0] / xs[1],
-       "mib": lambda xs: xs[0] / 2**20, "ms": lambda xs: 1000 * xs[0]}
+       "mib": lambda xs: xs[0] / 2**20, "ms": lambda xs: 1000 * xs[0], "minutes": lambda xs: xs[0] / 60}
 
 
 def value(record, spec, files: dict | None = None):
@@ -89,7 +90,8 @@ def value(record, spec, files: dict | None = None):
     if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in OPS):
         raise RecordError(f"a value is a path or one of {{{', '.join(OPS)}: [paths]}}, got {spec!r}")
     (op, paths), = spec.items()
-    if not isinstance(paths, list) or not paths or (op == "ratio" and len(paths) != 2) or (op in ("mib", "ms") and len(paths) != 1):
+    if not isinstance(paths, list) or not paths or (op == "ratio" and len(paths) != 2) or (
+            op in ("mib", "ms", "minutes") and len(paths) != 1):
         raise RecordError(f"{op} needs a list of paths{' (two)' if op == 'ratio' else ''}, got {paths!r}")
     return OPS[op]([value(record, p, files) for p in paths])
 
