@@ -37,7 +37,8 @@ def test_lookup_follows_keys_selectors_and_indices():
 
 
 @pytest.mark.parametrize("path, message", [
-    ("final.val", r"no key 'val' in final"),
+    ("final.val", r"no key 'val' in final \(has \['test'\]\)"),
+    ("final.tests", r"no key 'tests' in final \(did you mean 'test'\?\)"),  # a near miss is named
     ("runs[cell=lstm].final_test", r"matches 2 of 3 entries"),
     ("runs[cell=gru].final_test", r"matches 0 of 3"),
     ("runs[7]", r"index 7 out of range"),

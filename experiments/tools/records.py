@@ -17,6 +17,7 @@ than one match is a :class:`RecordError` naming the path and what was there.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from pathlib import Path
@@ -89,8 +90,10 @@ def lookup(record: Any, path: str) -> Any:
         if key is not None:
             where = ".".join(done) or "the record"
             if not isinstance(value, dict) or key not in value:
-                have = sorted(value)[:12] if isinstance(value, dict) else type(value).__name__
-                raise RecordError(f"{path}: no key {key!r} in {where} (has {have})")
+                close = difflib.get_close_matches(key, list(value), n=3) if isinstance(value, dict) else []
+                have = (f"did you mean {' or '.join(map(repr, close))}?" if close else
+                        f"has {sorted(value)[:12]}" if isinstance(value, dict) else f"a {type(value).__name__}")
+                raise RecordError(f"{path}: no key {key!r} in {where} ({have})")
             value = value[key]
         done.append(part)
         for selector in selectors:
