@@ -252,6 +252,28 @@ def test_generated_speed_and_rows_tables_follow_their_records(tmp_path):
         results_table.main([*args, "--check"])
 
 
+SWEEP = {"runs": [{"cell": "lstm", "T": 100, "final_test": 0.0007, "solved_at_step": 1900},
+                  {"cell": "rnn", "T": 100, "final_test": 0.1624, "solved_at_step": None},
+                  {"cell": "lstm", "T": 200, "final_test": 0.1662, "solved_at_step": None}]}
+GRID = {"id": "grid", "page": "docs/speed.md", "kind": "grid", "file": "results/sweep.json",
+        "select": "runs[cell={row},T={column}]", "rows": ["lstm"], "columns": [100, 200], "row_head": "cell",
+        "column_label": "T={column}", "values": {"err": "final_test", "at": "solved_at_step"},
+        "cell": "{err:.4f} ({at})", "bold": {"value": "err", "max": 0.01}, "bold_cell": "**{err:.4f}** ({at})"}
+
+
+def test_a_grid_table_reads_one_entry_per_row_and_column(tmp_path):
+    """A long_range sweep as a cell x T grid: bold where the value meets the bound, a null as a dash, and a
+    (row, column) the record lacks is an error naming the selection, not an empty cell."""
+    args = _tables_repo(tmp_path, [GRID], "<!-- table:grid:start -->\n<!-- table:grid:end -->\n")
+    (tmp_path / "results" / "sweep.json").write_text(json.dumps(SWEEP))
+    results_table.main(args)
+    text = (tmp_path / "docs" / "speed.md").read_text()
+    assert "| cell | T=100 | T=200 |\n|---|---|---|\n| lstm | **0.0007** (1900) | 0.1662 (—) |\n" in text
+    (tmp_path / "results" / "tables.json").write_text(json.dumps([{**GRID, "rows": ["lstm", "rnn"]}]))
+    with pytest.raises(SystemExit, match=r"table 'grid': runs\[cell=rnn,T=200\].*matches 0 of 3"):
+        results_table.main(args)
+
+
 @pytest.mark.parametrize("table, message", [
     ({"id": "t", "page": "docs/speed.md", "kind": "pie"}, r"table 't': kind is one of"),
     ({"id": "t", "page": "docs/gone.md", "kind": "rows", "header": ["a"], "rows": []}, r"page 'docs/gone.md' does not exist"),

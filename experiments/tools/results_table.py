@@ -35,7 +35,7 @@ A missing file or path is an error naming the entry, not an empty cell.
 docs/onednn.md, the README's results rows) is declared in ``results/tables.json``
 (under ``--root``): a list of tables, each ``{"id", "page", "kind", ...}``,
 written between ``<!-- table:ID:start -->`` and ``<!-- table:ID:end -->`` on its
-page. Two kinds:
+page. Three kinds:
 
 * ``"speed"``: one row per cell, size and precision of a ``benchmark.py`` record
   (``"file"``; ``"cells"``, ``"precisions"`` default ``["fp32"]``), with
@@ -50,6 +50,13 @@ page. Two kinds:
   results manifest, a path prefixed ``ALIAS:`` read from that file, plus
   ``{"min_speedup" | "max_speedup": {"file", "cell", "impl", "over",
   "precision"}}`` over the sizes of a benchmark record.
+
+* ``"grid"``: a value per (row, column) of one record, e.g. per cell and T of a
+  long_range sweep: ``{"file", "select": "runs[cell={row},T={column}]", "rows",
+  "columns", "row_head", "column_label": "T={column}", "values": {NAME: path in
+  the selected entry}, "cell": template}``, optionally ``"bold": {"value", "max" |
+  "min"}`` with ``"bold_cell"``, the template used where the value is within it;
+  a ``null`` value shows as ``—``.
 
 ``--check`` compares every table; a page that differs names its table.
 """
@@ -210,7 +217,35 @@ def rows_table(spec: dict, root: Path) -> str:
     return "\n".join(lines)
 
 
-TABLE_KINDS = {"speed": speed_table, "rows": rows_table}
+def grid_table(spec: dict, root: Path) -> str:
+    """A ``"grid"`` table (module docstring): one row per ``rows`` entry, one column per ``columns`` entry."""
+    record = read_json(Path(root) / spec["file"])
+    label = spec.get("column_label", "{column}")
+    lines = md_head([spec.get("row_head", "")] + [label.format(column=c) for c in spec["columns"]],
+                    ["---"] * (1 + len(spec["columns"])))
+    bold = spec.get("bold")
+    for row in spec["rows"]:
+        cells = [str(row)]
+        for column in spec["columns"]:
+            entry = lookup(record, spec["select"].format(row=row, column=column))
+            values = {k: value(entry, v) for k, v in spec["values"].items()}
+            values = {k: "—" if v is None else v for k, v in values.items()}  # e.g. a task never solved
+            template = spec["cell"]
+            if bold:
+                v = values.get(bold.get("value"))
+                if not isinstance(v, (int, float)) or isinstance(v, bool):
+                    raise RecordError(f"{row}, {column}: bold value {bold.get('value')!r} is {v!r}, not a number")
+                if (bold.get("max") is None or v <= bold["max"]) and (bold.get("min") is None or v >= bold["min"]):
+                    template = spec["bold_cell"]
+            try:
+                cells.append(template.format(**values))
+            except (KeyError, ValueError, TypeError) as err:
+                raise RecordError(f"{row}, {column}: template {template!r} does not fit {values}: {err}") from None
+        lines.append(md_row(cells))
+    return "\n".join(lines)
+
+
+TABLE_KINDS = {"speed": speed_table, "rows": rows_table, "grid": grid_table}
 
 
 def table_markers(table_id: str) -> tuple[str, str]:
