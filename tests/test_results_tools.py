@@ -405,3 +405,53 @@ def test_rounds_of_one_impl_pool_their_timed_blocks():
     flops = harness.train_flops("lstm", 4, 2, 3, 5)
     assert row["gflops"] == pytest.approx(flops / 42.5e-3 / 1e9)
     assert benchmark.pool_rounds([first, second])["matmul_gflops_peak_used"] == 120.0
+
+
+# --------------------------------------------------------------------------- learning curves (experiments/tools/curves.py)
+
+
+def _metrics_file(path: Path, rows: list[dict]) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_curves_put_each_evaluation_at_its_training_time(tmp_path):
+    from experiments.tools import curves
+
+    slow = _metrics_file(tmp_path / "slow", [
+        {"kind": "train", "step": 50, "elapsed_s": 30.0, "loss": 1.0}, {"kind": "train", "step": 100, "elapsed_s": 60.0},
+        {"kind": "eval", "step": 100, "val_accuracy": 0.5}, {"kind": "train", "step": 150, "elapsed_s": 120.0},
+        {"kind": "train", "step": 200, "elapsed_s": 180.0}, {"kind": "eval", "step": 200, "val_accuracy": 0.7}])
+    fast = _metrics_file(tmp_path / "fast", [
+        {"kind": "train", "step": 100, "elapsed_s": 30.0}, {"kind": "eval", "step": 100, "val_accuracy": 0.55}])
+    out = tmp_path / "fig" / "curves.png"
+    record = curves.main([str(slow), str(fast / "metrics.jsonl"), "--labels", "slow", "fast", "--metric",
+                          "val_accuracy", "--x", "minutes", "--budget-minutes", "3", "--target", "0.9",
+                          "--out", str(out)])
+    assert record["series"] == {"slow": [[1.0, 0.5], [3.0, 0.7]], "fast": [[0.5, 0.55]]}
+    assert json.loads(out.with_suffix(".json").read_text())["series"] == record["series"]
+    assert out.stat().st_size > 1000  # the figure was drawn
+    by_step = curves.main([str(slow), "--metric", "val_accuracy", "--out", str(tmp_path / "s.png")])
+    assert list(by_step["series"].values()) == [[[100.0, 0.5], [200.0, 0.7]]]
+
+
+@pytest.mark.parametrize("rows, argv, message", [
+    ([{"kind": "eval", "step": 1, "val_loss": 2.0}], ["--metric", "val_accuracy"], r"run: no 'val_accuracy' in its metrics \(has \['val_loss'\]\)"),
+    ([{"kind": "eval", "step": 1, "val_loss": 2.0}], ["--x", "minutes"], r"run: no elapsed_s in its metrics"),
+    ([{"kind": "eval", "step": 1, "val_loss": 2.0}], ["--labels", "a", "b"], r"--labels gives 2 labels for 1 runs"),
+    ([{"kind": "eval", "step": 1, "val_loss": 2.0}], ["--budget-minutes", "3"], r"--budget-minutes needs --x minutes"),
+    (None, [], r"metrics.jsonl:2: not a JSON line"),
+])
+def test_curves_name_what_is_wrong_in_one_line(tmp_path, rows, argv, message):
+    from experiments.tools import curves
+
+    run = tmp_path / "run"
+    if rows is None:
+        run.mkdir()
+        (run / "metrics.jsonl").write_text('{"step": 1}\n{"step": \n')
+    else:
+        _metrics_file(run, rows)
+    with pytest.raises(SystemExit, match=message):
+        curves.main([str(run), *argv, "--out", str(tmp_path / "c.png")])
+    assert not (tmp_path / "c.png").exists()
