@@ -34,6 +34,8 @@ RECORDS = {
     "shakespeare_9min_min_lstm.toml": "results/char_side_by_side/min_lstm/seeds.json",
     "fmnist_rows.toml": "results/fmnist_rows/lstm2x128_bidir_aug38/metadata.json",
     "fmnist_pixels.toml": "results/fmnist_pixels/lstm1x128_60min/metadata.json",
+    "fmnist_rows_20min.toml": "results/fmnist_rows/onednn_26ep_seeds/seed_0/results.json",
+    "fmnist_pixels_60min.toml": "results/fmnist_pixels/onednn_60min/results.json",
     "adding_t100_equal_time.toml": None,  # its record (docs/figures/long_range_adding_results.json) predates the flag names
     "adding_equal_steps_1500.toml": "results/long_range_equal_steps/results.json",
     "adding_10k.toml": "results/long_range_10k_adding/results.json",
@@ -132,6 +134,9 @@ NOT_IN_RECORD = {
     **{name: {"impl": "not on the recorded command line; metadata.json holds the choice (manual/bf16), "
                       "not how it was made",
               "precision": "as impl"} for name in ("fmnist_pixels.toml", "fmnist_rows.toml")},
+    **{name: {"impl": "the record holds the impl the default rule picked (onednn) and that only the precision "
+                      "was then measured, not that the rule was asked for"} for name in ("fmnist_rows_20min.toml",
+                                                                                     "fmnist_pixels_60min.toml")},
     "adding_equal_steps_1500.toml": {"init": "--init came after the record (its runs used the standard init)"},
     "parallel_time_cpu.toml": {"max_jacobian_mib": "not recorded; DEER ran at T=16384, whose Jacobians take "
                                                    "1024 MiB at B=4, H=32, so the cap was at least that"},
@@ -168,8 +173,13 @@ def _run_evidence(record: dict, record_path: Path) -> dict:
                      augment_shift=record["augment"]["max_shift"], augment_flip=record["augment"]["flip"])
     runs = [record_path.parent / "seed_0" / "results.json", record_path.parent / "results_seed_0.json"]
     layer = record.get("layer") or next((json.loads(p.read_text()).get("layer") for p in runs if p.exists()), None)
+    if isinstance((layer or {}).get("asked"), dict):  # the record says what the run asked for
+        found.update(impl=layer["asked"]["impl"], precision=layer["asked"]["precision"])
+        return found
     how = {"measured": "auto", "default rule": "default"}.get((layer or {}).get("chosen_by"))
-    if how:  # what the run was asked for; the impl and precision it chose are not a config's to set
+    if how == "auto" and len({c.split("/")[0] for c in layer.get("candidates", [])}) == 1:
+        found.update(precision=how)  # one impl, timed in each precision: the impl was fixed before the measurement
+    elif how:  # what the run was asked for; the impl and precision it chose are not a config's to set
         found.update(impl=how, precision=how)
     return found
 

@@ -189,3 +189,18 @@ def test_the_scripts_flags_default_to_the_rule_and_take_auto():
     assert (args.impl, args.precision) == (fastest.RULE, fastest.RULE) == ("default", "default")
     args = parser.parse_args(["--impl", "auto", "--precision", "auto"])
     assert (args.impl, args.precision) == ("auto", "auto")
+
+
+def test_a_run_records_what_it_asked_for_beside_what_ran():
+    """layer_from_args replaces --impl/--precision by the choice; the choice keeps what was asked, so a record
+    says whether a config's 'default' or 'auto' (or a named impl) produced it."""
+    parser = argparse.ArgumentParser()
+    cli.add_flag(parser, "impl")
+    cli.add_flag(parser, "precision")
+    parser.add_argument("--cell", default="lstm")
+    args = parser.parse_args(["--impl", "scan"])
+    cli.layer_from_args(args, T=4, B=2, I=3, H=5)
+    here = "bf16" if cpu_has_bf16() else "fp32"
+    assert (args.impl, args.precision) == ("scan", here)
+    assert args.layer_choice["asked"] == {"impl": "scan", "precision": "default"}
+    assert args.layer_choice["chosen_by"] == "default rule"

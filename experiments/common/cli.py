@@ -332,9 +332,11 @@ def choose_layer(cell: str, impl: str, precision: str, *, T: int, B: int, I: int
 
 def layer_from_args(args: argparse.Namespace, *, T: int, B: int, I: int, H: int) -> LayerImpl:
     """:func:`choose_layer` for ``--cell``, ``--impl`` and ``--precision``; ``args.impl`` / ``args.precision``
-    are then set to what was chosen (so the run's metadata records it), ``args.layer_choice`` to the choice."""
-    layer, choice = choose_layer(args.cell, args.impl, getattr(args, "precision", fastest.RULE), T=T, B=B, I=I, H=H)
-    args.impl, args.precision, args.layer_choice = choice["impl"], choice["precision"], choice
+    are then set to what was chosen (so the run's metadata records it), ``args.layer_choice`` to the choice, with
+    ``"asked"``: the ``impl`` and ``precision`` the command line or config asked for (e.g. ``default``, ``auto``)."""
+    asked = {"impl": args.impl, "precision": getattr(args, "precision", fastest.RULE)}
+    layer, choice = choose_layer(args.cell, asked["impl"], asked["precision"], T=T, B=B, I=I, H=H)
+    args.impl, args.precision, args.layer_choice = choice["impl"], choice["precision"], {**choice, "asked": asked}
     return layer
 
 
