@@ -141,6 +141,16 @@ def validate_config(parser: argparse.ArgumentParser, config: dict[str, Any], pat
     return values
 
 
+def _option_names(argv: Sequence[str] | None) -> list[str]:
+    """The option part (before any ``=``) of each token of ``argv`` up to a bare ``--``: after it are values."""
+    names = []
+    for token in sys.argv[1:] if argv is None else argv:
+        if token == "--":
+            break
+        names.append(token.split("=", 1)[0])
+    return names
+
+
 def check_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> None:
     """``SystemExit`` (one line naming it) at the first ``--option`` in ``argv`` that ``parser`` does not define.
 
@@ -148,24 +158,15 @@ def check_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None = 
     (``char_lstm --warmup 5`` would fail as "argument mode: invalid choice: '5'", naming neither the flag nor
     the cause). Tokens after a bare ``--`` are values, not options.
     """
-    for token in sys.argv[1:] if argv is None else argv:
-        if token == "--":
-            return
-        option = token.split("=", 1)[0]
+    for option in _option_names(argv):
         if option.startswith("--") and option not in parser._option_string_actions:
             parser.exit(2, f"error: unknown option {option} ({parser.prog} --help lists the options)\n")
 
 
 def _command_line_dests(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
     """The ``dest`` of every option given in ``argv`` (up to a bare ``--``)."""
-    dests = set()
-    for token in sys.argv[1:] if argv is None else argv:
-        if token == "--":
-            break
-        action = parser._option_string_actions.get(token.split("=", 1)[0])
-        if action is not None:
-            dests.add(action.dest)
-    return dests
+    actions = parser._option_string_actions
+    return {actions[name].dest for name in _option_names(argv) if name in actions}
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
