@@ -77,3 +77,46 @@ def test_tune_malloc_reports_what_it_set():
 def test_bad_params_are_named(params, match):
     with pytest.raises(ValueError, match=match):
         tune_malloc(params)
+
+
+LATE_PROBE = r"""
+import json, sys, warnings
+if sys.argv[1] == "late":
+    import jax
+    jax.devices()  # starts the backend (XLA's threads)
+from lstm_jax.runtime import tune_malloc
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    info = tune_malloc()
+print(json.dumps({"late": info["late"], "warnings": [str(w.message) for w in caught]}))
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallopt needs glibc")
+@pytest.mark.parametrize("order", ["first", "late"])
+def test_tune_malloc_after_jax_started_says_so(order):
+    """Called after JAX's backend started, the settings miss XLA's threads' arenas: one warning, ``late`` recorded."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", LATE_PROBE, order], env=env, capture_output=True, text=True,
+                         timeout=120, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["late"] is (order == "late")
+    if order == "late":
+        assert len(got["warnings"]) == 1 and "after JAX started its backend" in got["warnings"][0]
+    else:
+        assert got["warnings"] == []
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallopt needs glibc")
+@pytest.mark.parametrize("command", [
+    ["experiments.classification.mnist_lstm", "--source", "idx", "--data-dir", "/nonexistent/idx"],
+    ["experiments.char_lm.char_lstm", "--text-file", "/nonexistent/corpus.txt"],
+    ["experiments.long_range.long_range", "--replot"],
+])
+def test_training_scripts_tune_malloc_before_jax_starts(command, tmp_path):
+    """Each training script sets malloc first: a late call would add tune_malloc's warning to the one error line."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", *command, "--out", str(tmp_path / "run")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1 and "tune_malloc" not in proc.stderr, proc.stderr[-2000:]

@@ -139,13 +139,14 @@ def main(argv=None) -> int:
     if multiprocess.ENV_NUM_PROCESSES not in os.environ:  # the parent: start the job
         return launch.launch(["-m", "experiments.benchmarks.agreement_overhead", *(argv if argv is not None else sys.argv[1:])], 2,
                              local_devices=1)
+    from lstm_jax.runtime import tune_malloc
+
+    tune_malloc()  # before JAX starts its backend (see lstm_jax.runtime)
     multiprocess.initialize_from_env()
     import jax
 
     from experiments.common.machine import machine_info
-    from lstm_jax.runtime import tune_malloc
 
-    tune_malloc()
     result = measure(args.steps, args.rounds)
     if jax.process_index() == 0:
         result = {"processes": jax.process_count(), "devices": jax.device_count(), **result,

@@ -135,8 +135,8 @@ def train(args, malloc: dict | None = None) -> dict:
 
 
 def char_lstm(args):
+    malloc = cli.apply_malloc(args)  # before JAX starts its backend (see lstm_jax.runtime)
     multiprocess.initialize_from_env()  # a no-op unless started by lstm_jax.distributed.launch or a cluster (first JAX call)
-    malloc = cli.apply_malloc(args)
     return {"sample": char_runs.sample_mode, "eval": char_runs.eval_mode}.get(args.mode, lambda a: train(a, malloc))(args)
 
 

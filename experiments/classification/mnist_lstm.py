@@ -87,9 +87,9 @@ def mnist_lstm(args, argv=None) -> dict:
         raise SystemExit(f"--augment-flip: a mirrored digit is another glyph; flips apply to fashion_mnist, not {args.dataset}")
     if not 0 <= args.augment_shift < img.IMAGE_SHAPE[0]:
         raise SystemExit(f"--augment-shift must be in [0, {img.IMAGE_SHAPE[0]}), got {args.augment_shift}")
+    malloc = cli.apply_malloc(args)  # before JAX starts its backend (lstm_jax.runtime: ~1.8x slower steps after)
     multiprocess.initialize_from_env()  # a no-op unless started by lstm_jax.distributed.launch or a cluster (first JAX call)
     say = print if sharding.is_main_process() else (lambda *a, **k: None)  # one report in a multi-process job
-    malloc = cli.apply_malloc(args)
     machine = machine_info(malloc=malloc, note=args.note, matmul_gflops=run_matmul_gflops())  # the rate this run saw
     out = Path(args.out or f"runs/mnist_lstm/{args.dataset}-{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}")
     t0 = time.perf_counter()

@@ -108,8 +108,8 @@ def build_parser():
 
 
 def long_range(args):
+    cli.apply_malloc(args)  # before JAX starts its backend (see lstm_jax.runtime)
     multiprocess.initialize_from_env()  # a no-op unless started by lstm_jax.distributed.launch or a cluster (first JAX call)
-    cli.apply_malloc(args)
     if args.solved_threshold is None:
         args.solved_threshold = 0.01 if args.task == "adding" else 0.05
 
