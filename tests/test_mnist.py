@@ -55,6 +55,43 @@ def test_logits_are_readout_of_top_final_hidden(cell, layers, bidirectional):
     np.testing.assert_allclose(logits, h @ params["head"]["w"] + params["head"]["b"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("readout", ["mean", "max"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_pooled_readout_reads_the_top_outputs_over_time(readout, bidirectional):
+    cfg = clf.ClassifierConfig(input_size=5, spec=RecurrentSpec(hidden=6, layers=2, bidirectional=bidirectional),
+                               readout=readout)
+    params = clf.init_classifier(jax.random.PRNGKey(0), cfg)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (3, 7, 5))
+    ys, _ = apply_stack("lstm", params["rnn"], xs)
+    pooled = np.asarray(ys).mean(axis=1) if readout == "mean" else np.asarray(ys).max(axis=1)
+    assert pooled.shape == (3, 12 if bidirectional else 6)
+    np.testing.assert_allclose(clf.classifier_logits(params, xs, cfg),
+                               pooled @ params["head"]["w"] + params["head"]["b"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("readout", ["last", "mean", "max"])
+def test_pooled_readout_ignores_padding(readout):
+    """A padded batch with ``lengths`` gives each sequence the logits of the sequence alone, whatever the padding
+    holds (bidirectional: the backward direction starts at each sequence's own end)."""
+    cfg = clf.ClassifierConfig(input_size=4, spec=RecurrentSpec(hidden=5, bidirectional=True), readout=readout)
+    params = clf.init_classifier(jax.random.PRNGKey(0), cfg)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 4))
+    lengths = jnp.array([6, 3])
+    padded = xs.at[1, 3:].set(1e3)  # garbage where sequence 1 has no steps
+    logits = clf.classifier_logits(params, padded, cfg, lengths=lengths)
+    alone = clf.classifier_logits(params, xs[1:, :3], cfg)
+    np.testing.assert_allclose(logits[1:], alone, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits[:1], clf.classifier_logits(params, xs[:1], cfg), rtol=1e-5, atol=1e-5)
+    if readout != "last":
+        with pytest.raises(ValueError, match="lengths must be >= 1, got a minimum of 0"):
+            clf.classifier_logits(params, padded, cfg, lengths=jnp.array([6, 0]))
+
+
+def test_pooled_outputs_names_a_bad_pooling():
+    with pytest.raises(ValueError, match="pooling must be 'mean' or 'max', got 'sum'"):
+        clf.pooled_outputs(jnp.ones((1, 2, 3)), "sum")
+
+
 def test_loss_is_softmax_cross_entropy_on_raw_logits():
     logits = jnp.array([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0]])
     labels = jnp.array([0, 2])
@@ -98,6 +135,12 @@ def test_config_validation_and_record():
         clf.ClassifierConfig(input_size=3, num_classes=1)
     cfg = clf.ClassifierConfig(input_size=3, num_classes=4, spec=RecurrentSpec(cell="gru", hidden=5, bidirectional=True))
     assert clf.ClassifierConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    pooled = clf.ClassifierConfig(input_size=3, spec=RecurrentSpec(hidden=5), readout="mean")
+    assert clf.ClassifierConfig.from_dict(json.loads(json.dumps(pooled.to_dict()))) == pooled
+    older = {k: v for k, v in pooled.to_dict().items() if k != "readout"}  # a record from before readouts
+    assert clf.ClassifierConfig.from_dict(older).readout == "last"
+    with pytest.raises(ValueError, match=r"readout must be one of \('last', 'mean', 'max'\), got 'first'"):
+        clf.ClassifierConfig(input_size=3, readout="first")
     with pytest.raises(ValueError, match="no classifier spec"):
         clf.ClassifierConfig.from_dict({"input_size": 3, "num_classes": 4, "cell": "gru"})
 
@@ -161,11 +204,11 @@ def test_checkpoint_restores_with_its_spec_alone(tmp_path):
     out = tmp_path / "rows"
     results = load_script().main([
         "--mode", "rows", "--cell", "gru", "--train-subset", "200", "--val-size", "100", "--test-subset", "100",
-        "--hidden", "8", "--batch-size", "50", "--steps", "2", "--eval-every", "2", "--no-progress", "--no-plots",
-        "--out", str(out)])
+        "--hidden", "8", "--readout", "max", "--batch-size", "50", "--steps", "2", "--eval-every", "2",
+        "--no-progress", "--no-plots", "--out", str(out)])
     params, meta = load_checkpoint(out, "best")
     config = clf.ClassifierConfig.from_dict(meta["model"])
-    assert (config.spec.cell, config.spec.hidden, config.input_size) == ("gru", 8, 28)
+    assert (config.spec.cell, config.spec.hidden, config.input_size, config.readout) == ("gru", 8, 28, "max")
     data = prepare_sequences(meta["dataset"], meta["source"], mode="rows", val_size=100, seed=0, train_subset=200,
                              test_subset=100)
     r = clf.classifier_task(config).evaluate(params, data["test"])

@@ -38,7 +38,7 @@ from experiments.common.machine import machine_info
 from lstm_jax.distributed import multiprocess, sharding
 from lstm_jax.data import images as img
 from lstm_jax.data.image_pipeline import prepare_sequences, train_batches
-from lstm_jax.models.classifier import ClassifierConfig, classifier_task
+from lstm_jax.models.classifier import READOUTS, ClassifierConfig, classifier_task
 from lstm_jax.train import fit
 
 
@@ -60,6 +60,9 @@ def build_parser():
                    help="train on images mirrored left-right with probability 1/2 (fashion_mnist only)")
     m = cli.add_model_flags(p, ("cell", "hidden", "layers"))
     m.add_argument("--bidirectional", action="store_true")
+    m.add_argument("--readout", choices=READOUTS, default="last",
+                   help="what the linear head reads: the top layer's final state (last), or its outputs averaged "
+                        "(mean) or maxed (max) over the rows/pixels (default: last)")
     for name in ("dropout", "unroll", "impl", "precision"):
         cli.add_flag(m, name)
     t = cli.add_training_flags(
@@ -102,7 +105,8 @@ def mnist_lstm(args, argv=None) -> dict:
                             augment_flip=args.augment_flip)
     steps = args.steps if args.epochs is None else max(1, round(args.epochs * batches.steps_per_epoch))
     cli.layer_from_args(args, T=int(steps_t), B=args.batch_size, I=int(features), H=args.hidden)  # says what runs
-    model_cfg = ClassifierConfig(input_size=int(features), num_classes=img.NUM_CLASSES, spec=cli.recurrent_spec(args))
+    model_cfg = ClassifierConfig(input_size=int(features), num_classes=img.NUM_CLASSES, spec=cli.recurrent_spec(args),
+                                 readout=args.readout)
     task = classifier_task(model_cfg, args.eval_batch_size)
     train_cfg = cli.train_config(
         args, steps=steps, warmup_steps=min(args.warmup_steps, max(steps // 10, 1)), checkpoint_every=args.eval_every)
@@ -119,7 +123,8 @@ def mnist_lstm(args, argv=None) -> dict:
     }
     say(f"{args.dataset} ({data['source']}: {data['location']}) mode={args.mode} seq={steps_t}x{features} "
           f"train={len(train_xs)} val={len(val_xs)} test={len(data['test'][0])} | {args.cell} "
-          f"{args.layers}x{args.hidden}{' bi' if args.bidirectional else ''} | {steps} steps "
+          f"{args.layers}x{args.hidden}{' bi' if args.bidirectional else ''}"
+          f"{'' if args.readout == 'last' else f' {args.readout}-pooled'} | {steps} steps "
           f"({steps / batches.steps_per_epoch:.2f} epochs of {batches.steps_per_epoch})", flush=True)
     rows = multiprocess.process_rows(args.batch_size)  # this process's rows of every global batch
     with cli.metrics_writer(args, out) as tensorboard:

@@ -1,8 +1,15 @@
-"""Sequence classifier: recurrent stack -> last hidden state -> linear -> logits.
+"""Sequence classifier: recurrent stack -> features (last state, or outputs pooled over time) -> linear -> logits.
 
-    xs (B, T, F) --apply_stack--> final carry of the top layer --> h_T (B, H)
-    logits = h_T @ W + b            (B, C)
+    xs (B, T, F) --apply_stack--> ys (B, T, D), final carries       D = H, or 2H when bidirectional
+    features = h_T (B, D)                  readout "last" (default): the top layer's final state
+             = mean_t ys[:, t] (B, D)      readout "mean": its outputs averaged over the real steps
+             = max_t ys[:, t]  (B, D)      readout "max": their element-wise maximum over the real steps
+    logits = features @ W + b       (B, C)
     loss   = mean softmax cross-entropy(logits, integer labels)
+
+Pooling hands the readout every step's output directly, not only what the
+state kept until the end; with ``lengths`` it covers each sequence's real
+steps only (padding never enters the mean or the maximum).
 
 The loss is taken on the raw logits (``optax.softmax_cross_entropy_with_integer_labels``
 applies log-softmax itself, stably). Squashing the logits through a sigmoid
@@ -10,7 +17,7 @@ first, a common mistake, bounds them to (0, 1): the softmax over ten such
 values can never be confident, so the gradients stay small and training is
 slow and capped.
 
-For a bidirectional stack the features are ``[h_T forward, h_0 backward]``
+For a bidirectional stack the ``"last"`` features are ``[h_T forward, h_0 backward]``
 (each direction's state after reading the whole sequence), ``2H`` wide.
 
 Params are a plain dict ``{"rnn": <init_stack list>, "head": {"w": (H, C), "b": (C,)}}``.
@@ -35,6 +42,9 @@ from .task import Task
 
 Array = jax.Array
 
+READOUTS = ("last", "mean", "max")
+"""What the linear head reads: the top layer's final state, or its outputs averaged / maxed over time."""
+
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierConfig:
@@ -45,16 +55,20 @@ class ClassifierConfig:
     input_size: int
     num_classes: int = 10
     spec: RecurrentSpec = RecurrentSpec()
+    readout: str = "last"
 
     def __post_init__(self):
         if not isinstance(self.spec, RecurrentSpec):
             raise TypeError(f"ClassifierConfig.spec must be a RecurrentSpec, got {type(self.spec).__name__}")
         if self.input_size < 1 or self.num_classes < 2:
             raise ValueError(f"ClassifierConfig needs input_size >= 1 and num_classes >= 2, got {self}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"ClassifierConfig.readout must be one of {READOUTS}, got {self.readout!r}")
 
     def to_dict(self) -> dict:
         """JSON-able, as a checkpoint's ``metadata["model"]`` records it (:meth:`from_dict` reads it back)."""
-        return {"input_size": int(self.input_size), "num_classes": int(self.num_classes), "spec": self.spec.to_dict()}
+        return {"input_size": int(self.input_size), "num_classes": int(self.num_classes), "spec": self.spec.to_dict(),
+                "readout": self.readout}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ClassifierConfig":
@@ -62,7 +76,7 @@ class ClassifierConfig:
         if not isinstance(data, dict) or "spec" not in data:
             raise ValueError("the checkpoint's metadata has no classifier spec (metadata['model']['spec'])")
         return cls(input_size=data["input_size"], num_classes=data["num_classes"],
-                   spec=RecurrentSpec.from_dict(data["spec"]))
+                   spec=RecurrentSpec.from_dict(data["spec"]), readout=data.get("readout", "last"))  # older: last
 
 
 def init_classifier(key: Array, config: ClassifierConfig, dtype=jnp.float32) -> dict:
@@ -84,6 +98,24 @@ def last_hidden(final_carries: list, cell="lstm") -> Array:
     return hidden(top)
 
 
+def pooled_outputs(ys: Array, how: str, lengths: Array | None = None) -> Array:
+    """``(B, D)``: the outputs ``ys`` ``(B, T, D)`` averaged (``"mean"``) or maxed (``"max"``) over time,
+    over the first ``lengths[b]`` steps of each sequence when given (at least one: an empty sequence has
+    nothing to pool).
+
+    >>> pooled_outputs(jnp.array([[[1.0], [3.0], [9.0]]]), "mean", lengths=jnp.array([2]))
+    Array([[2.]], dtype=float32)
+    """
+    if how not in ("mean", "max"):
+        raise ValueError(f"pooling must be 'mean' or 'max', got {how!r}")
+    if lengths is None:
+        return ys.mean(axis=1) if how == "mean" else ys.max(axis=1)
+    real = (jnp.arange(ys.shape[1])[None, :] < lengths[:, None])[..., None]  # (B, T, 1)
+    if how == "mean":
+        return jnp.where(real, ys, 0).sum(axis=1) / jnp.maximum(lengths, 1)[:, None].astype(ys.dtype)
+    return jnp.where(real, ys, -jnp.inf).max(axis=1)
+
+
 def classifier_logits(
     params: dict,
     xs: Array,
@@ -98,11 +130,20 @@ def classifier_logits(
 
     ``train=True`` with ``config.spec.dropout > 0`` applies dropout between layers
     (needs ``key``). With ``lengths``, each sequence's features are its state
-    after its last real step.
+    after its last real step (``readout="last"``) or pool its real steps only.
     """
     xs = jnp.asarray(xs, params["head"]["w"].dtype)
-    _, finals = config.spec.run(params["rnn"], xs, lengths=lengths, key=key, train=train, compute_dtype=compute_dtype)
-    h = last_hidden(finals, config.spec.cell)
+    if lengths is not None and config.readout != "last":
+        lengths = jnp.asarray(lengths)
+        if not isinstance(lengths, jax.core.Tracer) and int(lengths.min()) < 1:
+            raise ValueError(f"readout {config.readout!r} pools each sequence's real steps: lengths must be >= 1, "
+                             f"got a minimum of {int(lengths.min())}")
+    ys, finals = config.spec.run(params["rnn"], xs, lengths=lengths, key=key, train=train,
+                                 compute_dtype=compute_dtype)
+    if config.readout == "last":
+        h = last_hidden(finals, config.spec.cell)
+    else:
+        h = pooled_outputs(ys, config.readout, lengths)
     return h @ params["head"]["w"] + params["head"]["b"]
 
 
