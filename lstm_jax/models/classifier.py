@@ -35,6 +35,7 @@ import numpy as np
 
 from ..cells import get_cell
 from ..data.image_batches import eval_batches
+from ..sequence import is_concrete, time_mask
 from .evaluation import evaluate
 from .losses import cross_entropy, cross_entropy_per_item
 from .spec import RecurrentSpec
@@ -110,7 +111,7 @@ def pooled_outputs(ys: Array, how: str, lengths: Array | None = None) -> Array:
         raise ValueError(f"pooling must be 'mean' or 'max', got {how!r}")
     if lengths is None:
         return ys.mean(axis=1) if how == "mean" else ys.max(axis=1)
-    real = (jnp.arange(ys.shape[1])[None, :] < lengths[:, None])[..., None]  # (B, T, 1)
+    real = time_mask(lengths, ys.shape[1]).T[..., None]  # (B, T, 1)
     if how == "mean":
         return jnp.where(real, ys, 0).sum(axis=1) / jnp.maximum(lengths, 1)[:, None].astype(ys.dtype)
     return jnp.where(real, ys, -jnp.inf).max(axis=1)
@@ -135,7 +136,7 @@ def classifier_logits(
     xs = jnp.asarray(xs, params["head"]["w"].dtype)
     if lengths is not None and config.readout != "last":
         lengths = jnp.asarray(lengths)
-        if not isinstance(lengths, jax.core.Tracer) and int(lengths.min()) < 1:
+        if is_concrete(lengths) and int(lengths.min()) < 1:
             raise ValueError(f"readout {config.readout!r} pools each sequence's real steps: lengths must be >= 1, "
                              f"got a minimum of {int(lengths.min())}")
     ys, finals = config.spec.run(params["rnn"], xs, lengths=lengths, key=key, train=train,
