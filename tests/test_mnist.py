@@ -143,6 +143,36 @@ def test_config_validation_and_record():
         clf.ClassifierConfig(input_size=3, readout="first")
     with pytest.raises(ValueError, match="no classifier spec"):
         clf.ClassifierConfig.from_dict({"input_size": 3, "num_classes": 4, "cell": "gru"})
+    chrono = clf.ClassifierConfig(input_size=3, spec=RecurrentSpec(hidden=5), chrono_timescale=784.0)
+    assert clf.ClassifierConfig.from_dict(json.loads(json.dumps(chrono.to_dict()))) == chrono
+    assert clf.ClassifierConfig.from_dict(older).chrono_timescale is None  # a record from before chrono
+    with pytest.raises(ValueError, match="chrono_timescale must be None or a number of steps >= 3, got 2"):
+        clf.ClassifierConfig(input_size=3, chrono_timescale=2)
+    with pytest.raises(ValueError, match="chrono_timescale: cell 'rnn' has no keep gate"):
+        clf.ClassifierConfig(input_size=3, spec=RecurrentSpec(cell="rnn"), chrono_timescale=28.0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_chrono_init_sets_every_layers_keep_gate_and_nothing_else(cell):
+    """Same key: the chrono classifier differs from the standard one only in its stack's gate biases, drawn per
+    layer and direction so that every unit's memory lies in [2, T] steps."""
+    T, H = 784.0, 6
+    spec = RecurrentSpec(cell=cell, hidden=H, layers=2, bidirectional=True)
+    key = jax.random.PRNGKey(3)
+    standard = clf.init_classifier(key, clf.ClassifierConfig(input_size=1, spec=spec))
+    chrono = clf.init_classifier(key, clf.ClassifierConfig(input_size=1, spec=spec, chrono_timescale=T))
+    bias = "b" if cell == "lstm" else "b_x"
+    np.testing.assert_array_equal(chrono["head"]["w"], standard["head"]["w"])
+    keep_biases = []
+    for layer_std, layer_chrono in zip(standard["rnn"], chrono["rnn"]):
+        for d in ("forward", "backward"):
+            for name, value in layer_chrono[d].items():
+                if name != bias:
+                    np.testing.assert_array_equal(value, layer_std[d][name])
+            keep_biases.append(np.asarray(layer_chrono[d][bias])[H : 2 * H])
+    u = np.exp(np.stack(keep_biases))  # LSTM forget bias log u; the GRU's update gate is its second block too
+    assert np.all((u >= 1.0 - 1e-5) & (u <= T - 1 + 1e-3)), u
+    assert len({tuple(k) for k in keep_biases}) == len(keep_biases)  # each layer and direction its own draw
 
 
 # ---------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 Each 28x28 image becomes a sequence (``--mode``): ``rows`` (28 steps of 28
 pixels), ``pixels`` (784 steps of 1 pixel) or ``permuted`` (784 steps in a
 fixed random pixel order, ``--perm-seed``). A stack of LSTM/GRU/RNN layers
-reads it; its final hidden state goes through a linear layer to 10 logits,
+reads it (``--init chrono``: keep-gate biases for memories up to the sequence
+length); its final hidden state, or its outputs pooled over time
+(``--readout``), goes through a linear layer to 10 logits,
 trained with softmax cross-entropy on the logits through the shared loop
 ``lstm_jax.train.fit`` (AdamW, warmup + cosine, clipping, checkpoints,
 resume, wall-clock budget).
@@ -63,7 +65,7 @@ def build_parser():
     m.add_argument("--readout", choices=READOUTS, default="last",
                    help="what the linear head reads: the top layer's final state (last), or its outputs averaged "
                         "(mean) or maxed (max) over the rows/pixels (default: last)")
-    for name in ("dropout", "unroll", "impl", "precision"):
+    for name in ("init", "dropout", "unroll", "impl", "precision"):
         cli.add_flag(m, name)
     t = cli.add_training_flags(
         p,
@@ -106,7 +108,8 @@ def mnist_lstm(args, argv=None) -> dict:
     steps = args.steps if args.epochs is None else max(1, round(args.epochs * batches.steps_per_epoch))
     cli.layer_from_args(args, T=int(steps_t), B=args.batch_size, I=int(features), H=args.hidden)  # says what runs
     model_cfg = ClassifierConfig(input_size=int(features), num_classes=img.NUM_CLASSES, spec=cli.recurrent_spec(args),
-                                 readout=args.readout)
+                                 readout=args.readout,
+                                 chrono_timescale=float(steps_t) if args.init == "chrono" else None)
     task = classifier_task(model_cfg, args.eval_batch_size)
     train_cfg = cli.train_config(
         args, steps=steps, warmup_steps=min(args.warmup_steps, max(steps // 10, 1)), checkpoint_every=args.eval_every)
@@ -124,7 +127,8 @@ def mnist_lstm(args, argv=None) -> dict:
     say(f"{args.dataset} ({data['source']}: {data['location']}) mode={args.mode} seq={steps_t}x{features} "
           f"train={len(train_xs)} val={len(val_xs)} test={len(data['test'][0])} | {args.cell} "
           f"{args.layers}x{args.hidden}{' bi' if args.bidirectional else ''}"
-          f"{'' if args.readout == 'last' else f' {args.readout}-pooled'} | {steps} steps "
+          f"{'' if args.readout == 'last' else f' {args.readout}-pooled'}"
+          f"{'' if args.init == 'standard' else f' chrono init (T={steps_t})'} | {steps} steps "
           f"({steps / batches.steps_per_epoch:.2f} epochs of {batches.steps_per_epoch})", flush=True)
     rows = multiprocess.process_rows(args.batch_size)  # this process's rows of every global batch
     with cli.metrics_writer(args, out) as tensorboard:

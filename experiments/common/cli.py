@@ -150,6 +150,10 @@ FLAGS: dict[str, Flag] = {
                                       "accumulation and float32 params/state (lstm_jax.precision); 'default': "
                                       "bf16 on a CPU with bf16 dot products, else fp32; 'auto': "
                                       "the faster one measured here"}),
+    "init": Flag("--init", {"choices": ["standard", "chrono"], "default": "standard",
+                            "help": "gate-bias init: the cell's own (LSTM forget bias 1) or chrono (keep-gate biases "
+                            "log U(1, T - 1) for memory up to the sequence length T; Tallec & Ollivier 2018; lstm "
+                            "and gru only)"}),
     "unroll": Flag("--unroll", {"type": int, "default": 1, "help": "lax.scan unroll factor"}),
     # -- data / problem size
     "batch_size": Flag("--batch-size", {"type": int, "default": 32, "help": "sequences per batch"}),

@@ -74,9 +74,7 @@ def build_parser():
     cli.add_flag(p, "lengths", default=[50, 100, 200, 400])
     model = cli.add_model_flags(p, ("hidden",), hidden=64)
     cli.add_flag(model, "cells", default=["rnn", "gru", "lstm"], choices=cli.CELL_NAMES)
-    model.add_argument("--init", choices=["standard", "chrono"], default="standard",
-                       help="gate-bias init: the cell's own (LSTM forget bias 1) or chrono "
-                            "(keep-gate biases log U(1, seq_len - 1); lstm and gru only)")
+    cli.add_flag(model, "init")
     cli.add_flag(model, "impl")
     cli.add_flag(model, "precision")
     t = cli.add_training_flags(

@@ -36,6 +36,7 @@ import numpy as np
 from ..cells import get_cell
 from ..data.image_batches import eval_batches
 from ..sequence import is_concrete, time_mask
+from ..stack import chrono_init_stack
 from .evaluation import evaluate
 from .losses import cross_entropy, cross_entropy_per_item
 from .spec import RecurrentSpec
@@ -51,12 +52,17 @@ READOUTS = ("last", "mean", "max")
 class ClassifierConfig:
     """A sequence classifier: ``input_size`` features per step, ``num_classes`` classes, and the recurrent
     stack as a :class:`~lstm_jax.models.spec.RecurrentSpec` (its ``precision`` is the matmul policy; params
-    stay float32 under any)."""
+    stay float32 under any).
+
+    ``chrono_timescale``: ``None`` keeps the cell's own gate biases (LSTM forget bias 1); a number ``T``
+    draws every layer's keep-gate biases by the chrono init for memory up to ``T`` steps (Tallec &
+    Ollivier 2018; :func:`lstm_jax.stack.chrono_init_stack`), e.g. the sequence length."""
 
     input_size: int
     num_classes: int = 10
     spec: RecurrentSpec = RecurrentSpec()
     readout: str = "last"
+    chrono_timescale: float | None = None
 
     def __post_init__(self):
         if not isinstance(self.spec, RecurrentSpec):
@@ -65,11 +71,17 @@ class ClassifierConfig:
             raise ValueError(f"ClassifierConfig needs input_size >= 1 and num_classes >= 2, got {self}")
         if self.readout not in READOUTS:
             raise ValueError(f"ClassifierConfig.readout must be one of {READOUTS}, got {self.readout!r}")
+        if self.chrono_timescale is not None:
+            if not isinstance(self.chrono_timescale, (int, float)) or not self.chrono_timescale >= 3:
+                raise ValueError("ClassifierConfig.chrono_timescale must be None or a number of steps >= 3, "
+                                 f"got {self.chrono_timescale!r}")
+            if get_cell(self.spec.cell).chrono_init is None:
+                raise ValueError(f"ClassifierConfig.chrono_timescale: cell {self.spec.cell!r} has no keep gate to set")
 
     def to_dict(self) -> dict:
         """JSON-able, as a checkpoint's ``metadata["model"]`` records it (:meth:`from_dict` reads it back)."""
         return {"input_size": int(self.input_size), "num_classes": int(self.num_classes), "spec": self.spec.to_dict(),
-                "readout": self.readout}
+                "readout": self.readout, "chrono_timescale": self.chrono_timescale}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ClassifierConfig":
@@ -77,13 +89,17 @@ class ClassifierConfig:
         if not isinstance(data, dict) or "spec" not in data:
             raise ValueError("the checkpoint's metadata has no classifier spec (metadata['model']['spec'])")
         return cls(input_size=data["input_size"], num_classes=data["num_classes"],
-                   spec=RecurrentSpec.from_dict(data["spec"]), readout=data.get("readout", "last"))  # older: last
+                   spec=RecurrentSpec.from_dict(data["spec"]), readout=data.get("readout", "last"),  # older: last
+                   chrono_timescale=data.get("chrono_timescale"))  # older: the cell's own init
 
 
 def init_classifier(key: Array, config: ClassifierConfig, dtype=jnp.float32) -> dict:
-    """Stack params from :meth:`RecurrentSpec.init`, plus a Glorot-uniform readout with zero bias."""
+    """Stack params from :meth:`RecurrentSpec.init` (gate biases by the chrono init when
+    ``config.chrono_timescale`` is set), plus a Glorot-uniform readout with zero bias."""
     k_rnn, k_head = jax.random.split(key)
     rnn = config.spec.init(k_rnn, config.input_size, dtype)
+    if config.chrono_timescale is not None:
+        rnn = chrono_init_stack(jax.random.fold_in(k_rnn, 1), config.spec.cell, rnn, config.chrono_timescale)
     fan_in, fan_out = config.spec.features, config.num_classes
     limit = np.sqrt(6.0 / (fan_in + fan_out))
     w = jax.random.uniform(k_head, (fan_in, fan_out), dtype, -limit, limit)
