@@ -38,6 +38,8 @@ RECORDS = {
     "fmnist_rows_20min_pooled.toml": "results/fmnist_rows/onednn_pooled_32ep_seeds/seed_0/results.json",
     "fmnist_pixels_60min.toml": "results/fmnist_pixels/onednn_60min/results.json",
     "fmnist_pixels_60min_31k.toml": "results/fmnist_pixels/onednn_60min_31k/results.json",
+    "fmnist_pixels_60min_chrono.toml": "results/fmnist_pixels/onednn_60min_chrono/results.json",
+    "fmnist_pixels_60min_chrono_shift1.toml": "results/fmnist_pixels/onednn_60min_chrono_shift1/results.json",
     "adding_t100_equal_time.toml": None,  # its record (docs/figures/long_range_adding_results.json) predates the flag names
     "adding_equal_steps_1500.toml": "results/long_range_equal_steps/results.json",
     "adding_10k.toml": "results/long_range_10k_adding/results.json",
