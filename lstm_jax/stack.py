@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from .cells import CELLS, Cell, get_cell
-from .cells.base import check_sizes, positive_size
+from .cells.base import check_max_timescale, check_sizes, positive_size
 
 Array = jax.Array
 
@@ -78,16 +78,29 @@ def init_stack(
     return layers
 
 
+def chrono_cells() -> list[str]:
+    """The registered cells that have a chrono init (a keep gate to set), e.g. ``['lstm', 'gru']``."""
+    return [name for name, c in CELLS.items() if c.chrono_init is not None]
+
+
+def check_chrono_init(cell: str | Cell, max_timescale: float) -> Cell:
+    """The cell, when :func:`chrono_init_stack` applies to it at ``max_timescale``; else a one-line
+    ``ValueError`` (a cell without a keep gate, or a timescale below 3 steps). Callers that take the
+    setting from a config or flag call this first, so a bad one fails before any data loads."""
+    cell = get_cell(cell)
+    if cell.chrono_init is None:
+        raise ValueError(f"chrono init: cell {cell.name!r} has no keep gate to set; cells with one: {chrono_cells()}")
+    check_max_timescale(max_timescale)
+    return cell
+
+
 def chrono_init_stack(key: Array, cell: str | Cell, params: Sequence, max_timescale: float) -> list:
     """A stack's params with every layer's gate biases set by the cell's chrono init.
 
     ``cell.chrono_init`` (e.g. :func:`lstm_jax.cells.lstm.chrono_lstm`) draws each
     layer's (and direction's) memory ranges with its own key; weights are unchanged.
     """
-    cell = get_cell(cell)
-    if cell.chrono_init is None:
-        chrono = [name for name, c in CELLS.items() if c.chrono_init is not None]
-        raise ValueError(f"chrono init: cell {cell.name!r} has no keep gate to set; cells with one: {chrono}")
+    cell = check_chrono_init(cell, max_timescale)
     out = []
     for layer_key, p in zip(jax.random.split(key, len(params)), params):
         if is_bidirectional(p):

@@ -146,9 +146,11 @@ def test_config_validation_and_record():
     chrono = clf.ClassifierConfig(input_size=3, spec=RecurrentSpec(hidden=5), chrono_timescale=784.0)
     assert clf.ClassifierConfig.from_dict(json.loads(json.dumps(chrono.to_dict()))) == chrono
     assert clf.ClassifierConfig.from_dict(older).chrono_timescale is None  # a record from before chrono
-    with pytest.raises(ValueError, match="chrono_timescale must be None or a number of steps >= 3, got 2"):
+    with pytest.raises(ValueError, match="chrono_timescale: chrono init: max_timescale must be >= 3 .*, got 2$"):
         clf.ClassifierConfig(input_size=3, chrono_timescale=2)
-    with pytest.raises(ValueError, match="chrono_timescale: cell 'rnn' has no keep gate"):
+    with pytest.raises(ValueError, match="max_timescale must be >= 3 .*, got 'long'"):
+        clf.ClassifierConfig(input_size=3, chrono_timescale="long")
+    with pytest.raises(ValueError, match=r"chrono_timescale: chrono init: cell 'rnn' has no keep gate.*\['lstm', 'gru'\]"):
         clf.ClassifierConfig(input_size=3, spec=RecurrentSpec(cell="rnn"), chrono_timescale=28.0)
 
 

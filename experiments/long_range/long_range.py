@@ -36,7 +36,7 @@ from experiments.long_range.sweeps import CELL_ORDER, appended_runs, copy_sweep_
 from experiments.common.harness import run_matmul_gflops
 from experiments.common.machine import finish_machine_info, machine_info
 from lstm_jax.distributed import multiprocess, sharding
-from lstm_jax.cells import get_cell
+from lstm_jax.stack import chrono_cells
 from lstm_jax.models.sequence_regressor import make_task, regressor_config, regressor_task
 from lstm_jax.models.spec import RecurrentSpec
 from lstm_jax.train import fit
@@ -118,9 +118,9 @@ def long_range(args):
         replot(args, out)
         return
     if args.init == "chrono":  # refuse before any run trains, not at the first cell without a keep gate
-        no_gate = [c for c in args.cells if get_cell(c).chrono_init is None]
+        no_gate = [c for c in args.cells if c not in chrono_cells()]
         if no_gate:
-            raise SystemExit(f"--init chrono: cells {no_gate} have no keep gate to set (it applies to lstm, gru)")
+            raise SystemExit(f"--init chrono: cells {no_gate} have no keep gate to set; cells with one: {chrono_cells()}")
     earlier = appended_runs(out, args) if args.append and (out / "results.json").exists() else {}
     out.mkdir(parents=True, exist_ok=True)
     record = {"args": vars(args), "machine": machine_info(matmul_gflops=run_matmul_gflops()), "runs": [], **earlier}

@@ -102,6 +102,18 @@ def recurrent_diagonal(w_h: Array, compute_dtype: Any, dtype: Any) -> Array:
     return (diag if compute_dtype is None else diag.astype(compute_dtype)).astype(dtype)
 
 
+def check_max_timescale(max_timescale) -> float:
+    """``max_timescale`` as a float when it is a number of time steps >= 3, the least for which
+    :func:`chrono_timescales`' range ``U(1, max_timescale - 1)`` is not empty; else a one-line ``ValueError``."""
+    try:
+        value = float(max_timescale)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not value >= 3:
+        raise ValueError(f"chrono init: max_timescale must be >= 3 (a number of time steps), got {max_timescale!r}")
+    return value
+
+
 def chrono_timescales(key: Array, hidden_size: int, max_timescale: float, dtype=jnp.float32) -> Array:
     """``log u`` with ``u ~ U(1, max_timescale - 1)`` per unit, shape ``(H,)``: chrono gate biases.
 
@@ -113,9 +125,7 @@ def chrono_timescales(key: Array, hidden_size: int, max_timescale: float, dtype=
     ``max_timescale`` to the longest dependency the data is expected to have
     (e.g. the sequence length).
     """
-    if not max_timescale >= 3:
-        raise ValueError(f"chrono init: max_timescale must be >= 3 (units of time steps), got {max_timescale!r}")
-    u = jax.random.uniform(key, (hidden_size,), jnp.float32, 1.0, float(max_timescale) - 1.0)
+    u = jax.random.uniform(key, (hidden_size,), jnp.float32, 1.0, check_max_timescale(max_timescale) - 1.0)
     return jnp.log(u).astype(dtype)
 
 

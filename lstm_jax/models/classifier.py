@@ -36,7 +36,7 @@ import numpy as np
 from ..cells import get_cell
 from ..data.image_batches import eval_batches
 from ..sequence import is_concrete, time_mask
-from ..stack import chrono_init_stack
+from ..stack import check_chrono_init, chrono_init_stack
 from .evaluation import evaluate
 from .losses import cross_entropy, cross_entropy_per_item
 from .spec import RecurrentSpec
@@ -72,11 +72,10 @@ class ClassifierConfig:
         if self.readout not in READOUTS:
             raise ValueError(f"ClassifierConfig.readout must be one of {READOUTS}, got {self.readout!r}")
         if self.chrono_timescale is not None:
-            if not isinstance(self.chrono_timescale, (int, float)) or not self.chrono_timescale >= 3:
-                raise ValueError("ClassifierConfig.chrono_timescale must be None or a number of steps >= 3, "
-                                 f"got {self.chrono_timescale!r}")
-            if get_cell(self.spec.cell).chrono_init is None:
-                raise ValueError(f"ClassifierConfig.chrono_timescale: cell {self.spec.cell!r} has no keep gate to set")
+            try:
+                check_chrono_init(self.spec.cell, self.chrono_timescale)
+            except ValueError as err:
+                raise ValueError(f"ClassifierConfig.chrono_timescale: {err}") from None
 
     def to_dict(self) -> dict:
         """JSON-able, as a checkpoint's ``metadata["model"]`` records it (:meth:`from_dict` reads it back)."""
