@@ -148,8 +148,9 @@ def test_config_validation_and_record():
     assert clf.ClassifierConfig.from_dict(older).chrono_timescale is None  # a record from before chrono
     with pytest.raises(ValueError, match="chrono_timescale: chrono init: max_timescale must be >= 3 .*, got 2$"):
         clf.ClassifierConfig(input_size=3, chrono_timescale=2)
-    with pytest.raises(ValueError, match="max_timescale must be >= 3 .*, got 'long'"):
-        clf.ClassifierConfig(input_size=3, chrono_timescale="long")
+    for not_a_number in ("long", "784"):
+        with pytest.raises(ValueError, match=f"max_timescale must be >= 3 .*, got '{not_a_number}'"):
+            clf.ClassifierConfig(input_size=3, chrono_timescale=not_a_number)
     with pytest.raises(ValueError, match=r"chrono_timescale: chrono init: cell 'rnn' has no keep gate.*\['lstm', 'gru'\]"):
         clf.ClassifierConfig(input_size=3, spec=RecurrentSpec(cell="rnn"), chrono_timescale=28.0)
 

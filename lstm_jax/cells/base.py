@@ -105,8 +105,8 @@ def recurrent_diagonal(w_h: Array, compute_dtype: Any, dtype: Any) -> Array:
 def check_max_timescale(max_timescale) -> float:
     """``max_timescale`` as a float when it is a number of time steps >= 3, the least for which
     :func:`chrono_timescales`' range ``U(1, max_timescale - 1)`` is not empty; else a one-line ``ValueError``."""
-    try:
-        value = float(max_timescale)
+    try:  # a string or a bool is not a number of steps, though float() reads both
+        value = float("nan") if isinstance(max_timescale, (str, bytes, bool)) else float(max_timescale)
     except (TypeError, ValueError):
         value = float("nan")
     if not value >= 3:
