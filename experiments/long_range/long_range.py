@@ -118,9 +118,10 @@ def long_range(args):
         replot(args, out)
         return
     if args.init == "chrono":  # refuse before any run trains, not at the first cell without a keep gate
-        no_gate = [c for c in args.cells if c not in chrono_cells()]
+        with_gate = chrono_cells()
+        no_gate = [c for c in args.cells if c not in with_gate]
         if no_gate:
-            raise SystemExit(f"--init chrono: cells {no_gate} have no keep gate to set; cells with one: {chrono_cells()}")
+            raise SystemExit(f"--init chrono: cells {no_gate} have no keep gate to set; cells with one: {with_gate}")
     earlier = appended_runs(out, args) if args.append and (out / "results.json").exists() else {}
     out.mkdir(parents=True, exist_ok=True)
     record = {"args": vars(args), "machine": machine_info(matmul_gflops=run_matmul_gflops()), "runs": [], **earlier}
