@@ -85,8 +85,9 @@ def chrono_cells() -> list[str]:
 
 def check_chrono_init(cell: str | Cell, max_timescale: float) -> Cell:
     """The cell, when :func:`chrono_init_stack` applies to it at ``max_timescale``; else a one-line
-    ``ValueError`` (a cell without a keep gate, or a timescale below 3 steps). Callers that take the
-    setting from a config or flag call this first, so a bad one fails before any data loads."""
+    ``ValueError`` (a cell without a keep gate, or a timescale below 3 steps). A config that holds the
+    setting calls this when it is built (:class:`lstm_jax.models.classifier.ClassifierConfig`), so a bad
+    one fails before any params are drawn."""
     cell = get_cell(cell)
     if cell.chrono_init is None:
         raise ValueError(f"chrono init: cell {cell.name!r} has no keep gate to set; cells with one: {chrono_cells()}")
